@@ -1,0 +1,189 @@
+/*
+ * bnorm: batch normalization on the CPU.
+ *
+ * This header is the whole public interface of libbnorm. It is plain C (C99 and
+ * C++), and every function is safe to call from any language that can call C.
+ *
+ * Semantics follow PyTorch's batch norm. For channel ch, over the m = n*spatial
+ * values of that channel:
+ *   mean   = sum(x) / m
+ *   var    = sum((x - mean)^2) / m                       (biased)
+ *   invstd = 1 / sqrt(var + eps), or 0 where var + eps == 0
+ *   y      = (x - mean) * invstd * gamma + beta
+ *   running_mean = (1 - momentum) * running_mean + momentum * mean
+ *   running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+ *
+ * Statistics are computed with a vectorized, shifted Welford recurrence merged
+ * with Chan's formula in double precision; they never use E[x^2] - E[x]^2.
+ *
+ * General contract, for every function that takes a descriptor:
+ *  - On any status other than BNORM_OK no output buffer is written.
+ *  - NaN/Inf in the data propagate to the results of that channel only.
+ *  - Element (i, ch, s) of a tensor is x[(i*c + ch)*spatial + s] in NCHW and
+ *    x[(i*spatial + s)*c + ch] in NHWC. Per-channel arrays hold c floats.
+ *  - Buffers need no particular alignment beyond that of their element type.
+ *  - Aliasing: only the exact in-place pairs a function names are allowed
+ *    (same start address, same size). Any other overlap of an output with any
+ *    other buffer, per-channel arrays included, is BNORM_ERR_ALIAS.
+ *  - For a given ISA target the results are bitwise identical whatever the
+ *    number of threads, and whether calls run concurrently.
+ *  - When several error statuses apply, the one returned is the first in this
+ *    order: NULL_POINTER (desc), BAD_SHAPE, BAD_ARGUMENT, NULL_POINTER (buffers),
+ *    UNSUPPORTED, TOO_FEW_VALUES, ALIAS, OUT_OF_MEMORY.
+ */
+#ifndef BNORM_BNORM_H_
+#define BNORM_BNORM_H_
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(BNORM_BUILDING_LIBRARY)
+#define BNORM_API __declspec(dllexport)
+#else
+#define BNORM_API __declspec(dllimport)
+#endif
+#else
+#define BNORM_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BNORM_VERSION_MAJOR 0
+#define BNORM_VERSION_MINOR 1
+#define BNORM_VERSION_PATCH 0
+
+typedef enum bnorm_status {
+  BNORM_OK = 0,
+  BNORM_ERR_NULL_POINTER = 1,   /* a required pointer is NULL */
+  BNORM_ERR_BAD_SHAPE = 2,      /* n, c or spatial < 1, or the element count or byte size overflows */
+  BNORM_ERR_BAD_ARGUMENT = 3,   /* eps < 0 or not finite; momentum outside [0,1] or NaN; unknown layout/dtype; num_threads < 0 */
+  BNORM_ERR_ALIAS = 4,          /* an output overlaps another buffer, other than the exact in-place pairs allowed */
+  BNORM_ERR_TOO_FEW_VALUES = 5, /* training with n*spatial < 2: the variance is undefined */
+  BNORM_ERR_UNSUPPORTED = 6,    /* a valid request this build cannot serve (e.g. a dtype not built yet) */
+  BNORM_ERR_OUT_OF_MEMORY = 7,
+  BNORM_ERR_INTERNAL = 8
+} bnorm_status;
+
+typedef enum bnorm_layout { BNORM_LAYOUT_NCHW = 0, BNORM_LAYOUT_NHWC = 1 } bnorm_layout;
+typedef enum bnorm_dtype { BNORM_DTYPE_F32 = 0, BNORM_DTYPE_BF16 = 1, BNORM_DTYPE_F16 = 2 } bnorm_dtype;
+
+typedef struct bnorm_tensor_desc {
+  int64_t n;           /* batch */
+  int64_t c;           /* channels */
+  int64_t spatial;     /* product of the spatial dims (H*W, D*H*W); 1 for (N, C) input */
+  bnorm_layout layout; /* NCHW: x[(i*c + ch)*spatial + s]; NHWC: x[(i*spatial + s)*c + ch] */
+  bnorm_dtype dtype;   /* element type of x, y, dy, dx; per-channel arrays are always float.
+                          This build serves BNORM_DTYPE_F32; BF16 and F16 return
+                          BNORM_ERR_UNSUPPORTED. */
+} bnorm_tensor_desc;
+
+/* A context owns a thread pool (a oneTBB arena) and scratch memory that it
+ * keeps between calls, so that calls do not allocate once warmed up. A context
+ * may be used by several threads at once. NULL wherever a context is taken
+ * means the process default context, which uses all cores. */
+typedef struct bnorm_context bnorm_context;
+
+/* Creates a context running on up to num_threads threads (0 = all cores).
+ * Returns BNORM_ERR_NULL_POINTER if out is NULL, BNORM_ERR_BAD_ARGUMENT if
+ * num_threads < 0, BNORM_ERR_OUT_OF_MEMORY. On error *out is not written. */
+BNORM_API bnorm_status bnorm_context_create(int num_threads, bnorm_context** out);
+
+/* Destroys a context. NULL is a no-op. No call may be using ctx. */
+BNORM_API void bnorm_context_destroy(bnorm_context* ctx);
+
+/* Number of threads the context runs on (the default context if ctx is NULL). */
+BNORM_API int bnorm_context_num_threads(const bnorm_context* ctx);
+
+/* A static English description of status; never NULL, also for unknown values. */
+BNORM_API const char* bnorm_status_string(bnorm_status status);
+
+/* "MAJOR.MINOR.PATCH" of the library actually loaded. */
+BNORM_API const char* bnorm_version_string(void);
+
+/* The ISA the kernels run on now: "AVX3", "AVX2", "SSE4", "SSSE3", "SCALAR", ...
+ * The best target of this CPU unless the environment variable BNORM_TARGET or
+ * bnorm_set_target() chose another. An unknown or unsupported BNORM_TARGET
+ * prints one warning on stderr and falls back to the best supported target. */
+BNORM_API const char* bnorm_active_target(void);
+
+/* Number of ISA targets this build can run on this CPU (at least 1). */
+BNORM_API int bnorm_target_count(void);
+
+/* Name of the i-th target this build can run on this CPU, best first, for
+ * 0 <= i < bnorm_target_count(); NULL otherwise. */
+BNORM_API const char* bnorm_target_name(int i);
+
+/* Forces the ISA target for the whole process (case-insensitive name as given
+ * by bnorm_target_name). NULL or "" returns to the default (BNORM_TARGET, or
+ * the best). Calls already running finish on the target they started with.
+ * Returns BNORM_ERR_BAD_ARGUMENT for a name no build knows and
+ * BNORM_ERR_UNSUPPORTED for a target this build or CPU cannot run; the active
+ * target is then unchanged. */
+BNORM_API bnorm_status bnorm_set_target(const char* name);
+
+/* Training-mode forward pass: computes the batch statistics, normalizes x into
+ * y, and updates the running statistics.
+ *   x, y         n*c*spatial elements (desc); y == x (in place) is allowed.
+ *   gamma, beta  c floats each; NULL means 1 and 0 respectively.
+ *   eps          >= 0 and finite. momentum in [0, 1].
+ *   running_mean, running_var  c floats, read and updated; each may be NULL
+ *                (then not updated). running_var receives the unbiased variance.
+ *   save_mean, save_invstd     c floats, written; each may be NULL.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER (desc, x or y NULL),
+ * BNORM_ERR_BAD_SHAPE, BNORM_ERR_BAD_ARGUMENT (eps, momentum, layout, dtype),
+ * BNORM_ERR_UNSUPPORTED (dtype not built), BNORM_ERR_TOO_FEW_VALUES
+ * (n*spatial < 2), BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
+BNORM_API bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                              const void* x, void* y, const float* gamma,
+                                              const float* beta, float eps, float momentum,
+                                              float* running_mean, float* running_var,
+                                              float* save_mean, float* save_invstd);
+
+/* Inference-mode forward pass: y = (x - mean) / sqrt(var + eps) * gamma + beta.
+ *   x, y          as in bnorm_forward_training; y == x is allowed.
+ *   gamma, beta   c floats each; NULL means 1 and 0.
+ *   mean, var     c floats each, required (they may be the same array).
+ *   eps           >= 0 and finite. A channel with var + eps <= 0 or NaN
+ *                 statistics gets the IEEE result of the formula (Inf/NaN).
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER (desc, x, y, mean or var NULL),
+ * BNORM_ERR_BAD_SHAPE, BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_UNSUPPORTED,
+ * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
+BNORM_API bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                               const void* x, void* y, const float* gamma,
+                                               const float* beta, const float* mean, const float* var,
+                                               float eps);
+
+/* Training-mode backward pass. With m = n*spatial, per channel:
+ *   sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - save_mean))
+ *   dx     = gamma*invstd*(dy - sum_dy/m - (x - save_mean)*invstd^2*sum_dy_xmu/m)
+ *   dgamma = sum_dy_xmu * invstd,  dbeta = sum_dy
+ *   x, dy         n*c*spatial elements, required.
+ *   dx            n*c*spatial elements, may be NULL (parameter gradients only);
+ *                 dx == dy (in place) is allowed.
+ *   gamma         c floats; NULL means 1.
+ *   save_mean, save_invstd  c floats from bnorm_forward_training, required.
+ *   dgamma, dbeta c floats each, written; each may be NULL.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
+ * BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_UNSUPPORTED, BNORM_ERR_ALIAS,
+ * BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. (m == 1 is allowed here.) */
+BNORM_API bnorm_status bnorm_backward(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                      const void* x, const void* dy, void* dx, const float* gamma,
+                                      const float* save_mean, const float* save_invstd,
+                                      float* dgamma, float* dbeta);
+
+/* Backward pass with frozen statistics (eval mode): mean and invstd are
+ * constants, so dx = dy * gamma * invstd; dgamma = sum(dy*(x - mean))*invstd,
+ * dbeta = sum(dy). Arguments, aliasing and statuses as bnorm_backward, with
+ * mean and invstd (c floats each, required) in place of save_mean/save_invstd. */
+BNORM_API bnorm_status bnorm_backward_frozen(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                             const void* x, const void* dy, void* dx,
+                                             const float* gamma, const float* mean,
+                                             const float* invstd, float* dgamma, float* dbeta);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* BNORM_BNORM_H_ */

@@ -1,0 +1,271 @@
+// The C API: validates every argument, then calls the drivers. Nothing is
+// written before validation has passed, and no exception leaves this file.
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include "batchnorm.h"
+#include "bnorm/bnorm.h"
+#include "context.h"
+#include "plan.h"
+#include "target.h"
+
+namespace bnorm {
+namespace {
+
+#define BNORM_STR2(x) #x
+#define BNORM_STR(x) BNORM_STR2(x)
+constexpr const char kVersion[] =
+    BNORM_STR(BNORM_VERSION_MAJOR) "." BNORM_STR(BNORM_VERSION_MINOR) "." BNORM_STR(
+        BNORM_VERSION_PATCH);
+
+// A validated descriptor.
+struct Tensor {
+  Problem problem;
+  size_t bytes = 0;          // of one tensor (x, y, dy or dx)
+  size_t channel_bytes = 0;  // of one per-channel array
+  int dtype = BNORM_DTYPE_F32;
+};
+
+// Reads an enum field as an int without trusting its value (a C caller may
+// pass anything; loading an out-of-range enum is undefined in C++).
+template <typename Enum>
+int RawEnum(const Enum& field) {
+  int value = 0;
+  static_assert(sizeof(Enum) == sizeof(int), "C enums are int-sized");
+  std::memcpy(&value, &field, sizeof(value));
+  return value;
+}
+
+// Checks desc: NULL_POINTER, then BAD_SHAPE, then BAD_ARGUMENT.
+bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t) {
+  if (desc == nullptr) return BNORM_ERR_NULL_POINTER;
+  const int64_t n = desc->n, c = desc->c, spatial = desc->spatial;
+  if (n < 1 || c < 1 || spatial < 1) return BNORM_ERR_BAD_SHAPE;
+  int64_t nc = 0, elements = 0, bytes = 0, channel_bytes = 0;
+  // 4 bytes per element is the widest dtype; sizes must fit in ptrdiff_t.
+  if (__builtin_mul_overflow(n, c, &nc) || __builtin_mul_overflow(nc, spatial, &elements) ||
+      __builtin_mul_overflow(elements, int64_t{4}, &bytes) ||
+      __builtin_mul_overflow(c, int64_t{4}, &channel_bytes) ||
+      static_cast<uint64_t>(bytes) > static_cast<uint64_t>(PTRDIFF_MAX)) {
+    return BNORM_ERR_BAD_SHAPE;
+  }
+  const int layout = RawEnum(desc->layout);
+  const int dtype = RawEnum(desc->dtype);
+  if (layout != BNORM_LAYOUT_NCHW && layout != BNORM_LAYOUT_NHWC) return BNORM_ERR_BAD_ARGUMENT;
+  if (dtype != BNORM_DTYPE_F32 && dtype != BNORM_DTYPE_BF16 && dtype != BNORM_DTYPE_F16) {
+    return BNORM_ERR_BAD_ARGUMENT;
+  }
+  t->problem = Canonicalize(n, c, spatial, layout == BNORM_LAYOUT_NHWC);
+  t->dtype = dtype;
+  t->bytes = static_cast<size_t>(elements) * (dtype == BNORM_DTYPE_F32 ? 4 : 2);
+  t->channel_bytes = static_cast<size_t>(channel_bytes);
+  return BNORM_OK;
+}
+
+bool ValidEps(float eps) { return std::isfinite(eps) && eps >= 0.0f; }
+bool ValidMomentum(float momentum) { return momentum >= 0.0f && momentum <= 1.0f; }
+
+// One buffer of a call, for the overlap check.
+struct Region {
+  const void* data;
+  size_t bytes;
+  bool output;
+  int in_place_partner;  // index of the one buffer this output may equal exactly, or -1
+};
+
+bool Overlap(const Region& a, const Region& b) {
+  if (a.data == nullptr || b.data == nullptr) return false;
+  const uintptr_t a0 = reinterpret_cast<uintptr_t>(a.data);
+  const uintptr_t b0 = reinterpret_cast<uintptr_t>(b.data);
+  return a0 < b0 + b.bytes && b0 < a0 + a.bytes;
+}
+
+// BNORM_ERR_ALIAS if an output overlaps any other buffer, except the exact
+// in-place pair it names.
+template <size_t kCount>
+bnorm_status CheckAliasing(const Region (&regions)[kCount]) {
+  for (size_t i = 0; i < kCount; ++i) {
+    if (!regions[i].output) continue;
+    for (size_t j = 0; j < kCount; ++j) {
+      if (i == j || !Overlap(regions[i], regions[j])) continue;
+      const bool in_place = regions[i].in_place_partner == static_cast<int>(j) &&
+                            regions[i].data == regions[j].data &&
+                            regions[i].bytes == regions[j].bytes;
+      if (!in_place) return BNORM_ERR_ALIAS;
+    }
+  }
+  return BNORM_OK;
+}
+
+// Runs an entry point's body, turning any escaping exception into a status.
+template <typename Body>
+bnorm_status Guard(const Body& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return BNORM_ERR_OUT_OF_MEMORY;
+  } catch (...) {
+    return BNORM_ERR_INTERNAL;
+  }
+}
+
+}  // namespace
+}  // namespace bnorm
+
+using bnorm::Region;
+using bnorm::Tensor;
+
+extern "C" {
+
+bnorm_status bnorm_context_create(int num_threads, bnorm_context** out) {
+  if (out == nullptr) return BNORM_ERR_NULL_POINTER;
+  if (num_threads < 0) return BNORM_ERR_BAD_ARGUMENT;
+  return bnorm::Guard([&] {
+    bnorm_context* ctx = bnorm::NewContext(num_threads);
+    if (ctx == nullptr) return BNORM_ERR_OUT_OF_MEMORY;
+    *out = ctx;
+    return BNORM_OK;
+  });
+}
+
+void bnorm_context_destroy(bnorm_context* ctx) { bnorm::DeleteContext(ctx); }
+
+int bnorm_context_num_threads(const bnorm_context* ctx) { return bnorm::ContextThreads(ctx); }
+
+const char* bnorm_status_string(bnorm_status status) {
+  switch (static_cast<int>(status)) {
+    case BNORM_OK:
+      return "success";
+    case BNORM_ERR_NULL_POINTER:
+      return "a required pointer is NULL";
+    case BNORM_ERR_BAD_SHAPE:
+      return "bad shape: n, c or spatial < 1, or the tensor size overflows";
+    case BNORM_ERR_BAD_ARGUMENT:
+      return "bad argument: eps, momentum, layout, dtype or thread count out of range";
+    case BNORM_ERR_ALIAS:
+      return "an output buffer overlaps another buffer";
+    case BNORM_ERR_TOO_FEW_VALUES:
+      return "training needs at least 2 values per channel (n*spatial >= 2)";
+    case BNORM_ERR_UNSUPPORTED:
+      return "valid request that this build does not support";
+    case BNORM_ERR_OUT_OF_MEMORY:
+      return "out of memory";
+    case BNORM_ERR_INTERNAL:
+      return "internal error";
+    default:
+      return "unknown status";
+  }
+}
+
+const char* bnorm_version_string(void) { return bnorm::kVersion; }
+
+const char* bnorm_active_target(void) { return bnorm::TargetNameOf(bnorm::ActiveTargetBit()); }
+
+int bnorm_target_count(void) { return static_cast<int>(bnorm::RunnableTargets().size()); }
+
+const char* bnorm_target_name(int i) {
+  const auto& targets = bnorm::RunnableTargets();
+  if (i < 0 || static_cast<size_t>(i) >= targets.size()) return nullptr;
+  return bnorm::TargetNameOf(targets[static_cast<size_t>(i)]);
+}
+
+bnorm_status bnorm_set_target(const char* name) {
+  switch (bnorm::ForceTargetByName(name)) {
+    case 0:
+      return BNORM_OK;
+    case 2:
+      return BNORM_ERR_UNSUPPORTED;
+    default:
+      return BNORM_ERR_BAD_ARGUMENT;
+  }
+}
+
+bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                    const void* x, void* y, const float* gamma, const float* beta,
+                                    float eps, float momentum, float* running_mean,
+                                    float* running_var, float* save_mean, float* save_invstd) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
+  if (!bnorm::ValidEps(eps) || !bnorm::ValidMomentum(momentum)) return BNORM_ERR_BAD_ARGUMENT;
+  if (x == nullptr || y == nullptr) return BNORM_ERR_NULL_POINTER;
+  if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
+  if (t.problem.Values() < 2) return BNORM_ERR_TOO_FEW_VALUES;
+  const size_t cb = t.channel_bytes;
+  const Region regions[] = {
+      {x, t.bytes, false, -1},           {y, t.bytes, true, 0},
+      {gamma, cb, false, -1},            {beta, cb, false, -1},
+      {running_mean, cb, true, -1},      {running_var, cb, true, -1},
+      {save_mean, cb, true, -1},         {save_invstd, cb, true, -1},
+  };
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  return bnorm::Guard([&] {
+    return bnorm::ForwardTraining(ctx, t.problem, static_cast<const float*>(x),
+                                  static_cast<float*>(y), gamma, beta, eps, momentum, running_mean,
+                                  running_var, save_mean, save_invstd);
+  });
+}
+
+bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                     const void* x, void* y, const float* gamma, const float* beta,
+                                     const float* mean, const float* var, float eps) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
+  if (!bnorm::ValidEps(eps)) return BNORM_ERR_BAD_ARGUMENT;
+  if (x == nullptr || y == nullptr || mean == nullptr || var == nullptr) {
+    return BNORM_ERR_NULL_POINTER;
+  }
+  if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
+  const size_t cb = t.channel_bytes;
+  const Region regions[] = {
+      {x, t.bytes, false, -1}, {y, t.bytes, true, 0},   {gamma, cb, false, -1},
+      {beta, cb, false, -1},   {mean, cb, false, -1},   {var, cb, false, -1},
+  };
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  return bnorm::Guard([&] {
+    return bnorm::ForwardInference(ctx, t.problem, static_cast<const float*>(x),
+                                   static_cast<float*>(y), gamma, beta, mean, var, eps);
+  });
+}
+
+namespace {
+
+bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* desc, bool frozen,
+                           const void* x, const void* dy, void* dx, const float* gamma,
+                           const float* mean, const float* invstd, float* dgamma, float* dbeta) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
+  if (x == nullptr || dy == nullptr || mean == nullptr || invstd == nullptr) {
+    return BNORM_ERR_NULL_POINTER;
+  }
+  if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
+  const size_t cb = t.channel_bytes;
+  const Region regions[] = {
+      {x, t.bytes, false, -1},   {dy, t.bytes, false, -1}, {dx, t.bytes, true, 1},
+      {gamma, cb, false, -1},    {mean, cb, false, -1},    {invstd, cb, false, -1},
+      {dgamma, cb, true, -1},    {dbeta, cb, true, -1},
+  };
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  return bnorm::Guard([&] {
+    return bnorm::Backward(ctx, t.problem, frozen, static_cast<const float*>(x),
+                           static_cast<const float*>(dy), static_cast<float*>(dx), gamma, mean,
+                           invstd, dgamma, dbeta);
+  });
+}
+
+}  // namespace
+
+bnorm_status bnorm_backward(const bnorm_context* ctx, const bnorm_tensor_desc* desc, const void* x,
+                            const void* dy, void* dx, const float* gamma, const float* save_mean,
+                            const float* save_invstd, float* dgamma, float* dbeta) {
+  return BackwardEntry(ctx, desc, false, x, dy, dx, gamma, save_mean, save_invstd, dgamma, dbeta);
+}
+
+bnorm_status bnorm_backward_frozen(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                   const void* x, const void* dy, void* dx, const float* gamma,
+                                   const float* mean, const float* invstd, float* dgamma,
+                                   float* dbeta) {
+  return BackwardEntry(ctx, desc, true, x, dy, dx, gamma, mean, invstd, dgamma, dbeta);
+}
+
+}  // extern "C"

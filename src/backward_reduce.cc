@@ -1,0 +1,147 @@
+// Backward reduction kernels (see backward_reduce.h).
+#include "config.h"  // first: dispatch configuration
+
+#include "backward_reduce.h"
+
+#include <stddef.h>
+
+#include <algorithm>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "backward_reduce.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+#include "plan.h"
+#include "welford-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+GradSums GradSumsNchwUnit(const float* x, const float* dy, int64_t c, int64_t spatial, int64_t ch,
+                          int64_t begin, int64_t end, float mean) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  constexpr size_t N = hn::MaxLanes(df);
+  constexpr size_t kAcc = 4;
+  GradSumRegisters<decltype(df), kAcc> main(df);
+  GradSumRegisters<decltype(df), 1> rest(df);
+  GradSumRegisters<decltype(d1), 1> one(d1);
+  const auto vmean = hn::Set(df, mean);
+  const auto vmean1 = hn::Set(d1, mean);
+  int64_t i = begin / spatial;
+  int64_t s = begin % spatial;
+  for (int64_t pos = begin; pos < end; ++i, s = 0) {
+    const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
+    const int64_t offset = (i * c + ch) * spatial + s;
+    const float* xs = x + offset;
+    const float* gs = dy + offset;
+    size_t j = 0;
+    for (; j + kAcc * N <= len; j += kAcc * N) main.Add(xs + j, gs + j, vmean);
+    for (; j + N <= len; j += N) rest.Add(xs + j, gs + j, vmean);
+    for (; j < len; ++j) one.Add(xs + j, gs + j, vmean1);
+    pos += static_cast<int64_t>(len);
+  }
+  GradSums sums;
+  main.AddTo(sums);
+  rest.AddTo(sums);
+  one.AddTo(sums);
+  return sums;
+}
+
+void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, int64_t width,
+                      int64_t rows_per_period, int64_t row_begin, int64_t row_end,
+                      const float* mean, GradSums* out) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  constexpr size_t N = hn::MaxLanes(df);
+  const size_t positions = static_cast<size_t>(width * rows_per_period);
+  HWY_ALIGN float pmean[kMaxPositions];
+  HWY_ALIGN float sum_dy[kMaxPositions];
+  HWY_ALIGN float sum_dy_xmu[kMaxPositions];
+  double total_dy[kMaxPositions];
+  double total_dy_xmu[kMaxPositions];
+  for (size_t p = 0; p < positions; ++p) {
+    pmean[p] = mean[c0 + static_cast<int64_t>(p) % width];
+    sum_dy[p] = sum_dy_xmu[p] = 0.0f;
+    total_dy[p] = total_dy_xmu[p] = 0.0;
+  }
+  const auto fold = [&]() {
+    for (size_t p = 0; p < positions; ++p) {
+      total_dy[p] += static_cast<double>(sum_dy[p]);
+      total_dy_xmu[p] += static_cast<double>(sum_dy_xmu[p]);
+      sum_dy[p] = sum_dy_xmu[p] = 0.0f;
+    }
+  };
+  size_t steps = 0;
+  int64_t r = row_begin;
+  for (; r + rows_per_period <= row_end; r += rows_per_period) {
+    const float* xr = x + r * c + c0;
+    const float* gr = dy + r * c + c0;
+    size_t p = 0;
+    for (; p + N <= positions; p += N) {
+      const auto g = hn::LoadU(df, gr + p);
+      const auto xmu = hn::Sub(hn::LoadU(df, xr + p), hn::Load(df, pmean + p));
+      hn::Store(hn::Add(hn::Load(df, sum_dy + p), g), df, sum_dy + p);
+      hn::Store(hn::MulAdd(g, xmu, hn::Load(df, sum_dy_xmu + p)), df, sum_dy_xmu + p);
+    }
+    for (; p < positions; ++p) {
+      const auto g = hn::LoadU(d1, gr + p);
+      const auto xmu = hn::Sub(hn::LoadU(d1, xr + p), hn::LoadU(d1, pmean + p));
+      hn::StoreU(hn::Add(hn::LoadU(d1, sum_dy + p), g), d1, sum_dy + p);
+      hn::StoreU(hn::MulAdd(g, xmu, hn::LoadU(d1, sum_dy_xmu + p)), d1, sum_dy_xmu + p);
+    }
+    if (++steps == kBlockSteps) {
+      fold();
+      steps = 0;
+    }
+  }
+  fold();
+  for (int64_t ch = 0; ch < width; ++ch) {
+    GradSums g;
+    for (int64_t k = 0; k < rows_per_period; ++k) {
+      const size_t p = static_cast<size_t>(k * width + ch);
+      g.sum_dy += total_dy[p];
+      g.sum_dy_xmu += total_dy_xmu[p];
+    }
+    out[ch] = g;
+  }
+  for (; r < row_end; ++r) {
+    for (int64_t ch = 0; ch < width; ++ch) {
+      const int64_t e = r * c + c0 + ch;
+      const float xmu = x[e] - pmean[ch];
+      out[ch].sum_dy += static_cast<double>(dy[e]);
+      out[ch].sum_dy_xmu += static_cast<double>(dy[e]) * static_cast<double>(xmu);
+    }
+  }
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "dispatch.h"
+
+namespace bnorm {
+
+HWY_EXPORT(GradSumsNchwUnit);
+HWY_EXPORT(GradSumsNhwcUnit);
+
+GradSums GradSumsNchwUnit(int64_t target, const float* x, const float* dy, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
+  return BNORM_DISPATCH(GradSumsNchwUnit, target)(x, dy, c, spatial, ch, begin, end, mean);
+}
+
+void GradSumsNhwcUnit(int64_t target, const float* x, const float* dy, int64_t c, int64_t c0,
+                      int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
+                      const float* mean, GradSums* out) {
+  BNORM_DISPATCH(GradSumsNhwcUnit, target)
+  (x, dy, c, c0, width, rows_per_period, row_begin, row_end, mean, out);
+}
+
+}  // namespace bnorm
+#endif  // HWY_ONCE

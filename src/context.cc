@@ -1,0 +1,111 @@
+#include "context.h"
+
+#include <new>
+#include <thread>
+
+struct bnorm_context {
+  explicit bnorm_context(int threads)
+      : num_threads(threads), arena(threads) {
+    arena.initialize();
+  }
+  int num_threads;
+  tbb::task_arena arena;
+  bnorm::ScratchPool scratch;
+};
+
+namespace bnorm {
+namespace {
+
+// Idle buffers kept per context; more concurrent callers than this still work,
+// their buffers are just freed on return.
+constexpr size_t kMaxIdleBuffers = 64;
+
+int AllCores() {
+  const int n = tbb::this_task_arena::max_concurrency();
+  return n > 0 ? n : 1;
+}
+
+bnorm_context& DefaultContext() {
+  // Never destroyed: other static destructors may still call into bnorm.
+  static bnorm_context* const ctx = new bnorm_context(AllCores());
+  return *ctx;
+}
+
+bnorm_context& Resolve(const bnorm_context* ctx) {
+  return ctx != nullptr ? *const_cast<bnorm_context*>(ctx) : DefaultContext();
+}
+
+}  // namespace
+
+ScratchPool::ScratchPool() { idle_.reserve(kMaxIdleBuffers); }
+
+ScratchPool::~ScratchPool() {
+  for (const Buffer& b : idle_) ::operator delete(b.data, std::align_val_t{64});
+}
+
+ScratchPool::Lease::~Lease() {
+  if (pool_ != nullptr) pool_->Release(data_, bytes_);
+}
+
+bool ScratchPool::Acquire(size_t bytes, Lease* lease) {
+  bytes = bytes == 0 ? 64 : bytes;
+  void* stale = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // Best fit: the smallest idle buffer that is large enough.
+    size_t best = idle_.size();
+    for (size_t i = 0; i < idle_.size(); ++i) {
+      if (idle_[i].bytes >= bytes && (best == idle_.size() || idle_[i].bytes < idle_[best].bytes)) {
+        best = i;
+      }
+    }
+    if (best != idle_.size()) {
+      lease->pool_ = this;
+      lease->data_ = idle_[best].data;
+      lease->bytes_ = idle_[best].bytes;
+      idle_[best] = idle_.back();
+      idle_.pop_back();
+      return true;
+    }
+    // Grow: replace the largest idle buffer (too small) by a new one.
+    if (!idle_.empty()) {
+      size_t largest = 0;
+      for (size_t i = 1; i < idle_.size(); ++i) {
+        if (idle_[i].bytes > idle_[largest].bytes) largest = i;
+      }
+      stale = idle_[largest].data;
+      idle_[largest] = idle_.back();
+      idle_.pop_back();
+    }
+  }
+  if (stale != nullptr) ::operator delete(stale, std::align_val_t{64});
+  void* data = ::operator new(bytes, std::align_val_t{64}, std::nothrow);
+  if (data == nullptr) return false;
+  lease->pool_ = this;
+  lease->data_ = data;
+  lease->bytes_ = bytes;
+  return true;
+}
+
+void ScratchPool::Release(void* data, size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (idle_.size() < idle_.capacity()) {
+      idle_.push_back(Buffer{data, bytes});
+      return;
+    }
+  }
+  ::operator delete(data, std::align_val_t{64});
+}
+
+int ContextThreads(const bnorm_context* ctx) { return Resolve(ctx).num_threads; }
+tbb::task_arena& ContextArena(const bnorm_context* ctx) { return Resolve(ctx).arena; }
+ScratchPool& ContextScratch(const bnorm_context* ctx) { return Resolve(ctx).scratch; }
+
+bnorm_context* NewContext(int num_threads) {
+  return new (std::nothrow) bnorm_context(num_threads == 0 ? AllCores() : num_threads);
+}
+
+void DeleteContext(bnorm_context* ctx) { delete ctx; }
+
+}  // namespace bnorm

@@ -1,0 +1,113 @@
+// The context: a oneTBB arena (the thread pool a call runs on) and a pool of
+// scratch buffers kept between calls, so that warm calls do not allocate.
+// Several threads may use one context at once: each call leases its own
+// scratch buffer.
+#ifndef BNORM_SRC_CONTEXT_H_
+#define BNORM_SRC_CONTEXT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+#include <oneapi/tbb/task_arena.h>
+
+#include "bnorm/bnorm.h"
+
+namespace bnorm {
+
+class ScratchPool {
+ public:
+  // A buffer on loan from the pool, returned on destruction.
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease();
+    void* data() const { return data_; }
+
+   private:
+    friend class ScratchPool;
+    ScratchPool* pool_ = nullptr;
+    void* data_ = nullptr;
+    size_t bytes_ = 0;
+  };
+
+  ScratchPool();
+  ~ScratchPool();
+  ScratchPool(const ScratchPool&) = delete;
+  ScratchPool& operator=(const ScratchPool&) = delete;
+
+  // Leases at least `bytes` (64-byte aligned). False if memory ran out.
+  bool Acquire(size_t bytes, Lease* lease);
+
+ private:
+  struct Buffer {
+    void* data;
+    size_t bytes;
+  };
+  void Release(void* data, size_t bytes);
+
+  std::mutex mutex_;
+  std::vector<Buffer> idle_;  // capacity reserved up front: Release never allocates
+};
+
+// Carves typed arrays out of a leased buffer, each aligned to 64 bytes.
+class ScratchLayout {
+ public:
+  template <typename T>
+  size_t Add(int64_t count) {
+    const size_t offset = bytes_;
+    bytes_ += (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+    return offset;
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  size_t bytes_ = 0;
+};
+
+template <typename T>
+T* ScratchAt(const ScratchPool::Lease& lease, size_t offset) {
+  return reinterpret_cast<T*>(static_cast<char*>(lease.data()) + offset);
+}
+
+// Creates a context (nullptr when out of memory); num_threads 0 = all cores.
+bnorm_context* NewContext(int num_threads);
+void DeleteContext(bnorm_context* ctx);
+
+// Threads a context runs on (the default context for nullptr).
+int ContextThreads(const bnorm_context* ctx);
+tbb::task_arena& ContextArena(const bnorm_context* ctx);
+ScratchPool& ContextScratch(const bnorm_context* ctx);
+
+// Calls body(begin, end) over [0, count) in chunks of `grain` items, on the
+// context's threads. Runs inline when there is only one chunk or one thread.
+template <typename Body>
+void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const Body& body) {
+  if (count <= 0) return;
+  const int64_t chunks = (count + grain - 1) / grain;
+  if (chunks == 1 || ContextThreads(ctx) == 1) {
+    body(int64_t{0}, count);
+    return;
+  }
+  ContextArena(ctx).execute([&] {
+    tbb::parallel_for(
+        tbb::blocked_range<int64_t>(0, chunks, 1),
+        [&](const tbb::blocked_range<int64_t>& r) {
+          for (int64_t chunk = r.begin(); chunk != r.end(); ++chunk) {
+            const int64_t begin = chunk * grain;
+            body(begin, std::min(count, begin + grain));
+          }
+        },
+        tbb::simple_partitioner());
+  });
+}
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_CONTEXT_H_

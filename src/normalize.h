@@ -1,0 +1,31 @@
+// Normalize kernels: y = ((x - mean_hi) - mean_lo) * scale + shift, with
+// constants per channel (NCHW) or per position of a repeating period (NHWC).
+// The mean is split in two floats so that x - mean keeps the precision of the
+// double mean when the data sit on a large offset.
+#ifndef BNORM_SRC_NORMALIZE_H_
+#define BNORM_SRC_NORMALIZE_H_
+
+#include <cstdint>
+
+namespace bnorm {
+
+struct AffineConstants {
+  const float* mean_hi;
+  const float* mean_lo;
+  const float* scale;
+  const float* shift;
+};
+
+// NCHW: elements [begin, end) of the flat tensor; constants indexed by channel.
+// y may equal x.
+void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
+                   int64_t begin, int64_t end, const AffineConstants& k);
+
+// NHWC: elements [begin, end) of the flat tensor, begin a multiple of period;
+// constants indexed by position within the period. y may equal x.
+void NormalizeNhwc(int64_t target, const float* x, float* y, int64_t period, int64_t begin,
+                   int64_t end, const AffineConstants& k);
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_NORMALIZE_H_

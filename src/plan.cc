@@ -1,0 +1,83 @@
+#include "plan.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace bnorm {
+namespace {
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t RoundUp(int64_t a, int64_t b) { return CeilDiv(a, b) * b; }
+
+// Rows per period for NHWC with all channels in one block: the fewest rows
+// whose floats fill whole vectors of the widest target, if that stays small.
+int64_t RowsPerPeriod(int64_t c) {
+  const int64_t rows = kMaxLanes / std::gcd(c, kMaxLanes);
+  return (c * rows <= kMaxPositions) ? rows : 1;
+}
+
+}  // namespace
+
+Problem Canonicalize(int64_t n, int64_t c, int64_t spatial, bool nhwc) {
+  Problem p;
+  if (c == 1) {  // one contiguous channel
+    p.n = 1;
+    p.c = 1;
+    p.spatial = n * spatial;
+    p.nhwc = false;
+  } else if (spatial == 1) {  // (N, C): NCHW and NHWC are the same bytes
+    p.n = n;
+    p.c = c;
+    p.spatial = 1;
+    p.nhwc = true;
+  } else {
+    p.n = n;
+    p.c = c;
+    p.spatial = spatial;
+    p.nhwc = nhwc;
+  }
+  return p;
+}
+
+ReductionPlan PlanReduction(const Problem& p) {
+  ReductionPlan plan;
+  plan.nhwc = p.nhwc;
+  const int64_t values = p.Values();
+  if (!p.nhwc) {
+    const int64_t units = CeilDiv(values, kUnitElems);
+    plan.unit_len = std::min(values, RoundUp(CeilDiv(values, units), kMaxLanes));
+    plan.units_per_channel = CeilDiv(values, plan.unit_len);
+    plan.num_units = plan.units_per_channel * p.c;
+    plan.unit_elems = plan.unit_len;
+    return plan;
+  }
+  plan.block_width = std::min(p.c, kMaxPositions);
+  plan.num_blocks = CeilDiv(p.c, plan.block_width);
+  plan.rows_per_period = plan.num_blocks == 1 ? RowsPerPeriod(p.c) : 1;
+  plan.period = plan.rows_per_period * plan.block_width;
+  const int64_t periods_per_unit = std::max<int64_t>(1, kUnitElems / plan.period);
+  plan.unit_rows = std::min(values, periods_per_unit * plan.rows_per_period);
+  plan.row_units = CeilDiv(values, plan.unit_rows);
+  plan.num_units = plan.row_units * plan.num_blocks;
+  plan.unit_elems = plan.unit_rows * plan.block_width;
+  return plan;
+}
+
+ElementwisePlan PlanElementwise(const Problem& p) {
+  ElementwisePlan plan;
+  const int64_t total = p.Elements();
+  if (p.nhwc) {
+    plan.period = p.c <= kMaxPositions ? RowsPerPeriod(p.c) * p.c : p.c;
+    plan.task_elems = std::max<int64_t>(1, kTaskElems / plan.period) * plan.period;
+  } else {
+    plan.task_elems = kTaskElems;
+  }
+  plan.num_tasks = CeilDiv(total, plan.task_elems);
+  return plan;
+}
+
+int64_t UnitsPerChunk(int64_t unit_elems) {
+  return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, unit_elems));
+}
+
+}  // namespace bnorm

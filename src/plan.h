@@ -1,0 +1,90 @@
+// The planner: how a call's work is split into units and tasks. Plain C++, no
+// SIMD, no threads; unit-tested on its own (tests/plan_test.cc).
+//
+// Determinism: reductions are split into *units* whose boundaries depend only
+// on the shape, never on the thread count or the target. Each unit yields a
+// partial result and the partials of a channel are merged in unit order, so
+// the result is bitwise the same however units are spread over threads.
+#ifndef BNORM_SRC_PLAN_H_
+#define BNORM_SRC_PLAN_H_
+
+#include <cstdint>
+
+namespace bnorm {
+
+// Elements per reduction unit (f32: 128 KiB). Large enough that the per-unit
+// merge cost vanishes, small enough to balance threads and stay in L2.
+constexpr int64_t kUnitElems = 32768;
+// Elements per elementwise task.
+constexpr int64_t kTaskElems = 65536;
+// At most this many lane positions (floats of Welford state) in an NHWC unit.
+constexpr int64_t kMaxPositions = 1024;
+// Lanes of the widest target (AVX-512 f32). Periods are multiples of it so that
+// one plan serves every target.
+constexpr int64_t kMaxLanes = 16;
+
+// A tensor shape reduced to the two memory patterns the kernels know. C == 1 is
+// contiguous (NCHW with n = 1); spatial == 1 is row-major (NHWC).
+struct Problem {
+  int64_t n = 0;
+  int64_t c = 0;
+  int64_t spatial = 0;
+  bool nhwc = false;
+
+  int64_t Values() const { return n * spatial; }  // per channel
+  int64_t Elements() const { return n * c * spatial; }
+};
+
+Problem Canonicalize(int64_t n, int64_t c, int64_t spatial, bool nhwc);
+
+// NCHW reductions: channel ch is cut into `units_per_channel` units of
+// `unit_len` consecutive values in (i, s) order (the last may be shorter).
+// Unit u of channel ch has index ch * units_per_channel + u.
+//
+// NHWC reductions: channels are cut into blocks of `block_width` (all of them
+// when c <= kMaxPositions), rows into units of `unit_rows` rows. When one block
+// holds all channels, `rows_per_period` rows (a "period" of `period` floats, a
+// multiple of kMaxLanes where possible) are treated as one vector row, so
+// small C (3, 24, ...) still fills whole vectors. A unit's partial for channel
+// ch has index row_unit * c + ch.
+struct ReductionPlan {
+  bool nhwc = false;
+  int64_t num_units = 0;  // total units (all channels / blocks)
+  int64_t unit_elems = 0;  // elements of a full unit
+
+  // NCHW
+  int64_t units_per_channel = 0;
+  int64_t unit_len = 0;
+
+  // NHWC
+  int64_t block_width = 0;
+  int64_t num_blocks = 0;
+  int64_t rows_per_period = 1;
+  int64_t period = 0;  // rows_per_period * block_width
+  int64_t unit_rows = 0;
+  int64_t row_units = 0;  // units per block
+
+  int64_t NumPartials(const Problem& p) const {
+    return nhwc ? row_units * p.c : num_units;
+  }
+};
+
+ReductionPlan PlanReduction(const Problem& p);
+
+// Elementwise passes: the flat tensor is cut into tasks. NHWC tasks start at a
+// multiple of `period`, where per-position constant arrays of `period` floats
+// repeat (period = lcm(c, kMaxLanes) * 1 when small, else c).
+struct ElementwisePlan {
+  int64_t period = 0;  // NHWC only
+  int64_t task_elems = 0;
+  int64_t num_tasks = 0;
+};
+
+ElementwisePlan PlanElementwise(const Problem& p);
+
+// Units (or tasks) per parallel chunk so that a chunk holds about kTaskElems.
+int64_t UnitsPerChunk(int64_t unit_elems);
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_PLAN_H_

@@ -1,0 +1,175 @@
+// Statistics kernels (see stats.h). One SIMD body per target via foreach_target.
+#include "config.h"  // first: dispatch configuration
+
+#include "stats.h"
+
+#include <stddef.h>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "stats.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+#include "plan.h"
+#include "welford-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Accumulates one contiguous run of a channel (NCHW).
+template <class DF, class D1, size_t kAcc>
+struct RunAccumulators {
+  using Main = WelfordRegisters<DF, kAcc>;
+  explicit RunAccumulators(DF df, D1 d1) : main(df), rest(df), one(d1) {}
+
+  HWY_INLINE void AddRun(DF df, D1 d1, const float* HWY_RESTRICT p, size_t len, float pivot) {
+    constexpr size_t N = hn::MaxLanes(DF());
+    const hn::Vec<DF> vpivot = hn::Set(df, pivot);
+    size_t j = 0;
+    for (; j + kAcc * N <= len; j += kAcc * N) main.Add(p + j, vpivot);
+    for (; j + N <= len; j += N) rest.Add(p + j, vpivot);
+    const hn::Vec<D1> vpivot1 = hn::Set(d1, pivot);
+    for (; j < len; ++j) one.Add(p + j, vpivot1);
+  }
+
+  HWY_INLINE Moments Result() {
+    Moments m;
+    main.MergeInto(m);
+    rest.MergeInto(m);
+    one.MergeInto(m);
+    return m;
+  }
+
+  Main main;
+  WelfordRegisters<DF, 1> rest;
+  WelfordRegisters<D1, 1> one;
+};
+
+Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
+                      int64_t end) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  // The pivot is the channel's first value, so every unit of a channel shifts
+  // by the same amount.
+  const float pivot = x[ch * spatial];
+  RunAccumulators<decltype(df), decltype(d1), 4> acc(df, d1);
+  int64_t i = begin / spatial;
+  int64_t s = begin % spatial;
+  for (int64_t pos = begin; pos < end;) {
+    const int64_t len = std::min(spatial - s, end - pos);
+    acc.AddRun(df, d1, x + (i * c + ch) * spatial + s, static_cast<size_t>(len), pivot);
+    pos += len;
+    ++i;
+    s = 0;
+  }
+  Moments m = acc.Result();
+  m.mean += static_cast<double>(pivot);
+  return m;
+}
+
+// Welford state for `positions` lanes kept in memory (NHWC rows are wider than
+// a register file), with one count shared by all positions.
+template <class DF, class D1>
+HWY_INLINE void WelfordRow(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
+                           const float* HWY_RESTRICT pivot, float rk, float* HWY_RESTRICT mean,
+                           float* HWY_RESTRICT m2) {
+  constexpr size_t N = hn::MaxLanes(DF());
+  const auto vrk = hn::Set(df, rk);
+  size_t p = 0;
+  for (; p + N <= positions; p += N) {
+    const auto v = hn::Sub(hn::LoadU(df, row + p), hn::Load(df, pivot + p));
+    auto mu = hn::Load(df, mean + p);
+    const auto delta = hn::Sub(v, mu);
+    mu = hn::MulAdd(delta, vrk, mu);
+    hn::Store(mu, df, mean + p);
+    hn::Store(hn::MulAdd(delta, hn::Sub(v, mu), hn::Load(df, m2 + p)), df, m2 + p);
+  }
+  const auto vrk1 = hn::Set(d1, rk);
+  for (; p < positions; ++p) {
+    const auto v = hn::Sub(hn::LoadU(d1, row + p), hn::LoadU(d1, pivot + p));
+    auto mu = hn::LoadU(d1, mean + p);
+    const auto delta = hn::Sub(v, mu);
+    mu = hn::MulAdd(delta, vrk1, mu);
+    hn::StoreU(mu, d1, mean + p);
+    hn::StoreU(hn::MulAdd(delta, hn::Sub(v, mu), hn::LoadU(d1, m2 + p)), d1, m2 + p);
+  }
+}
+
+void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
+                   int64_t row_begin, int64_t row_end, Moments* out) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const size_t positions = static_cast<size_t>(width * rows_per_period);
+  HWY_ALIGN float pivot[kMaxPositions];
+  HWY_ALIGN float mean[kMaxPositions];
+  HWY_ALIGN float m2[kMaxPositions];
+  HWY_ALIGN double dmean[kMaxPositions];
+  HWY_ALIGN double dm2[kMaxPositions];
+  // Pivot of a position: its channel's value in row 0 of the tensor.
+  for (size_t p = 0; p < positions; ++p) {
+    pivot[p] = x[c0 + static_cast<int64_t>(p) % width];
+    mean[p] = m2[p] = 0.0f;
+    dmean[p] = dm2[p] = 0.0;
+  }
+  const float* recip = Reciprocals();
+  double count = 0.0;
+  size_t steps = 0;
+  int64_t r = row_begin;
+  for (; r + rows_per_period <= row_end; r += rows_per_period) {
+    WelfordRow(df, d1, positions, x + r * c + c0, pivot, recip[++steps], mean, m2);
+    if (steps == kBlockSteps) {
+      FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
+      for (size_t p = 0; p < positions; ++p) mean[p] = m2[p] = 0.0f;
+      steps = 0;
+    }
+  }
+  if (steps != 0) {
+    FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
+  }
+  // Positions p, p + width, ... hold the same channel: merge them in order.
+  for (int64_t ch = 0; ch < width; ++ch) {
+    Moments m;
+    for (int64_t k = 0; k < rows_per_period; ++k) {
+      const size_t p = static_cast<size_t>(k * width + ch);
+      MergeMoments(m, Moments{count, dmean[p], dm2[p]});
+    }
+    out[ch] = m;
+  }
+  // Rows left over after whole periods (fewer than rows_per_period; only in
+  // the last unit): merged one value at a time, in double.
+  for (; r < row_end; ++r) {
+    for (int64_t ch = 0; ch < width; ++ch) {
+      const double v = static_cast<double>(x[r * c + c0 + ch]) - static_cast<double>(pivot[ch]);
+      MergeMoments(out[ch], Moments{1.0, v, 0.0});
+    }
+  }
+  for (int64_t ch = 0; ch < width; ++ch) out[ch].mean += static_cast<double>(pivot[ch]);
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "dispatch.h"
+
+namespace bnorm {
+
+HWY_EXPORT(StatsNchwUnit);
+HWY_EXPORT(StatsNhwcUnit);
+
+Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial, int64_t ch,
+                      int64_t begin, int64_t end) {
+  return BNORM_DISPATCH(StatsNchwUnit, target)(x, c, spatial, ch, begin, end);
+}
+
+void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
+                   int64_t rows_per_period, int64_t row_begin, int64_t row_end, Moments* out) {
+  BNORM_DISPATCH(StatsNhwcUnit, target)(x, c, c0, width, rows_per_period, row_begin, row_end, out);
+}
+
+}  // namespace bnorm
+#endif  // HWY_ONCE

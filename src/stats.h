@@ -1,0 +1,25 @@
+// Statistics kernels: per-unit Welford moments of the input, dispatched to the
+// active SIMD target. Units come from the planner (plan.h).
+#ifndef BNORM_SRC_STATS_H_
+#define BNORM_SRC_STATS_H_
+
+#include <cstdint>
+
+#include "moments.h"
+
+namespace bnorm {
+
+// NCHW: moments of channel ch over its values [begin, end) in (i, s) order.
+// The mean is absolute (not shifted).
+Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial, int64_t ch,
+                      int64_t begin, int64_t end);
+
+// NHWC: moments of channels [c0, c0 + width) over rows [row_begin, row_end),
+// written to out[0, width). rows_per_period > 1 only when width == c (then
+// rows_per_period consecutive rows form one contiguous vector row).
+void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
+                   int64_t rows_per_period, int64_t row_begin, int64_t row_end, Moments* out);
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_STATS_H_

@@ -1,0 +1,100 @@
+#include "target.h"
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "config.h"  // first: the dispatch configuration every kernel sees
+#include "hwy/targets.h"
+
+namespace bnorm {
+namespace {
+
+bool EqualsIgnoreCase(const char* a, const char* b) {
+  for (; *a != '\0' && *b != '\0'; ++a, ++b) {
+    const char ca = (*a >= 'a' && *a <= 'z') ? static_cast<char>(*a - 'a' + 'A') : *a;
+    const char cb = (*b >= 'a' && *b <= 'z') ? static_cast<char>(*b - 'a' + 'A') : *b;
+    if (ca != cb) return false;
+  }
+  return *a == *b;
+}
+
+std::vector<int64_t> ComputeRunnableTargets() {
+  std::vector<int64_t> targets;
+  // Lower bits are better targets in Highway's encoding.
+  for (int64_t bits = hwy::SupportedTargets() & HWY_TARGETS; bits != 0; bits &= bits - 1) {
+    targets.push_back(bits & -bits);
+  }
+  if (targets.empty()) targets.push_back(HWY_STATIC_TARGET);
+  return targets;
+}
+
+// Result of looking a name up: the target bit or why not.
+struct Lookup {
+  int status;  // 0 found and runnable, 1 unknown, 2 known but not runnable
+  int64_t bit;
+};
+
+Lookup FindTarget(const char* name) {
+  for (int64_t bit : RunnableTargets()) {
+    if (EqualsIgnoreCase(name, hwy::TargetName(bit))) return {0, bit};
+  }
+  // Any name Highway knows on any architecture is "known".
+  for (int shift = 0; shift < 63; ++shift) {
+    const int64_t bit = int64_t{1} << shift;
+    const char* known = hwy::TargetName(bit);
+    if (known != nullptr && !EqualsIgnoreCase(known, "Unknown") && EqualsIgnoreCase(name, known)) {
+      return {2, bit};
+    }
+  }
+  return {1, 0};
+}
+
+// The default: BNORM_TARGET if it names a runnable target, else the best.
+int64_t DefaultTarget() {
+  static const int64_t chosen = [] {
+    const int64_t best = RunnableTargets().front();
+    const char* env = std::getenv("BNORM_TARGET");
+    if (env == nullptr || env[0] == '\0') return best;
+    const Lookup found = FindTarget(env);
+    if (found.status == 0) return found.bit;
+    std::fprintf(stderr,
+                 "bnorm: BNORM_TARGET=%s is %s; using %s\n", env,
+                 found.status == 1 ? "not a known target" : "not supported by this CPU or build",
+                 hwy::TargetName(best));
+    return best;
+  }();
+  return chosen;
+}
+
+// 0 means "not forced": use DefaultTarget().
+std::atomic<int64_t> g_forced_target{0};
+
+}  // namespace
+
+const std::vector<int64_t>& RunnableTargets() {
+  static const std::vector<int64_t> targets = ComputeRunnableTargets();
+  return targets;
+}
+
+int64_t ActiveTargetBit() {
+  const int64_t forced = g_forced_target.load(std::memory_order_acquire);
+  return forced != 0 ? forced : DefaultTarget();
+}
+
+int ForceTargetByName(const char* name) {
+  if (name == nullptr || name[0] == '\0') {
+    g_forced_target.store(0, std::memory_order_release);
+    return 0;
+  }
+  const Lookup found = FindTarget(name);
+  if (found.status != 0) return found.status;
+  g_forced_target.store(found.bit, std::memory_order_release);
+  return 0;
+}
+
+const char* TargetNameOf(int64_t bit) { return hwy::TargetName(bit); }
+
+}  // namespace bnorm
