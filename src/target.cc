@@ -80,8 +80,9 @@ const std::vector<int64_t>& RunnableTargets() {
 }
 
 int64_t ActiveTargetBit() {
+  const int64_t fallback = DefaultTarget();  // also reports a bad BNORM_TARGET once
   const int64_t forced = g_forced_target.load(std::memory_order_acquire);
-  return forced != 0 ? forced : DefaultTarget();
+  return forced != 0 ? forced : fallback;
 }
 
 int ForceTargetByName(const char* name) {

@@ -1,0 +1,209 @@
+// Shared test support: shapes, data generators, the long-double reference and
+// the list of ISA targets every test runs under.
+#ifndef BNORM_TESTS_TEST_SUPPORT_H_
+#define BNORM_TESTS_TEST_SUPPORT_H_
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bnorm/bnorm.h"
+
+namespace bnorm_test {
+
+struct Shape {
+  int64_t n, c, spatial;
+  bnorm_layout layout;
+
+  int64_t Elements() const { return n * c * spatial; }
+  int64_t Values() const { return n * spatial; }
+  int64_t Index(int64_t i, int64_t ch, int64_t s) const {
+    return layout == BNORM_LAYOUT_NCHW ? (i * c + ch) * spatial + s : (i * spatial + s) * c + ch;
+  }
+  bnorm_tensor_desc Desc() const { return bnorm_tensor_desc{n, c, spatial, layout, BNORM_DTYPE_F32}; }
+  std::string Name() const {
+    return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(spatial) +
+           (layout == BNORM_LAYOUT_NCHW ? "_NCHW" : "_NHWC");
+  }
+};
+
+// Targets this CPU runs, best first (AVX3/AVX2/SSE4/SSSE3/SCALAR...).
+inline std::vector<std::string> TargetNames() {
+  std::vector<std::string> names;
+  for (int i = 0; i < bnorm_target_count(); ++i) names.emplace_back(bnorm_target_name(i));
+  return names;
+}
+
+// Forces a target for the scope of a test.
+class ScopedTarget {
+ public:
+  explicit ScopedTarget(const std::string& name) {
+    EXPECT_EQ(bnorm_set_target(name.c_str()), BNORM_OK) << name;
+    EXPECT_STREQ(bnorm_active_target(), name.c_str());
+  }
+  ~ScopedTarget() { bnorm_set_target(nullptr); }
+};
+
+// offset + scale * N(0, 1), channel ch shifted by ch * channel_step.
+inline std::vector<float> NormalData(const Shape& s, uint64_t seed, double offset = 0.0,
+                                     double scale = 1.0, double channel_step = 0.5) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<float> x(static_cast<size_t>(s.Elements()));
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        x[static_cast<size_t>(s.Index(i, ch, sp))] =
+            static_cast<float>(offset + channel_step * static_cast<double>(ch) + scale * normal(rng));
+      }
+    }
+  }
+  return x;
+}
+
+inline std::vector<float> UniformVector(size_t count, uint64_t seed, float lo, float hi) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(count);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// ---- The reference: long double, two passes, on the same float inputs. ----
+
+using LD = long double;
+
+struct RefStats {
+  LD mean;
+  LD var;  // biased
+};
+
+inline std::vector<RefStats> ReferenceStats(const Shape& s, const std::vector<float>& x) {
+  std::vector<RefStats> out(static_cast<size_t>(s.c));
+  const LD m = static_cast<LD>(s.Values());
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    LD sum = 0;
+    for (int64_t i = 0; i < s.n; ++i)
+      for (int64_t sp = 0; sp < s.spatial; ++sp) sum += x[static_cast<size_t>(s.Index(i, ch, sp))];
+    const LD mean = sum / m;
+    LD sq = 0;
+    for (int64_t i = 0; i < s.n; ++i) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        const LD d = x[static_cast<size_t>(s.Index(i, ch, sp))] - mean;
+        sq += d * d;
+      }
+    }
+    out[static_cast<size_t>(ch)] = RefStats{mean, sq / m};
+  }
+  return out;
+}
+
+inline LD RefInvstd(LD var, float eps) {
+  const LD v = var + static_cast<LD>(eps);
+  return v == 0 ? 0 : 1.0L / std::sqrt(v);
+}
+
+inline LD At(const float* p, int64_t i, LD fallback) {
+  return p != nullptr ? static_cast<LD>(p[i]) : fallback;
+}
+
+// y = (x - mean) * invstd * gamma + beta for every element.
+inline std::vector<LD> ReferenceNormalize(const Shape& s, const std::vector<float>& x,
+                                          const std::vector<LD>& mean,
+                                          const std::vector<LD>& invstd, const float* gamma,
+                                          const float* beta) {
+  std::vector<LD> y(x.size());
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        const size_t e = static_cast<size_t>(s.Index(i, ch, sp));
+        const size_t c = static_cast<size_t>(ch);
+        y[e] = (x[e] - mean[c]) * invstd[c] * At(gamma, ch, 1) + At(beta, ch, 0);
+      }
+    }
+  }
+  return y;
+}
+
+// Backward reference. dx is the exact formula; dx_scale bounds the size of the
+// terms it is made of (for the tolerance).
+struct RefBackward {
+  std::vector<LD> dx, dx_scale;
+  std::vector<LD> dgamma, dbeta;
+  std::vector<LD> sum_abs_dy, sum_abs_dy_xmu;  // magnitudes of the reduced terms
+};
+
+inline RefBackward ReferenceBackward(const Shape& s, bool frozen, const std::vector<float>& x,
+                                     const std::vector<float>& dy, const float* gamma,
+                                     const std::vector<float>& mean,
+                                     const std::vector<float>& invstd) {
+  RefBackward r;
+  const size_t C = static_cast<size_t>(s.c);
+  r.dx.resize(x.size());
+  r.dx_scale.resize(x.size());
+  r.dgamma.assign(C, 0);
+  r.dbeta.assign(C, 0);
+  r.sum_abs_dy.assign(C, 0);
+  r.sum_abs_dy_xmu.assign(C, 0);
+  std::vector<LD> sdy(C, 0), sdyxmu(C, 0);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        const size_t e = static_cast<size_t>(s.Index(i, ch, sp));
+        const size_t c = static_cast<size_t>(ch);
+        const LD xmu = static_cast<LD>(x[e]) - mean[c];
+        sdy[c] += dy[e];
+        sdyxmu[c] += dy[e] * xmu;
+        r.sum_abs_dy[c] += std::fabs(static_cast<LD>(dy[e]));
+        r.sum_abs_dy_xmu[c] += std::fabs(dy[e] * xmu);
+      }
+    }
+  }
+  const LD m = static_cast<LD>(s.Values());
+  for (size_t c = 0; c < C; ++c) {
+    r.dbeta[c] = sdy[c];
+    r.dgamma[c] = sdyxmu[c] * invstd[c];
+  }
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        const size_t e = static_cast<size_t>(s.Index(i, ch, sp));
+        const size_t c = static_cast<size_t>(ch);
+        const LD is = invstd[c];
+        const LD a = At(gamma, ch, 1) * is;
+        const LD xmu = static_cast<LD>(x[e]) - mean[c];
+        if (frozen) {
+          r.dx[e] = dy[e] * a;
+          r.dx_scale[e] = std::fabs(r.dx[e]);
+        } else {
+          const LD mdy = sdy[c] / m;
+          const LD b = a * is * is * sdyxmu[c] / m;
+          r.dx[e] = a * (dy[e] - mdy) - b * xmu;
+          // The sums are known to ~1e-5 of their magnitude sums, hence the
+          // terms with sum_abs_*.
+          r.dx_scale[e] = std::fabs(a) * (std::fabs(dy[e] - mdy) + r.sum_abs_dy[c] / m) +
+                          std::fabs(a) * is * is * std::fabs(xmu) *
+                              (std::fabs(sdyxmu[c]) + r.sum_abs_dy_xmu[c]) / m;
+        }
+      }
+    }
+  }
+  return r;
+}
+
+// Bytes of v, for "unchanged" checks.
+template <typename T>
+std::vector<unsigned char> Bytes(const std::vector<T>& v) {
+  std::vector<unsigned char> b(v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+}  // namespace bnorm_test
+
+#endif  // BNORM_TESTS_TEST_SUPPORT_H_
