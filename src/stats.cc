@@ -154,21 +154,50 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+#include <cmath>
+
 #include "dispatch.h"
 
 namespace bnorm {
+namespace {
+
+// The float lanes can overflow where double does not: data spread beyond
+// ~1e18 (128 squared deviations above FLT_MAX) or a pivot and value of
+// opposite sign near FLT_MAX. Such a unit is redone here in double, where no
+// float input can overflow; NaN/Inf inputs come out NaN/Inf either way.
+template <typename ValueAt>
+Moments ExactMoments(int64_t count, const ValueAt& value_at) {
+  Moments m;
+  for (int64_t k = 0; k < count; ++k) MergeMoments(m, Moments{1.0, value_at(k), 0.0});
+  return m;
+}
+
+bool Finite(const Moments& m) { return std::isfinite(m.mean) && std::isfinite(m.m2); }
+
+}  // namespace
 
 HWY_EXPORT(StatsNchwUnit);
 HWY_EXPORT(StatsNhwcUnit);
 
 Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial, int64_t ch,
                       int64_t begin, int64_t end) {
-  return BNORM_DISPATCH(StatsNchwUnit, target)(x, c, spatial, ch, begin, end);
+  const Moments m = BNORM_DISPATCH(StatsNchwUnit, target)(x, c, spatial, ch, begin, end);
+  if (Finite(m)) return m;
+  return ExactMoments(end - begin, [&](int64_t k) {
+    const int64_t v = begin + k;  // value index (i, s) of the channel
+    return static_cast<double>(x[((v / spatial) * c + ch) * spatial + v % spatial]);
+  });
 }
 
 void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, Moments* out) {
   BNORM_DISPATCH(StatsNhwcUnit, target)(x, c, c0, width, rows_per_period, row_begin, row_end, out);
+  for (int64_t ch = 0; ch < width; ++ch) {
+    if (Finite(out[ch])) continue;
+    out[ch] = ExactMoments(row_end - row_begin, [&](int64_t k) {
+      return static_cast<double>(x[(row_begin + k) * c + c0 + ch]);
+    });
+  }
 }
 
 }  // namespace bnorm

@@ -2,6 +2,7 @@
 #ifndef BNORM_TESTS_CASES_H_
 #define BNORM_TESTS_CASES_H_
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,10 @@ inline std::vector<TargetShape> TargetShapeGrid() {
     for (const Shape& s : TestShapes()) grid.push_back(TargetShape{t, s});
   }
   return grid;
+}
+
+inline void PrintTo(const TargetShape& t, std::ostream* os) {
+  *os << t.target << "_" << t.shape.Name();
 }
 
 inline std::string TargetShapeName(const testing::TestParamInfo<TargetShape>& info) {

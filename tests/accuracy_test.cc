@@ -1,0 +1,217 @@
+// Adversarial data: large offsets, constant channels, NaN/Inf, denormals and
+// huge magnitudes, in both layouts and under every target.
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "test_support.h"
+
+namespace bnorm_test {
+namespace {
+
+struct TargetLayout {
+  std::string target;
+  bnorm_layout layout;
+};
+
+std::vector<TargetLayout> Grid() {
+  std::vector<TargetLayout> grid;
+  for (const auto& t : TargetNames()) {
+    grid.push_back({t, BNORM_LAYOUT_NCHW});
+    grid.push_back({t, BNORM_LAYOUT_NHWC});
+  }
+  return grid;
+}
+
+std::string GridName(const testing::TestParamInfo<TargetLayout>& info) {
+  return info.param.target + (info.param.layout == BNORM_LAYOUT_NCHW ? "_NCHW" : "_NHWC");
+}
+
+class AccuracyTest : public testing::TestWithParam<TargetLayout> {
+ protected:
+  void SetUp() override { target_ = std::make_unique<ScopedTarget>(GetParam().target); }
+  void TearDown() override { target_.reset(); }
+  bnorm_layout layout() const { return GetParam().layout; }
+
+  struct Result {
+    std::vector<float> y, mean, invstd, running_var;
+  };
+  Result Train(const Shape& s, const std::vector<float>& x, float eps, const float* gamma = nullptr,
+               const float* beta = nullptr) {
+    Result r;
+    const size_t C = static_cast<size_t>(s.c);
+    r.y.assign(x.size(), -7.0f);
+    r.mean.assign(C, -7.0f);
+    r.invstd.assign(C, -7.0f);
+    r.running_var.assign(C, 0.0f);
+    const bnorm_tensor_desc desc = s.Desc();
+    EXPECT_EQ(bnorm_forward_training(nullptr, &desc, x.data(), r.y.data(), gamma, beta, eps, 1.0f,
+                                     nullptr, r.running_var.data(), r.mean.data(),
+                                     r.invstd.data()),
+              BNORM_OK);
+    return r;
+  }
+
+ private:
+  std::unique_ptr<ScopedTarget> target_;
+};
+
+// offset + N(0,1) with offset up to 1e5: the accuracy bar.
+TEST_P(AccuracyTest, LargeOffsetStatistics) {
+  for (double offset : {1e3, 1e4, 1e5}) {
+    for (const Shape& s : {Shape{16, 8, 1024, layout()}, Shape{64, 32, 49, layout()},
+                           Shape{2, 3, 50000, layout()}, Shape{4096, 5, 1, layout()}}) {
+      SCOPED_TRACE(testing::Message() << "offset=" << offset << " shape=" << s.Name());
+      const auto x = NormalData(s, 42, offset, 1.0, 0.0);
+      const auto ref = ReferenceStats(s, x);
+      const Result r = Train(s, x, 0.0f);
+      const LD m = static_cast<LD>(s.Values());
+      for (size_t c = 0; c < static_cast<size_t>(s.c); ++c) {
+        const LD std_dev = std::sqrt(ref[c].var);
+        EXPECT_NEAR(r.mean[c], static_cast<double>(ref[c].mean),
+                    1e-6 * static_cast<double>(std::fabs(ref[c].mean) + std_dev));
+        const LD unbiased = ref[c].var * m / (m - 1);
+        EXPECT_NEAR(r.running_var[c], static_cast<double>(unbiased),
+                    1e-5 * static_cast<double>(unbiased));
+        EXPECT_NEAR(r.invstd[c], static_cast<double>(1 / std_dev), 1e-5 / static_cast<double>(std_dev));
+      }
+      if (offset == 1e4) {
+        // The output bar: |y - y_ref| <= 1e-5 at offset 1e4.
+        std::vector<LD> mean, invstd;
+        for (const auto& st : ref) {
+          mean.push_back(st.mean);
+          invstd.push_back(1 / std::sqrt(st.var));
+        }
+        const auto y_ref = ReferenceNormalize(s, x, mean, invstd, nullptr, nullptr);
+        double worst = 0;
+        for (size_t e = 0; e < x.size(); ++e) {
+          worst = std::max(worst, std::fabs(static_cast<double>(r.y[e] - y_ref[e])));
+        }
+        EXPECT_LE(worst, 1e-5);
+      }
+    }
+  }
+}
+
+TEST_P(AccuracyTest, ConstantChannelsGiveZeroVarianceAndBeta) {
+  const Shape s{5, 4, 37, layout()};
+  std::vector<float> x(static_cast<size_t>(s.Elements()));
+  const float values[] = {3.14159f, -1e30f, 0.0f, 7e-42f /* denormal */};
+  for (int64_t i = 0; i < s.n; ++i)
+    for (int64_t ch = 0; ch < s.c; ++ch)
+      for (int64_t sp = 0; sp < s.spatial; ++sp) x[static_cast<size_t>(s.Index(i, ch, sp))] = values[ch];
+  const std::vector<float> gamma = {2.0f, 3.0f, 4.0f, 5.0f}, beta = {0.5f, -0.25f, 1.0f, 8.0f};
+  for (float eps : {0.0f, 1e-5f}) {
+    SCOPED_TRACE(testing::Message() << "eps=" << eps);
+    const Result r = Train(s, x, eps, gamma.data(), beta.data());
+    for (size_t c = 0; c < 4; ++c) {
+      EXPECT_EQ(r.mean[c], values[c]);
+      EXPECT_EQ(r.running_var[c], 0.0f);
+      EXPECT_EQ(r.invstd[c], eps == 0.0f ? 0.0f : static_cast<float>(1.0 / std::sqrt(double{eps})));
+    }
+    for (int64_t i = 0; i < s.n; ++i)
+      for (int64_t ch = 0; ch < s.c; ++ch)
+        for (int64_t sp = 0; sp < s.spatial; ++sp)
+          ASSERT_EQ(r.y[static_cast<size_t>(s.Index(i, ch, sp))], beta[static_cast<size_t>(ch)]);
+  }
+}
+
+TEST_P(AccuracyTest, NanAndInfStayInTheirChannel) {
+  const Shape s{3, 5, 41, layout()};
+  const auto clean = NormalData(s, 5);
+  const Result base = Train(s, clean, 1e-5f);
+  const float poison[] = {std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()};
+  for (float bad : poison) {
+    for (int64_t where : {int64_t{0}, s.Values() - 1, s.Values() / 2}) {
+      SCOPED_TRACE(testing::Message() << "bad=" << bad << " at value " << where);
+      auto x = clean;
+      const int64_t ch = 2;
+      x[static_cast<size_t>(s.Index(where / s.spatial, ch, where % s.spatial))] = bad;
+      const Result r = Train(s, x, 1e-5f);
+      for (int64_t c = 0; c < s.c; ++c) {
+        const size_t cc = static_cast<size_t>(c);
+        if (c == ch) {
+          EXPECT_FALSE(std::isfinite(r.mean[cc]) && std::isfinite(r.invstd[cc]) &&
+                       std::isfinite(r.running_var[cc]) && r.invstd[cc] != 0.0f);
+        } else {
+          EXPECT_EQ(r.mean[cc], base.mean[cc]);
+          EXPECT_EQ(r.invstd[cc], base.invstd[cc]);
+        }
+      }
+      for (int64_t i = 0; i < s.n; ++i) {
+        for (int64_t c = 0; c < s.c; ++c) {
+          for (int64_t sp = 0; sp < s.spatial; ++sp) {
+            const size_t e = static_cast<size_t>(s.Index(i, c, sp));
+            if (c == ch) {
+              ASSERT_TRUE(std::isnan(r.y[e])) << e;
+            } else {
+              ASSERT_EQ(r.y[e], base.y[e]) << e;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(AccuracyTest, DenormalAndTinyInputs) {
+  const Shape s{4, 3, 33, layout()};
+  for (double scale : {1e-40, 1e-30, 1e-20}) {
+    SCOPED_TRACE(testing::Message() << "scale=" << scale);
+    const auto x = NormalData(s, 8, 0.0, scale, scale);
+    const auto ref = ReferenceStats(s, x);
+    const Result r = Train(s, x, 1e-5f);
+    for (size_t c = 0; c < 3; ++c) {
+      // Float cannot hold these variances better than its denormal spacing.
+      const double var_tol = 1e-5 * static_cast<double>(ref[c].var) + 1.5e-45;
+      const LD m = static_cast<LD>(s.Values());
+      EXPECT_NEAR(r.running_var[c], static_cast<double>(ref[c].var * m / (m - 1)), var_tol);
+      EXPECT_NEAR(r.mean[c], static_cast<double>(ref[c].mean),
+                  1e-6 * static_cast<double>(std::fabs(ref[c].mean) + std::sqrt(ref[c].var)) +
+                      1.5e-45);
+    }
+    for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
+  }
+}
+
+TEST_P(AccuracyTest, HugeValuesWithFiniteVariance) {
+  const Shape s{8, 3, 129, layout()};
+  // std 1e18 on offset 3e18: var 1e36 fits in float, 128 squared deviations
+  // summed in float would not.
+  for (double scale : {1e18, 5e18}) {
+    SCOPED_TRACE(testing::Message() << "scale=" << scale);
+    const auto x = NormalData(s, 9, 3.0 * scale, scale, 0.0);
+    const auto ref = ReferenceStats(s, x);
+    const Result r = Train(s, x, 0.0f);
+    const LD m = static_cast<LD>(s.Values());
+    for (size_t c = 0; c < 3; ++c) {
+      const LD unbiased = ref[c].var * m / (m - 1);
+      ASSERT_TRUE(std::isfinite(r.running_var[c]));
+      EXPECT_NEAR(r.running_var[c], static_cast<double>(unbiased), 1e-5 * static_cast<double>(unbiased));
+      EXPECT_NEAR(r.mean[c], static_cast<double>(ref[c].mean), 1e-6 * static_cast<double>(std::fabs(ref[c].mean)));
+    }
+    for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
+  }
+  // Opposite signs near FLT_MAX: the shifted float data overflow; the double
+  // fallback keeps the mean exact. The variance (~9e76) is not finite in float.
+  std::vector<float> x(static_cast<size_t>(s.Elements()));
+  for (size_t e = 0; e < x.size(); ++e) x[e] = (e % 2 == 0) ? 3e38f : -3e38f;
+  const Shape s2{1, 1, static_cast<int64_t>(x.size()), layout()};
+  const Result r = Train(s2, x, 0.0f);
+  EXPECT_TRUE(std::isfinite(r.mean[0]));
+  EXPECT_NEAR(r.mean[0], 0.0, 1e-14 * 3e38);  // even count: mean 0, double rounding
+  EXPECT_TRUE(std::isinf(r.running_var[0]));
+  for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTargets, AccuracyTest, testing::ValuesIn(Grid()), GridName);
+
+}  // namespace
+}  // namespace bnorm_test
