@@ -1,0 +1,349 @@
+// Bad input: every argument of every entry point, each returning its
+// documented status and leaving every byte of every buffer unchanged.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "test_support.h"
+
+namespace bnorm_test {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// All buffers live in one arena so that "unchanged" covers every byte any
+// call could touch, including aliased ones.
+struct Arena {
+  static constexpr int64_t kN = 2, kC = 3, kS = 5, kE = kN * kC * kS;
+  std::vector<float> data;
+  float *x, *y, *dy, *dx, *gamma, *beta, *rm, *rv, *sm, *si, *dgamma, *dbeta;
+
+  Arena() : data(static_cast<size_t>(4 * kE + 8 * kC)) {
+    for (size_t i = 0; i < data.size(); ++i) data[i] = 0.25f + static_cast<float>(i % 17);
+    float* p = data.data();
+    x = p;
+    y = p + kE;
+    dy = p + 2 * kE;
+    dx = p + 3 * kE;
+    float* q = p + 4 * kE;
+    gamma = q;
+    beta = q + kC;
+    rm = q + 2 * kC;
+    rv = q + 3 * kC;
+    sm = q + 4 * kC;
+    si = q + 5 * kC;
+    dgamma = q + 6 * kC;
+    dbeta = q + 7 * kC;
+  }
+  static bnorm_tensor_desc Desc() {
+    return bnorm_tensor_desc{kN, kC, kS, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
+  }
+};
+
+struct Case {
+  std::string name;
+  bnorm_status expected;
+  std::function<void(Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&)> mutate_desc;
+};
+
+// Bad descriptors, common to every entry point.
+std::vector<Case> DescCases() {
+  using D = bnorm_tensor_desc;
+  auto set = [](std::function<void(D&)> f) {
+    return [f](Arena&, D*&, D& d) { f(d); };
+  };
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  std::vector<Case> cases = {
+      {"desc_null", BNORM_ERR_NULL_POINTER, [](Arena&, D*& p, D&) { p = nullptr; }},
+      {"n_zero", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.n = 0; })},
+      {"c_zero", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.c = 0; })},
+      {"spatial_zero", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.spatial = 0; })},
+      {"n_negative", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.n = -2; })},
+      {"c_min", BNORM_ERR_BAD_SHAPE, set([big](D& d) { d.c = -big - 1; })},
+      {"spatial_negative", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.spatial = -1; })},
+      {"n_times_c_overflows", BNORM_ERR_BAD_SHAPE, set([big](D& d) { d.n = big; d.c = 2; })},
+      {"elements_overflow", BNORM_ERR_BAD_SHAPE,
+       set([](D& d) { d.n = int64_t{1} << 40; d.c = int64_t{1} << 20; d.spatial = int64_t{1} << 10; })},
+      {"bytes_overflow", BNORM_ERR_BAD_SHAPE,
+       set([](D& d) { d.n = int64_t{1} << 61; d.c = 1; d.spatial = 1; })},
+      {"layout_2", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = 2; std::memcpy(&d.layout, &v, sizeof v); })},
+      {"layout_negative", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = -1; std::memcpy(&d.layout, &v, sizeof v); })},
+      {"dtype_3", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = 3; std::memcpy(&d.dtype, &v, sizeof v); })},
+      {"dtype_huge", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = 0x7fffffff; std::memcpy(&d.dtype, &v, sizeof v); })},
+      {"dtype_bf16", BNORM_ERR_UNSUPPORTED, set([](D& d) { d.dtype = BNORM_DTYPE_BF16; })},
+      {"dtype_f16", BNORM_ERR_UNSUPPORTED, set([](D& d) { d.dtype = BNORM_DTYPE_F16; })},
+  };
+  return cases;
+}
+
+// Runs call() on a fresh arena and checks status and that nothing changed.
+void ExpectRejected(const std::string& what, bnorm_status expected,
+                    const std::function<bnorm_status(Arena&, const bnorm_tensor_desc*)>& call,
+                    const std::function<void(Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&)>& mutate) {
+  Arena a;
+  bnorm_tensor_desc desc = Arena::Desc();
+  bnorm_tensor_desc* pdesc = &desc;
+  mutate(a, pdesc, desc);
+  const auto before = Bytes(a.data);
+  EXPECT_EQ(call(a, pdesc), expected) << what;
+  EXPECT_EQ(Bytes(a.data), before) << what << ": a buffer changed on error";
+}
+
+// ---- forward training ----
+
+struct TrainArgs {
+  const float *x, *gamma, *beta;
+  float *y, *rm, *rv, *sm, *si;
+  float eps = 1e-5f, momentum = 0.1f;
+};
+
+TrainArgs DefaultTrain(Arena& a) {
+  return TrainArgs{a.x, a.gamma, a.beta, a.y, a.rm, a.rv, a.sm, a.si};
+}
+
+bnorm_status CallTrain(const TrainArgs& t, const bnorm_tensor_desc* d) {
+  return bnorm_forward_training(nullptr, d, t.x, t.y, t.gamma, t.beta, t.eps, t.momentum, t.rm,
+                                t.rv, t.sm, t.si);
+}
+
+TEST(Validation, ForwardTraining) {
+  for (const Case& c : DescCases()) {
+    ExpectRejected("training/" + c.name, c.expected,
+                   [](Arena& a, const bnorm_tensor_desc* d) { return CallTrain(DefaultTrain(a), d); },
+                   c.mutate_desc);
+  }
+  struct ArgCase {
+    std::string name;
+    bnorm_status expected;
+    std::function<void(Arena&, TrainArgs&)> mutate;
+  };
+  const std::vector<ArgCase> cases = {
+      {"x_null", BNORM_ERR_NULL_POINTER, [](Arena&, TrainArgs& t) { t.x = nullptr; }},
+      {"y_null", BNORM_ERR_NULL_POINTER, [](Arena&, TrainArgs& t) { t.y = nullptr; }},
+      {"eps_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.eps = -1.0f; }},
+      {"eps_nan", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.eps = kNaN; }},
+      {"eps_inf", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.eps = kInf; }},
+      {"momentum_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = -0.1f; }},
+      {"momentum_above_one", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = 1.5f; }},
+      {"momentum_nan", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = kNaN; }},
+      {"momentum_inf", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = kInf; }},
+      {"y_partly_over_x", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.y = a.x + 1; }},
+      {"y_over_gamma", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.y = a.gamma - 2; }},
+      {"running_mean_is_running_var", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.rv = a.rm; }},
+      {"running_var_in_x", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.rv = a.x + 4; }},
+      {"save_mean_is_gamma", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.sm = a.gamma; }},
+      {"save_invstd_over_save_mean", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.si = a.sm + 1; }},
+      {"save_mean_in_y", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.sm = a.y + 3; }},
+      {"running_mean_is_beta", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.rm = a.beta; }},
+  };
+  for (const ArgCase& c : cases) {
+    ExpectRejected("training/" + c.name, c.expected,
+                   [&](Arena& a, const bnorm_tensor_desc* d) {
+                     TrainArgs t = DefaultTrain(a);
+                     c.mutate(a, t);
+                     return CallTrain(t, d);
+                   },
+                   [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
+  }
+  // n * spatial < 2: the variance is undefined.
+  for (auto dims : {std::vector<int64_t>{1, 3, 1}, std::vector<int64_t>{1, 1, 1}}) {
+    ExpectRejected("training/too_few", BNORM_ERR_TOO_FEW_VALUES,
+                   [](Arena& a, const bnorm_tensor_desc* d) { return CallTrain(DefaultTrain(a), d); },
+                   [dims](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc& d) {
+                     d.n = dims[0];
+                     d.c = dims[1];
+                     d.spatial = dims[2];
+                   });
+  }
+}
+
+TEST(Validation, ForwardTrainingAcceptsTheAllowedForms) {
+  Arena a;
+  const bnorm_tensor_desc d = Arena::Desc();
+  // In place, negative zero eps, momentum at both ends, gamma == beta.
+  EXPECT_EQ(bnorm_forward_training(nullptr, &d, a.x, a.x, a.gamma, a.gamma, -0.0f, 0.0f, a.rm,
+                                   a.rv, a.sm, a.si),
+            BNORM_OK);
+  EXPECT_EQ(bnorm_forward_training(nullptr, &d, a.x, a.y, nullptr, nullptr, 0.0f, 1.0f, nullptr,
+                                   nullptr, nullptr, nullptr),
+            BNORM_OK);
+}
+
+// ---- forward inference ----
+
+struct InferArgs {
+  const float *x, *gamma, *beta, *mean, *var;
+  float* y;
+  float eps = 1e-5f;
+};
+
+bnorm_status CallInfer(const InferArgs& t, const bnorm_tensor_desc* d) {
+  return bnorm_forward_inference(nullptr, d, t.x, t.y, t.gamma, t.beta, t.mean, t.var, t.eps);
+}
+
+InferArgs DefaultInfer(Arena& a) { return InferArgs{a.x, a.gamma, a.beta, a.rm, a.rv, a.y}; }
+
+TEST(Validation, ForwardInference) {
+  for (const Case& c : DescCases()) {
+    ExpectRejected("inference/" + c.name, c.expected,
+                   [](Arena& a, const bnorm_tensor_desc* d) { return CallInfer(DefaultInfer(a), d); },
+                   c.mutate_desc);
+  }
+  struct ArgCase {
+    std::string name;
+    bnorm_status expected;
+    std::function<void(Arena&, InferArgs&)> mutate;
+  };
+  const std::vector<ArgCase> cases = {
+      {"x_null", BNORM_ERR_NULL_POINTER, [](Arena&, InferArgs& t) { t.x = nullptr; }},
+      {"y_null", BNORM_ERR_NULL_POINTER, [](Arena&, InferArgs& t) { t.y = nullptr; }},
+      {"mean_null", BNORM_ERR_NULL_POINTER, [](Arena&, InferArgs& t) { t.mean = nullptr; }},
+      {"var_null", BNORM_ERR_NULL_POINTER, [](Arena&, InferArgs& t) { t.var = nullptr; }},
+      {"eps_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, InferArgs& t) { t.eps = -1e-5f; }},
+      {"eps_nan", BNORM_ERR_BAD_ARGUMENT, [](Arena&, InferArgs& t) { t.eps = kNaN; }},
+      {"eps_minus_inf", BNORM_ERR_BAD_ARGUMENT, [](Arena&, InferArgs& t) { t.eps = -kInf; }},
+      {"y_partly_over_x", BNORM_ERR_ALIAS, [](Arena& a, InferArgs& t) { t.y = a.x + 7; }},
+      {"y_over_mean", BNORM_ERR_ALIAS, [](Arena& a, InferArgs& t) { t.y = a.rm - Arena::kE + 1; }},
+      {"y_over_var", BNORM_ERR_ALIAS, [](Arena& a, InferArgs& t) { t.y = a.rv; }},
+  };
+  for (const ArgCase& c : cases) {
+    ExpectRejected("inference/" + c.name, c.expected,
+                   [&](Arena& a, const bnorm_tensor_desc* d) {
+                     InferArgs t = DefaultInfer(a);
+                     c.mutate(a, t);
+                     return CallInfer(t, d);
+                   },
+                   [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
+  }
+  // Inference has no minimum count; mean == var and in place are allowed.
+  Arena a;
+  bnorm_tensor_desc d{1, 3, 1, BNORM_LAYOUT_NHWC, BNORM_DTYPE_F32};
+  EXPECT_EQ(bnorm_forward_inference(nullptr, &d, a.x, a.x, nullptr, nullptr, a.rv, a.rv, 0.0f),
+            BNORM_OK);
+}
+
+// ---- backward (training and frozen) ----
+
+struct BackArgs {
+  const float *x, *dy, *gamma, *mean, *invstd;
+  float *dx, *dgamma, *dbeta;
+};
+
+BackArgs DefaultBack(Arena& a) {
+  return BackArgs{a.x, a.dy, a.gamma, a.sm, a.si, a.dx, a.dgamma, a.dbeta};
+}
+
+bnorm_status CallBack(bool frozen, const BackArgs& t, const bnorm_tensor_desc* d) {
+  return frozen ? bnorm_backward_frozen(nullptr, d, t.x, t.dy, t.dx, t.gamma, t.mean, t.invstd,
+                                        t.dgamma, t.dbeta)
+                : bnorm_backward(nullptr, d, t.x, t.dy, t.dx, t.gamma, t.mean, t.invstd, t.dgamma,
+                                 t.dbeta);
+}
+
+TEST(Validation, Backward) {
+  for (bool frozen : {false, true}) {
+    const std::string fn = frozen ? "backward_frozen/" : "backward/";
+    for (const Case& c : DescCases()) {
+      ExpectRejected(fn + c.name, c.expected,
+                     [frozen](Arena& a, const bnorm_tensor_desc* d) {
+                       return CallBack(frozen, DefaultBack(a), d);
+                     },
+                     c.mutate_desc);
+    }
+    struct ArgCase {
+      std::string name;
+      bnorm_status expected;
+      std::function<void(Arena&, BackArgs&)> mutate;
+    };
+    const std::vector<ArgCase> cases = {
+        {"x_null", BNORM_ERR_NULL_POINTER, [](Arena&, BackArgs& t) { t.x = nullptr; }},
+        {"dy_null", BNORM_ERR_NULL_POINTER, [](Arena&, BackArgs& t) { t.dy = nullptr; }},
+        {"mean_null", BNORM_ERR_NULL_POINTER, [](Arena&, BackArgs& t) { t.mean = nullptr; }},
+        {"invstd_null", BNORM_ERR_NULL_POINTER, [](Arena&, BackArgs& t) { t.invstd = nullptr; }},
+        {"dx_is_x", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dx = a.x; }},
+        {"dx_partly_over_dy", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dx = a.dy + 1; }},
+        {"dx_over_gamma", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dx = a.gamma - 5; }},
+        {"dgamma_is_dbeta", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dbeta = a.dgamma; }},
+        {"dgamma_is_mean", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dgamma = a.sm; }},
+        {"dbeta_in_dy", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dbeta = a.dy + 2; }},
+        {"dbeta_over_invstd", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dbeta = a.si - 1; }},
+    };
+    for (const ArgCase& c : cases) {
+      ExpectRejected(fn + c.name, c.expected,
+                     [&](Arena& a, const bnorm_tensor_desc* d) {
+                       BackArgs t = DefaultBack(a);
+                       c.mutate(a, t);
+                       return CallBack(frozen, t, d);
+                     },
+                     [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
+    }
+    // In place dx == dy, and a single value per channel, are allowed.
+    Arena a;
+    bnorm_tensor_desc d{1, 3, 1, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
+    EXPECT_EQ(CallBack(frozen, BackArgs{a.x, a.dy, nullptr, a.sm, a.si, a.dy, a.dgamma, a.dbeta}, &d),
+              BNORM_OK);
+  }
+}
+
+// ---- context and misc ----
+
+TEST(Validation, Context) {
+  bnorm_context* ctx = reinterpret_cast<bnorm_context*>(uintptr_t{0x1234});
+  EXPECT_EQ(bnorm_context_create(-1, &ctx), BNORM_ERR_BAD_ARGUMENT);
+  EXPECT_EQ(ctx, reinterpret_cast<bnorm_context*>(uintptr_t{0x1234}));
+  EXPECT_EQ(bnorm_context_create(2, nullptr), BNORM_ERR_NULL_POINTER);
+  ASSERT_EQ(bnorm_context_create(3, &ctx), BNORM_OK);
+  EXPECT_EQ(bnorm_context_num_threads(ctx), 3);
+  bnorm_context_destroy(ctx);
+  bnorm_context_destroy(nullptr);
+  EXPECT_GE(bnorm_context_num_threads(nullptr), 1);
+}
+
+TEST(Validation, StatusStringsAndVersion) {
+  for (int s = -3; s < 20; ++s) {
+    const char* text = bnorm_status_string(static_cast<bnorm_status>(s));
+    ASSERT_NE(text, nullptr);
+    EXPECT_GT(std::strlen(text), 0u);
+  }
+  EXPECT_STREQ(bnorm_status_string(static_cast<bnorm_status>(99)), "unknown status");
+  std::string v = bnorm_version_string();
+  EXPECT_EQ(v, std::to_string(BNORM_VERSION_MAJOR) + "." + std::to_string(BNORM_VERSION_MINOR) +
+                   "." + std::to_string(BNORM_VERSION_PATCH));
+}
+
+TEST(Validation, Targets) {
+  ASSERT_GE(bnorm_target_count(), 1);
+  EXPECT_EQ(bnorm_target_name(-1), nullptr);
+  EXPECT_EQ(bnorm_target_name(bnorm_target_count()), nullptr);
+  const std::string best = bnorm_target_name(0);
+  const std::string active = bnorm_active_target();
+  EXPECT_EQ(bnorm_set_target("no-such-isa"), BNORM_ERR_BAD_ARGUMENT);
+  EXPECT_EQ(active, bnorm_active_target());
+  // A target this build knows but cannot run here (AVX3_DL is never built by
+  // default; AVX3 is missing on CPUs without AVX-512).
+  const std::vector<std::string> runnable = TargetNames();
+  for (const char* name : {"AVX3_DL", "AVX3", "AVX2", "SSE4", "SSSE3"}) {
+    if (std::find(runnable.begin(), runnable.end(), name) != runnable.end()) continue;
+    EXPECT_EQ(bnorm_set_target(name), BNORM_ERR_UNSUPPORTED) << name;
+  }
+  EXPECT_EQ(active, bnorm_active_target());
+  const std::string last = bnorm_target_name(bnorm_target_count() - 1);
+  std::string lower = last;
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  EXPECT_EQ(bnorm_set_target(lower.c_str()), BNORM_OK);
+  EXPECT_EQ(last, bnorm_active_target());
+  EXPECT_EQ(bnorm_set_target(""), BNORM_OK);
+  EXPECT_EQ(active, bnorm_active_target());
+  (void)best;
+}
+
+}  // namespace
+}  // namespace bnorm_test
