@@ -1,0 +1,91 @@
+// The planner on its own: units cover every value exactly once, periods fill
+// whole vectors of every target, and nothing depends on the thread count (the
+// planner does not even take one).
+#include "plan.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace bnorm {
+namespace {
+
+std::vector<Problem> Problems() {
+  std::vector<Problem> out;
+  const int64_t dims[][3] = {{1, 1, 2},      {2, 5, 1},    {3, 7, 221},    {32, 64, 3136},
+                             {32, 2048, 49}, {1, 3, 70001}, {256, 3, 50176}, {4096, 1024, 1},
+                             {4, 1030, 5},   {2, 5000, 7},  {5, 24, 37},    {8, 1000, 3}};
+  for (const auto& d : dims) {
+    for (bool nhwc : {false, true}) out.push_back(Canonicalize(d[0], d[1], d[2], nhwc));
+  }
+  return out;
+}
+
+TEST(Plan, CanonicalForms) {
+  const Problem a = Canonicalize(4, 1, 9, true);  // one channel: contiguous
+  EXPECT_FALSE(a.nhwc);
+  EXPECT_EQ(a.n, 1);
+  EXPECT_EQ(a.spatial, 36);
+  const Problem b = Canonicalize(4, 6, 1, false);  // (N, C): row-major
+  EXPECT_TRUE(b.nhwc);
+  const Problem c = Canonicalize(4, 6, 5, false);
+  EXPECT_FALSE(c.nhwc);
+  EXPECT_EQ(c.Elements(), 120);
+}
+
+TEST(Plan, ReductionUnitsCoverEveryValueOnce) {
+  for (const Problem& p : Problems()) {
+    SCOPED_TRACE(testing::Message() << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc);
+    const ReductionPlan rp = PlanReduction(p);
+    const int64_t values = p.Values();
+    if (!p.nhwc) {
+      EXPECT_GE(rp.unit_len * rp.units_per_channel, values);
+      EXPECT_LT(rp.unit_len * (rp.units_per_channel - 1), values);  // no empty unit
+      EXPECT_LE(rp.unit_len, kUnitElems + kMaxLanes);
+      EXPECT_TRUE(rp.unit_len == values || rp.unit_len % kMaxLanes == 0);
+      EXPECT_EQ(rp.num_units, rp.units_per_channel * p.c);
+      EXPECT_EQ(rp.NumPartials(p), rp.num_units);
+    } else {
+      EXPECT_GE(rp.block_width * rp.num_blocks, p.c);
+      EXPECT_LT(rp.block_width * (rp.num_blocks - 1), p.c);
+      EXPECT_LE(rp.block_width, kMaxPositions);
+      EXPECT_LE(rp.period, kMaxPositions);
+      EXPECT_EQ(rp.period, rp.rows_per_period * rp.block_width);
+      if (rp.rows_per_period > 1) {
+        EXPECT_EQ(rp.num_blocks, 1);
+        EXPECT_EQ(rp.period % kMaxLanes, 0);
+      }
+      EXPECT_GE(rp.unit_rows * rp.row_units, values);
+      EXPECT_LT(rp.unit_rows * (rp.row_units - 1), values);
+      // Only the last unit may hold rows that do not fill a period.
+      EXPECT_TRUE(rp.unit_rows % rp.rows_per_period == 0 || rp.row_units == 1);
+      EXPECT_EQ(rp.NumPartials(p), rp.row_units * p.c);
+    }
+  }
+}
+
+TEST(Plan, ElementwiseTasksAlignToPeriods) {
+  for (const Problem& p : Problems()) {
+    const ElementwisePlan ep = PlanElementwise(p);
+    EXPECT_GE(ep.task_elems * ep.num_tasks, p.Elements());
+    EXPECT_LT(ep.task_elems * (ep.num_tasks - 1), p.Elements());
+    if (p.nhwc) {
+      EXPECT_EQ(ep.period % p.c, 0);
+      EXPECT_EQ(ep.task_elems % ep.period, 0);
+      if (p.c <= kMaxPositions) {
+        EXPECT_TRUE(ep.period % kMaxLanes == 0 || ep.period == p.c);
+      }
+    }
+  }
+}
+
+TEST(Plan, SmallChannelCountsFillVectors) {
+  // C = 3 NHWC: 16 rows of 3 floats make 48 = 3 AVX-512 vectors.
+  const ReductionPlan rp = PlanReduction(Canonicalize(256, 3, 50176, true));
+  EXPECT_EQ(rp.rows_per_period, 16);
+  EXPECT_EQ(rp.period, 48);
+  EXPECT_EQ(PlanElementwise(Canonicalize(256, 3, 50176, true)).period, 48);
+}
+
+}  // namespace
+}  // namespace bnorm

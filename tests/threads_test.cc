@@ -1,0 +1,168 @@
+// Determinism and concurrency: results are bitwise identical whatever the
+// thread count, and concurrent calls on one context give the serial results.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.h"
+
+namespace bnorm_test {
+namespace {
+
+// Shapes that split into many reduction units and elementwise tasks.
+std::vector<Shape> ThreadShapes() {
+  return {Shape{3, 4, 70001, BNORM_LAYOUT_NCHW}, Shape{8, 64, 3136, BNORM_LAYOUT_NCHW},
+          Shape{400, 24, 100, BNORM_LAYOUT_NHWC}, Shape{4, 1100, 50, BNORM_LAYOUT_NHWC},
+          Shape{20000, 3, 7, BNORM_LAYOUT_NHWC},  Shape{9000, 33, 1, BNORM_LAYOUT_NCHW}};
+}
+
+// Every output of every entry point for one shape, as bytes.
+struct Outputs {
+  std::vector<float> y, save_mean, save_invstd, running_mean, running_var, y_infer, dx, dgamma,
+      dbeta, dx_frozen;
+  bool operator==(const Outputs& o) const {
+    return Bytes(y) == Bytes(o.y) && Bytes(save_mean) == Bytes(o.save_mean) &&
+           Bytes(save_invstd) == Bytes(o.save_invstd) &&
+           Bytes(running_mean) == Bytes(o.running_mean) &&
+           Bytes(running_var) == Bytes(o.running_var) && Bytes(y_infer) == Bytes(o.y_infer) &&
+           Bytes(dx) == Bytes(o.dx) && Bytes(dgamma) == Bytes(o.dgamma) &&
+           Bytes(dbeta) == Bytes(o.dbeta) && Bytes(dx_frozen) == Bytes(o.dx_frozen);
+  }
+};
+
+struct Inputs {
+  Shape s;
+  std::vector<float> x, dy, gamma, beta;
+};
+
+// Generated once per shape (generation costs more than the calls).
+const Inputs& InputsFor(const Shape& s) {
+  static std::mutex mutex;
+  static std::map<std::string, Inputs> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(s.Name());
+  if (it == cache.end()) {
+    const size_t C = static_cast<size_t>(s.c);
+    it = cache.emplace(s.Name(), Inputs{s, NormalData(s, 21, 100.0, 3.0),
+                                        NormalData(s, 22, 0.0, 1.0, 0.01),
+                                        UniformVector(C, 23, 0.5f, 1.5f),
+                                        UniformVector(C, 24, -1.0f, 1.0f)})
+             .first;
+  }
+  return it->second;
+}
+
+Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
+  const size_t C = static_cast<size_t>(s.c);
+  const Inputs& in = InputsFor(s);
+  const auto& x = in.x;
+  const auto& dy = in.dy;
+  const auto& gamma = in.gamma;
+  const auto& beta = in.beta;
+  const bnorm_tensor_desc d = s.Desc();
+  Outputs o;
+  o.y.resize(x.size());
+  o.y_infer.resize(x.size());
+  o.dx.resize(x.size());
+  o.dx_frozen.resize(x.size());
+  o.save_mean.resize(C);
+  o.save_invstd.resize(C);
+  o.running_mean.assign(C, 0.5f);
+  o.running_var.assign(C, 2.0f);
+  o.dgamma.resize(C);
+  o.dbeta.resize(C);
+  EXPECT_EQ(bnorm_forward_training(ctx, &d, x.data(), o.y.data(), gamma.data(), beta.data(), 1e-5f,
+                                   0.1f, o.running_mean.data(), o.running_var.data(),
+                                   o.save_mean.data(), o.save_invstd.data()),
+            BNORM_OK);
+  EXPECT_EQ(bnorm_forward_inference(ctx, &d, x.data(), o.y_infer.data(), gamma.data(), beta.data(),
+                                    o.running_mean.data(), o.running_var.data(), 1e-5f),
+            BNORM_OK);
+  EXPECT_EQ(bnorm_backward(ctx, &d, x.data(), dy.data(), o.dx.data(), gamma.data(),
+                           o.save_mean.data(), o.save_invstd.data(), o.dgamma.data(),
+                           o.dbeta.data()),
+            BNORM_OK);
+  std::vector<float> dg(C), db(C);
+  EXPECT_EQ(bnorm_backward_frozen(ctx, &d, x.data(), dy.data(), o.dx_frozen.data(), gamma.data(),
+                                  o.running_mean.data(), o.save_invstd.data(), dg.data(), db.data()),
+            BNORM_OK);
+  return o;
+}
+
+class ThreadsTest : public testing::TestWithParam<std::string> {};
+
+TEST_P(ThreadsTest, BitwiseIdenticalForAnyThreadCount) {
+  ScopedTarget target(GetParam());
+  bnorm_context* one = nullptr;
+  ASSERT_EQ(bnorm_context_create(1, &one), BNORM_OK);
+  for (const Shape& s : ThreadShapes()) {
+    SCOPED_TRACE(s.Name());
+    const Outputs serial = RunAll(one, s);
+    for (int threads : {2, 3, 7, 16, 0}) {
+      bnorm_context* ctx = nullptr;
+      ASSERT_EQ(bnorm_context_create(threads, &ctx), BNORM_OK);
+      EXPECT_TRUE(RunAll(ctx, s) == serial) << threads << " threads";
+      bnorm_context_destroy(ctx);
+    }
+    EXPECT_TRUE(RunAll(nullptr, s) == serial) << "default context";
+  }
+  bnorm_context_destroy(one);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTargets, ThreadsTest, testing::ValuesIn(TargetNames()),
+                         [](const testing::TestParamInfo<std::string>& i) { return i.param; });
+
+TEST(Concurrency, EightThreadsShareOneContext) {
+  bnorm_context* one = nullptr;
+  bnorm_context* shared = nullptr;
+  ASSERT_EQ(bnorm_context_create(1, &one), BNORM_OK);
+  ASSERT_EQ(bnorm_context_create(0, &shared), BNORM_OK);
+  const auto shapes = ThreadShapes();
+  std::vector<Outputs> serial;
+  for (const Shape& s : shapes) serial.push_back(RunAll(one, s));
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(8, 0);
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        for (size_t k = 0; k < shapes.size(); ++k) {
+          const size_t which = (k + static_cast<size_t>(t)) % shapes.size();
+          if (!(RunAll(shared, shapes[which]) == serial[which])) ++mismatches[static_cast<size_t>(t)];
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 8; ++t) EXPECT_EQ(mismatches[static_cast<size_t>(t)], 0) << "thread " << t;
+  bnorm_context_destroy(shared);
+  bnorm_context_destroy(one);
+}
+
+TEST(Concurrency, ContextsCreatedAndDestroyedWhileOthersCompute) {
+  const Shape s{8, 64, 3136, BNORM_LAYOUT_NCHW};
+  const Outputs serial = RunAll(nullptr, s);
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(6, 0);
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 4; ++round) {
+        bnorm_context* ctx = nullptr;
+        if (bnorm_context_create(1 + (t + round) % 3, &ctx) != BNORM_OK) {
+          ++mismatches[static_cast<size_t>(t)];
+          continue;
+        }
+        if (!(RunAll(t % 2 == 0 ? ctx : nullptr, s) == serial)) ++mismatches[static_cast<size_t>(t)];
+        bnorm_context_destroy(ctx);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 6; ++t) EXPECT_EQ(mismatches[static_cast<size_t>(t)], 0) << "thread " << t;
+}
+
+}  // namespace
+}  // namespace bnorm_test
