@@ -8,7 +8,6 @@
 // read of x and one write of y; backward: reads of x and dy, a write of dx) and
 // ratio_to_copy = time of the operation / time of copying the same bytes.
 #include <benchmark/benchmark.h>
-
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
@@ -36,7 +35,7 @@ struct BenchShape {
 };
 
 const BenchShape kShapes[] = {
-    {32, 64, 56, 56},  {32, 256, 56, 56}, {32, 2048, 7, 7},  {1, 64, 112, 112}, {256, 3, 224, 224},
+    {32, 64, 56, 56},  {32, 256, 56, 56},  {32, 2048, 7, 7}, {1, 64, 112, 112},  {256, 3, 224, 224},
     {8, 32, 128, 128}, {64, 1024, 14, 14}, {2, 8, 512, 512}, {4096, 1024, 1, 1},
 };
 
@@ -45,11 +44,12 @@ void ParallelCopy(const char* src, char* dst, size_t bytes) {
   const size_t chunk = size_t{1} << 18;
   const size_t chunks = (bytes + chunk - 1) / chunk;
   g_arena->execute([&] {
-    tbb::parallel_for(tbb::blocked_range<size_t>(0, chunks), [&](const tbb::blocked_range<size_t>& r) {
-      const size_t begin = r.begin() * chunk;
-      const size_t end = std::min(bytes, r.end() * chunk);
-      std::memcpy(dst + begin, src + begin, end - begin);
-    });
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, chunks),
+                      [&](const tbb::blocked_range<size_t>& r) {
+                        const size_t begin = r.begin() * chunk;
+                        const size_t end = std::min(bytes, r.end() * chunk);
+                        std::memcpy(dst + begin, src + begin, end - begin);
+                      });
   });
 }
 

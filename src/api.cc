@@ -15,9 +15,8 @@ namespace {
 
 #define BNORM_STR2(x) #x
 #define BNORM_STR(x) BNORM_STR2(x)
-constexpr const char kVersion[] =
-    BNORM_STR(BNORM_VERSION_MAJOR) "." BNORM_STR(BNORM_VERSION_MINOR) "." BNORM_STR(
-        BNORM_VERSION_PATCH);
+constexpr const char kVersion[] = BNORM_STR(BNORM_VERSION_MAJOR) "." BNORM_STR(
+    BNORM_VERSION_MINOR) "." BNORM_STR(BNORM_VERSION_PATCH);
 
 // A validated descriptor.
 struct Tensor {
@@ -193,10 +192,9 @@ bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bnorm_tensor
   if (t.problem.Values() < 2) return BNORM_ERR_TOO_FEW_VALUES;
   const size_t cb = t.channel_bytes;
   const Region regions[] = {
-      {x, t.bytes, false, -1},           {y, t.bytes, true, 0},
-      {gamma, cb, false, -1},            {beta, cb, false, -1},
-      {running_mean, cb, true, -1},      {running_var, cb, true, -1},
-      {save_mean, cb, true, -1},         {save_invstd, cb, true, -1},
+      {x, t.bytes, false, -1},   {y, t.bytes, true, 0},        {gamma, cb, false, -1},
+      {beta, cb, false, -1},     {running_mean, cb, true, -1}, {running_var, cb, true, -1},
+      {save_mean, cb, true, -1}, {save_invstd, cb, true, -1},
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
@@ -218,8 +216,8 @@ bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tenso
   if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
   const size_t cb = t.channel_bytes;
   const Region regions[] = {
-      {x, t.bytes, false, -1}, {y, t.bytes, true, 0},   {gamma, cb, false, -1},
-      {beta, cb, false, -1},   {mean, cb, false, -1},   {var, cb, false, -1},
+      {x, t.bytes, false, -1}, {y, t.bytes, true, 0}, {gamma, cb, false, -1},
+      {beta, cb, false, -1},   {mean, cb, false, -1}, {var, cb, false, -1},
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
@@ -241,9 +239,9 @@ bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* de
   if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
   const size_t cb = t.channel_bytes;
   const Region regions[] = {
-      {x, t.bytes, false, -1},   {dy, t.bytes, false, -1}, {dx, t.bytes, true, 1},
-      {gamma, cb, false, -1},    {mean, cb, false, -1},    {invstd, cb, false, -1},
-      {dgamma, cb, true, -1},    {dbeta, cb, true, -1},
+      {x, t.bytes, false, -1}, {dy, t.bytes, false, -1}, {dx, t.bytes, true, 1},
+      {gamma, cb, false, -1},  {mean, cb, false, -1},    {invstd, cb, false, -1},
+      {dgamma, cb, true, -1},  {dbeta, cb, true, -1},
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {

@@ -1,16 +1,15 @@
 // Backward elementwise kernels (see backward_apply.h).
-#include "config.h"  // first: dispatch configuration
-
 #include "backward_apply.h"
 
 #include <stddef.h>
 
 #include <algorithm>
 
+#include "config.h"  // first: dispatch configuration
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backward_apply.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
-
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -65,7 +64,8 @@ void GradApplyNchwT(const float* x, const float* dy, float* dx, int64_t c, int64
       GradOne<kFrozen>(df, kFrozen ? nullptr : xs + j, dy + pos + j, dx + pos + j, kv);
     }
     const auto k1 = Broadcast(d1, k, ch);
-    for (; j < len; ++j) GradOne<kFrozen>(d1, kFrozen ? nullptr : xs + j, dy + pos + j, dx + pos + j, k1);
+    for (; j < len; ++j)
+      GradOne<kFrozen>(d1, kFrozen ? nullptr : xs + j, dy + pos + j, dx + pos + j, k1);
     pos += static_cast<int64_t>(len);
   }
 }

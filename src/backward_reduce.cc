@@ -1,16 +1,15 @@
 // Backward reduction kernels (see backward_reduce.h).
-#include "config.h"  // first: dispatch configuration
-
 #include "backward_reduce.h"
 
 #include <stddef.h>
 
 #include <algorithm>
 
+#include "config.h"  // first: dispatch configuration
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backward_reduce.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
-
 #include "hwy/highway.h"
 #include "plan.h"
 #include "welford-inl.h"

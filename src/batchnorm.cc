@@ -57,8 +57,8 @@ void ComputeStatsPartials(const bnorm_context* ctx, int64_t target, const Proble
 
 // The partials of channel ch, merged in unit order.
 template <typename Partial, typename Merge>
-Partial MergeChannel(const Problem& p, const ReductionPlan& rp, const Partial* partials,
-                     int64_t ch, const Merge& merge) {
+Partial MergeChannel(const Problem& p, const ReductionPlan& rp, const Partial* partials, int64_t ch,
+                     const Merge& merge) {
   Partial total;
   if (!rp.nhwc) {
     for (int64_t u = 0; u < rp.units_per_channel; ++u) {
@@ -121,7 +121,8 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
       const float mean_hi = static_cast<float>(mean);
       const double g = gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0;
       SetConstant(consts, p, klen, ch, mean_hi);
-      SetConstant(consts + klen, p, klen, ch, static_cast<float>(mean - static_cast<double>(mean_hi)));
+      SetConstant(consts + klen, p, klen, ch,
+                  static_cast<float>(mean - static_cast<double>(mean_hi)));
       SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(invstd * g));
       SetConstant(consts + 3 * klen, p, klen, ch, beta != nullptr ? beta[ch] : 0.0f);
     }

@@ -4,10 +4,7 @@
 #include <thread>
 
 struct bnorm_context {
-  explicit bnorm_context(int threads)
-      : num_threads(threads), arena(threads) {
-    arena.initialize();
-  }
+  explicit bnorm_context(int threads) : num_threads(threads), arena(threads) { arena.initialize(); }
   int num_threads;
   tbb::task_arena arena;
   bnorm::ScratchPool scratch;
@@ -40,7 +37,7 @@ bnorm_context& Resolve(const bnorm_context* ctx) {
 ScratchPool::ScratchPool() { idle_.reserve(kMaxIdleBuffers); }
 
 ScratchPool::~ScratchPool() {
-  for (const Buffer& b : idle_) ::operator delete(b.data, std::align_val_t{64});
+  for (const Buffer& b : idle_) ::operator delete (b.data, std::align_val_t{64});
 }
 
 ScratchPool::Lease::~Lease() {
@@ -78,8 +75,8 @@ bool ScratchPool::Acquire(size_t bytes, Lease* lease) {
       idle_.pop_back();
     }
   }
-  if (stale != nullptr) ::operator delete(stale, std::align_val_t{64});
-  void* data = ::operator new(bytes, std::align_val_t{64}, std::nothrow);
+  if (stale != nullptr) ::operator delete (stale, std::align_val_t{64});
+  void* data = ::operator new (bytes, std::align_val_t{64}, std::nothrow);
   if (data == nullptr) return false;
   lease->pool_ = this;
   lease->data_ = data;
@@ -95,7 +92,7 @@ void ScratchPool::Release(void* data, size_t bytes) {
       return;
     }
   }
-  ::operator delete(data, std::align_val_t{64});
+  ::operator delete (data, std::align_val_t{64});
 }
 
 int ContextThreads(const bnorm_context* ctx) { return Resolve(ctx).num_threads; }

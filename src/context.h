@@ -5,15 +5,15 @@
 #ifndef BNORM_SRC_CONTEXT_H_
 #define BNORM_SRC_CONTEXT_H_
 
-#include <cstddef>
-#include <cstdint>
-#include <mutex>
-#include <vector>
-
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "bnorm/bnorm.h"
 

@@ -1,16 +1,15 @@
 // Normalize kernels (see normalize.h).
-#include "config.h"  // first: dispatch configuration
-
 #include "normalize.h"
 
 #include <stddef.h>
 
 #include <algorithm>
 
+#include "config.h"  // first: dispatch configuration
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "normalize.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
-
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -26,8 +25,8 @@ HWY_INLINE void NormalizeOne(D d, const float* x, float* y, hn::Vec<D> mh, hn::V
   hn::StoreU(hn::MulAdd(centered, scale, shift), d, y);
 }
 
-void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin,
-                   int64_t end, const AffineConstants& k) {
+void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,
+                   const AffineConstants& k) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);

@@ -49,7 +49,7 @@ Problem Canonicalize(int64_t n, int64_t c, int64_t spatial, bool nhwc);
 // ch has index row_unit * c + ch.
 struct ReductionPlan {
   bool nhwc = false;
-  int64_t num_units = 0;  // total units (all channels / blocks)
+  int64_t num_units = 0;   // total units (all channels / blocks)
   int64_t unit_elems = 0;  // elements of a full unit
 
   // NCHW
@@ -64,9 +64,7 @@ struct ReductionPlan {
   int64_t unit_rows = 0;
   int64_t row_units = 0;  // units per block
 
-  int64_t NumPartials(const Problem& p) const {
-    return nhwc ? row_units * p.c : num_units;
-  }
+  int64_t NumPartials(const Problem& p) const { return nhwc ? row_units * p.c : num_units; }
 };
 
 ReductionPlan PlanReduction(const Problem& p);

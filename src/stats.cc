@@ -1,14 +1,13 @@
 // Statistics kernels (see stats.h). One SIMD body per target via foreach_target.
-#include "config.h"  // first: dispatch configuration
-
 #include "stats.h"
 
 #include <stddef.h>
 
+#include "config.h"  // first: dispatch configuration
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "stats.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
-
 #include "hwy/highway.h"
 #include "plan.h"
 #include "welford-inl.h"

@@ -60,8 +60,7 @@ int64_t DefaultTarget() {
     if (env == nullptr || env[0] == '\0') return best;
     const Lookup found = FindTarget(env);
     if (found.status == 0) return found.bit;
-    std::fprintf(stderr,
-                 "bnorm: BNORM_TARGET=%s is %s; using %s\n", env,
+    std::fprintf(stderr, "bnorm: BNORM_TARGET=%s is %s; using %s\n", env,
                  found.status == 1 ? "not a known target" : "not supported by this CPU or build",
                  hwy::TargetName(best));
     return best;

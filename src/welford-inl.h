@@ -92,7 +92,8 @@ class WelfordRegisters {
   // the pivot).
   HWY_INLINE void MergeInto(Moments& out) {
     Fold();
-    for (size_t l = 0; l < kAcc * kLanes; ++l) MergeMoments(out, Moments{count_, dmean_[l], dm2_[l]});
+    for (size_t l = 0; l < kAcc * kLanes; ++l)
+      MergeMoments(out, Moments{count_, dmean_[l], dm2_[l]});
   }
 
  private:

@@ -51,8 +51,7 @@ class AccuracyTest : public testing::TestWithParam<TargetLayout> {
     r.running_var.assign(C, 0.0f);
     const bnorm_tensor_desc desc = s.Desc();
     EXPECT_EQ(bnorm_forward_training(nullptr, &desc, x.data(), r.y.data(), gamma, beta, eps, 1.0f,
-                                     nullptr, r.running_var.data(), r.mean.data(),
-                                     r.invstd.data()),
+                                     nullptr, r.running_var.data(), r.mean.data(), r.invstd.data()),
               BNORM_OK);
     return r;
   }
@@ -78,7 +77,8 @@ TEST_P(AccuracyTest, LargeOffsetStatistics) {
         const LD unbiased = ref[c].var * m / (m - 1);
         EXPECT_NEAR(r.running_var[c], static_cast<double>(unbiased),
                     1e-5 * static_cast<double>(unbiased));
-        EXPECT_NEAR(r.invstd[c], static_cast<double>(1 / std_dev), 1e-5 / static_cast<double>(std_dev));
+        EXPECT_NEAR(r.invstd[c], static_cast<double>(1 / std_dev),
+                    1e-5 / static_cast<double>(std_dev));
       }
       if (offset == 1e4) {
         // The output bar: |y - y_ref| <= 1e-5 at offset 1e4.
@@ -104,7 +104,8 @@ TEST_P(AccuracyTest, ConstantChannelsGiveZeroVarianceAndBeta) {
   const float values[] = {3.14159f, -1e30f, 0.0f, 7e-42f /* denormal */};
   for (int64_t i = 0; i < s.n; ++i)
     for (int64_t ch = 0; ch < s.c; ++ch)
-      for (int64_t sp = 0; sp < s.spatial; ++sp) x[static_cast<size_t>(s.Index(i, ch, sp))] = values[ch];
+      for (int64_t sp = 0; sp < s.spatial; ++sp)
+        x[static_cast<size_t>(s.Index(i, ch, sp))] = values[ch];
   const std::vector<float> gamma = {2.0f, 3.0f, 4.0f, 5.0f}, beta = {0.5f, -0.25f, 1.0f, 8.0f};
   for (float eps : {0.0f, 1e-5f}) {
     SCOPED_TRACE(testing::Message() << "eps=" << eps);
@@ -173,9 +174,9 @@ TEST_P(AccuracyTest, DenormalAndTinyInputs) {
       const double var_tol = 1e-5 * static_cast<double>(ref[c].var) + 1.5e-45;
       const LD m = static_cast<LD>(s.Values());
       EXPECT_NEAR(r.running_var[c], static_cast<double>(ref[c].var * m / (m - 1)), var_tol);
-      EXPECT_NEAR(r.mean[c], static_cast<double>(ref[c].mean),
-                  1e-6 * static_cast<double>(std::fabs(ref[c].mean) + std::sqrt(ref[c].var)) +
-                      1.5e-45);
+      EXPECT_NEAR(
+          r.mean[c], static_cast<double>(ref[c].mean),
+          1e-6 * static_cast<double>(std::fabs(ref[c].mean) + std::sqrt(ref[c].var)) + 1.5e-45);
     }
     for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
   }
@@ -194,8 +195,10 @@ TEST_P(AccuracyTest, HugeValuesWithFiniteVariance) {
     for (size_t c = 0; c < 3; ++c) {
       const LD unbiased = ref[c].var * m / (m - 1);
       ASSERT_TRUE(std::isfinite(r.running_var[c]));
-      EXPECT_NEAR(r.running_var[c], static_cast<double>(unbiased), 1e-5 * static_cast<double>(unbiased));
-      EXPECT_NEAR(r.mean[c], static_cast<double>(ref[c].mean), 1e-6 * static_cast<double>(std::fabs(ref[c].mean)));
+      EXPECT_NEAR(r.running_var[c], static_cast<double>(unbiased),
+                  1e-5 * static_cast<double>(unbiased));
+      EXPECT_NEAR(r.mean[c], static_cast<double>(ref[c].mean),
+                  1e-6 * static_cast<double>(std::fabs(ref[c].mean)));
     }
     for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
   }

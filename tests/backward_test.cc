@@ -39,8 +39,8 @@ void CheckBackward(const Shape& s, bool frozen) {
     const RefBackward ref = ReferenceBackward(s, frozen, x, dy, g, mean, invstd);
     // 0: all outputs; 1: dx only; 2: parameter gradients only; 3: dx in place.
     for (int mode = 0; mode < 4; ++mode) {
-      SCOPED_TRACE(testing::Message() << "frozen=" << frozen << " affine=" << affine
-                                      << " mode=" << mode);
+      SCOPED_TRACE(testing::Message()
+                   << "frozen=" << frozen << " affine=" << affine << " mode=" << mode);
       std::vector<float> dy_buf = dy;
       std::vector<float> dx(x.size(), -7.0f), dgamma(C, -7.0f), dbeta(C, -7.0f);
       float* dx_ptr = mode == 2 ? nullptr : (mode == 3 ? dy_buf.data() : dx.data());
@@ -49,8 +49,8 @@ void CheckBackward(const Shape& s, bool frozen) {
       const bnorm_status st =
           frozen ? bnorm_backward_frozen(nullptr, &desc, x.data(), dy_buf.data(), dx_ptr, g,
                                          mean.data(), invstd.data(), dg_ptr, db_ptr)
-                 : bnorm_backward(nullptr, &desc, x.data(), dy_buf.data(), dx_ptr, g,
-                                  mean.data(), invstd.data(), dg_ptr, db_ptr);
+                 : bnorm_backward(nullptr, &desc, x.data(), dy_buf.data(), dx_ptr, g, mean.data(),
+                                  invstd.data(), dg_ptr, db_ptr);
       ASSERT_EQ(st, BNORM_OK);
       if (mode == 3) dx = dy_buf;
       for (size_t c = 0; c < C; ++c) {

@@ -53,8 +53,7 @@ TEST_P(ForwardTest, TrainingMatchesReference) {
         const float* g = affine ? gamma.data() : nullptr;
         const float* b = affine ? beta.data() : nullptr;
         ASSERT_EQ(bnorm_forward_training(nullptr, &desc, in_place ? y.data() : x.data(), y.data(),
-                                         g, b, eps, momentum,
-                                         with_running ? rm.data() : nullptr,
+                                         g, b, eps, momentum, with_running ? rm.data() : nullptr,
                                          with_running ? rv.data() : nullptr, save_mean.data(),
                                          save_invstd.data()),
                   BNORM_OK);
@@ -135,8 +134,8 @@ TEST_P(ForwardTest, InferenceMatchesReference) {
       const float* g = affine ? gamma.data() : nullptr;
       const float* b = affine ? beta.data() : nullptr;
       std::vector<float> y = in_place ? x : std::vector<float>(x.size(), -7.0f);
-      ASSERT_EQ(bnorm_forward_inference(nullptr, &desc, in_place ? y.data() : x.data(), y.data(),
-                                        g, b, mean.data(), var.data(), eps),
+      ASSERT_EQ(bnorm_forward_inference(nullptr, &desc, in_place ? y.data() : x.data(), y.data(), g,
+                                        b, mean.data(), var.data(), eps),
                 BNORM_OK);
       const auto y_ref = ReferenceNormalize(s, x, lmean, linv, g, b);
       // No statistics error here: x - mean (one rounding), scale (one rounding of
@@ -146,9 +145,9 @@ TEST_P(ForwardTest, InferenceMatchesReference) {
           for (int64_t sp = 0; sp < s.spatial; ++sp) {
             const size_t e = static_cast<size_t>(s.Index(i, ch, sp));
             const LD centered = std::fabs(y_ref[e] - At(b, ch, 0));
-            ASSERT_NEAR(y[e], static_cast<double>(y_ref[e]),
-                        static_cast<double>(1.8e-7L * centered + 6e-8L * std::fabs(y_ref[e])) +
-                            1e-30)
+            ASSERT_NEAR(
+                y[e], static_cast<double>(y_ref[e]),
+                static_cast<double>(1.8e-7L * centered + 6e-8L * std::fabs(y_ref[e])) + 1e-30)
                 << "element (" << i << "," << ch << "," << sp << ")";
           }
         }

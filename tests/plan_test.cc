@@ -12,9 +12,9 @@ namespace {
 
 std::vector<Problem> Problems() {
   std::vector<Problem> out;
-  const int64_t dims[][3] = {{1, 1, 2},      {2, 5, 1},    {3, 7, 221},    {32, 64, 3136},
+  const int64_t dims[][3] = {{1, 1, 2},      {2, 5, 1},     {3, 7, 221},     {32, 64, 3136},
                              {32, 2048, 49}, {1, 3, 70001}, {256, 3, 50176}, {4096, 1024, 1},
-                             {4, 1030, 5},   {2, 5000, 7},  {5, 24, 37},    {8, 1000, 3}};
+                             {4, 1030, 5},   {2, 5000, 7},  {5, 24, 37},     {8, 1000, 3}};
   for (const auto& d : dims) {
     for (bool nhwc : {false, true}) out.push_back(Canonicalize(d[0], d[1], d[2], nhwc));
   }

@@ -25,7 +25,9 @@ struct Shape {
   int64_t Index(int64_t i, int64_t ch, int64_t s) const {
     return layout == BNORM_LAYOUT_NCHW ? (i * c + ch) * spatial + s : (i * spatial + s) * c + ch;
   }
-  bnorm_tensor_desc Desc() const { return bnorm_tensor_desc{n, c, spatial, layout, BNORM_DTYPE_F32}; }
+  bnorm_tensor_desc Desc() const {
+    return bnorm_tensor_desc{n, c, spatial, layout, BNORM_DTYPE_F32};
+  }
   std::string Name() const {
     return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(spatial) +
            (layout == BNORM_LAYOUT_NCHW ? "_NCHW" : "_NHWC");
@@ -58,8 +60,8 @@ inline std::vector<float> NormalData(const Shape& s, uint64_t seed, double offse
   for (int64_t i = 0; i < s.n; ++i) {
     for (int64_t ch = 0; ch < s.c; ++ch) {
       for (int64_t sp = 0; sp < s.spatial; ++sp) {
-        x[static_cast<size_t>(s.Index(i, ch, sp))] =
-            static_cast<float>(offset + channel_step * static_cast<double>(ch) + scale * normal(rng));
+        x[static_cast<size_t>(s.Index(i, ch, sp))] = static_cast<float>(
+            offset + channel_step * static_cast<double>(ch) + scale * normal(rng));
       }
     }
   }

@@ -15,7 +15,7 @@ namespace {
 
 // Shapes that split into many reduction units and elementwise tasks.
 std::vector<Shape> ThreadShapes() {
-  return {Shape{3, 4, 70001, BNORM_LAYOUT_NCHW}, Shape{8, 64, 3136, BNORM_LAYOUT_NCHW},
+  return {Shape{3, 4, 70001, BNORM_LAYOUT_NCHW},  Shape{8, 64, 3136, BNORM_LAYOUT_NCHW},
           Shape{400, 24, 100, BNORM_LAYOUT_NHWC}, Shape{4, 1100, 50, BNORM_LAYOUT_NHWC},
           Shape{20000, 3, 7, BNORM_LAYOUT_NHWC},  Shape{9000, 33, 1, BNORM_LAYOUT_NCHW}};
 }
@@ -47,10 +47,10 @@ const Inputs& InputsFor(const Shape& s) {
   auto it = cache.find(s.Name());
   if (it == cache.end()) {
     const size_t C = static_cast<size_t>(s.c);
-    it = cache.emplace(s.Name(), Inputs{s, NormalData(s, 21, 100.0, 3.0),
-                                        NormalData(s, 22, 0.0, 1.0, 0.01),
-                                        UniformVector(C, 23, 0.5f, 1.5f),
-                                        UniformVector(C, 24, -1.0f, 1.0f)})
+    it = cache
+             .emplace(s.Name(),
+                      Inputs{s, NormalData(s, 21, 100.0, 3.0), NormalData(s, 22, 0.0, 1.0, 0.01),
+                             UniformVector(C, 23, 0.5f, 1.5f), UniformVector(C, 24, -1.0f, 1.0f)})
              .first;
   }
   return it->second;
@@ -82,14 +82,15 @@ Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
   EXPECT_EQ(bnorm_forward_inference(ctx, &d, x.data(), o.y_infer.data(), gamma.data(), beta.data(),
                                     o.running_mean.data(), o.running_var.data(), 1e-5f),
             BNORM_OK);
-  EXPECT_EQ(bnorm_backward(ctx, &d, x.data(), dy.data(), o.dx.data(), gamma.data(),
-                           o.save_mean.data(), o.save_invstd.data(), o.dgamma.data(),
-                           o.dbeta.data()),
-            BNORM_OK);
+  EXPECT_EQ(
+      bnorm_backward(ctx, &d, x.data(), dy.data(), o.dx.data(), gamma.data(), o.save_mean.data(),
+                     o.save_invstd.data(), o.dgamma.data(), o.dbeta.data()),
+      BNORM_OK);
   std::vector<float> dg(C), db(C);
-  EXPECT_EQ(bnorm_backward_frozen(ctx, &d, x.data(), dy.data(), o.dx_frozen.data(), gamma.data(),
-                                  o.running_mean.data(), o.save_invstd.data(), dg.data(), db.data()),
-            BNORM_OK);
+  EXPECT_EQ(
+      bnorm_backward_frozen(ctx, &d, x.data(), dy.data(), o.dx_frozen.data(), gamma.data(),
+                            o.running_mean.data(), o.save_invstd.data(), dg.data(), db.data()),
+      BNORM_OK);
   return o;
 }
 
@@ -131,7 +132,8 @@ TEST(Concurrency, EightThreadsShareOneContext) {
       for (int round = 0; round < 3; ++round) {
         for (size_t k = 0; k < shapes.size(); ++k) {
           const size_t which = (k + static_cast<size_t>(t)) % shapes.size();
-          if (!(RunAll(shared, shapes[which]) == serial[which])) ++mismatches[static_cast<size_t>(t)];
+          if (!(RunAll(shared, shapes[which]) == serial[which]))
+            ++mismatches[static_cast<size_t>(t)];
         }
       }
     });
@@ -155,7 +157,8 @@ TEST(Concurrency, ContextsCreatedAndDestroyedWhileOthersCompute) {
           ++mismatches[static_cast<size_t>(t)];
           continue;
         }
-        if (!(RunAll(t % 2 == 0 ? ctx : nullptr, s) == serial)) ++mismatches[static_cast<size_t>(t)];
+        if (!(RunAll(t % 2 == 0 ? ctx : nullptr, s) == serial))
+          ++mismatches[static_cast<size_t>(t)];
         bnorm_context_destroy(ctx);
       }
     });

@@ -2,9 +2,9 @@
 // documented status and leaving every byte of every buffer unchanged.
 #include <gtest/gtest.h>
 
-#include <cstdint>
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -57,9 +57,7 @@ struct Case {
 // Bad descriptors, common to every entry point.
 std::vector<Case> DescCases() {
   using D = bnorm_tensor_desc;
-  auto set = [](std::function<void(D&)> f) {
-    return [f](Arena&, D*&, D& d) { f(d); };
-  };
+  auto set = [](std::function<void(D&)> f) { return [f](Arena&, D*&, D& d) { f(d); }; };
   const int64_t big = std::numeric_limits<int64_t>::max();
   std::vector<Case> cases = {
       {"desc_null", BNORM_ERR_NULL_POINTER, [](Arena&, D*& p, D&) { p = nullptr; }},
@@ -69,15 +67,36 @@ std::vector<Case> DescCases() {
       {"n_negative", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.n = -2; })},
       {"c_min", BNORM_ERR_BAD_SHAPE, set([big](D& d) { d.c = -big - 1; })},
       {"spatial_negative", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.spatial = -1; })},
-      {"n_times_c_overflows", BNORM_ERR_BAD_SHAPE, set([big](D& d) { d.n = big; d.c = 2; })},
-      {"elements_overflow", BNORM_ERR_BAD_SHAPE,
-       set([](D& d) { d.n = int64_t{1} << 40; d.c = int64_t{1} << 20; d.spatial = int64_t{1} << 10; })},
-      {"bytes_overflow", BNORM_ERR_BAD_SHAPE,
-       set([](D& d) { d.n = int64_t{1} << 61; d.c = 1; d.spatial = 1; })},
-      {"layout_2", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = 2; std::memcpy(&d.layout, &v, sizeof v); })},
-      {"layout_negative", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = -1; std::memcpy(&d.layout, &v, sizeof v); })},
-      {"dtype_3", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = 3; std::memcpy(&d.dtype, &v, sizeof v); })},
-      {"dtype_huge", BNORM_ERR_BAD_ARGUMENT, set([](D& d) { int v = 0x7fffffff; std::memcpy(&d.dtype, &v, sizeof v); })},
+      {"n_times_c_overflows", BNORM_ERR_BAD_SHAPE, set([big](D& d) {
+         d.n = big;
+         d.c = 2;
+       })},
+      {"elements_overflow", BNORM_ERR_BAD_SHAPE, set([](D& d) {
+         d.n = int64_t{1} << 40;
+         d.c = int64_t{1} << 20;
+         d.spatial = int64_t{1} << 10;
+       })},
+      {"bytes_overflow", BNORM_ERR_BAD_SHAPE, set([](D& d) {
+         d.n = int64_t{1} << 61;
+         d.c = 1;
+         d.spatial = 1;
+       })},
+      {"layout_2", BNORM_ERR_BAD_ARGUMENT, set([](D& d) {
+         int v = 2;
+         std::memcpy(&d.layout, &v, sizeof v);
+       })},
+      {"layout_negative", BNORM_ERR_BAD_ARGUMENT, set([](D& d) {
+         int v = -1;
+         std::memcpy(&d.layout, &v, sizeof v);
+       })},
+      {"dtype_3", BNORM_ERR_BAD_ARGUMENT, set([](D& d) {
+         int v = 3;
+         std::memcpy(&d.dtype, &v, sizeof v);
+       })},
+      {"dtype_huge", BNORM_ERR_BAD_ARGUMENT, set([](D& d) {
+         int v = 0x7fffffff;
+         std::memcpy(&d.dtype, &v, sizeof v);
+       })},
       {"dtype_bf16", BNORM_ERR_UNSUPPORTED, set([](D& d) { d.dtype = BNORM_DTYPE_BF16; })},
       {"dtype_f16", BNORM_ERR_UNSUPPORTED, set([](D& d) { d.dtype = BNORM_DTYPE_F16; })},
   };
@@ -85,9 +104,10 @@ std::vector<Case> DescCases() {
 }
 
 // Runs call() on a fresh arena and checks status and that nothing changed.
-void ExpectRejected(const std::string& what, bnorm_status expected,
-                    const std::function<bnorm_status(Arena&, const bnorm_tensor_desc*)>& call,
-                    const std::function<void(Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&)>& mutate) {
+void ExpectRejected(
+    const std::string& what, bnorm_status expected,
+    const std::function<bnorm_status(Arena&, const bnorm_tensor_desc*)>& call,
+    const std::function<void(Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&)>& mutate) {
   Arena a;
   bnorm_tensor_desc desc = Arena::Desc();
   bnorm_tensor_desc* pdesc = &desc;
@@ -116,9 +136,10 @@ bnorm_status CallTrain(const TrainArgs& t, const bnorm_tensor_desc* d) {
 
 TEST(Validation, ForwardTraining) {
   for (const Case& c : DescCases()) {
-    ExpectRejected("training/" + c.name, c.expected,
-                   [](Arena& a, const bnorm_tensor_desc* d) { return CallTrain(DefaultTrain(a), d); },
-                   c.mutate_desc);
+    ExpectRejected(
+        "training/" + c.name, c.expected,
+        [](Arena& a, const bnorm_tensor_desc* d) { return CallTrain(DefaultTrain(a), d); },
+        c.mutate_desc);
   }
   struct ArgCase {
     std::string name;
@@ -131,8 +152,10 @@ TEST(Validation, ForwardTraining) {
       {"eps_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.eps = -1.0f; }},
       {"eps_nan", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.eps = kNaN; }},
       {"eps_inf", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.eps = kInf; }},
-      {"momentum_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = -0.1f; }},
-      {"momentum_above_one", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = 1.5f; }},
+      {"momentum_negative", BNORM_ERR_BAD_ARGUMENT,
+       [](Arena&, TrainArgs& t) { t.momentum = -0.1f; }},
+      {"momentum_above_one", BNORM_ERR_BAD_ARGUMENT,
+       [](Arena&, TrainArgs& t) { t.momentum = 1.5f; }},
       {"momentum_nan", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = kNaN; }},
       {"momentum_inf", BNORM_ERR_BAD_ARGUMENT, [](Arena&, TrainArgs& t) { t.momentum = kInf; }},
       {"y_partly_over_x", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.y = a.x + 1; }},
@@ -140,28 +163,31 @@ TEST(Validation, ForwardTraining) {
       {"running_mean_is_running_var", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.rv = a.rm; }},
       {"running_var_in_x", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.rv = a.x + 4; }},
       {"save_mean_is_gamma", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.sm = a.gamma; }},
-      {"save_invstd_over_save_mean", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.si = a.sm + 1; }},
+      {"save_invstd_over_save_mean", BNORM_ERR_ALIAS,
+       [](Arena& a, TrainArgs& t) { t.si = a.sm + 1; }},
       {"save_mean_in_y", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.sm = a.y + 3; }},
       {"running_mean_is_beta", BNORM_ERR_ALIAS, [](Arena& a, TrainArgs& t) { t.rm = a.beta; }},
   };
   for (const ArgCase& c : cases) {
-    ExpectRejected("training/" + c.name, c.expected,
-                   [&](Arena& a, const bnorm_tensor_desc* d) {
-                     TrainArgs t = DefaultTrain(a);
-                     c.mutate(a, t);
-                     return CallTrain(t, d);
-                   },
-                   [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
+    ExpectRejected(
+        "training/" + c.name, c.expected,
+        [&](Arena& a, const bnorm_tensor_desc* d) {
+          TrainArgs t = DefaultTrain(a);
+          c.mutate(a, t);
+          return CallTrain(t, d);
+        },
+        [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
   }
   // n * spatial < 2: the variance is undefined.
   for (auto dims : {std::vector<int64_t>{1, 3, 1}, std::vector<int64_t>{1, 1, 1}}) {
-    ExpectRejected("training/too_few", BNORM_ERR_TOO_FEW_VALUES,
-                   [](Arena& a, const bnorm_tensor_desc* d) { return CallTrain(DefaultTrain(a), d); },
-                   [dims](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc& d) {
-                     d.n = dims[0];
-                     d.c = dims[1];
-                     d.spatial = dims[2];
-                   });
+    ExpectRejected(
+        "training/too_few", BNORM_ERR_TOO_FEW_VALUES,
+        [](Arena& a, const bnorm_tensor_desc* d) { return CallTrain(DefaultTrain(a), d); },
+        [dims](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc& d) {
+          d.n = dims[0];
+          d.c = dims[1];
+          d.spatial = dims[2];
+        });
   }
 }
 
@@ -169,8 +195,8 @@ TEST(Validation, ForwardTrainingAcceptsTheAllowedForms) {
   Arena a;
   const bnorm_tensor_desc d = Arena::Desc();
   // In place, negative zero eps, momentum at both ends, gamma == beta.
-  EXPECT_EQ(bnorm_forward_training(nullptr, &d, a.x, a.x, a.gamma, a.gamma, -0.0f, 0.0f, a.rm,
-                                   a.rv, a.sm, a.si),
+  EXPECT_EQ(bnorm_forward_training(nullptr, &d, a.x, a.x, a.gamma, a.gamma, -0.0f, 0.0f, a.rm, a.rv,
+                                   a.sm, a.si),
             BNORM_OK);
   EXPECT_EQ(bnorm_forward_training(nullptr, &d, a.x, a.y, nullptr, nullptr, 0.0f, 1.0f, nullptr,
                                    nullptr, nullptr, nullptr),
@@ -193,9 +219,10 @@ InferArgs DefaultInfer(Arena& a) { return InferArgs{a.x, a.gamma, a.beta, a.rm, 
 
 TEST(Validation, ForwardInference) {
   for (const Case& c : DescCases()) {
-    ExpectRejected("inference/" + c.name, c.expected,
-                   [](Arena& a, const bnorm_tensor_desc* d) { return CallInfer(DefaultInfer(a), d); },
-                   c.mutate_desc);
+    ExpectRejected(
+        "inference/" + c.name, c.expected,
+        [](Arena& a, const bnorm_tensor_desc* d) { return CallInfer(DefaultInfer(a), d); },
+        c.mutate_desc);
   }
   struct ArgCase {
     std::string name;
@@ -215,13 +242,14 @@ TEST(Validation, ForwardInference) {
       {"y_over_var", BNORM_ERR_ALIAS, [](Arena& a, InferArgs& t) { t.y = a.rv; }},
   };
   for (const ArgCase& c : cases) {
-    ExpectRejected("inference/" + c.name, c.expected,
-                   [&](Arena& a, const bnorm_tensor_desc* d) {
-                     InferArgs t = DefaultInfer(a);
-                     c.mutate(a, t);
-                     return CallInfer(t, d);
-                   },
-                   [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
+    ExpectRejected(
+        "inference/" + c.name, c.expected,
+        [&](Arena& a, const bnorm_tensor_desc* d) {
+          InferArgs t = DefaultInfer(a);
+          c.mutate(a, t);
+          return CallInfer(t, d);
+        },
+        [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
   }
   // Inference has no minimum count; mean == var and in place are allowed.
   Arena a;
@@ -252,11 +280,12 @@ TEST(Validation, Backward) {
   for (bool frozen : {false, true}) {
     const std::string fn = frozen ? "backward_frozen/" : "backward/";
     for (const Case& c : DescCases()) {
-      ExpectRejected(fn + c.name, c.expected,
-                     [frozen](Arena& a, const bnorm_tensor_desc* d) {
-                       return CallBack(frozen, DefaultBack(a), d);
-                     },
-                     c.mutate_desc);
+      ExpectRejected(
+          fn + c.name, c.expected,
+          [frozen](Arena& a, const bnorm_tensor_desc* d) {
+            return CallBack(frozen, DefaultBack(a), d);
+          },
+          c.mutate_desc);
     }
     struct ArgCase {
       std::string name;
@@ -277,19 +306,21 @@ TEST(Validation, Backward) {
         {"dbeta_over_invstd", BNORM_ERR_ALIAS, [](Arena& a, BackArgs& t) { t.dbeta = a.si - 1; }},
     };
     for (const ArgCase& c : cases) {
-      ExpectRejected(fn + c.name, c.expected,
-                     [&](Arena& a, const bnorm_tensor_desc* d) {
-                       BackArgs t = DefaultBack(a);
-                       c.mutate(a, t);
-                       return CallBack(frozen, t, d);
-                     },
-                     [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
+      ExpectRejected(
+          fn + c.name, c.expected,
+          [&](Arena& a, const bnorm_tensor_desc* d) {
+            BackArgs t = DefaultBack(a);
+            c.mutate(a, t);
+            return CallBack(frozen, t, d);
+          },
+          [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
     }
     // In place dx == dy, and a single value per channel, are allowed.
     Arena a;
     bnorm_tensor_desc d{1, 3, 1, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
-    EXPECT_EQ(CallBack(frozen, BackArgs{a.x, a.dy, nullptr, a.sm, a.si, a.dy, a.dgamma, a.dbeta}, &d),
-              BNORM_OK);
+    EXPECT_EQ(
+        CallBack(frozen, BackArgs{a.x, a.dy, nullptr, a.sm, a.si, a.dy, a.dgamma, a.dbeta}, &d),
+        BNORM_OK);
   }
 }
 

@@ -56,18 +56,25 @@ extern "C" {
 
 typedef enum bnorm_status {
   BNORM_OK = 0,
-  BNORM_ERR_NULL_POINTER = 1,   /* a required pointer is NULL */
-  BNORM_ERR_BAD_SHAPE = 2,      /* n, c or spatial < 1, or the element count or byte size overflows */
-  BNORM_ERR_BAD_ARGUMENT = 3,   /* eps < 0 or not finite; momentum outside [0,1] or NaN; unknown layout/dtype; num_threads < 0 */
-  BNORM_ERR_ALIAS = 4,          /* an output overlaps another buffer, other than the exact in-place pairs allowed */
+  BNORM_ERR_NULL_POINTER = 1, /* a required pointer is NULL */
+  BNORM_ERR_BAD_SHAPE = 2,    /* n, c or spatial < 1, or the element count or byte size overflows */
+  BNORM_ERR_BAD_ARGUMENT = 3, /* eps < 0 or not finite; momentum outside [0,1] or NaN; unknown
+                                 layout/dtype; num_threads < 0 */
+  BNORM_ERR_ALIAS =
+      4, /* an output overlaps another buffer, other than the exact in-place pairs allowed */
   BNORM_ERR_TOO_FEW_VALUES = 5, /* training with n*spatial < 2: the variance is undefined */
-  BNORM_ERR_UNSUPPORTED = 6,    /* a valid request this build cannot serve (e.g. a dtype not built yet) */
+  BNORM_ERR_UNSUPPORTED =
+      6, /* a valid request this build cannot serve (e.g. a dtype not built yet) */
   BNORM_ERR_OUT_OF_MEMORY = 7,
   BNORM_ERR_INTERNAL = 8
 } bnorm_status;
 
 typedef enum bnorm_layout { BNORM_LAYOUT_NCHW = 0, BNORM_LAYOUT_NHWC = 1 } bnorm_layout;
-typedef enum bnorm_dtype { BNORM_DTYPE_F32 = 0, BNORM_DTYPE_BF16 = 1, BNORM_DTYPE_F16 = 2 } bnorm_dtype;
+typedef enum bnorm_dtype {
+  BNORM_DTYPE_F32 = 0,
+  BNORM_DTYPE_BF16 = 1,
+  BNORM_DTYPE_F16 = 2
+} bnorm_dtype;
 
 typedef struct bnorm_tensor_desc {
   int64_t n;           /* batch */
@@ -135,11 +142,12 @@ BNORM_API bnorm_status bnorm_set_target(const char* name);
  * BNORM_ERR_BAD_SHAPE, BNORM_ERR_BAD_ARGUMENT (eps, momentum, layout, dtype),
  * BNORM_ERR_UNSUPPORTED (dtype not built), BNORM_ERR_TOO_FEW_VALUES
  * (n*spatial < 2), BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
-BNORM_API bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
-                                              const void* x, void* y, const float* gamma,
-                                              const float* beta, float eps, float momentum,
-                                              float* running_mean, float* running_var,
-                                              float* save_mean, float* save_invstd);
+BNORM_API bnorm_status bnorm_forward_training(const bnorm_context* ctx,
+                                              const bnorm_tensor_desc* desc, const void* x, void* y,
+                                              const float* gamma, const float* beta, float eps,
+                                              float momentum, float* running_mean,
+                                              float* running_var, float* save_mean,
+                                              float* save_invstd);
 
 /* Inference-mode forward pass: y = (x - mean) / sqrt(var + eps) * gamma + beta.
  *   x, y          as in bnorm_forward_training; y == x is allowed.
@@ -150,10 +158,10 @@ BNORM_API bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bn
  * Returns BNORM_OK, BNORM_ERR_NULL_POINTER (desc, x, y, mean or var NULL),
  * BNORM_ERR_BAD_SHAPE, BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_UNSUPPORTED,
  * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
-BNORM_API bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
-                                               const void* x, void* y, const float* gamma,
-                                               const float* beta, const float* mean, const float* var,
-                                               float eps);
+BNORM_API bnorm_status bnorm_forward_inference(const bnorm_context* ctx,
+                                               const bnorm_tensor_desc* desc, const void* x,
+                                               void* y, const float* gamma, const float* beta,
+                                               const float* mean, const float* var, float eps);
 
 /* Training-mode backward pass. With m = n*spatial, per channel:
  *   sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - save_mean))
@@ -177,10 +185,11 @@ BNORM_API bnorm_status bnorm_backward(const bnorm_context* ctx, const bnorm_tens
  * constants, so dx = dy * gamma * invstd; dgamma = sum(dy*(x - mean))*invstd,
  * dbeta = sum(dy). Arguments, aliasing and statuses as bnorm_backward, with
  * mean and invstd (c floats each, required) in place of save_mean/save_invstd. */
-BNORM_API bnorm_status bnorm_backward_frozen(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
-                                             const void* x, const void* dy, void* dx,
-                                             const float* gamma, const float* mean,
-                                             const float* invstd, float* dgamma, float* dbeta);
+BNORM_API bnorm_status bnorm_backward_frozen(const bnorm_context* ctx,
+                                             const bnorm_tensor_desc* desc, const void* x,
+                                             const void* dy, void* dx, const float* gamma,
+                                             const float* mean, const float* invstd, float* dgamma,
+                                             float* dbeta);
 
 #ifdef __cplusplus
 } /* extern "C" */
