@@ -1,11 +1,11 @@
 // Backward elementwise kernels (see backward_apply.h).
-#include "backward_apply.h"
-
 #include <stddef.h>
 
 #include <algorithm>
 
 #include "config.h"  // first: dispatch configuration
+
+#include "backward_apply.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backward_apply.cc"

@@ -1,11 +1,11 @@
 // Backward reduction kernels (see backward_reduce.h).
-#include "backward_reduce.h"
-
 #include <stddef.h>
 
 #include <algorithm>
 
 #include "config.h"  // first: dispatch configuration
+
+#include "backward_reduce.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backward_reduce.cc"

@@ -1,11 +1,11 @@
 // Normalize kernels (see normalize.h).
-#include "normalize.h"
-
 #include <stddef.h>
 
 #include <algorithm>
 
 #include "config.h"  // first: dispatch configuration
+
+#include "normalize.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "normalize.cc"

@@ -1,9 +1,9 @@
 // Statistics kernels (see stats.h). One SIMD body per target via foreach_target.
-#include "stats.h"
-
 #include <stddef.h>
 
 #include "config.h"  // first: dispatch configuration
+
+#include "stats.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "stats.cc"
