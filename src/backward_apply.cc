@@ -1,15 +1,17 @@
 // Backward elementwise kernels (see backward_apply.h).
-#include <stddef.h>
-
-#include <algorithm>
-
 #include "config.h"  // first: dispatch configuration
 
 #include "backward_apply.h"
 
+#include <stddef.h>
+
+#include <algorithm>
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backward_apply.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "elementwise-inl.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -17,96 +19,99 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Constants of one channel or one run of positions, as vectors.
-template <class D>
-struct GradVectors {
-  hn::Vec<D> mean, mean_dy, a, b;
-};
-
-// dy and dx may be the same buffer: no HWY_RESTRICT on them.
-template <bool kFrozen, class D>
-HWY_INLINE void GradOne(D d, const float* x, const float* dy, float* dx, const GradVectors<D>& k) {
-  const auto g = hn::LoadU(d, dy);
-  if (kFrozen) {
-    hn::StoreU(hn::Mul(g, k.a), d, dx);
-  } else {
-    const auto xmu = hn::Sub(hn::LoadU(d, x), k.mean);
-    hn::StoreU(hn::MulAdd(hn::Sub(g, k.mean_dy), k.a, hn::Mul(xmu, k.b)), d, dx);
-  }
+// One contiguous run of one channel. dy and dx may be the same buffer.
+template <bool kFrozen, bool kStream>
+HWY_INLINE void GradRun(const float* x, const float* dy, float* dx, size_t len, float mean,
+                        float mean_dy, float a, float b) {
+  StoreSpan<kStream>(dx, len, [&](auto d, size_t j) HWY_ATTR {
+    const auto g = hn::LoadU(d, dy + j);
+    if (kFrozen) return hn::Mul(g, hn::Set(d, a));
+    const auto xmu = hn::Sub(hn::LoadU(d, x + j), hn::Set(d, mean));
+    return hn::MulAdd(hn::Sub(g, hn::Set(d, mean_dy)), hn::Set(d, a), hn::Mul(xmu, hn::Set(d, b)));
+  });
 }
 
-template <class D>
-HWY_INLINE GradVectors<D> Broadcast(D d, const GradConstants& k, int64_t i) {
-  return {hn::Set(d, k.mean[i]), hn::Set(d, k.mean_dy[i]), hn::Set(d, k.a[i]), hn::Set(d, k.b[i])};
-}
-
-template <class D>
-HWY_INLINE GradVectors<D> LoadAt(D d, const GradConstants& k, size_t j) {
-  return {hn::LoadU(d, k.mean + j), hn::LoadU(d, k.mean_dy + j), hn::LoadU(d, k.a + j),
-          hn::LoadU(d, k.b + j)};
-}
-
-template <bool kFrozen>
+template <bool kFrozen, bool kStream>
 void GradApplyNchwT(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
                     int64_t begin, int64_t end, const GradConstants& k) {
-  const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
-  constexpr size_t N = hn::MaxLanes(df);
   int64_t segment = begin / spatial;
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++segment, s = 0) {
     const int64_t ch = segment % c;
-    const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
-    const float* xs = kFrozen ? nullptr : x + pos;
-    size_t j = 0;
-    const auto kv = Broadcast(df, k, ch);
-    for (; j + N <= len; j += N) {
-      GradOne<kFrozen>(df, kFrozen ? nullptr : xs + j, dy + pos + j, dx + pos + j, kv);
-    }
-    const auto k1 = Broadcast(d1, k, ch);
-    for (; j < len; ++j)
-      GradOne<kFrozen>(d1, kFrozen ? nullptr : xs + j, dy + pos + j, dx + pos + j, k1);
-    pos += static_cast<int64_t>(len);
+    const int64_t len = std::min(spatial - s, end - pos);
+    GradRun<kFrozen, kStream>(kFrozen ? nullptr : x + pos, dy + pos, dx + pos,
+                              static_cast<size_t>(len), k.mean[ch], k.mean_dy[ch], k.a[ch],
+                              k.b[ch]);
+    pos += len;
   }
 }
 
-template <bool kFrozen>
+template <bool kFrozen, bool kStream>
+void GradApplyNchwChannelT(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
+                           int64_t ch, int64_t begin, int64_t end, const GradConstants& k) {
+  int64_t i = begin / spatial;
+  int64_t s = begin % spatial;
+  for (int64_t pos = begin; pos < end; ++i, s = 0) {
+    const int64_t len = std::min(spatial - s, end - pos);
+    const int64_t offset = (i * c + ch) * spatial + s;
+    GradRun<kFrozen, kStream>(kFrozen ? nullptr : x + offset, dy + offset, dx + offset,
+                              static_cast<size_t>(len), k.mean[ch], k.mean_dy[ch], k.a[ch],
+                              k.b[ch]);
+    pos += len;
+  }
+}
+
+template <bool kFrozen, bool kStream>
 void GradApplyNhwcT(const float* x, const float* dy, float* dx, int64_t period, int64_t begin,
                     int64_t end, const GradConstants& k) {
-  const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
-  constexpr size_t N = hn::MaxLanes(df);
   for (int64_t pos = begin; pos < end; pos += period) {
     const size_t len = static_cast<size_t>(std::min(period, end - pos));
-    size_t j = 0;
-    for (; j + N <= len; j += N) {
-      GradOne<kFrozen>(df, kFrozen ? nullptr : x + pos + j, dy + pos + j, dx + pos + j,
-                       LoadAt(df, k, j));
-    }
-    for (; j < len; ++j) {
-      GradOne<kFrozen>(d1, kFrozen ? nullptr : x + pos + j, dy + pos + j, dx + pos + j,
-                       LoadAt(d1, k, j));
-    }
+    const float* xs = kFrozen ? nullptr : x + pos;
+    const float* gs = dy + pos;
+    StoreSpan<kStream>(dx + pos, len, [&](auto d, size_t j) HWY_ATTR {
+      const auto g = hn::LoadU(d, gs + j);
+      if (kFrozen) return hn::Mul(g, hn::LoadU(d, k.a + j));
+      const auto xmu = hn::Sub(hn::LoadU(d, xs + j), hn::LoadU(d, k.mean + j));
+      return hn::MulAdd(hn::Sub(g, hn::LoadU(d, k.mean_dy + j)), hn::LoadU(d, k.a + j),
+                        hn::Mul(xmu, hn::LoadU(d, k.b + j)));
+    });
   }
 }
 
+// Picks the instantiation for (frozen = x == nullptr, stream).
+#define BNORM_GRAD_VARIANTS(FN, ...)  \
+  do {                                \
+    if (x == nullptr) {               \
+      if (stream) {                   \
+        FN<true, true>(__VA_ARGS__);  \
+      } else {                        \
+        FN<true, false>(__VA_ARGS__); \
+      }                               \
+    } else if (stream) {              \
+      FN<false, true>(__VA_ARGS__);   \
+    } else {                          \
+      FN<false, false>(__VA_ARGS__);  \
+    }                                 \
+    if (stream) hwy::FlushStream();   \
+  } while (0)
+
 void GradApplyNchw(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
-                   int64_t begin, int64_t end, const GradConstants& k) {
-  if (x == nullptr) {
-    GradApplyNchwT<true>(x, dy, dx, c, spatial, begin, end, k);
-  } else {
-    GradApplyNchwT<false>(x, dy, dx, c, spatial, begin, end, k);
-  }
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream) {
+  BNORM_GRAD_VARIANTS(GradApplyNchwT, x, dy, dx, c, spatial, begin, end, k);
+}
+
+void GradApplyNchwChannel(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
+                          int64_t ch, int64_t begin, int64_t end, const GradConstants& k,
+                          bool stream) {
+  BNORM_GRAD_VARIANTS(GradApplyNchwChannelT, x, dy, dx, c, spatial, ch, begin, end, k);
 }
 
 void GradApplyNhwc(const float* x, const float* dy, float* dx, int64_t period, int64_t begin,
-                   int64_t end, const GradConstants& k) {
-  if (x == nullptr) {
-    GradApplyNhwcT<true>(x, dy, dx, period, begin, end, k);
-  } else {
-    GradApplyNhwcT<false>(x, dy, dx, period, begin, end, k);
-  }
+                   int64_t end, const GradConstants& k, bool stream) {
+  BNORM_GRAD_VARIANTS(GradApplyNhwcT, x, dy, dx, period, begin, end, k);
 }
+
+#undef BNORM_GRAD_VARIANTS
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
@@ -119,16 +124,24 @@ HWY_AFTER_NAMESPACE();
 namespace bnorm {
 
 HWY_EXPORT(GradApplyNchw);
+HWY_EXPORT(GradApplyNchwChannel);
 HWY_EXPORT(GradApplyNhwc);
 
 void GradApplyNchw(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
-                   int64_t spatial, int64_t begin, int64_t end, const GradConstants& k) {
-  BNORM_DISPATCH(GradApplyNchw, target)(x, dy, dx, c, spatial, begin, end, k);
+                   int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
+                   bool stream) {
+  BNORM_DISPATCH(GradApplyNchw, target)(x, dy, dx, c, spatial, begin, end, k, stream);
+}
+
+void GradApplyNchwChannel(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                          const GradConstants& k, bool stream) {
+  BNORM_DISPATCH(GradApplyNchwChannel, target)(x, dy, dx, c, spatial, ch, begin, end, k, stream);
 }
 
 void GradApplyNhwc(int64_t target, const float* x, const float* dy, float* dx, int64_t period,
-                   int64_t begin, int64_t end, const GradConstants& k) {
-  BNORM_DISPATCH(GradApplyNhwc, target)(x, dy, dx, period, begin, end, k);
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream) {
+  BNORM_DISPATCH(GradApplyNhwc, target)(x, dy, dx, period, begin, end, k, stream);
 }
 
 }  // namespace bnorm

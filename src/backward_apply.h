@@ -1,7 +1,8 @@
 // Backward elementwise kernels:
 //   training: dx = (dy - mean_dy) * a + (x - mean) * b
-//   frozen:   dx = dy * a            (x is not read)
+//   frozen:   dx = dy * a            (x is not read; pass x == nullptr)
 // with constants per channel (NCHW) or per position of a period (NHWC).
+// dx may equal dy. With `stream`, dx is written with non-temporal stores.
 #ifndef BNORM_SRC_BACKWARD_APPLY_H_
 #define BNORM_SRC_BACKWARD_APPLY_H_
 
@@ -16,11 +17,17 @@ struct GradConstants {
   const float* b;
 };
 
-// x == nullptr selects the frozen form. dx may equal dy.
+// NCHW: elements [begin, end) of the flat tensor.
 void GradApplyNchw(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
-                   int64_t spatial, int64_t begin, int64_t end, const GradConstants& k);
+                   int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
+                   bool stream);
+// NCHW: channel ch over its values [begin, end) in (i, s) order.
+void GradApplyNchwChannel(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                          const GradConstants& k, bool stream);
+// NHWC: elements [begin, end), begin a multiple of period.
 void GradApplyNhwc(int64_t target, const float* x, const float* dy, float* dx, int64_t period,
-                   int64_t begin, int64_t end, const GradConstants& k);
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream);
 
 }  // namespace bnorm
 

@@ -6,6 +6,7 @@
 #include "backward_apply.h"
 #include "backward_reduce.h"
 #include "context.h"
+#include "cpu_info.h"
 #include "moments.h"
 #include "normalize.h"
 #include "stats.h"
@@ -32,48 +33,121 @@ inline void SetConstant(float* array, const Problem& p, int64_t length, int64_t 
   for (int64_t q = ch; q < length; q += p.c) array[q] = value;
 }
 
-// Runs the statistics units of the reduction plan into `partials`.
-void ComputeStatsPartials(const bnorm_context* ctx, int64_t target, const Problem& p,
-                          const ReductionPlan& rp, const float* x, Moments* partials) {
-  const int64_t values = p.Values();
-  ParallelFor(ctx, rp.num_units, UnitsPerChunk(rp.unit_elems), [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      if (!rp.nhwc) {
-        const int64_t ch = u / rp.units_per_channel;
-        const int64_t begin = (u % rp.units_per_channel) * rp.unit_len;
-        partials[u] = StatsNchwUnit(target, x, p.c, p.spatial, ch, begin,
-                                    std::min(values, begin + rp.unit_len));
-      } else {
-        const int64_t c0 = (u / rp.row_units) * rp.block_width;
-        const int64_t row_unit = u % rp.row_units;
-        const int64_t row_begin = row_unit * rp.unit_rows;
-        StatsNhwcUnit(target, x, p.c, c0, std::min(rp.block_width, p.c - c0), rp.rows_per_period,
-                      row_begin, std::min(values, row_begin + rp.unit_rows),
-                      partials + row_unit * p.c + c0);
-      }
-    }
-  });
+// Values [begin, end) of NCHW unit u, and its channel.
+struct NchwUnit {
+  int64_t ch, begin, end;
+};
+NchwUnit NchwUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
+  const int64_t begin = (u % rp.units_per_channel) * rp.unit_len;
+  return {u / rp.units_per_channel, begin, std::min(p.Values(), begin + rp.unit_len)};
 }
 
-// The partials of channel ch, merged in unit order.
-template <typename Partial, typename Merge>
-Partial MergeChannel(const Problem& p, const ReductionPlan& rp, const Partial* partials, int64_t ch,
-                     const Merge& merge) {
-  Partial total;
+// Channels [c0, c0 + width) and rows [row_begin, row_end) of NHWC unit u; its
+// partials start at index row_unit * c + c0.
+struct NhwcUnit {
+  int64_t c0, width, row_unit, row_begin, row_end;
+};
+NhwcUnit NhwcUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
+  const int64_t c0 = (u / rp.row_units) * rp.block_width;
+  const int64_t row_unit = u % rp.row_units;
+  const int64_t row_begin = row_unit * rp.unit_rows;
+  return {c0, std::min(rp.block_width, p.c - c0), row_unit, row_begin,
+          std::min(p.Values(), row_begin + rp.unit_rows)};
+}
+
+// Merges the statistics partials of channels [c0, c1) into out[0, c1 - c0),
+// in unit order. NHWC units of one row range share a count, so the merge
+// coefficients are computed once per row unit and the channel loop vectorizes.
+void MergeStats(const Problem& p, const ReductionPlan& rp, const Moments* partials, int64_t c0,
+                int64_t c1, Moments* out) {
+  const int64_t width = c1 - c0;
   if (!rp.nhwc) {
-    for (int64_t u = 0; u < rp.units_per_channel; ++u) {
-      merge(total, partials[ch * rp.units_per_channel + u]);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      Moments total;
+      for (int64_t u = 0; u < rp.units_per_channel; ++u) {
+        MergeMoments(total, partials[ch * rp.units_per_channel + u]);
+      }
+      out[ch - c0] = total;
     }
-  } else {
-    for (int64_t ru = 0; ru < rp.row_units; ++ru) merge(total, partials[ru * p.c + ch]);
+    return;
   }
-  return total;
+  std::copy(partials + c0, partials + c1, out);  // row unit 0
+  double count = static_cast<double>(std::min(rp.unit_rows, p.Values()));
+  for (int64_t ru = 1; ru < rp.row_units; ++ru) {
+    const Moments* part = partials + ru * p.c + c0;
+    const double rows = static_cast<double>(std::min(rp.unit_rows, p.Values() - ru * rp.unit_rows));
+    const double total = count + rows;
+    const double fraction = rows / total;
+    const double cross = count * fraction;
+    for (int64_t k = 0; k < width; ++k) {
+      const double delta = part[k].mean - out[k].mean;
+      out[k].mean += delta * fraction;
+      out[k].m2 += part[k].m2 + delta * delta * cross;
+      out[k].count = total;
+    }
+    count = total;
+  }
 }
 
-template <typename Constants>
-void RunElementwise(const bnorm_context* ctx, const Problem& p, const ElementwisePlan& ep,
-                    const Constants& body) {
-  ParallelFor(ctx, p.Elements(), ep.task_elems, body);
+void MergeGradSums(const Problem& p, const ReductionPlan& rp, const GradSums* partials, int64_t c0,
+                   int64_t c1, GradSums* out) {
+  if (!rp.nhwc) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      GradSums total;
+      for (int64_t u = 0; u < rp.units_per_channel; ++u) {
+        total.sum_dy += partials[ch * rp.units_per_channel + u].sum_dy;
+        total.sum_dy_xmu += partials[ch * rp.units_per_channel + u].sum_dy_xmu;
+      }
+      out[ch - c0] = total;
+    }
+    return;
+  }
+  std::fill(out, out + (c1 - c0), GradSums{});
+  for (int64_t ru = 0; ru < rp.row_units; ++ru) {
+    const GradSums* part = partials + ru * p.c + c0;
+    for (int64_t k = 0; k < c1 - c0; ++k) {
+      out[k].sum_dy += part[k].sum_dy;
+      out[k].sum_dy_xmu += part[k].sum_dy_xmu;
+    }
+  }
+}
+
+// The skeleton of the reduce-then-apply operations (see Strategy in plan.h).
+//   reduce(u):          computes the partials of reduction unit u
+//   finalize(c0, c1):   turns the partials of channels [c0, c1) into outputs
+//                       and apply constants
+//   apply_channel(ch):  applies to all of channel ch (fused NCHW)
+//   apply_unit(a):      applies to unit a of the apply pass (two-phase)
+template <class Reduce, class Finalize, class ApplyChannel, class ApplyUnit>
+void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionPlan& rp,
+                    const ExecutionPlan& plan, bool apply, const Reduce& reduce,
+                    const Finalize& finalize, const ApplyChannel& apply_channel,
+                    const ApplyUnit& apply_unit) {
+  const bool single = plan.threads == 1;
+  if (plan.strategy == Strategy::kChannelFused) {
+    ParallelFor(
+        ctx, p.c, plan.channels_per_task,
+        [&](int64_t c0, int64_t c1) {
+          for (int64_t ch = c0; ch < c1; ++ch) {
+            for (int64_t u = ch * rp.units_per_channel; u < (ch + 1) * rp.units_per_channel; ++u) {
+              reduce(u);
+            }
+            finalize(ch, ch + 1);
+            if (apply) apply_channel(ch);
+          }
+        },
+        single);
+    return;
+  }
+  ParallelForStatic(ctx, rp.num_units, single, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) reduce(u);
+  });
+  ParallelFor(ctx, p.c, kChannelsPerChunk, finalize, single);
+  if (!apply) return;
+  // Each thread takes back its own units, most recently reduced first.
+  ParallelForStatic(ctx, plan.apply_units, single, [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a1; a-- > a0;) apply_unit(a);
+  });
 }
 
 }  // namespace
@@ -85,6 +159,8 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
+  const ExecutionPlan plan =
+      PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes());
   const int64_t klen = ConstantsLength(p, ep);
 
   ScratchLayout layout;
@@ -95,16 +171,25 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
   Moments* partials = ScratchAt<Moments>(lease, partials_at);
   float* consts = ScratchAt<float>(lease, consts_at);
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
-
-  ComputeStatsPartials(ctx, target, p, rp, x, partials);
-
   const double m = static_cast<double>(p.Values());
-  ParallelFor(ctx, p.c, kChannelsPerChunk, [&](int64_t c0, int64_t c1) {
+
+  const auto reduce = [&](int64_t u) {
+    if (!rp.nhwc) {
+      const NchwUnit unit = NchwUnitAt(p, rp, u);
+      partials[u] = StatsNchwUnit(target, x, p.c, p.spatial, unit.ch, unit.begin, unit.end);
+    } else {
+      const NhwcUnit unit = NhwcUnitAt(p, rp, u);
+      StatsNhwcUnit(target, x, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
+                    unit.row_end, partials + unit.row_unit * p.c + unit.c0);
+    }
+  };
+  const auto finalize = [&](int64_t c0, int64_t c1) {
+    Moments merged[kChannelsPerChunk];
+    MergeStats(p, rp, partials, c0, c1, merged);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      const Moments s = MergeChannel(p, rp, partials, ch, MergeMoments);
+      const Moments& s = merged[ch - c0];
       const double mean = s.mean;
-      const double var = s.m2 / m;
-      const double var_eps = var + static_cast<double>(eps);
+      const double var_eps = s.m2 / m + static_cast<double>(eps);
       const double invstd = var_eps == 0.0 ? 0.0 : 1.0 / std::sqrt(var_eps);
       if (save_mean != nullptr) save_mean[ch] = static_cast<float>(mean);
       if (save_invstd != nullptr) save_invstd[ch] = static_cast<float>(invstd);
@@ -126,15 +211,22 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
       SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(invstd * g));
       SetConstant(consts + 3 * klen, p, klen, ch, beta != nullptr ? beta[ch] : 0.0f);
     }
-  });
-
-  RunElementwise(ctx, p, ep, [&](int64_t begin, int64_t end) {
-    if (p.nhwc) {
-      NormalizeNhwc(target, x, y, ep.period, begin, end, affine);
+  };
+  const auto apply_channel = [&](int64_t ch) {
+    NormalizeNchwChannel(target, x, y, p.c, p.spatial, ch, 0, p.Values(), affine,
+                         plan.stream_output);
+  };
+  const auto apply_unit = [&](int64_t a) {
+    if (!rp.nhwc) {
+      const NchwUnit unit = NchwUnitAt(p, rp, a);
+      NormalizeNchwChannel(target, x, y, p.c, p.spatial, unit.ch, unit.begin, unit.end, affine,
+                           plan.stream_output);
     } else {
-      NormalizeNchw(target, x, y, p.c, p.spatial, begin, end, affine);
+      const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
+      NormalizeNhwc(target, x, y, ep.period, r0 * p.c, r1 * p.c, affine, plan.stream_output);
     }
-  });
+  };
+  RunReduceApply(ctx, p, rp, plan, /*apply=*/true, reduce, finalize, apply_channel, apply_unit);
   return BNORM_OK;
 }
 
@@ -150,25 +242,34 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   float* consts = ScratchAt<float>(lease, consts_at);
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
+  const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
+  const bool stream = ShouldStream(p.Elements(), DetectedCacheSizes());
 
-  ParallelFor(ctx, p.c, kChannelsPerChunk, [&](int64_t c0, int64_t c1) {
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const double g = gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0;
-      const double scale = g / std::sqrt(static_cast<double>(var[ch]) + static_cast<double>(eps));
-      SetConstant(consts, p, klen, ch, mean[ch]);
-      SetConstant(consts + klen, p, klen, ch, 0.0f);
-      SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(scale));
-      SetConstant(consts + 3 * klen, p, klen, ch, beta != nullptr ? beta[ch] : 0.0f);
-    }
-  });
+  ParallelFor(
+      ctx, p.c, kChannelsPerChunk,
+      [&](int64_t c0, int64_t c1) {
+        for (int64_t ch = c0; ch < c1; ++ch) {
+          const double g = gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0;
+          const double scale =
+              g / std::sqrt(static_cast<double>(var[ch]) + static_cast<double>(eps));
+          SetConstant(consts, p, klen, ch, mean[ch]);
+          SetConstant(consts + klen, p, klen, ch, 0.0f);
+          SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(scale));
+          SetConstant(consts + 3 * klen, p, klen, ch, beta != nullptr ? beta[ch] : 0.0f);
+        }
+      },
+      single);
 
-  RunElementwise(ctx, p, ep, [&](int64_t begin, int64_t end) {
-    if (p.nhwc) {
-      NormalizeNhwc(target, x, y, ep.period, begin, end, affine);
-    } else {
-      NormalizeNchw(target, x, y, p.c, p.spatial, begin, end, affine);
-    }
-  });
+  ParallelFor(
+      ctx, p.Elements(), ep.task_elems,
+      [&](int64_t begin, int64_t end) {
+        if (p.nhwc) {
+          NormalizeNhwc(target, x, y, ep.period, begin, end, affine, stream);
+        } else {
+          NormalizeNchw(target, x, y, p.c, p.spatial, begin, end, affine, stream);
+        }
+      },
+      single);
   return BNORM_OK;
 }
 
@@ -180,6 +281,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
+  const ExecutionPlan plan =
+      PlanExecution(p, rp, /*tensors_read=*/2, ContextThreads(ctx), DetectedCacheSizes());
   const int64_t klen = ConstantsLength(p, ep);
 
   ScratchLayout layout;
@@ -190,61 +293,78 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   GradSums* partials = ScratchAt<GradSums>(lease, partials_at);
   float* consts = ScratchAt<float>(lease, consts_at);
   const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
+  const double m = static_cast<double>(p.Values());
+  const float* x_apply = frozen ? nullptr : x;  // the frozen dx does not read x
 
-  const int64_t values = p.Values();
-  if (need_sums) {
-    ParallelFor(ctx, rp.num_units, UnitsPerChunk(rp.unit_elems), [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) {
-        if (!rp.nhwc) {
-          const int64_t ch = u / rp.units_per_channel;
-          const int64_t begin = (u % rp.units_per_channel) * rp.unit_len;
-          partials[u] = GradSumsNchwUnit(target, x, dy, p.c, p.spatial, ch, begin,
-                                         std::min(values, begin + rp.unit_len), mean[ch]);
-        } else {
-          const int64_t c0 = (u / rp.row_units) * rp.block_width;
-          const int64_t row_unit = u % rp.row_units;
-          const int64_t row_begin = row_unit * rp.unit_rows;
-          GradSumsNhwcUnit(target, x, dy, p.c, c0, std::min(rp.block_width, p.c - c0),
-                           rp.rows_per_period, row_begin,
-                           std::min(values, row_begin + rp.unit_rows), mean,
-                           partials + row_unit * p.c + c0);
-        }
-      }
-    });
-  }
-
-  const double m = static_cast<double>(values);
-  ParallelFor(ctx, p.c, kChannelsPerChunk, [&](int64_t c0, int64_t c1) {
+  // Per-channel outputs and the apply constants of channels [c0, c1).
+  const auto finalize_with = [&](int64_t c0, int64_t c1, const GradSums* sums) {
     for (int64_t ch = c0; ch < c1; ++ch) {
-      GradSums s;
-      if (need_sums) {
-        s = MergeChannel(p, rp, partials, ch, [](GradSums& a, const GradSums& b) {
-          a.sum_dy += b.sum_dy;
-          a.sum_dy_xmu += b.sum_dy_xmu;
-        });
-      }
+      const GradSums s = sums != nullptr ? sums[ch - c0] : GradSums{};
       const double is = static_cast<double>(invstd[ch]);
       if (dbeta != nullptr) dbeta[ch] = static_cast<float>(s.sum_dy);
       if (dgamma != nullptr) dgamma[ch] = static_cast<float>(s.sum_dy_xmu * is);
       if (dx == nullptr) continue;
       const double a = (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0) * is;
-      SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(a));
       SetConstant(consts, p, klen, ch, mean[ch]);
       SetConstant(consts + klen, p, klen, ch, frozen ? 0.0f : static_cast<float>(s.sum_dy / m));
+      SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(a));
       SetConstant(consts + 3 * klen, p, klen, ch,
                   frozen ? 0.0f : static_cast<float>(-a * is * is * s.sum_dy_xmu / m));
     }
-  });
-  if (dx == nullptr) return BNORM_OK;
+  };
 
-  const float* xa = frozen ? nullptr : x;
-  RunElementwise(ctx, p, ep, [&](int64_t begin, int64_t end) {
-    if (p.nhwc) {
-      GradApplyNhwc(target, xa, dy, dx, ep.period, begin, end, grad);
+  if (!need_sums) {  // frozen dx only: a pure elementwise pass
+    const bool single = UsefulThreads(2 * p.Elements(), ContextThreads(ctx)) == 1;
+    ParallelFor(
+        ctx, p.c, kChannelsPerChunk,
+        [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, nullptr); }, single);
+    ParallelFor(
+        ctx, p.Elements(), ep.task_elems,
+        [&](int64_t begin, int64_t end) {
+          if (p.nhwc) {
+            GradApplyNhwc(target, nullptr, dy, dx, ep.period, begin, end, grad, plan.stream_output);
+          } else {
+            GradApplyNchw(target, nullptr, dy, dx, p.c, p.spatial, begin, end, grad,
+                          plan.stream_output);
+          }
+        },
+        single);
+    return BNORM_OK;
+  }
+
+  const auto reduce = [&](int64_t u) {
+    if (!rp.nhwc) {
+      const NchwUnit unit = NchwUnitAt(p, rp, u);
+      partials[u] = GradSumsNchwUnit(target, x, dy, p.c, p.spatial, unit.ch, unit.begin, unit.end,
+                                     mean[unit.ch]);
     } else {
-      GradApplyNchw(target, xa, dy, dx, p.c, p.spatial, begin, end, grad);
+      const NhwcUnit unit = NhwcUnitAt(p, rp, u);
+      GradSumsNhwcUnit(target, x, dy, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
+                       unit.row_end, mean, partials + unit.row_unit * p.c + unit.c0);
     }
-  });
+  };
+  const auto finalize = [&](int64_t c0, int64_t c1) {
+    GradSums merged[kChannelsPerChunk];
+    MergeGradSums(p, rp, partials, c0, c1, merged);
+    finalize_with(c0, c1, merged);
+  };
+  const auto apply_channel = [&](int64_t ch) {
+    GradApplyNchwChannel(target, x_apply, dy, dx, p.c, p.spatial, ch, 0, p.Values(), grad,
+                         plan.stream_output);
+  };
+  const auto apply_unit = [&](int64_t a) {
+    if (!rp.nhwc) {
+      const NchwUnit unit = NchwUnitAt(p, rp, a);
+      GradApplyNchwChannel(target, x_apply, dy, dx, p.c, p.spatial, unit.ch, unit.begin, unit.end,
+                           grad, plan.stream_output);
+    } else {
+      const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
+      GradApplyNhwc(target, x_apply, dy, dx, ep.period, r0 * p.c, r1 * p.c, grad,
+                    plan.stream_output);
+    }
+  };
+  RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, reduce, finalize, apply_channel,
+                 apply_unit);
   return BNORM_OK;
 }
 

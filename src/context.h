@@ -10,6 +10,7 @@
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -86,13 +87,16 @@ tbb::task_arena& ContextArena(const bnorm_context* ctx);
 ScratchPool& ContextScratch(const bnorm_context* ctx);
 
 // Calls body(begin, end) over [0, count) in chunks of `grain` items, on the
-// context's threads. Runs inline when there is only one chunk or one thread.
+// context's threads. Runs inline when there is only one chunk or one thread,
+// or when the caller says one thread is worth more than several.
 template <typename Body>
-void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const Body& body) {
+void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const Body& body,
+                 bool single_thread = false) {
   if (count <= 0) return;
   const int64_t chunks = (count + grain - 1) / grain;
-  if (chunks == 1 || ContextThreads(ctx) == 1) {
-    body(int64_t{0}, count);
+  if (single_thread || chunks == 1 || ContextThreads(ctx) == 1) {
+    for (int64_t begin = 0; begin < count; begin += grain)
+      body(begin, std::min(count, begin + grain));
     return;
   }
   ContextArena(ctx).execute([&] {
@@ -105,6 +109,26 @@ void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const B
           }
         },
         tbb::simple_partitioner());
+  });
+}
+
+// Calls body(begin, end) over [0, count) split evenly into one contiguous
+// piece per thread, in a pattern that repeats from call to call for the same
+// count: a second pass over the same items lands on the threads (and caches)
+// of the first. Runs inline when single_thread.
+template <typename Body>
+void ParallelForStatic(const bnorm_context* ctx, int64_t count, bool single_thread,
+                       const Body& body) {
+  if (count <= 0) return;
+  if (single_thread || count == 1 || ContextThreads(ctx) == 1) {
+    body(int64_t{0}, count);
+    return;
+  }
+  ContextArena(ctx).execute([&] {
+    tbb::parallel_for(
+        tbb::blocked_range<int64_t>(0, count, 1),
+        [&](const tbb::blocked_range<int64_t>& r) { body(r.begin(), r.end()); },
+        tbb::static_partitioner());
   });
 }
 

@@ -1,15 +1,17 @@
 // Normalize kernels (see normalize.h).
-#include <stddef.h>
-
-#include <algorithm>
-
 #include "config.h"  // first: dispatch configuration
 
 #include "normalize.h"
 
+#include <stddef.h>
+
+#include <algorithm>
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "normalize.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "elementwise-inl.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -17,57 +19,87 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// x and y may be the same buffer: no HWY_RESTRICT on them.
-template <class D>
-HWY_INLINE void NormalizeOne(D d, const float* x, float* y, hn::Vec<D> mh, hn::Vec<D> ml,
-                             hn::Vec<D> scale, hn::Vec<D> shift) {
-  const auto centered = hn::Sub(hn::Sub(hn::LoadU(d, x), mh), ml);
-  hn::StoreU(hn::MulAdd(centered, scale, shift), d, y);
+// One contiguous run with the constants of one channel. x and y may be the
+// same buffer: no HWY_RESTRICT on them.
+template <bool kStream>
+HWY_INLINE void NormalizeRun(const float* x, float* y, size_t len, float mean_hi, float mean_lo,
+                             float scale, float shift) {
+  StoreSpan<kStream>(y, len, [&](auto d, size_t j) HWY_ATTR {
+    const auto centered =
+        hn::Sub(hn::Sub(hn::LoadU(d, x + j), hn::Set(d, mean_hi)), hn::Set(d, mean_lo));
+    return hn::MulAdd(centered, hn::Set(d, scale), hn::Set(d, shift));
+  });
 }
 
-void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,
-                   const AffineConstants& k) {
-  const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
-  constexpr size_t N = hn::MaxLanes(df);
+template <bool kStream>
+void NormalizeNchwT(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin,
+                    int64_t end, const AffineConstants& k) {
   int64_t segment = begin / spatial;  // (i, ch) pair
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++segment, s = 0) {
     const int64_t ch = segment % c;
-    const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
+    const int64_t len = std::min(spatial - s, end - pos);
+    NormalizeRun<kStream>(x + pos, y + pos, static_cast<size_t>(len), k.mean_hi[ch], k.mean_lo[ch],
+                          k.scale[ch], k.shift[ch]);
+    pos += len;
+  }
+}
+
+template <bool kStream>
+void NormalizeNchwChannelT(const float* x, float* y, int64_t c, int64_t spatial, int64_t ch,
+                           int64_t begin, int64_t end, const AffineConstants& k) {
+  int64_t i = begin / spatial;
+  int64_t s = begin % spatial;
+  for (int64_t pos = begin; pos < end; ++i, s = 0) {
+    const int64_t len = std::min(spatial - s, end - pos);
+    const int64_t offset = (i * c + ch) * spatial + s;
+    NormalizeRun<kStream>(x + offset, y + offset, static_cast<size_t>(len), k.mean_hi[ch],
+                          k.mean_lo[ch], k.scale[ch], k.shift[ch]);
+    pos += len;
+  }
+}
+
+template <bool kStream>
+void NormalizeNhwcT(const float* x, float* y, int64_t period, int64_t begin, int64_t end,
+                    const AffineConstants& k) {
+  for (int64_t pos = begin; pos < end; pos += period) {
+    const size_t len = static_cast<size_t>(std::min(period, end - pos));
     const float* xs = x + pos;
-    float* ys = y + pos;
-    size_t j = 0;
-    {
-      const auto mh = hn::Set(df, k.mean_hi[ch]), ml = hn::Set(df, k.mean_lo[ch]);
-      const auto scale = hn::Set(df, k.scale[ch]), shift = hn::Set(df, k.shift[ch]);
-      for (; j + N <= len; j += N) NormalizeOne(df, xs + j, ys + j, mh, ml, scale, shift);
-    }
-    const auto mh = hn::Set(d1, k.mean_hi[ch]), ml = hn::Set(d1, k.mean_lo[ch]);
-    const auto scale = hn::Set(d1, k.scale[ch]), shift = hn::Set(d1, k.shift[ch]);
-    for (; j < len; ++j) NormalizeOne(d1, xs + j, ys + j, mh, ml, scale, shift);
-    pos += static_cast<int64_t>(len);
+    StoreSpan<kStream>(y + pos, len, [&](auto d, size_t j) HWY_ATTR {
+      const auto centered = hn::Sub(hn::Sub(hn::LoadU(d, xs + j), hn::LoadU(d, k.mean_hi + j)),
+                                    hn::LoadU(d, k.mean_lo + j));
+      return hn::MulAdd(centered, hn::LoadU(d, k.scale + j), hn::LoadU(d, k.shift + j));
+    });
+  }
+}
+
+void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,
+                   const AffineConstants& k, bool stream) {
+  if (stream) {
+    NormalizeNchwT<true>(x, y, c, spatial, begin, end, k);
+    hwy::FlushStream();
+  } else {
+    NormalizeNchwT<false>(x, y, c, spatial, begin, end, k);
+  }
+}
+
+void NormalizeNchwChannel(const float* x, float* y, int64_t c, int64_t spatial, int64_t ch,
+                          int64_t begin, int64_t end, const AffineConstants& k, bool stream) {
+  if (stream) {
+    NormalizeNchwChannelT<true>(x, y, c, spatial, ch, begin, end, k);
+    hwy::FlushStream();
+  } else {
+    NormalizeNchwChannelT<false>(x, y, c, spatial, ch, begin, end, k);
   }
 }
 
 void NormalizeNhwc(const float* x, float* y, int64_t period, int64_t begin, int64_t end,
-                   const AffineConstants& k) {
-  const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
-  constexpr size_t N = hn::MaxLanes(df);
-  for (int64_t pos = begin; pos < end; pos += period) {
-    const size_t len = static_cast<size_t>(std::min(period, end - pos));
-    const float* xs = x + pos;
-    float* ys = y + pos;
-    size_t j = 0;
-    for (; j + N <= len; j += N) {
-      NormalizeOne(df, xs + j, ys + j, hn::LoadU(df, k.mean_hi + j), hn::LoadU(df, k.mean_lo + j),
-                   hn::LoadU(df, k.scale + j), hn::LoadU(df, k.shift + j));
-    }
-    for (; j < len; ++j) {
-      NormalizeOne(d1, xs + j, ys + j, hn::LoadU(d1, k.mean_hi + j), hn::LoadU(d1, k.mean_lo + j),
-                   hn::LoadU(d1, k.scale + j), hn::LoadU(d1, k.shift + j));
-    }
+                   const AffineConstants& k, bool stream) {
+  if (stream) {
+    NormalizeNhwcT<true>(x, y, period, begin, end, k);
+    hwy::FlushStream();
+  } else {
+    NormalizeNhwcT<false>(x, y, period, begin, end, k);
   }
 }
 
@@ -82,16 +114,23 @@ HWY_AFTER_NAMESPACE();
 namespace bnorm {
 
 HWY_EXPORT(NormalizeNchw);
+HWY_EXPORT(NormalizeNchwChannel);
 HWY_EXPORT(NormalizeNhwc);
 
 void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
-                   int64_t begin, int64_t end, const AffineConstants& k) {
-  BNORM_DISPATCH(NormalizeNchw, target)(x, y, c, spatial, begin, end, k);
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream) {
+  BNORM_DISPATCH(NormalizeNchw, target)(x, y, c, spatial, begin, end, k, stream);
+}
+
+void NormalizeNchwChannel(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
+                          int64_t ch, int64_t begin, int64_t end, const AffineConstants& k,
+                          bool stream) {
+  BNORM_DISPATCH(NormalizeNchwChannel, target)(x, y, c, spatial, ch, begin, end, k, stream);
 }
 
 void NormalizeNhwc(int64_t target, const float* x, float* y, int64_t period, int64_t begin,
-                   int64_t end, const AffineConstants& k) {
-  BNORM_DISPATCH(NormalizeNhwc, target)(x, y, period, begin, end, k);
+                   int64_t end, const AffineConstants& k, bool stream) {
+  BNORM_DISPATCH(NormalizeNhwc, target)(x, y, period, begin, end, k, stream);
 }
 
 }  // namespace bnorm

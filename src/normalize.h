@@ -1,7 +1,8 @@
 // Normalize kernels: y = ((x - mean_hi) - mean_lo) * scale + shift, with
 // constants per channel (NCHW) or per position of a repeating period (NHWC).
 // The mean is split in two floats so that x - mean keeps the precision of the
-// double mean when the data sit on a large offset.
+// double mean when the data sit on a large offset. y may equal x. With
+// `stream`, y is written with non-temporal stores.
 #ifndef BNORM_SRC_NORMALIZE_H_
 #define BNORM_SRC_NORMALIZE_H_
 
@@ -17,14 +18,19 @@ struct AffineConstants {
 };
 
 // NCHW: elements [begin, end) of the flat tensor; constants indexed by channel.
-// y may equal x.
 void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
-                   int64_t begin, int64_t end, const AffineConstants& k);
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream);
+
+// NCHW: channel ch over its values [begin, end) in (i, s) order; the
+// constants are those of channel ch (k indexed by ch).
+void NormalizeNchwChannel(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
+                          int64_t ch, int64_t begin, int64_t end, const AffineConstants& k,
+                          bool stream);
 
 // NHWC: elements [begin, end) of the flat tensor, begin a multiple of period;
-// constants indexed by position within the period. y may equal x.
+// constants indexed by position within the period.
 void NormalizeNhwc(int64_t target, const float* x, float* y, int64_t period, int64_t begin,
-                   int64_t end, const AffineConstants& k);
+                   int64_t end, const AffineConstants& k, bool stream);
 
 }  // namespace bnorm
 

@@ -76,6 +76,40 @@ ElementwisePlan PlanElementwise(const Problem& p) {
   return plan;
 }
 
+// Below this many elements per thread, another thread costs more to wake and
+// join than it saves.
+constexpr int64_t kMinElemsPerThread = int64_t{1} << 16;
+
+int UsefulThreads(int64_t elements, int threads) {
+  const int64_t useful = std::max<int64_t>(1, elements / kMinElemsPerThread);
+  return static_cast<int>(std::min<int64_t>(threads, useful));
+}
+
+bool ShouldStream(int64_t elements, const CacheSizes& caches) {
+  return elements * static_cast<int64_t>(sizeof(float)) > caches.llc;
+}
+
+ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
+                            int threads, const CacheSizes& caches) {
+  ExecutionPlan plan;
+  plan.threads = UsefulThreads(p.Elements() * tensors_read, threads);
+  plan.stream_output = ShouldStream(p.Elements(), caches);
+  const int64_t slice_bytes = p.Values() * tensors_read * static_cast<int64_t>(sizeof(float));
+  // Half of L2 for the slice: the rest holds the output lines being written.
+  const bool slice_fits = slice_bytes <= caches.l2 / 2;
+  if (!p.nhwc && slice_fits && p.c >= plan.threads) {
+    plan.strategy = Strategy::kChannelFused;
+    // About kTaskElems per task, but at least 4 tasks per thread to balance.
+    const int64_t by_size = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, p.Values()));
+    const int64_t by_balance = std::max<int64_t>(1, p.c / (4 * int64_t{plan.threads}));
+    plan.channels_per_task = std::min(by_size, by_balance);
+    return plan;
+  }
+  plan.strategy = Strategy::kTwoPhase;
+  plan.apply_units = rp.nhwc ? rp.row_units : rp.num_units;
+  return plan;
+}
+
 int64_t UnitsPerChunk(int64_t unit_elems) {
   return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, unit_elems));
 }

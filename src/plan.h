@@ -83,6 +83,41 @@ ElementwisePlan PlanElementwise(const Problem& p);
 // Units (or tasks) per parallel chunk so that a chunk holds about kTaskElems.
 int64_t UnitsPerChunk(int64_t unit_elems);
 
+struct CacheSizes {
+  int64_t l2 = int64_t{1} << 20;   // per core
+  int64_t llc = int64_t{8} << 20;  // last level, shared
+};
+
+// How a reduce-then-apply operation (training forward, backward) runs.
+//  kChannelFused (NCHW): a task owns whole channels; for each it reduces the
+//    channel's units, finalizes, and applies while the slice is still in L2.
+//    One pass over memory.
+//  kTwoPhase: every unit is reduced (in parallel), all channels finalized,
+//    then the same units are applied, each thread taking the units it reduced
+//    in reverse order, so the most recently read data (still in L2/LLC) goes
+//    first. Used when channels are fewer than threads or larger than L2, and
+//    for NHWC.
+// The reduction units and their merge order are the same in both: the
+// strategy never changes a result bit.
+enum class Strategy { kChannelFused, kTwoPhase };
+
+struct ExecutionPlan {
+  Strategy strategy = Strategy::kTwoPhase;
+  int64_t channels_per_task = 1;  // kChannelFused
+  int64_t apply_units = 0;        // kTwoPhase: units of the apply pass
+  bool stream_output = false;     // non-temporal stores: output larger than the LLC
+  int threads = 1;                // threads worth using (small tensors use fewer)
+};
+
+// tensors_read: tensors the reduce pass reads (1 forward, 2 backward).
+ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
+                            int threads, const CacheSizes& caches);
+
+// Threads worth using for `elements` floats of elementwise work.
+int UsefulThreads(int64_t elements, int threads);
+// True when an output of `elements` floats should bypass the caches.
+bool ShouldStream(int64_t elements, const CacheSizes& caches);
+
 }  // namespace bnorm
 
 #endif  // BNORM_SRC_PLAN_H_

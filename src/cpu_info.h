@@ -1,0 +1,16 @@
+// Cache sizes of the machine, read once from the OS (Linux sysfs), with
+// conservative defaults where the OS does not say.
+#ifndef BNORM_SRC_CPU_INFO_H_
+#define BNORM_SRC_CPU_INFO_H_
+
+#include "plan.h"
+
+namespace bnorm {
+
+// Per-core L2 and the last-level cache (shared), in bytes. Cached after the
+// first call; thread-safe.
+const CacheSizes& DetectedCacheSizes();
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_CPU_INFO_H_

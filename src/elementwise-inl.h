@@ -1,0 +1,49 @@
+// The store loop shared by the elementwise kernels (normalize, backward apply):
+// full vectors, then a one-lane tail (never a masked or overlapping access, so
+// unaligned user buffers and in-place calls are safe). With kStream, outputs
+// go around the caches with non-temporal stores after peeling to alignment.
+// Include after hwy/highway.h inside a foreach_target translation unit.
+
+#if defined(BNORM_SRC_ELEMENTWISE_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef BNORM_SRC_ELEMENTWISE_INL_H_
+#undef BNORM_SRC_ELEMENTWISE_INL_H_
+#else
+#define BNORM_SRC_ELEMENTWISE_INL_H_
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hwy/cache_control.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Stores value(d, j) to out + j for j in [0, len), where value is called with
+// a full-vector tag or a one-lane tag. out may alias the inputs value reads,
+// provided value(d, j) reads only index j onward of them.
+template <bool kStream, class Value>
+HWY_INLINE void StoreSpan(float* out, size_t len, const Value& value) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  constexpr size_t N = hn::MaxLanes(df);
+  size_t j = 0;
+  if (kStream) {
+    const size_t misalign = (reinterpret_cast<uintptr_t>(out) / sizeof(float)) % N;
+    const size_t peel = misalign == 0 ? 0 : (N - misalign < len ? N - misalign : len);
+    for (; j < peel; ++j) hn::StoreU(value(d1, j), d1, out + j);
+    for (; j + N <= len; j += N) hn::Stream(value(df, j), df, out + j);
+  } else {
+    for (; j + N <= len; j += N) hn::StoreU(value(df, j), df, out + j);
+  }
+  for (; j < len; ++j) hn::StoreU(value(d1, j), d1, out + j);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#endif  // BNORM_SRC_ELEMENTWISE_INL_H_
