@@ -2,11 +2,14 @@
 // against a parallel copy of the same bytes measured in the same loop
 // (interleaved, same thread count), and reports the ratio.
 //
-//   bnorm_bench [--threads=N] [--target=AVX2] [google benchmark flags]
+//   bnorm_bench [--threads=N] [--target=AVX2 | --all-targets] [google benchmark flags]
 //
-// Counters: GB/s of the bytes the operation must move (training/inference: one
-// read of x and one write of y; backward: reads of x and dy, a write of dx) and
-// ratio_to_copy = time of the operation / time of copying the same bytes.
+// BNORM_TARGET in the environment also picks the target. Counters: GB/s of the
+// bytes the operation must move (training/inference: one read of x and one
+// write of y; backward: reads of x and dy, a write of dx) and ratio_to_copy =
+// time of the operation / time of copying the same bytes, where the copy is the
+// faster of memcpy and a Highway streaming-store copy, each split over the
+// same threads and timed in alternate iterations of the same loop.
 #include <benchmark/benchmark.h>
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "bnorm/bnorm.h"
+#include "stream_copy.h"
 
 namespace {
 
@@ -39,21 +43,34 @@ const BenchShape kShapes[] = {
     {8, 32, 128, 128}, {64, 1024, 14, 14}, {2, 8, 512, 512}, {4096, 1024, 1, 1},
 };
 
-// memcpy split over the benchmark's threads: the floor bnorm is measured against.
-void ParallelCopy(const char* src, char* dst, size_t bytes) {
-  const size_t chunk = size_t{1} << 18;
-  const size_t chunks = (bytes + chunk - 1) / chunk;
+// A copy split over the benchmark's threads (one contiguous piece each): the
+// floor bnorm is measured against. streaming: Highway non-temporal copy;
+// otherwise memcpy.
+void ParallelCopy(const float* src, float* dst, size_t n, bool streaming) {
+  const size_t pieces = static_cast<size_t>(bnorm_context_num_threads(g_ctx));
   g_arena->execute([&] {
-    tbb::parallel_for(tbb::blocked_range<size_t>(0, chunks),
-                      [&](const tbb::blocked_range<size_t>& r) {
-                        const size_t begin = r.begin() * chunk;
-                        const size_t end = std::min(bytes, r.end() * chunk);
-                        std::memcpy(dst + begin, src + begin, end - begin);
-                      });
+    tbb::parallel_for(
+        tbb::blocked_range<size_t>(0, pieces, 1),
+        [&](const tbb::blocked_range<size_t>& r) {
+          for (size_t k = r.begin(); k != r.end(); ++k) {
+            const size_t begin = n * k / pieces, end = n * (k + 1) / pieces;
+            if (streaming) {
+              bnorm_bench::StreamCopy(src + begin, dst + begin, end - begin);
+            } else {
+              std::memcpy(dst + begin, src + begin, (end - begin) * sizeof(float));
+            }
+          }
+        },
+        tbb::static_partitioner());
   });
 }
 
-void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout) {
+void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout,
+           std::string target) {
+  if (!target.empty() && bnorm_set_target(target.c_str()) != BNORM_OK) {
+    state.SkipWithError("target not available");
+    return;
+  }
   const bnorm_tensor_desc desc{shape.n, shape.c, shape.h * shape.w, layout, BNORM_DTYPE_F32};
   const size_t elems = static_cast<size_t>(shape.n * shape.c * shape.h * shape.w);
   const size_t C = static_cast<size_t>(shape.c);
@@ -72,14 +89,16 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   // forward passes, 3 for backward (as a copy of 1.5 tensors).
   const size_t tensor_bytes = elems * sizeof(float);
   const size_t moved = op == Op::kBackward ? 3 * tensor_bytes : 2 * tensor_bytes;
-  std::vector<char> copy_src(moved / 2), copy_dst(moved / 2);
-  std::memset(copy_src.data(), 1, copy_src.size());
-  std::memset(copy_dst.data(), 2, copy_dst.size());
+  const size_t copy_floats = moved / 2 / sizeof(float);
+  std::vector<float> copy_src(copy_floats, 1.0f), copy_dst(copy_floats, 2.0f);
 
-  double op_seconds = 0, copy_seconds = 0;
+  double op_seconds = 0, copy_seconds[2] = {0, 0};
+  int64_t copies[2] = {0, 0};
+  int64_t iteration = 0;
   for (auto _ : state) {
+    const int kind = static_cast<int>(iteration++ % 2);  // 0 memcpy, 1 streaming
     auto t0 = std::chrono::steady_clock::now();
-    ParallelCopy(copy_src.data(), copy_dst.data(), copy_src.size());
+    ParallelCopy(copy_src.data(), copy_dst.data(), copy_floats, kind == 1);
     auto t1 = std::chrono::steady_clock::now();
     bnorm_status st = BNORM_OK;
     switch (op) {
@@ -101,16 +120,27 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
       state.SkipWithError(bnorm_status_string(st));
       break;
     }
-    const double copy = std::chrono::duration<double>(t1 - t0).count();
+    copy_seconds[kind] += std::chrono::duration<double>(t1 - t0).count();
+    ++copies[kind];
     const double run = std::chrono::duration<double>(t2 - t1).count();
-    copy_seconds += copy;
     op_seconds += run;
     state.SetIterationTime(run);
   }
+  // The faster copy per iteration (each kind ran every other iteration).
+  double copy_per_iter = 0;
+  for (int k = 0; k < 2; ++k) {
+    if (copies[k] == 0) continue;
+    const double mean = copy_seconds[k] / static_cast<double>(copies[k]);
+    if (copy_per_iter == 0 || mean < copy_per_iter) copy_per_iter = mean;
+  }
+  const double op_per_iter = op_seconds / static_cast<double>(std::max<int64_t>(1, iteration));
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(moved) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["ratio_to_copy"] = copy_seconds > 0 ? op_seconds / copy_seconds : 0.0;
+  state.counters["copy_GB/s"] =
+      copy_per_iter > 0 ? static_cast<double>(moved) * 1e-9 / copy_per_iter : 0.0;
+  state.counters["ratio_to_copy"] = copy_per_iter > 0 ? op_per_iter / copy_per_iter : 0.0;
   state.SetLabel(bnorm_active_target());
+  if (!target.empty()) bnorm_set_target(nullptr);
 }
 
 const char* OpName(Op op) {
@@ -124,17 +154,21 @@ const char* OpName(Op op) {
   }
 }
 
-void RegisterAll() {
+// Names: op/NxCxHxW/layout/impl, impl = bnorm_<target>.
+void RegisterAll(const std::vector<std::string>& targets) {
   for (const BenchShape& s : kShapes) {
     for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
       for (Op op : {Op::kInference, Op::kTraining, Op::kBackward}) {
-        const std::string name = std::string(OpName(op)) + "/" + std::to_string(s.n) + "x" +
-                                 std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
-                                 std::to_string(s.w) +
-                                 (layout == BNORM_LAYOUT_NCHW ? "/NCHW" : "/NHWC");
-        benchmark::RegisterBenchmark(name.c_str(), BM_Op, op, s, layout)
-            ->UseManualTime()
-            ->Unit(benchmark::kMicrosecond);
+        for (const std::string& target : targets) {
+          const std::string name = std::string(OpName(op)) + "/" + std::to_string(s.n) + "x" +
+                                   std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
+                                   std::to_string(s.w) +
+                                   (layout == BNORM_LAYOUT_NCHW ? "/NCHW" : "/NHWC") + "/bnorm_" +
+                                   (target.empty() ? std::string(bnorm_active_target()) : target);
+          benchmark::RegisterBenchmark(name.c_str(), BM_Op, op, s, layout, target)
+              ->UseManualTime()
+              ->Unit(benchmark::kMicrosecond);
+        }
       }
     }
   }
@@ -145,8 +179,12 @@ void RegisterAll() {
 int main(int argc, char** argv) {
   // Our own flags first; the rest go to Google Benchmark.
   std::vector<char*> rest;
+  std::vector<std::string> targets = {""};  // "": the active target
   for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+    if (std::strcmp(argv[i], "--all-targets") == 0) {
+      targets.clear();
+      for (int t = 0; t < bnorm_target_count(); ++t) targets.emplace_back(bnorm_target_name(t));
+    } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       g_threads = std::atoi(argv[i] + 10);
     } else if (std::strncmp(argv[i], "--target=", 9) == 0) {
       if (bnorm_set_target(argv[i] + 9) != BNORM_OK) {
@@ -164,7 +202,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&rest_argc, rest.data());
   benchmark::AddCustomContext("bnorm_target", bnorm_active_target());
   benchmark::AddCustomContext("bnorm_threads", std::to_string(bnorm_context_num_threads(g_ctx)));
-  RegisterAll();
+  RegisterAll(targets);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   bnorm_context_destroy(g_ctx);

@@ -165,10 +165,12 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
 
   ScratchLayout layout;
   const size_t partials_at = layout.Add<Moments>(rp.NumPartials(p));
+  const size_t merged_at = layout.Add<Moments>(p.c);
   const size_t consts_at = layout.Add<float>(4 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   Moments* partials = ScratchAt<Moments>(lease, partials_at);
+  Moments* merged = ScratchAt<Moments>(lease, merged_at);
   float* consts = ScratchAt<float>(lease, consts_at);
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
   const double m = static_cast<double>(p.Values());
@@ -184,10 +186,9 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
     }
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
-    Moments merged[kChannelsPerChunk];
-    MergeStats(p, rp, partials, c0, c1, merged);
+    MergeStats(p, rp, partials, c0, c1, merged + c0);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      const Moments& s = merged[ch - c0];
+      const Moments& s = merged[ch];
       const double mean = s.mean;
       const double var_eps = s.m2 / m + static_cast<double>(eps);
       const double invstd = var_eps == 0.0 ? 0.0 : 1.0 / std::sqrt(var_eps);
@@ -287,10 +288,12 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
 
   ScratchLayout layout;
   const size_t partials_at = layout.Add<GradSums>(need_sums ? rp.NumPartials(p) : 0);
+  const size_t merged_at = layout.Add<GradSums>(need_sums ? p.c : 0);
   const size_t consts_at = layout.Add<float>(dx != nullptr ? 4 * klen : 0);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   GradSums* partials = ScratchAt<GradSums>(lease, partials_at);
+  GradSums* merged = ScratchAt<GradSums>(lease, merged_at);
   float* consts = ScratchAt<float>(lease, consts_at);
   const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
   const double m = static_cast<double>(p.Values());
@@ -344,9 +347,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     }
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
-    GradSums merged[kChannelsPerChunk];
-    MergeGradSums(p, rp, partials, c0, c1, merged);
-    finalize_with(c0, c1, merged);
+    MergeGradSums(p, rp, partials, c0, c1, merged + c0);
+    finalize_with(c0, c1, merged + c0);
   };
   const auto apply_channel = [&](int64_t ch) {
     GradApplyNchwChannel(target, x_apply, dy, dx, p.c, p.spatial, ch, 0, p.Values(), grad,
