@@ -64,18 +64,17 @@ void GradApplyNchwChannelT(const float* x, const float* dy, float* dx, int64_t c
 template <bool kFrozen, bool kStream>
 void GradApplyNhwcT(const float* x, const float* dy, float* dx, int64_t period, int64_t begin,
                     int64_t end, const GradConstants& k) {
-  for (int64_t pos = begin; pos < end; pos += period) {
-    const size_t len = static_cast<size_t>(std::min(period, end - pos));
-    const float* xs = kFrozen ? nullptr : x + pos;
-    const float* gs = dy + pos;
-    StoreSpan<kStream>(dx + pos, len, [&](auto d, size_t j) HWY_ATTR {
-      const auto g = hn::LoadU(d, gs + j);
-      if (kFrozen) return hn::Mul(g, hn::LoadU(d, k.a + j));
-      const auto xmu = hn::Sub(hn::LoadU(d, xs + j), hn::LoadU(d, k.mean + j));
-      return hn::MulAdd(hn::Sub(g, hn::LoadU(d, k.mean_dy + j)), hn::LoadU(d, k.a + j),
-                        hn::Mul(xmu, hn::LoadU(d, k.b + j)));
-    });
-  }
+  const float* xs = kFrozen ? nullptr : x + begin;
+  const float* gs = dy + begin;
+  StorePeriodic<kStream>(
+      dx + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
+      static_cast<size_t>(period), [&](auto d, size_t i, size_t q) HWY_ATTR {
+        const auto g = hn::LoadU(d, gs + i);
+        if (kFrozen) return hn::Mul(g, hn::LoadU(d, k.a + q));
+        const auto xmu = hn::Sub(hn::LoadU(d, xs + i), hn::LoadU(d, k.mean + q));
+        return hn::MulAdd(hn::Sub(g, hn::LoadU(d, k.mean_dy + q)), hn::LoadU(d, k.a + q),
+                          hn::Mul(xmu, hn::LoadU(d, k.b + q)));
+      });
 }
 
 // Picks the instantiation for (frozen = x == nullptr, stream).

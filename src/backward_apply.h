@@ -25,7 +25,8 @@ void GradApplyNchw(int64_t target, const float* x, const float* dy, float* dx, i
 void GradApplyNchwChannel(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end,
                           const GradConstants& k, bool stream);
-// NHWC: elements [begin, end), begin a multiple of period.
+// NHWC: elements [begin, end); constants per position e % period, each array
+// holding period + kMaxLanes entries (see StorePeriodic).
 void GradApplyNhwc(int64_t target, const float* x, const float* dy, float* dx, int64_t period,
                    int64_t begin, int64_t end, const GradConstants& k, bool stream);
 

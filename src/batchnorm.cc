@@ -19,9 +19,10 @@ namespace {
 constexpr int64_t kChannelsPerChunk = 1024;
 
 // Per-channel (NCHW) or per-position (NHWC) constant arrays of the elementwise
-// pass; NHWC positions repeat every `period` floats, position q has channel q % c.
+// pass; NHWC positions repeat every `period` floats, position q has channel
+// q % c, and kMaxLanes more positions let a vector run past the period's end.
 int64_t ConstantsLength(const Problem& p, const ElementwisePlan& ep) {
-  return p.nhwc ? ep.period : p.c;
+  return p.nhwc ? ep.period + kMaxLanes : p.c;
 }
 
 // Writes value to every position of channel ch.

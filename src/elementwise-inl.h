@@ -42,6 +42,48 @@ HWY_INLINE void StoreSpan(float* out, size_t len, const Value& value) {
   for (; j < len; ++j) hn::StoreU(value(d1, j), d1, out + j);
 }
 
+// Stores value(d, i, q) to out + i for i in [0, len), where q = (q0 + i) mod
+// period indexes per-position constants. Constant arrays must hold
+// period + kMaxLanes entries (the first kMaxLanes repeated at the end), so a
+// vector starting at any q < period reads valid constants even where it
+// crosses the end of the period; this keeps every vector store aligned and
+// whole whatever the period (NHWC rows of any width).
+template <bool kStream, class Value>
+HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
+                              const Value& value) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  constexpr size_t N = hn::MaxLanes(df);
+  size_t i = 0;
+  size_t q = q0;
+  const auto advance = [&](size_t step) {
+    i += step;
+    q += step;
+    if (q >= period) q -= period;
+  };
+  if (kStream) {
+    const size_t misalign = (reinterpret_cast<uintptr_t>(out) / sizeof(float)) % N;
+    const size_t peel = misalign == 0 ? 0 : (N - misalign < len ? N - misalign : len);
+    while (i < peel) {
+      hn::StoreU(value(d1, i, q), d1, out + i);
+      advance(1);
+    }
+    while (i + N <= len) {
+      hn::Stream(value(df, i, q), df, out + i);
+      advance(N);
+    }
+  } else {
+    while (i + N <= len) {
+      hn::StoreU(value(df, i, q), df, out + i);
+      advance(N);
+    }
+  }
+  while (i < len) {
+    hn::StoreU(value(d1, i, q), d1, out + i);
+    advance(1);
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace bnorm
 HWY_AFTER_NAMESPACE();

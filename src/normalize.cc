@@ -62,15 +62,14 @@ void NormalizeNchwChannelT(const float* x, float* y, int64_t c, int64_t spatial,
 template <bool kStream>
 void NormalizeNhwcT(const float* x, float* y, int64_t period, int64_t begin, int64_t end,
                     const AffineConstants& k) {
-  for (int64_t pos = begin; pos < end; pos += period) {
-    const size_t len = static_cast<size_t>(std::min(period, end - pos));
-    const float* xs = x + pos;
-    StoreSpan<kStream>(y + pos, len, [&](auto d, size_t j) HWY_ATTR {
-      const auto centered = hn::Sub(hn::Sub(hn::LoadU(d, xs + j), hn::LoadU(d, k.mean_hi + j)),
-                                    hn::LoadU(d, k.mean_lo + j));
-      return hn::MulAdd(centered, hn::LoadU(d, k.scale + j), hn::LoadU(d, k.shift + j));
-    });
-  }
+  const float* xs = x + begin;
+  StorePeriodic<kStream>(
+      y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
+      static_cast<size_t>(period), [&](auto d, size_t i, size_t q) HWY_ATTR {
+        const auto centered = hn::Sub(hn::Sub(hn::LoadU(d, xs + i), hn::LoadU(d, k.mean_hi + q)),
+                                      hn::LoadU(d, k.mean_lo + q));
+        return hn::MulAdd(centered, hn::LoadU(d, k.scale + q), hn::LoadU(d, k.shift + q));
+      });
 }
 
 void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,

@@ -27,8 +27,9 @@ void NormalizeNchwChannel(int64_t target, const float* x, float* y, int64_t c, i
                           int64_t ch, int64_t begin, int64_t end, const AffineConstants& k,
                           bool stream);
 
-// NHWC: elements [begin, end) of the flat tensor, begin a multiple of period;
-// constants indexed by position within the period.
+// NHWC: elements [begin, end) of the flat tensor; constants indexed by
+// position within the period (element e has position e % period), each array
+// holding period + kMaxLanes entries (see StorePeriodic).
 void NormalizeNhwc(int64_t target, const float* x, float* y, int64_t period, int64_t begin,
                    int64_t end, const AffineConstants& k, bool stream);
 
