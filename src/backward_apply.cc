@@ -19,6 +19,12 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// The constants of one channel, broadcast.
+template <class D>
+struct GradVectors {
+  hn::Vec<D> mean, mean_dy, a, b;
+};
+
 // One contiguous run of one channel. dy and dx may be the same buffer.
 template <bool kFrozen, bool kStream>
 HWY_INLINE void GradRun(const float* x, const float* dy, float* dx, size_t len, float mean,
@@ -34,14 +40,29 @@ HWY_INLINE void GradRun(const float* x, const float* dy, float* dx, size_t len, 
 template <bool kFrozen, bool kStream>
 void GradApplyNchwT(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
                     int64_t begin, int64_t end, const GradConstants& k) {
+  if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
+    StoreChannelRuns<kStream>(
+        dx + begin, begin, end, c, spatial,
+        [&](auto d, int64_t ch) HWY_ATTR {
+          return GradVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.mean_dy[ch]),
+                                          hn::Set(d, k.a[ch]), hn::Set(d, k.b[ch])};
+        },
+        [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
+          const auto g = hn::LoadU(d, dy + e);
+          if (kFrozen) return hn::Mul(g, kv.a);
+          const auto xmu = hn::Sub(hn::LoadU(d, x + e), kv.mean);
+          return hn::MulAdd(hn::Sub(g, kv.mean_dy), kv.a, hn::Mul(xmu, kv.b));
+        });
+    return;
+  }
+  // Runs shorter than a vector: one run at a time, through the caches.
   int64_t segment = begin / spatial;
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++segment, s = 0) {
     const int64_t ch = segment % c;
     const int64_t len = std::min(spatial - s, end - pos);
-    GradRun<kFrozen, kStream>(kFrozen ? nullptr : x + pos, dy + pos, dx + pos,
-                              static_cast<size_t>(len), k.mean[ch], k.mean_dy[ch], k.a[ch],
-                              k.b[ch]);
+    GradRun<kFrozen, false>(kFrozen ? nullptr : x + pos, dy + pos, dx + pos,
+                            static_cast<size_t>(len), k.mean[ch], k.mean_dy[ch], k.a[ch], k.b[ch]);
     pos += len;
   }
 }

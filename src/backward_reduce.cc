@@ -36,6 +36,12 @@ GradSums GradSumsNchwUnit(const float* x, const float* dy, int64_t c, int64_t sp
   for (int64_t pos = begin; pos < end; ++i, s = 0) {
     const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
     const int64_t offset = (i * c + ch) * spatial + s;
+    if (pos + static_cast<int64_t>(len) < end) {  // next image's run (see StatsNchwUnit)
+      const int64_t next = ((i + 1) * c + ch) * spatial;
+      const int64_t count = std::min(spatial, end - pos - static_cast<int64_t>(len));
+      PrefetchRun(x + next, count);
+      PrefetchRun(dy + next, count);
+    }
     const float* xs = x + offset;
     const float* gs = dy + offset;
     size_t j = 0;

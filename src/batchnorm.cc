@@ -117,25 +117,23 @@ void MergeGradSums(const Problem& p, const ReductionPlan& rp, const GradSums* pa
 //   reduce(u):          computes the partials of reduction unit u
 //   finalize(c0, c1):   turns the partials of channels [c0, c1) into outputs
 //                       and apply constants
-//   apply_channel(ch):  applies to all of channel ch (fused NCHW)
+//   apply_group(c0, c1): applies to channels [c0, c1) (fused NCHW)
 //   apply_unit(a):      applies to unit a of the apply pass (two-phase)
-template <class Reduce, class Finalize, class ApplyChannel, class ApplyUnit>
+template <class Reduce, class Finalize, class ApplyGroup, class ApplyUnit>
 void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionPlan& rp,
                     const ExecutionPlan& plan, bool apply, const Reduce& reduce,
-                    const Finalize& finalize, const ApplyChannel& apply_channel,
+                    const Finalize& finalize, const ApplyGroup& apply_group,
                     const ApplyUnit& apply_unit) {
   const bool single = plan.threads == 1;
   if (plan.strategy == Strategy::kChannelFused) {
     ParallelFor(
         ctx, p.c, plan.channels_per_task,
         [&](int64_t c0, int64_t c1) {
-          for (int64_t ch = c0; ch < c1; ++ch) {
-            for (int64_t u = ch * rp.units_per_channel; u < (ch + 1) * rp.units_per_channel; ++u) {
-              reduce(u);
-            }
-            finalize(ch, ch + 1);
-            if (apply) apply_channel(ch);
+          for (int64_t u = c0 * rp.units_per_channel; u < c1 * rp.units_per_channel; ++u) {
+            reduce(u);
           }
+          finalize(c0, c1);
+          if (apply) apply_group(c0, c1);
         },
         single);
     return;
@@ -167,13 +165,13 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
   ScratchLayout layout;
   const size_t partials_at = layout.Add<Moments>(rp.NumPartials(p));
   const size_t merged_at = layout.Add<Moments>(p.c);
-  const size_t consts_at = layout.Add<float>(4 * klen);
+  const size_t consts_at = layout.Add<float>(3 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   Moments* partials = ScratchAt<Moments>(lease, partials_at);
   Moments* merged = ScratchAt<Moments>(lease, merged_at);
   float* consts = ScratchAt<float>(lease, consts_at);
-  const AffineConstants affine{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
+  const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const double m = static_cast<double>(p.Values());
 
   const auto reduce = [&](int64_t u) {
@@ -205,18 +203,22 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
         running_var[ch] =
             static_cast<float>((1.0 - mom) * static_cast<double>(running_var[ch]) + mom * unbiased);
       }
-      const float mean_hi = static_cast<float>(mean);
-      const double g = gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0;
-      SetConstant(consts, p, klen, ch, mean_hi);
-      SetConstant(consts + klen, p, klen, ch,
-                  static_cast<float>(mean - static_cast<double>(mean_hi)));
-      SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(invstd * g));
-      SetConstant(consts + 3 * klen, p, klen, ch, beta != nullptr ? beta[ch] : 0.0f);
+      // y = (x - mean_f) * scale + shift, with what the float mean misses of
+      // the double mean folded into shift.
+      const float mean_f = static_cast<float>(mean);
+      const double scale = invstd * (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0);
+      const double b = beta != nullptr ? static_cast<double>(beta[ch]) : 0.0;
+      SetConstant(consts, p, klen, ch, mean_f);
+      SetConstant(consts + klen, p, klen, ch, static_cast<float>(scale));
+      SetConstant(consts + 2 * klen, p, klen, ch,
+                  static_cast<float>(b - (mean - static_cast<double>(mean_f)) * scale));
     }
   };
-  const auto apply_channel = [&](int64_t ch) {
-    NormalizeNchwChannel(target, x, y, p.c, p.spatial, ch, 0, p.Values(), affine,
-                         plan.stream_output);
+  const auto apply_group = [&](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < p.n; ++i) {
+      NormalizeNchw(target, x, y, p.c, p.spatial, (i * p.c + c0) * p.spatial,
+                    (i * p.c + c1) * p.spatial, affine, plan.stream_output);
+    }
   };
   const auto apply_unit = [&](int64_t a) {
     if (!rp.nhwc) {
@@ -228,7 +230,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
       NormalizeNhwc(target, x, y, ep.period, r0 * p.c, r1 * p.c, affine, plan.stream_output);
     }
   };
-  RunReduceApply(ctx, p, rp, plan, /*apply=*/true, reduce, finalize, apply_channel, apply_unit);
+  RunReduceApply(ctx, p, rp, plan, /*apply=*/true, reduce, finalize, apply_group, apply_unit);
   return BNORM_OK;
 }
 
@@ -239,13 +241,13 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
   const ElementwisePlan ep = PlanElementwise(p);
   const int64_t klen = ConstantsLength(p, ep);
   ScratchLayout layout;
-  const size_t consts_at = layout.Add<float>(4 * klen);
+  const size_t consts_at = layout.Add<float>(3 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   float* consts = ScratchAt<float>(lease, consts_at);
-  const AffineConstants affine{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
+  const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
-  const bool stream = ShouldStream(p.Elements(), DetectedCacheSizes());
+  const bool stream = ShouldStream(p, DetectedCacheSizes());
 
   ParallelFor(
       ctx, p.c, kChannelsPerChunk,
@@ -255,9 +257,8 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
           const double scale =
               g / std::sqrt(static_cast<double>(var[ch]) + static_cast<double>(eps));
           SetConstant(consts, p, klen, ch, mean[ch]);
-          SetConstant(consts + klen, p, klen, ch, 0.0f);
-          SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(scale));
-          SetConstant(consts + 3 * klen, p, klen, ch, beta != nullptr ? beta[ch] : 0.0f);
+          SetConstant(consts + klen, p, klen, ch, static_cast<float>(scale));
+          SetConstant(consts + 2 * klen, p, klen, ch, beta != nullptr ? beta[ch] : 0.0f);
         }
       },
       single);
@@ -351,9 +352,11 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     MergeGradSums(p, rp, partials, c0, c1, merged + c0);
     finalize_with(c0, c1, merged + c0);
   };
-  const auto apply_channel = [&](int64_t ch) {
-    GradApplyNchwChannel(target, x_apply, dy, dx, p.c, p.spatial, ch, 0, p.Values(), grad,
-                         plan.stream_output);
+  const auto apply_group = [&](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < p.n; ++i) {
+      GradApplyNchw(target, x_apply, dy, dx, p.c, p.spatial, (i * p.c + c0) * p.spatial,
+                    (i * p.c + c1) * p.spatial, grad, plan.stream_output);
+    }
   };
   const auto apply_unit = [&](int64_t a) {
     if (!rp.nhwc) {
@@ -366,7 +369,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
                     plan.stream_output);
     }
   };
-  RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, reduce, finalize, apply_channel,
+  RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, reduce, finalize, apply_group,
                  apply_unit);
   return BNORM_OK;
 }

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <algorithm>
+
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
@@ -82,6 +84,63 @@ HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
     hn::StoreU(value(d1, i, q), d1, out + i);
     advance(1);
   }
+}
+
+// Stores value(d, e, k) to out + (e - begin) for flat NCHW elements
+// e in [begin, end), where k = constants(d, ch) holds the (broadcast)
+// constants of e's channel ch; runs of `spatial` elements per (image,
+// channel). The constants of the current channel stay in registers. Vectors
+// run across channel boundaries: a vector that straddles one blends the values
+// of both channels, so the stores stay whole and aligned (full-line
+// non-temporal stores with kStream). Needs spatial >= the lanes (at most one
+// boundary per vector).
+template <bool kStream, class Constants, class Value>
+HWY_INLINE void StoreChannelRuns(float* out, int64_t begin, int64_t end, int64_t c, int64_t spatial,
+                                 const Constants& constants, const Value& value) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(df));
+  // No division in the loop: a 64-bit modulo per vector would cost more than
+  // the vector's arithmetic.
+  const auto next_channel = [c](int64_t k) { return k + 1 == c ? 0 : k + 1; };
+  int64_t ch = (begin / spatial) % c;        // channel of element e
+  int64_t left = spatial - begin % spatial;  // elements of e's run from e on
+  int64_t e = begin;
+  const auto store_one = [&]() {
+    hn::StoreU(value(d1, e, constants(d1, ch)), d1, out + (e - begin));
+    ++e;
+    if (--left == 0) {
+      ch = next_channel(ch);
+      left = spatial;
+    }
+  };
+  if (kStream) {
+    const int64_t misalign = static_cast<int64_t>(
+        (reinterpret_cast<uintptr_t>(out) / sizeof(float)) % static_cast<size_t>(N));
+    const int64_t peel_end = begin + (misalign == 0 ? 0 : std::min(N - misalign, end - begin));
+    while (e < peel_end) store_one();
+  }
+  auto k = constants(df, ch);
+  while (e + N <= end) {
+    auto v = value(df, e, k);
+    if (left > N) {
+      left -= N;
+    } else {  // the vector ends this run (and may reach into the next)
+      ch = next_channel(ch);
+      const auto next = constants(df, ch);
+      if (left < N)
+        v = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v, value(df, e, next));
+      left += spatial - N;
+      k = next;
+    }
+    if (kStream) {
+      hn::Stream(v, df, out + (e - begin));
+    } else {
+      hn::StoreU(v, df, out + (e - begin));
+    }
+    e += N;
+  }
+  while (e < end) store_one();
 }
 
 }  // namespace HWY_NAMESPACE

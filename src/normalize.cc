@@ -19,28 +19,50 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// y = (x - mean) * scale + shift for one lane group with given constants.
+template <class D, class V>
+HWY_INLINE V Normalized(D d, const float* x, V mean, V scale, V shift) {
+  return hn::MulAdd(hn::Sub(hn::LoadU(d, x), mean), scale, shift);
+}
+
+// The constants of one channel, broadcast.
+template <class D>
+struct ChannelVectors {
+  hn::Vec<D> mean, scale, shift;
+};
+
 // One contiguous run with the constants of one channel. x and y may be the
 // same buffer: no HWY_RESTRICT on them.
 template <bool kStream>
-HWY_INLINE void NormalizeRun(const float* x, float* y, size_t len, float mean_hi, float mean_lo,
-                             float scale, float shift) {
+HWY_INLINE void NormalizeRun(const float* x, float* y, size_t len, float mean, float scale,
+                             float shift) {
   StoreSpan<kStream>(y, len, [&](auto d, size_t j) HWY_ATTR {
-    const auto centered =
-        hn::Sub(hn::Sub(hn::LoadU(d, x + j), hn::Set(d, mean_hi)), hn::Set(d, mean_lo));
-    return hn::MulAdd(centered, hn::Set(d, scale), hn::Set(d, shift));
+    return Normalized(d, x + j, hn::Set(d, mean), hn::Set(d, scale), hn::Set(d, shift));
   });
 }
 
 template <bool kStream>
 void NormalizeNchwT(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin,
                     int64_t end, const AffineConstants& k) {
-  int64_t segment = begin / spatial;  // (i, ch) pair
+  if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
+    StoreChannelRuns<kStream>(
+        y + begin, begin, end, c, spatial,
+        [&](auto d, int64_t ch) HWY_ATTR {
+          return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
+                                             hn::Set(d, k.shift[ch])};
+        },
+        [&](auto d, int64_t e, const auto& kv)
+            HWY_ATTR { return Normalized(d, x + e, kv.mean, kv.scale, kv.shift); });
+    return;
+  }
+  // Runs shorter than a vector: one run at a time, through the caches.
+  int64_t segment = begin / spatial;
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++segment, s = 0) {
     const int64_t ch = segment % c;
     const int64_t len = std::min(spatial - s, end - pos);
-    NormalizeRun<kStream>(x + pos, y + pos, static_cast<size_t>(len), k.mean_hi[ch], k.mean_lo[ch],
-                          k.scale[ch], k.shift[ch]);
+    NormalizeRun<false>(x + pos, y + pos, static_cast<size_t>(len), k.mean[ch], k.scale[ch],
+                        k.shift[ch]);
     pos += len;
   }
 }
@@ -53,8 +75,8 @@ void NormalizeNchwChannelT(const float* x, float* y, int64_t c, int64_t spatial,
   for (int64_t pos = begin; pos < end; ++i, s = 0) {
     const int64_t len = std::min(spatial - s, end - pos);
     const int64_t offset = (i * c + ch) * spatial + s;
-    NormalizeRun<kStream>(x + offset, y + offset, static_cast<size_t>(len), k.mean_hi[ch],
-                          k.mean_lo[ch], k.scale[ch], k.shift[ch]);
+    NormalizeRun<kStream>(x + offset, y + offset, static_cast<size_t>(len), k.mean[ch], k.scale[ch],
+                          k.shift[ch]);
     pos += len;
   }
 }
@@ -63,13 +85,12 @@ template <bool kStream>
 void NormalizeNhwcT(const float* x, float* y, int64_t period, int64_t begin, int64_t end,
                     const AffineConstants& k) {
   const float* xs = x + begin;
-  StorePeriodic<kStream>(
-      y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
-      static_cast<size_t>(period), [&](auto d, size_t i, size_t q) HWY_ATTR {
-        const auto centered = hn::Sub(hn::Sub(hn::LoadU(d, xs + i), hn::LoadU(d, k.mean_hi + q)),
-                                      hn::LoadU(d, k.mean_lo + q));
-        return hn::MulAdd(centered, hn::LoadU(d, k.scale + q), hn::LoadU(d, k.shift + q));
-      });
+  StorePeriodic<kStream>(y + begin, static_cast<size_t>(end - begin),
+                         static_cast<size_t>(begin % period), static_cast<size_t>(period),
+                         [&](auto d, size_t i, size_t q) HWY_ATTR {
+                           return Normalized(d, xs + i, hn::LoadU(d, k.mean + q),
+                                             hn::LoadU(d, k.scale + q), hn::LoadU(d, k.shift + q));
+                         });
 }
 
 void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,

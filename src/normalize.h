@@ -1,8 +1,9 @@
-// Normalize kernels: y = ((x - mean_hi) - mean_lo) * scale + shift, with
-// constants per channel (NCHW) or per position of a repeating period (NHWC).
-// The mean is split in two floats so that x - mean keeps the precision of the
-// double mean when the data sit on a large offset. y may equal x. With
-// `stream`, y is written with non-temporal stores.
+// Normalize kernels: y = (x - mean) * scale + shift, with constants per
+// channel (NCHW) or per position of a repeating period (NHWC). x - mean is
+// exact for x near the mean (Sterbenz), so the float mean loses nothing there;
+// the rest of the double mean, (mean_d - mean) * scale, is folded into shift
+// by the caller. y may equal x. With `stream`, y is written with non-temporal
+// stores.
 #ifndef BNORM_SRC_NORMALIZE_H_
 #define BNORM_SRC_NORMALIZE_H_
 
@@ -11,13 +12,13 @@
 namespace bnorm {
 
 struct AffineConstants {
-  const float* mean_hi;
-  const float* mean_lo;
+  const float* mean;
   const float* scale;
   const float* shift;
 };
 
 // NCHW: elements [begin, end) of the flat tensor; constants indexed by channel.
+// Streams whole lines across channel boundaries when spatial >= the lanes.
 void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const AffineConstants& k, bool stream);
 

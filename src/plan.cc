@@ -85,28 +85,37 @@ int UsefulThreads(int64_t elements, int threads) {
   return static_cast<int>(std::min<int64_t>(threads, useful));
 }
 
-bool ShouldStream(int64_t elements, const CacheSizes& caches) {
-  return elements * static_cast<int64_t>(sizeof(float)) > caches.llc;
+bool ShouldStream(const Problem& p, const CacheSizes& caches) {
+  // NCHW kernels over flat ranges store whole vectors across channel
+  // boundaries once a run holds a vector (see StoreChannelRuns).
+  const bool whole_lines = p.nhwc || p.spatial >= kMaxLanes;
+  return whole_lines && p.Elements() * static_cast<int64_t>(sizeof(float)) > caches.llc;
 }
 
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
                             int threads, const CacheSizes& caches) {
   ExecutionPlan plan;
   plan.threads = UsefulThreads(p.Elements() * tensors_read, threads);
-  plan.stream_output = ShouldStream(p.Elements(), caches);
   const int64_t slice_bytes = p.Values() * tensors_read * static_cast<int64_t>(sizeof(float));
-  // Half of L2 for the slice: the rest holds the output lines being written.
-  const bool slice_fits = slice_bytes <= caches.l2 / 2;
-  if (!p.nhwc && slice_fits && p.c >= plan.threads) {
+  // Half of L2 for the slices being reduced and applied; the rest holds the
+  // output lines on their way out.
+  const int64_t budget = caches.l2 / 2;
+  if (!p.nhwc && slice_bytes <= budget && p.c >= plan.threads) {
     plan.strategy = Strategy::kChannelFused;
-    // About kTaskElems per task, but at least 4 tasks per thread to balance.
-    const int64_t by_size = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, p.Values()));
+    // As many channels as fit the budget (each image's run of the group is
+    // then contiguous and long), but at least 4 tasks per thread to balance.
+    const int64_t by_cache = std::max<int64_t>(1, budget / slice_bytes);
     const int64_t by_balance = std::max<int64_t>(1, p.c / (4 * int64_t{plan.threads}));
-    plan.channels_per_task = std::min(by_size, by_balance);
+    plan.channels_per_task = std::min(by_cache, by_balance);
+    plan.stream_output = ShouldStream(p, caches);
     return plan;
   }
   plan.strategy = Strategy::kTwoPhase;
   plan.apply_units = rp.nhwc ? rp.row_units : rp.num_units;
+  // NCHW two-phase applies one channel's runs at a time: stream only when the
+  // runs are long enough that their partial edge lines do not matter.
+  plan.stream_output = ShouldStream(p, caches) &&
+                       (p.nhwc || p.spatial * static_cast<int64_t>(sizeof(float)) >= 4096);
   return plan;
 }
 

@@ -89,9 +89,9 @@ struct CacheSizes {
 };
 
 // How a reduce-then-apply operation (training forward, backward) runs.
-//  kChannelFused (NCHW): a task owns whole channels; for each it reduces the
-//    channel's units, finalizes, and applies while the slice is still in L2.
-//    One pass over memory.
+//  kChannelFused (NCHW): a task owns a group of whole channels; it reduces
+//    their units, finalizes them, and applies to the group (per image one
+//    contiguous run) while the slices are still in L2. One pass over memory.
 //  kTwoPhase: every unit is reduced (in parallel), all channels finalized,
 //    then the same units are applied, each thread taking the units it reduced
 //    in reverse order, so the most recently read data (still in L2/LLC) goes
@@ -103,7 +103,7 @@ enum class Strategy { kChannelFused, kTwoPhase };
 
 struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;
-  int64_t channels_per_task = 1;  // kChannelFused
+  int64_t channels_per_task = 1;  // kChannelFused: channels per group
   int64_t apply_units = 0;        // kTwoPhase: units of the apply pass
   bool stream_output = false;     // non-temporal stores: output larger than the LLC
   int threads = 1;                // threads worth using (small tensors use fewer)
@@ -115,8 +115,9 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
 
 // Threads worth using for `elements` floats of elementwise work.
 int UsefulThreads(int64_t elements, int threads);
-// True when an output of `elements` floats should bypass the caches.
-bool ShouldStream(int64_t elements, const CacheSizes& caches);
+// True when the output should bypass the caches: larger than the LLC, and
+// written in runs long enough for whole-line non-temporal stores.
+bool ShouldStream(const Problem& p, const CacheSizes& caches);
 
 }  // namespace bnorm
 

@@ -59,6 +59,10 @@ Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, in
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end;) {
     const int64_t len = std::min(spatial - s, end - pos);
+    // Runs shorter than a few pages defeat the hardware prefetcher (a new
+    // stream per image): fetch the next image's run while this one is summed.
+    if (pos + len < end)
+      PrefetchRun(x + ((i + 1) * c + ch) * spatial, std::min(spatial, end - pos - len));
     acc.AddRun(df, d1, x + (i * c + ch) * spatial + s, static_cast<size_t>(len), pivot);
     pos += len;
     ++i;

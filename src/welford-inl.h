@@ -17,6 +17,11 @@
 #endif
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include <algorithm>
+
+#include "hwy/cache_control.h"
 
 #include "hwy/highway.h"
 #include "moments.h"
@@ -25,6 +30,16 @@ HWY_BEFORE_NAMESPACE();
 namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+
+// Prefetches the cache lines of floats [p, p + count), at most kMaxPrefetch
+// bytes (longer runs are caught by the hardware prefetcher).
+HWY_INLINE void PrefetchRun(const float* p, int64_t count) {
+  constexpr int64_t kMaxPrefetch = 4096;
+  const int64_t bytes =
+      std::min<int64_t>(count * static_cast<int64_t>(sizeof(float)), kMaxPrefetch);
+  const char* bp = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(bp + b);
+}
 
 // Float Welford steps (per lane) before folding into double.
 constexpr size_t kBlockSteps = 128;
