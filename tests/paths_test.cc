@@ -1,0 +1,140 @@
+// The execution paths the planner chooses between: channel-fused and
+// two-phase passes (same bits), non-temporal stores on tensors larger than the
+// last-level cache, and unaligned output pointers, against the reference.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "test_support.h"
+
+namespace bnorm_test {
+namespace {
+
+struct TrainOut {
+  std::vector<float> y, mean, invstd, dx, dgamma, dbeta;
+};
+
+// Forward training then backward, with outputs at `offset` floats into their
+// buffers (offset 1: no output is vector-aligned).
+TrainOut TrainAndBack(const bnorm_context* ctx, const Shape& s, const std::vector<float>& x,
+                      const std::vector<float>& dy, size_t offset) {
+  const size_t C = static_cast<size_t>(s.c);
+  std::vector<float> ybuf(x.size() + offset), dxbuf(x.size() + offset);
+  TrainOut o;
+  o.mean.resize(C);
+  o.invstd.resize(C);
+  o.dgamma.resize(C);
+  o.dbeta.resize(C);
+  const bnorm_tensor_desc d = s.Desc();
+  EXPECT_EQ(bnorm_forward_training(ctx, &d, x.data(), ybuf.data() + offset, nullptr, nullptr, 1e-5f,
+                                   0.1f, nullptr, nullptr, o.mean.data(), o.invstd.data()),
+            BNORM_OK);
+  EXPECT_EQ(bnorm_backward(ctx, &d, x.data(), dy.data(), dxbuf.data() + offset, nullptr,
+                           o.mean.data(), o.invstd.data(), o.dgamma.data(), o.dbeta.data()),
+            BNORM_OK);
+  o.y.assign(ybuf.begin() + static_cast<std::ptrdiff_t>(offset), ybuf.end());
+  o.dx.assign(dxbuf.begin() + static_cast<std::ptrdiff_t>(offset), dxbuf.end());
+  return o;
+}
+
+bool Same(const TrainOut& a, const TrainOut& b) {
+  return Bytes(a.y) == Bytes(b.y) && Bytes(a.mean) == Bytes(b.mean) &&
+         Bytes(a.invstd) == Bytes(b.invstd) && Bytes(a.dx) == Bytes(b.dx) &&
+         Bytes(a.dgamma) == Bytes(b.dgamma) && Bytes(a.dbeta) == Bytes(b.dbeta);
+}
+
+void CheckAgainstReference(const Shape& s, const std::vector<float>& x, const TrainOut& o) {
+  const auto ref = ReferenceStats(s, x);
+  std::vector<LD> mean, invstd;
+  for (size_t c = 0; c < ref.size(); ++c) {
+    mean.push_back(ref[c].mean);
+    invstd.push_back(RefInvstd(ref[c].var, 1e-5f));
+    EXPECT_NEAR(o.mean[c], static_cast<double>(ref[c].mean),
+                1e-6 * static_cast<double>(std::fabs(ref[c].mean) + std::sqrt(ref[c].var)));
+    EXPECT_NEAR(o.invstd[c], static_cast<double>(invstd[c]), 1e-5 * static_cast<double>(invstd[c]));
+  }
+  const auto y_ref = ReferenceNormalize(s, x, mean, invstd, nullptr, nullptr);
+  for (size_t e = 0; e < x.size(); e += 97) {  // sampled: the tensors are large
+    ASSERT_NEAR(o.y[e], static_cast<double>(y_ref[e]),
+                5e-6 * static_cast<double>(std::fabs(y_ref[e]) + 1))
+        << e;
+  }
+}
+
+class PathsTest : public testing::TestWithParam<std::string> {};
+
+// (10, 4, 10000): on 1 thread one task owns whole channels (fused); on many
+// threads the 4 channels are fewer than the useful threads and the batch is
+// split (two-phase). The bits must not change.
+TEST_P(PathsTest, FusedAndTwoPhaseGiveTheSameBits) {
+  ScopedTarget target(GetParam());
+  for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
+    const Shape s{10, 4, 10000, layout};
+    const auto x = NormalData(s, 31, 50.0, 2.0);
+    const auto dy = NormalData(s, 32, 0.0, 1.0);
+    bnorm_context* one = nullptr;
+    bnorm_context* many = nullptr;
+    ASSERT_EQ(bnorm_context_create(1, &one), BNORM_OK);
+    ASSERT_EQ(bnorm_context_create(16, &many), BNORM_OK);
+    const TrainOut a = TrainAndBack(one, s, x, dy, 0);
+    EXPECT_TRUE(Same(a, TrainAndBack(many, s, x, dy, 0))) << s.Name();
+    EXPECT_TRUE(Same(a, TrainAndBack(many, s, x, dy, 1))) << s.Name() << " unaligned outputs";
+    CheckAgainstReference(s, x, a);
+    bnorm_context_destroy(one);
+    bnorm_context_destroy(many);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTargets, PathsTest, testing::ValuesIn(TargetNames()),
+                         [](const testing::TestParamInfo<std::string>& i) { return i.param; });
+
+// Fast deterministic data for the large tensors (the normal generator would
+// dominate the test's time): a linear congruential sequence mapped to
+// offset + [-scale, scale).
+std::vector<float> QuickData(size_t count, uint64_t seed, float offset, float scale) {
+  std::vector<float> v(count);
+  uint64_t state = seed * 6364136223846793005ull + 1442695040888963407ull;
+  for (float& f : v) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    f = offset + scale * (static_cast<float>(state >> 40) / 8388608.0f - 1.0f);
+  }
+  return v;
+}
+
+// Tensors beyond any last-level cache (> 64 MiB) take the non-temporal store
+// paths, whose peeling and channel-boundary blending must not change a value:
+// every target against the reference, aligned and unaligned outputs equal.
+TEST(Paths, StreamingStoresOnLargeTensors) {
+  const Shape shapes[] = {Shape{2, 3, 2800000, BNORM_LAYOUT_NCHW},    // two-phase, long runs
+                          Shape{2, 3, 2800000, BNORM_LAYOUT_NHWC},    // rows
+                          Shape{170, 1000, 100, BNORM_LAYOUT_NCHW}};  // fused, short runs
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(s.Name());
+    const auto x = QuickData(static_cast<size_t>(s.Elements()), 41, 7.0f, 3.0f);
+    const auto dy = QuickData(static_cast<size_t>(s.Elements()), 42, 0.0f, 1.0f);
+    for (const std::string& name : TargetNames()) {
+      SCOPED_TRACE(name);
+      ScopedTarget target(name);
+      const TrainOut aligned = TrainAndBack(nullptr, s, x, dy, 0);
+      EXPECT_TRUE(Same(aligned, TrainAndBack(nullptr, s, x, dy, 1))) << "unaligned outputs";
+      if (name == TargetNames().front()) CheckAgainstReference(s, x, aligned);
+      // Inference through the same store paths, unaligned.
+      std::vector<float> ybuf(x.size() + 3);
+      std::vector<float> var(static_cast<size_t>(s.c));
+      for (size_t c = 0; c < var.size(); ++c) {
+        var[c] = 1.0f / (aligned.invstd[c] * aligned.invstd[c]) - 1e-5f;
+      }
+      const bnorm_tensor_desc d = s.Desc();
+      ASSERT_EQ(bnorm_forward_inference(nullptr, &d, x.data(), ybuf.data() + 3, nullptr, nullptr,
+                                        aligned.mean.data(), var.data(), 1e-5f),
+                BNORM_OK);
+      for (size_t e = 0; e < x.size(); e += 101) {
+        ASSERT_NEAR(ybuf[e + 3], aligned.y[e], 1e-4 * (std::fabs(aligned.y[e]) + 1)) << e;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace bnorm_test
