@@ -106,7 +106,8 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
     // then contiguous and long), but at least 4 tasks per thread to balance.
     const int64_t by_cache = std::max<int64_t>(1, budget / slice_bytes);
     const int64_t by_balance = std::max<int64_t>(1, p.c / (4 * int64_t{plan.threads}));
-    plan.channels_per_task = std::min(by_cache, by_balance);
+    const int64_t by_overhead = CeilDiv(kMinTaskElems, p.Values());
+    plan.channels_per_task = std::min(by_cache, std::max(by_balance, by_overhead));
     plan.stream_output = ShouldStream(p, caches);
     return plan;
   }
@@ -117,6 +118,29 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   plan.stream_output = ShouldStream(p, caches) &&
                        (p.nhwc || p.spatial * static_cast<int64_t>(sizeof(float)) >= 4096);
   return plan;
+}
+
+std::vector<int64_t> TaskElements(const Problem& p, const ReductionPlan& rp,
+                                  const ExecutionPlan& plan) {
+  std::vector<int64_t> tasks;
+  if (plan.strategy == Strategy::kChannelFused) {
+    for (int64_t c0 = 0; c0 < p.c; c0 += plan.channels_per_task) {
+      tasks.push_back(std::min(plan.channels_per_task, p.c - c0) * p.Values());
+    }
+    return tasks;
+  }
+  for (int64_t u = 0; u < rp.num_units; ++u) {
+    if (!rp.nhwc) {
+      const int64_t begin = (u % rp.units_per_channel) * rp.unit_len;
+      tasks.push_back(std::min(rp.unit_len, p.Values() - begin));
+    } else {
+      const int64_t c0 = (u / rp.row_units) * rp.block_width;
+      const int64_t row_begin = (u % rp.row_units) * rp.unit_rows;
+      tasks.push_back(std::min(rp.block_width, p.c - c0) *
+                      std::min(rp.unit_rows, p.Values() - row_begin));
+    }
+  }
+  return tasks;
 }
 
 int64_t UnitsPerChunk(int64_t unit_elems) {

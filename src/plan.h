@@ -9,6 +9,7 @@
 #define BNORM_SRC_PLAN_H_
 
 #include <cstdint>
+#include <vector>
 
 namespace bnorm {
 
@@ -112,6 +113,15 @@ struct ExecutionPlan {
 // tensors_read: tensors the reduce pass reads (1 forward, 2 backward).
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
                             int threads, const CacheSizes& caches);
+
+// Elements each task of a reduce-then-apply plan touches (for the fused
+// strategy a channel group, for two-phase a reduction unit), in task order.
+// Lets tests check balance and granularity without running anything.
+std::vector<int64_t> TaskElements(const Problem& p, const ReductionPlan& rp,
+                                  const ExecutionPlan& plan);
+
+// Fewer elements than this in a task do not amortize scheduling it.
+constexpr int64_t kMinTaskElems = int64_t{1} << 14;
 
 // Threads worth using for `elements` floats of elementwise work.
 int UsefulThreads(int64_t elements, int threads);

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace bnorm {
@@ -85,6 +86,55 @@ TEST(Plan, SmallChannelCountsFillVectors) {
   EXPECT_EQ(rp.rows_per_period, 16);
   EXPECT_EQ(rp.period, 48);
   EXPECT_EQ(PlanElementwise(Canonicalize(256, 3, 50176, true)).period, 48);
+}
+
+}  // namespace
+}  // namespace bnorm
+
+namespace bnorm {
+namespace {
+
+// The benchmark suite's shapes (bench/bnorm_bench.cc), both layouts.
+std::vector<Problem> BenchProblems() {
+  const int64_t dims[][4] = {{32, 64, 56, 56},   {32, 256, 56, 56},  {32, 2048, 7, 7},
+                             {1, 64, 112, 112},  {256, 3, 224, 224}, {8, 32, 128, 128},
+                             {64, 1024, 14, 14}, {2, 8, 512, 512},   {4096, 1024, 1, 1}};
+  std::vector<Problem> out;
+  for (const auto& d : dims) {
+    for (bool nhwc : {false, true}) out.push_back(Canonicalize(d[0], d[1], d[2] * d[3], nhwc));
+  }
+  return out;
+}
+
+// Work grows linearly with the tensor: tasks of about equal size (the
+// largest at most 1.25x the mean) and hardly any too small to amortize.
+TEST(Plan, TasksAreBalancedAndLargeEnough) {
+  const CacheSizes caches;  // 1 MiB L2, 8 MiB LLC
+  for (const Problem& p : BenchProblems()) {
+    for (int tensors : {1, 2}) {  // forward, backward
+      for (int threads : {1, 2, 16, 64, 128}) {
+        SCOPED_TRACE(testing::Message()
+                     << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc
+                     << " tensors=" << tensors << " threads=" << threads);
+        const ReductionPlan rp = PlanReduction(p);
+        const ExecutionPlan plan = PlanExecution(p, rp, tensors, threads, caches);
+        const std::vector<int64_t> tasks = TaskElements(p, rp, plan);
+        ASSERT_FALSE(tasks.empty());
+        int64_t total = 0, largest = 0, small = 0;
+        for (int64_t t : tasks) {
+          total += t;
+          largest = std::max(largest, t);
+          if (t < kMinTaskElems) ++small;
+        }
+        EXPECT_EQ(total, p.Elements());  // every element in exactly one task
+        const double mean = static_cast<double>(total) / static_cast<double>(tasks.size());
+        EXPECT_LE(static_cast<double>(largest), 1.25 * mean);
+        // At most one short remainder task per channel block or channel.
+        EXPECT_LE(small, std::max<int64_t>(1, tasks.size() == 1 ? 1 : plan.threads))
+            << tasks.size() << " tasks";
+      }
+    }
+  }
 }
 
 }  // namespace
