@@ -2,7 +2,11 @@
 // against a parallel copy of the same bytes measured in the same loop
 // (interleaved, same thread count), and reports the ratio.
 //
-//   bnorm_bench [--threads=N] [--target=AVX2 | --all-targets] [google benchmark flags]
+//   bnorm_bench [--threads=N] [--target=AVX2 | --all-targets] [--no-onednn]
+//               [google benchmark flags]
+//
+// Built with oneDNN (libdnnl-dev) when available: each shape also times
+// oneDNN's plain-layout path and (NCHW rows) its blocked nChw16c path.
 //
 // BNORM_TARGET in the environment also picks the target. Counters: GB/s of the
 // bytes the operation must move (training/inference: one read of x and one
@@ -19,20 +23,36 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include <unistd.h>
+#include <memory>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "bnorm/bnorm.h"
 #include "stream_copy.h"
 
+#ifdef BNORM_BENCH_HAVE_DNNL
+#include <omp.h>
+
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
 namespace {
 
-int g_threads = 0;  // 0: all cores
+int g_threads = 0;     // 0: all cores
+bool g_onednn = true;  // time oneDNN too when built with it (--no-onednn to skip)
 bnorm_context* g_ctx = nullptr;
 tbb::task_arena* g_arena = nullptr;
 
 enum class Op { kTraining, kInference, kBackward };
+
+// What runs: bnorm on a target, or oneDNN on its plain layout (what users with
+// NCHW/NHWC data get) or on its blocked nChw16c layout (its fastest path; the
+// data are already blocked, the reorders are not timed).
+enum class Impl { kBnorm, kOneDnnPlain, kOneDnnBlocked };
 
 struct BenchShape {
   int64_t n, c, h, w;
@@ -65,8 +85,84 @@ void ParallelCopy(const float* src, float* dst, size_t n, bool streaming) {
   });
 }
 
+#ifdef BNORM_BENCH_HAVE_DNNL
+// One oneDNN batch normalization primitive ready to run on its own buffers.
+class OneDnnBatchNorm {
+ public:
+  OneDnnBatchNorm(Op op, int64_t n, int64_t c, int64_t h, int64_t w, bool nhwc, bool blocked)
+      : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
+    using tag = dnnl::memory::format_tag;
+    const tag fmt = blocked ? tag::nChw16c : (nhwc ? tag::nhwc : tag::nchw);
+    const dnnl::memory::desc md({n, c, h, w}, dnnl::memory::data_type::f32, fmt);
+    // use_scale_shift (one 2 x C weights array): oneDNN 2.6's JIT kernels take
+    // it; the separate use_scale | use_shift flags fall back to bnorm_ref.
+    const auto scale_shift = dnnl::normalization_flags::use_scale_shift;
+    auto flags = scale_shift;
+    if (op == Op::kInference) flags = flags | dnnl::normalization_flags::use_global_stats;
+    const auto kind = op == Op::kInference ? dnnl::prop_kind::forward_inference
+                                           : dnnl::prop_kind::forward_training;
+    const dnnl::batch_normalization_forward::primitive_desc fwd_pd(
+        dnnl::batch_normalization_forward::desc(kind, md, 1e-5f, flags), engine_);
+    src_ = dnnl::memory(md, engine_);
+    dst_ = dnnl::memory(md, engine_);
+    mean_ = dnnl::memory(fwd_pd.mean_desc(), engine_);
+    var_ = dnnl::memory(fwd_pd.variance_desc(), engine_);
+    scale_shift_ = dnnl::memory(fwd_pd.weights_desc(), engine_);
+    Fill(src_, 0.5f);
+    Fill(dst_, 0.0f);
+    Fill(mean_, 0.0f);
+    Fill(var_, 1.0f);
+    Fill(scale_shift_, 1.5f);
+    args_ = {{DNNL_ARG_SRC, src_},
+             {DNNL_ARG_DST, dst_},
+             {DNNL_ARG_MEAN, mean_},
+             {DNNL_ARG_VARIANCE, var_},
+             {DNNL_ARG_SCALE_SHIFT, scale_shift_}};
+    if (op != Op::kBackward) {
+      primitive_ = dnnl::batch_normalization_forward(fwd_pd);
+      return;
+    }
+    const dnnl::batch_normalization_backward::primitive_desc bwd_pd(
+        dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, md, md, 1e-5f,
+                                                 scale_shift),
+        engine_, fwd_pd);
+    diff_dst_ = dnnl::memory(md, engine_);
+    diff_src_ = dnnl::memory(md, engine_);
+    diff_scale_shift_ = dnnl::memory(bwd_pd.diff_weights_desc(), engine_);
+    Fill(diff_dst_, 0.125f);
+    Fill(diff_src_, 0.0f);
+    args_ = {{DNNL_ARG_SRC, src_},
+             {DNNL_ARG_MEAN, mean_},
+             {DNNL_ARG_VARIANCE, var_},
+             {DNNL_ARG_DIFF_DST, diff_dst_},
+             {DNNL_ARG_SCALE_SHIFT, scale_shift_},
+             {DNNL_ARG_DIFF_SRC, diff_src_},
+             {DNNL_ARG_DIFF_SCALE_SHIFT, diff_scale_shift_}};
+    primitive_ = dnnl::batch_normalization_backward(bwd_pd);
+  }
+
+  void Run() {
+    primitive_.execute(stream_, args_);
+    stream_.wait();
+  }
+
+ private:
+  static void Fill(const dnnl::memory& m, float value) {
+    float* p = static_cast<float*>(m.get_data_handle());
+    const size_t count = m.get_desc().get_size() / sizeof(float);
+    for (size_t i = 0; i < count; ++i) p[i] = value + static_cast<float>(i % 7) * 0.1f;
+  }
+
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+  dnnl::memory src_, dst_, mean_, var_, scale_shift_, diff_dst_, diff_src_, diff_scale_shift_;
+  std::unordered_map<int, dnnl::memory> args_;
+  dnnl::primitive primitive_;
+};
+#endif  // BNORM_BENCH_HAVE_DNNL
+
 void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout,
-           std::string target) {
+           std::string target, Impl impl) {
   if (!target.empty() && bnorm_set_target(target.c_str()) != BNORM_OK) {
     state.SkipWithError("target not available");
     return;
@@ -85,12 +181,43 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
       dgamma(C), dbeta(C);
   bnorm_forward_training(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
                          rm.data(), rv.data(), mean.data(), invstd.data());
+#ifdef BNORM_BENCH_HAVE_DNNL
+  std::unique_ptr<OneDnnBatchNorm> onednn;
+  if (impl != Impl::kBnorm) {
+    onednn = std::make_unique<OneDnnBatchNorm>(op, shape.n, shape.c, shape.h, shape.w,
+                                               layout == BNORM_LAYOUT_NHWC,
+                                               impl == Impl::kOneDnnBlocked);
+  }
+#endif
   // The copy moves as many bytes as the operation must: 2 tensors for the
   // forward passes, 3 for backward (as a copy of 1.5 tensors).
   const size_t tensor_bytes = elems * sizeof(float);
   const size_t moved = op == Op::kBackward ? 3 * tensor_bytes : 2 * tensor_bytes;
   const size_t copy_floats = moved / 2 / sizeof(float);
   std::vector<float> copy_src(copy_floats, 1.0f), copy_dst(copy_floats, 2.0f);
+
+  // One call of the implementation being measured.
+  const auto run = [&]() -> bnorm_status {
+#ifdef BNORM_BENCH_HAVE_DNNL
+    if (onednn) {
+      onednn->Run();
+      return BNORM_OK;
+    }
+#endif
+    switch (op) {
+      case Op::kTraining:
+        return bnorm_forward_training(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
+                                      1e-5f, 0.1f, rm.data(), rv.data(), mean.data(),
+                                      invstd.data());
+      case Op::kInference:
+        return bnorm_forward_inference(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
+                                       rm.data(), rv.data(), 1e-5f);
+      default:
+        return bnorm_backward(g_ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(),
+                              mean.data(), invstd.data(), dgamma.data(), dbeta.data());
+    }
+  };
+  run();  // warm: scratch, threads, pages
 
   double op_seconds = 0, copy_seconds[2] = {0, 0};
   int64_t copies[2] = {0, 0};
@@ -100,21 +227,7 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
     auto t0 = std::chrono::steady_clock::now();
     ParallelCopy(copy_src.data(), copy_dst.data(), copy_floats, kind == 1);
     auto t1 = std::chrono::steady_clock::now();
-    bnorm_status st = BNORM_OK;
-    switch (op) {
-      case Op::kTraining:
-        st = bnorm_forward_training(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
-                                    1e-5f, 0.1f, rm.data(), rv.data(), mean.data(), invstd.data());
-        break;
-      case Op::kInference:
-        st = bnorm_forward_inference(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
-                                     rm.data(), rv.data(), 1e-5f);
-        break;
-      case Op::kBackward:
-        st = bnorm_backward(g_ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(), mean.data(),
-                            invstd.data(), dgamma.data(), dbeta.data());
-        break;
-    }
+    const bnorm_status st = run();
     auto t2 = std::chrono::steady_clock::now();
     if (st != BNORM_OK) {
       state.SkipWithError(bnorm_status_string(st));
@@ -139,7 +252,7 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   state.counters["copy_GB/s"] =
       copy_per_iter > 0 ? static_cast<double>(moved) * 1e-9 / copy_per_iter : 0.0;
   state.counters["ratio_to_copy"] = copy_per_iter > 0 ? op_per_iter / copy_per_iter : 0.0;
-  state.SetLabel(bnorm_active_target());
+  state.SetLabel(impl == Impl::kBnorm ? bnorm_active_target() : "oneDNN");
   if (!target.empty()) bnorm_set_target(nullptr);
 }
 
@@ -165,10 +278,28 @@ void RegisterAll(const std::vector<std::string>& targets) {
                                    std::to_string(s.w) +
                                    (layout == BNORM_LAYOUT_NCHW ? "/NCHW" : "/NHWC") + "/bnorm_" +
                                    (target.empty() ? std::string(bnorm_active_target()) : target);
-          benchmark::RegisterBenchmark(name.c_str(), BM_Op, op, s, layout, target)
+          benchmark::RegisterBenchmark(name.c_str(), BM_Op, op, s, layout, target, Impl::kBnorm)
               ->UseManualTime()
               ->Unit(benchmark::kMicrosecond);
         }
+#ifdef BNORM_BENCH_HAVE_DNNL
+        if (g_onednn) {
+          const std::string base = std::string(OpName(op)) + "/" + std::to_string(s.n) + "x" +
+                                   std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
+                                   std::to_string(s.w) +
+                                   (layout == BNORM_LAYOUT_NCHW ? "/NCHW" : "/NHWC");
+          benchmark::RegisterBenchmark((base + "/onednn_plain").c_str(), BM_Op, op, s, layout,
+                                       std::string(), Impl::kOneDnnPlain)
+              ->UseManualTime()
+              ->Unit(benchmark::kMicrosecond);
+          if (layout == BNORM_LAYOUT_NCHW) {  // one blocked row per shape
+            benchmark::RegisterBenchmark((base + "/onednn_nChw16c").c_str(), BM_Op, op, s, layout,
+                                         std::string(), Impl::kOneDnnBlocked)
+                ->UseManualTime()
+                ->Unit(benchmark::kMicrosecond);
+          }
+        }
+#endif
       }
     }
   }
@@ -177,11 +308,22 @@ void RegisterAll(const std::vector<std::string>& targets) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef BNORM_BENCH_HAVE_DNNL
+  // oneDNN runs on OpenMP, bnorm and the copies on oneTBB: with OpenMP's
+  // default spin-waiting the two pools fight for the cores between calls.
+  // libgomp reads its policy when it loads, so set it and start again.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: go on as is
+  }
+#endif
   // Our own flags first; the rest go to Google Benchmark.
   std::vector<char*> rest;
   std::vector<std::string> targets = {""};  // "": the active target
   for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--all-targets") == 0) {
+    if (std::strcmp(argv[i], "--no-onednn") == 0) {
+      g_onednn = false;
+    } else if (std::strcmp(argv[i], "--all-targets") == 0) {
       targets.clear();
       for (int t = 0; t < bnorm_target_count(); ++t) targets.emplace_back(bnorm_target_name(t));
     } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
@@ -197,6 +339,10 @@ int main(int argc, char** argv) {
   }
   if (bnorm_context_create(g_threads, &g_ctx) != BNORM_OK) return 1;
   tbb::task_arena arena(bnorm_context_num_threads(g_ctx));
+#ifdef BNORM_BENCH_HAVE_DNNL
+  omp_set_num_threads(bnorm_context_num_threads(g_ctx));  // oneDNN's threads: the same count
+  benchmark::AddCustomContext("onednn", "2.x plain + nChw16c");
+#endif
   g_arena = &arena;
   int rest_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());
