@@ -83,22 +83,42 @@ void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, in
   };
   size_t steps = 0;
   int64_t r = row_begin;
-  for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    const float* xr = x + r * c + c0;
-    const float* gr = dy + r * c + c0;
+  // `rows` consecutive vector rows (stride floats apart) per load of the sums.
+  const size_t stride = static_cast<size_t>(rows_per_period * c);
+  const auto add_rows = [&](int64_t r0, size_t rows) HWY_ATTR {
+    const float* xr = x + r0 * c + c0;
+    const float* gr = dy + r0 * c + c0;
+    const auto body = [&](auto d, size_t p, auto load, auto store) HWY_ATTR {
+      const auto mu = load(d, pmean + p);
+      auto s_dy = load(d, sum_dy + p);
+      auto s_xmu = load(d, sum_dy_xmu + p);
+      for (size_t k = 0; k < rows; ++k) {
+        const auto g = hn::LoadU(d, gr + k * stride + p);
+        s_dy = hn::Add(s_dy, g);
+        s_xmu = hn::MulAdd(g, hn::Sub(hn::LoadU(d, xr + k * stride + p), mu), s_xmu);
+      }
+      store(s_dy, d, sum_dy + p);
+      store(s_xmu, d, sum_dy_xmu + p);
+    };
+    const auto aligned_load = [](auto d, const float* q) HWY_ATTR { return hn::Load(d, q); };
+    const auto aligned_store = [](auto v, auto d, float* q) HWY_ATTR { hn::Store(v, d, q); };
+    const auto any_load = [](auto d, const float* q) HWY_ATTR { return hn::LoadU(d, q); };
+    const auto any_store = [](auto v, auto d, float* q) HWY_ATTR { hn::StoreU(v, d, q); };
     size_t p = 0;
-    for (; p + N <= positions; p += N) {
-      const auto g = hn::LoadU(df, gr + p);
-      const auto xmu = hn::Sub(hn::LoadU(df, xr + p), hn::Load(df, pmean + p));
-      hn::Store(hn::Add(hn::Load(df, sum_dy + p), g), df, sum_dy + p);
-      hn::Store(hn::MulAdd(g, xmu, hn::Load(df, sum_dy_xmu + p)), df, sum_dy_xmu + p);
+    for (; p + N <= positions; p += N) body(df, p, aligned_load, aligned_store);
+    for (; p < positions; ++p) body(d1, p, any_load, any_store);
+  };
+  static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
+  for (; r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
+    add_rows(r, 4);
+    steps += 4;
+    if (steps == kBlockSteps) {
+      fold();
+      steps = 0;
     }
-    for (; p < positions; ++p) {
-      const auto g = hn::LoadU(d1, gr + p);
-      const auto xmu = hn::Sub(hn::LoadU(d1, xr + p), hn::LoadU(d1, pmean + p));
-      hn::StoreU(hn::Add(hn::LoadU(d1, sum_dy + p), g), d1, sum_dy + p);
-      hn::StoreU(hn::MulAdd(g, xmu, hn::LoadU(d1, sum_dy_xmu + p)), d1, sum_dy_xmu + p);
-    }
+  }
+  for (; r + rows_per_period <= row_end; r += rows_per_period) {
+    add_rows(r, 1);
     if (++steps == kBlockSteps) {
       fold();
       steps = 0;

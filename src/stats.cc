@@ -101,6 +101,40 @@ HWY_INLINE void WelfordRow(DF df, D1 d1, size_t positions, const float* HWY_REST
   }
 }
 
+// Four consecutive vector rows (`stride` floats apart) per load of the state:
+// the same updates, in the same order, as four WelfordRow calls, with a
+// quarter of the state traffic.
+template <class DF, class D1>
+HWY_INLINE void WelfordRows4(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
+                             size_t stride, const float* HWY_RESTRICT pivot,
+                             const float* HWY_RESTRICT rk, float* HWY_RESTRICT mean,
+                             float* HWY_RESTRICT m2) {
+  constexpr size_t N = hn::MaxLanes(DF());
+  const auto update = [&](auto d, size_t p, auto piv, auto& mu, auto& acc) HWY_ATTR {
+    for (size_t r = 0; r < 4; ++r) {
+      const auto v = hn::Sub(hn::LoadU(d, row + r * stride + p), piv);
+      const auto delta = hn::Sub(v, mu);
+      mu = hn::MulAdd(delta, hn::Set(d, rk[r]), mu);
+      acc = hn::MulAdd(delta, hn::Sub(v, mu), acc);
+    }
+  };
+  size_t p = 0;
+  for (; p + N <= positions; p += N) {
+    auto mu = hn::Load(df, mean + p);
+    auto acc = hn::Load(df, m2 + p);
+    update(df, p, hn::Load(df, pivot + p), mu, acc);
+    hn::Store(mu, df, mean + p);
+    hn::Store(acc, df, m2 + p);
+  }
+  for (; p < positions; ++p) {
+    auto mu = hn::LoadU(d1, mean + p);
+    auto acc = hn::LoadU(d1, m2 + p);
+    update(d1, p, hn::LoadU(d1, pivot + p), mu, acc);
+    hn::StoreU(mu, d1, mean + p);
+    hn::StoreU(acc, d1, m2 + p);
+  }
+}
+
 void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
                    int64_t row_begin, int64_t row_end, Moments* out) {
   const hn::ScalableTag<float> df;
@@ -121,6 +155,17 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   double count = 0.0;
   size_t steps = 0;
   int64_t r = row_begin;
+  static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
+  for (; r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
+    WelfordRows4(df, d1, positions, x + r * c + c0, static_cast<size_t>(rows_per_period * c), pivot,
+                 recip + steps + 1, mean, m2);
+    steps += 4;
+    if (steps == kBlockSteps) {
+      FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
+      for (size_t p = 0; p < positions; ++p) mean[p] = m2[p] = 0.0f;
+      steps = 0;
+    }
+  }
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
     WelfordRow(df, d1, positions, x + r * c + c0, pivot, recip[++steps], mean, m2);
     if (steps == kBlockSteps) {
