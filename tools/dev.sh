@@ -15,7 +15,8 @@ install_deps() {
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends \
     ca-certificates cmake ninja-build g++ make pkg-config binutils \
-    libhwy-dev libtbb-dev libgtest-dev libgmock-dev libbenchmark-dev >/dev/null
+    libhwy-dev libtbb-dev libgtest-dev libgmock-dev libbenchmark-dev \
+    libdnnl-dev python3-matplotlib >/dev/null
 }
 
 configure_and_build() {  # dir, extra cmake args...

@@ -1,0 +1,122 @@
+#!/usr/bin/python3
+"""Charts and tables from bnorm_bench JSON output.
+
+    bnorm_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+        --benchmark_out=run.json --benchmark_out_format=json
+    bench/plot.py run.json [other-cpu.json ...] --out docs/ratio_to_copy.png
+    bench/plot.py run.json --table          # markdown table of the ratios
+
+One chart per operation: the time of each implementation (bnorm on each ISA
+target, oneDNN's plain and blocked paths) divided by the time of a parallel
+copy of the same bytes measured in the same loop, per shape and layout. Lower
+is better; 1.0 is the memory roofline. Several JSON files (several CPUs) give
+one bar per file and implementation. Uses Debian's python3-matplotlib.
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+
+OPS = ["forward_inference", "forward_training", "backward"]
+
+
+def load(path):
+    """Returns {(op, shape, layout, impl): ratio} (median when repeated) and a label."""
+    with open(path) as f:
+        data = json.load(f)
+    ratios = {}
+    medians = {}
+    for b in data["benchmarks"]:
+        if b.get("error_occurred"):
+            continue
+        parts = b["name"].split("/")
+        if len(parts) < 4 or "ratio_to_copy" not in b:
+            continue
+        key = tuple(parts[:4])
+        if b.get("aggregate_name") == "median":
+            medians[key] = b["ratio_to_copy"]
+        elif b.get("run_type", "iteration") == "iteration":
+            ratios.setdefault(key, b["ratio_to_copy"])
+    ratios.update(medians)
+    ctx = data.get("context", {})
+    label = "%s, %s threads" % (ctx.get("host_name", os.path.basename(path)),
+                                ctx.get("bnorm_threads", "?"))
+    return ratios, label
+
+
+def table(ratios):
+    """Markdown: one row per op and shape, one column per layout x implementation."""
+    impls = sorted({k[3] for k in ratios})
+    cols = [(layout, impl) for layout in ("NCHW", "NHWC") for impl in impls
+            if any(k[2] == layout and k[3] == impl for k in ratios)]
+    lines = ["| op | shape | " + " | ".join("%s %s" % c for c in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    shapes = list(collections.OrderedDict.fromkeys(k[1] for k in ratios))
+    for op in OPS:
+        for shape in shapes:
+            cells = []
+            for layout, impl in cols:
+                r = ratios.get((op, shape, layout, impl))
+                cells.append("%.2f" % r if r is not None else "")
+            if any(cells):
+                lines.append("| %s | %s | %s |" % (op, shape, " | ".join(cells)))
+    return "\n".join(lines)
+
+
+def chart(runs, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = collections.OrderedDict()  # (label, impl) -> {(op, shape, layout): ratio}
+    groups = collections.OrderedDict()  # (shape, layout) in order of appearance
+    for ratios, label in runs:
+        for (op, shape, layout, impl), r in ratios.items():
+            name = impl if len(runs) == 1 else "%s (%s)" % (impl, label)
+            series.setdefault(name, {})[(op, shape, layout)] = r
+            groups[(shape, layout)] = None
+    groups = list(groups)
+    fig, axes = plt.subplots(len(OPS), 1, figsize=(max(12, len(groups) * 0.9), 4 * len(OPS)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(series))
+    for row, op in enumerate(OPS):
+        ax = axes[row][0]
+        for i, (name, values) in enumerate(series.items()):
+            xs, ys = [], []
+            for g, (shape, layout) in enumerate(groups):
+                r = values.get((op, shape, layout))
+                if r is not None:
+                    xs.append(g + (i - (len(series) - 1) / 2) * width)
+                    ys.append(r)
+            ax.bar(xs, ys, width, label=name)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("time / copy time")
+        ax.set_title(op + " (lower is better; 1 = a copy of the same bytes)")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(["%s\n%s" % g for g in groups], fontsize=7)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print("wrote", out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("json", nargs="+", help="bnorm_bench --benchmark_out files")
+    parser.add_argument("--out", default="ratio_to_copy.png", help="PNG to write")
+    parser.add_argument("--table", action="store_true", help="print a markdown table instead")
+    args = parser.parse_args()
+    runs = [load(p) for p in args.json]
+    if args.table:
+        for ratios, label in runs:
+            print("### " + label + "\n\n" + table(ratios) + "\n")
+        return 0
+    chart(runs, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
