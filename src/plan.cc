@@ -143,8 +143,4 @@ std::vector<int64_t> TaskElements(const Problem& p, const ReductionPlan& rp,
   return tasks;
 }
 
-int64_t UnitsPerChunk(int64_t unit_elems) {
-  return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, unit_elems));
-}
-
 }  // namespace bnorm

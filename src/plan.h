@@ -81,9 +81,6 @@ struct ElementwisePlan {
 
 ElementwisePlan PlanElementwise(const Problem& p);
 
-// Units (or tasks) per parallel chunk so that a chunk holds about kTaskElems.
-int64_t UnitsPerChunk(int64_t unit_elems);
-
 struct CacheSizes {
   int64_t l2 = int64_t{1} << 20;   // per core
   int64_t llc = int64_t{8} << 20;  // last level, shared

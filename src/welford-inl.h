@@ -103,12 +103,24 @@ class WelfordRegisters {
     if (HWY_UNLIKELY(steps_ == kBlockSteps)) Fold();
   }
 
-  // Appends every lane, in accumulator then lane order, to `out` (relative to
-  // the pivot).
+  // Merges all lanes into `out` (relative to the pivot). The lanes share one
+  // count, so they combine in a fixed pairwise tree whose equal-count merges
+  // need no division (mean = (a + b) / 2, cross term = n / 2); one Chan merge
+  // with `out` remains.
   HWY_INLINE void MergeInto(Moments& out) {
     Fold();
-    for (size_t l = 0; l < kAcc * kLanes; ++l)
-      MergeMoments(out, Moments{count_, dmean_[l], dm2_[l]});
+    static_assert(((kAcc * kLanes) & (kAcc * kLanes - 1)) == 0, "lanes: a power of two");
+    double count = count_;
+    for (size_t stride = 1; stride < kAcc * kLanes; stride *= 2) {
+      const double cross = 0.5 * count;
+      for (size_t l = 0; l + stride < kAcc * kLanes; l += 2 * stride) {
+        const double delta = dmean_[l + stride] - dmean_[l];
+        dmean_[l] = 0.5 * (dmean_[l] + dmean_[l + stride]);
+        dm2_[l] += dm2_[l + stride] + delta * delta * cross;
+      }
+      count *= 2.0;
+    }
+    MergeMoments(out, Moments{count, dmean_[0], dm2_[0]});
   }
 
  private:
