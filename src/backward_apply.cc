@@ -89,12 +89,16 @@ void GradApplyNhwcT(const float* x, const float* dy, float* dx, int64_t period, 
   const float* gs = dy + begin;
   StorePeriodic<kStream>(
       dx + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
-      static_cast<size_t>(period), [&](auto d, size_t i, size_t q) HWY_ATTR {
+      static_cast<size_t>(period),
+      [&](auto d, size_t q) HWY_ATTR {
+        return GradVectors<decltype(d)>{hn::LoadU(d, k.mean + q), hn::LoadU(d, k.mean_dy + q),
+                                        hn::LoadU(d, k.a + q), hn::LoadU(d, k.b + q)};
+      },
+      [&](auto d, size_t i, const auto& kv) HWY_ATTR {
         const auto g = hn::LoadU(d, gs + i);
-        if (kFrozen) return hn::Mul(g, hn::LoadU(d, k.a + q));
-        const auto xmu = hn::Sub(hn::LoadU(d, xs + i), hn::LoadU(d, k.mean + q));
-        return hn::MulAdd(hn::Sub(g, hn::LoadU(d, k.mean_dy + q)), hn::LoadU(d, k.a + q),
-                          hn::Mul(xmu, hn::LoadU(d, k.b + q)));
+        if (kFrozen) return hn::Mul(g, kv.a);
+        const auto xmu = hn::Sub(hn::LoadU(d, xs + i), kv.mean);
+        return hn::MulAdd(hn::Sub(g, kv.mean_dy), kv.a, hn::Mul(xmu, kv.b));
       });
 }
 

@@ -44,44 +44,59 @@ HWY_INLINE void StoreSpan(float* out, size_t len, const Value& value) {
   for (; j < len; ++j) hn::StoreU(value(d1, j), d1, out + j);
 }
 
-// Stores value(d, i, q) to out + i for i in [0, len), where q = (q0 + i) mod
-// period indexes per-position constants. Constant arrays must hold
-// period + kMaxLanes entries (the first kMaxLanes repeated at the end), so a
-// vector starting at any q < period reads valid constants even where it
+// Stores value(d, i, constants(d, q)) to out + i for i in [0, len), where
+// q = (q0 + i) mod period indexes per-position constants. Constant arrays must
+// hold period + kMaxLanes entries (the first kMaxLanes repeated at the end), so
+// a vector starting at any q < period reads valid constants even where it
 // crosses the end of the period; this keeps every vector store aligned and
-// whole whatever the period (NHWC rows of any width).
-template <bool kStream, class Value>
+// whole whatever the period (NHWC rows of any width). Where the period is a
+// whole number of vectors, four rows are done per load of the constants.
+template <bool kStream, class Constants, class Value>
 HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
-                              const Value& value) {
+                              const Constants& constants, const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
+  const auto store = [&](auto v, float* p) HWY_ATTR {
+    if (kStream) {
+      hn::Stream(v, df, p);
+    } else {
+      hn::StoreU(v, df, p);
+    }
+  };
   size_t i = 0;
   size_t q = q0;
+  const bool rows_aligned = !kStream || reinterpret_cast<uintptr_t>(out) % (N * sizeof(float)) == 0;
+  if (q0 == 0 && period % N == 0 && rows_aligned) {
+    constexpr size_t kRows = 4;
+    const size_t groups = len / period / kRows;
+    for (size_t g = 0; g < groups; ++g, i += kRows * period) {
+      for (size_t j = 0; j < period; j += N) {
+        const auto k = constants(df, j);
+        for (size_t r = 0; r < kRows; ++r)
+          store(value(df, i + r * period + j, k), out + i + r * period + j);
+      }
+    }
+  }
   const auto advance = [&](size_t step) {
     i += step;
     q += step;
     if (q >= period) q -= period;
   };
   if (kStream) {
-    const size_t misalign = (reinterpret_cast<uintptr_t>(out) / sizeof(float)) % N;
-    const size_t peel = misalign == 0 ? 0 : (N - misalign < len ? N - misalign : len);
-    while (i < peel) {
-      hn::StoreU(value(d1, i, q), d1, out + i);
+    const size_t misalign = (reinterpret_cast<uintptr_t>(out + i) / sizeof(float)) % N;
+    const size_t peel = misalign == 0 ? 0 : (N - misalign < len - i ? N - misalign : len - i);
+    for (const size_t peel_end = i + peel; i < peel_end;) {
+      hn::StoreU(value(d1, i, constants(d1, q)), d1, out + i);
       advance(1);
     }
-    while (i + N <= len) {
-      hn::Stream(value(df, i, q), df, out + i);
-      advance(N);
-    }
-  } else {
-    while (i + N <= len) {
-      hn::StoreU(value(df, i, q), df, out + i);
-      advance(N);
-    }
+  }
+  while (i + N <= len) {
+    store(value(df, i, constants(df, q)), out + i);
+    advance(N);
   }
   while (i < len) {
-    hn::StoreU(value(d1, i, q), d1, out + i);
+    hn::StoreU(value(d1, i, constants(d1, q)), d1, out + i);
     advance(1);
   }
 }

@@ -85,12 +85,15 @@ template <bool kStream>
 void NormalizeNhwcT(const float* x, float* y, int64_t period, int64_t begin, int64_t end,
                     const AffineConstants& k) {
   const float* xs = x + begin;
-  StorePeriodic<kStream>(y + begin, static_cast<size_t>(end - begin),
-                         static_cast<size_t>(begin % period), static_cast<size_t>(period),
-                         [&](auto d, size_t i, size_t q) HWY_ATTR {
-                           return Normalized(d, xs + i, hn::LoadU(d, k.mean + q),
-                                             hn::LoadU(d, k.scale + q), hn::LoadU(d, k.shift + q));
-                         });
+  StorePeriodic<kStream>(
+      y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
+      static_cast<size_t>(period),
+      [&](auto d, size_t q) HWY_ATTR {
+        return ChannelVectors<decltype(d)>{hn::LoadU(d, k.mean + q), hn::LoadU(d, k.scale + q),
+                                           hn::LoadU(d, k.shift + q)};
+      },
+      [&](auto d, size_t i, const auto& kv)
+          HWY_ATTR { return Normalized(d, xs + i, kv.mean, kv.scale, kv.shift); });
 }
 
 void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,
