@@ -1,6 +1,9 @@
 #include "context.h"
 
+#include <algorithm>
 #include <new>
+
+#include <oneapi/tbb/info.h>
 #include <thread>
 
 struct bnorm_context {
@@ -17,10 +20,16 @@ namespace {
 // their buffers are just freed on return.
 constexpr size_t kMaxIdleBuffers = 64;
 
+// The machine's cores (respecting the process affinity mask), not the
+// concurrency of whatever arena the first caller happens to run in.
 int AllCores() {
-  const int n = tbb::this_task_arena::max_concurrency();
+  const int n = tbb::info::default_concurrency();
   return n > 0 ? n : 1;
 }
+
+// More threads than this only oversubscribe the machine; far more (a huge
+// num_threads) would make oneTBB allocate arena slots without bound.
+int MaxThreads() { return std::max(256, 4 * AllCores()); }
 
 bnorm_context& DefaultContext() {
   // Never destroyed: other static destructors may still call into bnorm.
@@ -100,7 +109,8 @@ tbb::task_arena& ContextArena(const bnorm_context* ctx) { return Resolve(ctx).ar
 ScratchPool& ContextScratch(const bnorm_context* ctx) { return Resolve(ctx).scratch; }
 
 bnorm_context* NewContext(int num_threads) {
-  return new (std::nothrow) bnorm_context(num_threads == 0 ? AllCores() : num_threads);
+  const int threads = num_threads == 0 ? AllCores() : std::min(num_threads, MaxThreads());
+  return new (std::nothrow) bnorm_context(threads);
 }
 
 void DeleteContext(bnorm_context* ctx) { delete ctx; }

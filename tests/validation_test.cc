@@ -336,6 +336,18 @@ TEST(Validation, Context) {
   bnorm_context_destroy(ctx);
   bnorm_context_destroy(nullptr);
   EXPECT_GE(bnorm_context_num_threads(nullptr), 1);
+  // Absurd thread counts are clamped, and the context works.
+  for (int threads : {100000, std::numeric_limits<int>::max()}) {
+    ASSERT_EQ(bnorm_context_create(threads, &ctx), BNORM_OK) << threads;
+    EXPECT_GE(bnorm_context_num_threads(ctx), 256);
+    EXPECT_LT(bnorm_context_num_threads(ctx), threads);
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, y[8];
+    const bnorm_tensor_desc d{2, 1, 4, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
+    EXPECT_EQ(bnorm_forward_training(ctx, &d, x, y, nullptr, nullptr, 0.0f, 0.1f, nullptr, nullptr,
+                                     nullptr, nullptr),
+              BNORM_OK);
+    bnorm_context_destroy(ctx);
+  }
 }
 
 TEST(Validation, StatusStringsAndVersion) {

@@ -92,7 +92,9 @@ typedef struct bnorm_tensor_desc {
  * means the process default context, which uses all cores. */
 typedef struct bnorm_context bnorm_context;
 
-/* Creates a context running on up to num_threads threads (0 = all cores).
+/* Creates a context running on up to num_threads threads (0 = all cores of
+ * the process's affinity mask). Counts above max(256, 4 x cores) are clamped
+ * to it; bnorm_context_num_threads() reports the count in use.
  * Returns BNORM_ERR_NULL_POINTER if out is NULL, BNORM_ERR_BAD_ARGUMENT if
  * num_threads < 0, BNORM_ERR_OUT_OF_MEMORY. On error *out is not written. */
 BNORM_API bnorm_status bnorm_context_create(int num_threads, bnorm_context** out);
