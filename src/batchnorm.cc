@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "backward_apply.h"
 #include "backward_reduce.h"
@@ -113,22 +114,29 @@ void MergeGradSums(const Problem& p, const ReductionPlan& rp, const GradSums* pa
   }
 }
 
+// A prepare step with nothing to do (backward): skipped, not run as a pass.
+struct NoPrepare {
+  void operator()(int64_t, int64_t) const {}
+};
+
 // The skeleton of the reduce-then-apply operations (see Strategy in plan.h).
+//   prepare(c0, c1):    per-channel set-up the reduction needs (pivots)
 //   reduce(u):          computes the partials of reduction unit u
 //   finalize(c0, c1):   turns the partials of channels [c0, c1) into outputs
 //                       and apply constants
 //   apply_group(c0, c1): applies to channels [c0, c1) (fused NCHW)
 //   apply_unit(a):      applies to unit a of the apply pass (two-phase)
-template <class Reduce, class Finalize, class ApplyGroup, class ApplyUnit>
+template <class Prepare, class Reduce, class Finalize, class ApplyGroup, class ApplyUnit>
 void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionPlan& rp,
-                    const ExecutionPlan& plan, bool apply, const Reduce& reduce,
-                    const Finalize& finalize, const ApplyGroup& apply_group,
+                    const ExecutionPlan& plan, bool apply, const Prepare& prepare,
+                    const Reduce& reduce, const Finalize& finalize, const ApplyGroup& apply_group,
                     const ApplyUnit& apply_unit) {
   const bool single = plan.threads == 1;
   if (plan.strategy == Strategy::kChannelFused) {
     ParallelFor(
         ctx, p.c, plan.channels_per_task,
         [&](int64_t c0, int64_t c1) {
+          prepare(c0, c1);
           for (int64_t u = c0 * rp.units_per_channel; u < c1 * rp.units_per_channel; ++u) {
             reduce(u);
           }
@@ -137,6 +145,9 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
         },
         single);
     return;
+  }
+  if constexpr (!std::is_same_v<Prepare, NoPrepare>) {
+    ParallelFor(ctx, p.c, kChannelsPerChunk, prepare, single);
   }
   ParallelForStatic(ctx, rp.num_units, single, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) reduce(u);
@@ -165,23 +176,31 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
   ScratchLayout layout;
   const size_t partials_at = layout.Add<Moments>(rp.NumPartials(p));
   const size_t merged_at = layout.Add<Moments>(p.c);
+  const size_t pivots_at = layout.Add<float>(p.c);
   const size_t consts_at = layout.Add<float>(3 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   Moments* partials = ScratchAt<Moments>(lease, partials_at);
   Moments* merged = ScratchAt<Moments>(lease, merged_at);
+  float* pivots = ScratchAt<float>(lease, pivots_at);
   float* consts = ScratchAt<float>(lease, consts_at);
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const double m = static_cast<double>(p.Values());
 
+  const auto prepare = [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      pivots[ch] = ChannelPivot(x, p.c, p.spatial, p.nhwc, ch, p.Values());
+    }
+  };
   const auto reduce = [&](int64_t u) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] = StatsNchwUnit(target, x, p.c, p.spatial, unit.ch, unit.begin, unit.end);
+      partials[u] =
+          StatsNchwUnit(target, x, p.c, p.spatial, unit.ch, unit.begin, unit.end, pivots[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       StatsNhwcUnit(target, x, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
-                    unit.row_end, partials + unit.row_unit * p.c + unit.c0);
+                    unit.row_end, pivots, partials + unit.row_unit * p.c + unit.c0);
     }
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
@@ -230,7 +249,8 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
       NormalizeNhwc(target, x, y, ep.period, r0 * p.c, r1 * p.c, affine, plan.stream_output);
     }
   };
-  RunReduceApply(ctx, p, rp, plan, /*apply=*/true, reduce, finalize, apply_group, apply_unit);
+  RunReduceApply(ctx, p, rp, plan, /*apply=*/true, prepare, reduce, finalize, apply_group,
+                 apply_unit);
   return BNORM_OK;
 }
 
@@ -369,8 +389,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
                     plan.stream_output);
     }
   };
-  RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, reduce, finalize, apply_group,
-                 apply_unit);
+  RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize,
+                 apply_group, apply_unit);
   return BNORM_OK;
 }
 

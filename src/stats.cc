@@ -1,6 +1,8 @@
 // Statistics kernels (see stats.h). One SIMD body per target via foreach_target.
 #include <stddef.h>
 
+#include <algorithm>
+
 #include "config.h"  // first: dispatch configuration
 
 #include "stats.h"
@@ -48,12 +50,9 @@ struct RunAccumulators {
 };
 
 Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
-                      int64_t end) {
+                      int64_t end, float pivot) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
-  // The pivot is the channel's first value, so every unit of a channel shifts
-  // by the same amount.
-  const float pivot = x[ch * spatial];
   RunAccumulators<decltype(df), decltype(d1), 4> acc(df, d1);
   int64_t i = begin / spatial;
   int64_t s = begin % spatial;
@@ -136,7 +135,7 @@ HWY_INLINE void WelfordRows4(DF df, D1 d1, size_t positions, const float* HWY_RE
 }
 
 void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
-                   int64_t row_begin, int64_t row_end, Moments* out) {
+                   int64_t row_begin, int64_t row_end, const float* pivots, Moments* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t positions = static_cast<size_t>(width * rows_per_period);
@@ -145,9 +144,8 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   HWY_ALIGN float m2[kMaxPositions];
   HWY_ALIGN double dmean[kMaxPositions];
   HWY_ALIGN double dm2[kMaxPositions];
-  // Pivot of a position: its channel's value in row 0 of the tensor.
   for (size_t p = 0; p < positions; ++p) {
-    pivot[p] = x[c0 + static_cast<int64_t>(p) % width];
+    pivot[p] = pivots[c0 + static_cast<int64_t>(p) % width];
     mean[p] = m2[p] = 0.0f;
     dmean[p] = dm2[p] = 0.0;
   }
@@ -225,12 +223,23 @@ bool Finite(const Moments& m) { return std::isfinite(m.mean) && std::isfinite(m.
 
 }  // namespace
 
+float ChannelPivot(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t ch,
+                   int64_t values) {
+  const int64_t count = std::min<int64_t>(kPivotValues, values);
+  double sum = 0.0;
+  for (int64_t v = 0; v < count; ++v) {
+    sum += static_cast<double>(nhwc ? x[v * c + ch]
+                                    : x[((v / spatial) * c + ch) * spatial + v % spatial]);
+  }
+  return static_cast<float>(sum / static_cast<double>(count));
+}
+
 HWY_EXPORT(StatsNchwUnit);
 HWY_EXPORT(StatsNhwcUnit);
 
 Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial, int64_t ch,
-                      int64_t begin, int64_t end) {
-  const Moments m = BNORM_DISPATCH(StatsNchwUnit, target)(x, c, spatial, ch, begin, end);
+                      int64_t begin, int64_t end, float pivot) {
+  const Moments m = BNORM_DISPATCH(StatsNchwUnit, target)(x, c, spatial, ch, begin, end, pivot);
   if (Finite(m)) return m;
   return ExactMoments(end - begin, [&](int64_t k) {
     const int64_t v = begin + k;  // value index (i, s) of the channel
@@ -239,8 +248,10 @@ Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial
 }
 
 void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
-                   int64_t rows_per_period, int64_t row_begin, int64_t row_end, Moments* out) {
-  BNORM_DISPATCH(StatsNhwcUnit, target)(x, c, c0, width, rows_per_period, row_begin, row_end, out);
+                   int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
+                   Moments* out) {
+  BNORM_DISPATCH(StatsNhwcUnit, target)
+  (x, c, c0, width, rows_per_period, row_begin, row_end, pivots, out);
   for (int64_t ch = 0; ch < width; ++ch) {
     if (Finite(out[ch])) continue;
     out[ch] = ExactMoments(row_end - row_begin, [&](int64_t k) {
