@@ -267,7 +267,7 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
   float* consts = ScratchAt<float>(lease, consts_at);
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
-  const bool stream = ShouldStream(p, DetectedCacheSizes());
+  const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes());
 
   ParallelFor(
       ctx, p.c, kChannelsPerChunk,

@@ -103,7 +103,7 @@ struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;
   int64_t channels_per_task = 1;  // kChannelFused: channels per group
   int64_t apply_units = 0;        // kTwoPhase: units of the apply pass
-  bool stream_output = false;     // non-temporal stores: output larger than the LLC
+  bool stream_output = false;     // non-temporal stores: see ShouldStream
   int threads = 1;                // threads worth using (small tensors use fewer)
 };
 
@@ -122,9 +122,10 @@ constexpr int64_t kMinTaskElems = int64_t{1} << 14;
 
 // Threads worth using for `elements` floats of elementwise work.
 int UsefulThreads(int64_t elements, int threads);
-// True when the output should bypass the caches: larger than the LLC, and
-// written in runs long enough for whole-line non-temporal stores.
-bool ShouldStream(const Problem& p, const CacheSizes& caches);
+// True when the output should bypass the caches: the call's `tensors` (inputs
+// and output) together overflow the LLC, and the output is written in runs
+// long enough for whole-line non-temporal stores.
+bool ShouldStream(const Problem& p, int tensors, const CacheSizes& caches);
 
 }  // namespace bnorm
 
