@@ -7,7 +7,11 @@
 #include <thread>
 
 struct bnorm_context {
-  explicit bnorm_context(int threads) : num_threads(threads), arena(threads) { arena.initialize(); }
+  // The work is split for `threads`; the arena runs at most one thread per
+  // core (oneTBB would not give it more, and warns on stderr when asked).
+  bnorm_context(int threads, int cores) : num_threads(threads), arena(std::min(threads, cores)) {
+    arena.initialize();
+  }
   int num_threads;
   tbb::task_arena arena;
   bnorm::ScratchPool scratch;
@@ -33,7 +37,7 @@ int MaxThreads() { return std::max(256, 4 * AllCores()); }
 
 bnorm_context& DefaultContext() {
   // Never destroyed: other static destructors may still call into bnorm.
-  static bnorm_context* const ctx = new bnorm_context(AllCores());
+  static bnorm_context* const ctx = new bnorm_context(AllCores(), AllCores());
   return *ctx;
 }
 
@@ -110,7 +114,7 @@ ScratchPool& ContextScratch(const bnorm_context* ctx) { return Resolve(ctx).scra
 
 bnorm_context* NewContext(int num_threads) {
   const int threads = num_threads == 0 ? AllCores() : std::min(num_threads, MaxThreads());
-  return new (std::nothrow) bnorm_context(threads);
+  return new (std::nothrow) bnorm_context(threads, AllCores());
 }
 
 void DeleteContext(bnorm_context* ctx) { delete ctx; }

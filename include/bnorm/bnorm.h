@@ -92,9 +92,11 @@ typedef struct bnorm_tensor_desc {
  * means the process default context, which uses all cores. */
 typedef struct bnorm_context bnorm_context;
 
-/* Creates a context running on up to num_threads threads (0 = all cores of
- * the process's affinity mask). Counts above max(256, 4 x cores) are clamped
- * to it; bnorm_context_num_threads() reports the count in use.
+/* Creates a context whose calls split their work for num_threads threads
+ * (0 = all cores of the process's affinity mask; counts above
+ * max(256, 4 x cores) are clamped to it, as bnorm_context_num_threads()
+ * reports). At most one thread per core runs at a time. Results never depend
+ * on the thread count.
  * Returns BNORM_ERR_NULL_POINTER if out is NULL, BNORM_ERR_BAD_ARGUMENT if
  * num_threads < 0, BNORM_ERR_OUT_OF_MEMORY. On error *out is not written. */
 BNORM_API bnorm_status bnorm_context_create(int num_threads, bnorm_context** out);
@@ -102,7 +104,8 @@ BNORM_API bnorm_status bnorm_context_create(int num_threads, bnorm_context** out
 /* Destroys a context. NULL is a no-op. No call may be using ctx. */
 BNORM_API void bnorm_context_destroy(bnorm_context* ctx);
 
-/* Number of threads the context runs on (the default context if ctx is NULL). */
+/* The thread count the context splits its work for (the default context if
+ * ctx is NULL: all cores). */
 BNORM_API int bnorm_context_num_threads(const bnorm_context* ctx);
 
 /* A static English description of status; never NULL, also for unknown values. */
