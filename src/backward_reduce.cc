@@ -150,16 +150,49 @@ void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, in
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+#include <cmath>
+
 #include "dispatch.h"
 
 namespace bnorm {
+namespace {
+
+// Float lanes overflow where double does not (dy * (x - mean) beyond ~1e38,
+// or sums of many such terms): such a unit is summed again in double, where
+// no product of floats can overflow. NaN/Inf inputs come out NaN/Inf either way.
+template <typename ValueAt>
+GradSums ExactGradSums(int64_t count, const ValueAt& value_at, float mean) {
+  GradSums g;
+  for (int64_t k = 0; k < count; ++k) {
+    double x = 0.0, dy = 0.0;
+    value_at(k, &x, &dy);
+    g.sum_dy += dy;
+    g.sum_dy_xmu += dy * (x - static_cast<double>(mean));
+  }
+  return g;
+}
+
+bool Finite(const GradSums& g) { return std::isfinite(g.sum_dy) && std::isfinite(g.sum_dy_xmu); }
+
+}  // namespace
 
 HWY_EXPORT(GradSumsNchwUnit);
 HWY_EXPORT(GradSumsNhwcUnit);
 
 GradSums GradSumsNchwUnit(int64_t target, const float* x, const float* dy, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
-  return BNORM_DISPATCH(GradSumsNchwUnit, target)(x, dy, c, spatial, ch, begin, end, mean);
+  const GradSums g =
+      BNORM_DISPATCH(GradSumsNchwUnit, target)(x, dy, c, spatial, ch, begin, end, mean);
+  if (Finite(g)) return g;
+  return ExactGradSums(
+      end - begin,
+      [&](int64_t k, double* xv, double* gv) {
+        const int64_t v = begin + k;
+        const int64_t e = ((v / spatial) * c + ch) * spatial + v % spatial;
+        *xv = static_cast<double>(x[e]);
+        *gv = static_cast<double>(dy[e]);
+      },
+      mean);
 }
 
 void GradSumsNhwcUnit(int64_t target, const float* x, const float* dy, int64_t c, int64_t c0,
@@ -167,6 +200,17 @@ void GradSumsNhwcUnit(int64_t target, const float* x, const float* dy, int64_t c
                       const float* mean, GradSums* out) {
   BNORM_DISPATCH(GradSumsNhwcUnit, target)
   (x, dy, c, c0, width, rows_per_period, row_begin, row_end, mean, out);
+  for (int64_t ch = 0; ch < width; ++ch) {
+    if (Finite(out[ch])) continue;
+    out[ch] = ExactGradSums(
+        row_end - row_begin,
+        [&](int64_t k, double* xv, double* gv) {
+          const int64_t e = (row_begin + k) * c + c0 + ch;
+          *xv = static_cast<double>(x[e]);
+          *gv = static_cast<double>(dy[e]);
+        },
+        mean[c0 + ch]);
+  }
 }
 
 }  // namespace bnorm

@@ -237,6 +237,34 @@ TEST_P(AccuracyTest, HugeValuesWithFiniteVariance) {
   for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
 }
 
+// Gradients whose float products overflow (dy ~ 1e20, x - mean ~ 1e20) while
+// the true dgamma, dbeta are finite: summed again in double, not inf.
+TEST_P(AccuracyTest, HugeGradientsStayFinite) {
+  const Shape s{4, 3, 50, layout()};
+  const auto x = NormalData(s, 3, 0.0, 1e20, 0.0);
+  const auto dy = NormalData(s, 4, 0.0, 1e20, 0.0);
+  const auto ref = ReferenceStats(s, x);
+  std::vector<float> mean(3), invstd(3);
+  for (size_t c = 0; c < 3; ++c) {
+    mean[c] = static_cast<float>(ref[c].mean);
+    invstd[c] = static_cast<float>(1 / std::sqrt(ref[c].var));
+  }
+  const RefBackward rb = ReferenceBackward(s, false, x, dy, nullptr, mean, invstd);
+  std::vector<float> dx(x.size()), dgamma(3), dbeta(3);
+  const bnorm_tensor_desc d = s.Desc();
+  ASSERT_EQ(bnorm_backward(nullptr, &d, x.data(), dy.data(), dx.data(), nullptr, mean.data(),
+                           invstd.data(), dgamma.data(), dbeta.data()),
+            BNORM_OK);
+  for (size_t c = 0; c < 3; ++c) {
+    ASSERT_TRUE(std::isfinite(dgamma[c]) && std::isfinite(dbeta[c])) << c;
+    EXPECT_NEAR(dgamma[c], static_cast<double>(rb.dgamma[c]),
+                1e-5 * static_cast<double>(rb.sum_abs_dy_xmu[c] * invstd[c]));
+    EXPECT_NEAR(dbeta[c], static_cast<double>(rb.dbeta[c]),
+                1e-5 * static_cast<double>(rb.sum_abs_dy[c]));
+  }
+  for (float v : dx) ASSERT_TRUE(std::isfinite(v));
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTargets, AccuracyTest, testing::ValuesIn(Grid()), GridName);
 
 }  // namespace
