@@ -2,6 +2,7 @@
 #include <stddef.h>
 
 #include <algorithm>
+#include <initializer_list>
 
 #include "config.h"  // first: dispatch configuration
 
@@ -109,19 +110,15 @@ void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, in
     for (; p < positions; ++p) body(d1, p, any_load, any_store);
   };
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
-  for (; r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
-    add_rows(r, 4);
-    steps += 4;
-    if (steps == kBlockSteps) {
-      fold();
-      steps = 0;
-    }
-  }
-  for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    add_rows(r, 1);
-    if (++steps == kBlockSteps) {
-      fold();
-      steps = 0;
+  for (const size_t rows : {size_t{4}, size_t{1}}) {
+    const int64_t span = static_cast<int64_t>(rows) * rows_per_period;
+    for (; r + span <= row_end; r += span) {
+      add_rows(r, rows);
+      steps += rows;
+      if (steps == kBlockSteps) {
+        fold();
+        steps = 0;
+      }
     }
   }
   fold();

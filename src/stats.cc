@@ -73,44 +73,18 @@ Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, in
 }
 
 // Welford state for `positions` lanes kept in memory (NHWC rows are wider than
-// a register file), with one count shared by all positions.
-template <class DF, class D1>
-HWY_INLINE void WelfordRow(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
-                           const float* HWY_RESTRICT pivot, float rk, float* HWY_RESTRICT mean,
-                           float* HWY_RESTRICT m2) {
-  constexpr size_t N = hn::MaxLanes(DF());
-  const auto vrk = hn::Set(df, rk);
-  size_t p = 0;
-  for (; p + N <= positions; p += N) {
-    const auto v = hn::Sub(hn::LoadU(df, row + p), hn::Load(df, pivot + p));
-    auto mu = hn::Load(df, mean + p);
-    const auto delta = hn::Sub(v, mu);
-    mu = hn::MulAdd(delta, vrk, mu);
-    hn::Store(mu, df, mean + p);
-    hn::Store(hn::MulAdd(delta, hn::Sub(v, mu), hn::Load(df, m2 + p)), df, m2 + p);
-  }
-  const auto vrk1 = hn::Set(d1, rk);
-  for (; p < positions; ++p) {
-    const auto v = hn::Sub(hn::LoadU(d1, row + p), hn::LoadU(d1, pivot + p));
-    auto mu = hn::LoadU(d1, mean + p);
-    const auto delta = hn::Sub(v, mu);
-    mu = hn::MulAdd(delta, vrk1, mu);
-    hn::StoreU(mu, d1, mean + p);
-    hn::StoreU(hn::MulAdd(delta, hn::Sub(v, mu), hn::LoadU(d1, m2 + p)), d1, m2 + p);
-  }
-}
-
-// Four consecutive vector rows (`stride` floats apart) per load of the state:
-// the same updates, in the same order, as four WelfordRow calls, with a
-// quarter of the state traffic.
-template <class DF, class D1>
-HWY_INLINE void WelfordRows4(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
-                             size_t stride, const float* HWY_RESTRICT pivot,
-                             const float* HWY_RESTRICT rk, float* HWY_RESTRICT mean,
-                             float* HWY_RESTRICT m2) {
+// a register file), with one count shared by all positions. kRows consecutive
+// vector rows (`stride` floats apart, reciprocals rk[0..kRows)) are added per
+// load of the state: the same updates, in the same order, as one row at a
+// time, with 1/kRows of the state traffic.
+template <size_t kRows, class DF, class D1>
+HWY_INLINE void WelfordRows(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
+                            size_t stride, const float* HWY_RESTRICT pivot,
+                            const float* HWY_RESTRICT rk, float* HWY_RESTRICT mean,
+                            float* HWY_RESTRICT m2) {
   constexpr size_t N = hn::MaxLanes(DF());
   const auto update = [&](auto d, size_t p, auto piv, auto& mu, auto& acc) HWY_ATTR {
-    for (size_t r = 0; r < 4; ++r) {
+    for (size_t r = 0; r < kRows; ++r) {
       const auto v = hn::Sub(hn::LoadU(d, row + r * stride + p), piv);
       const auto delta = hn::Sub(v, mu);
       mu = hn::MulAdd(delta, hn::Set(d, rk[r]), mu);
@@ -153,24 +127,23 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   double count = 0.0;
   size_t steps = 0;
   int64_t r = row_begin;
+  const size_t stride = static_cast<size_t>(rows_per_period * c);
+  const auto fold_if_full = [&]() {
+    if (steps != kBlockSteps) return;
+    FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
+    for (size_t p = 0; p < positions; ++p) mean[p] = m2[p] = 0.0f;
+    steps = 0;
+  };
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
   for (; r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
-    WelfordRows4(df, d1, positions, x + r * c + c0, static_cast<size_t>(rows_per_period * c), pivot,
-                 recip + steps + 1, mean, m2);
+    WelfordRows<4>(df, d1, positions, x + r * c + c0, stride, pivot, recip + steps + 1, mean, m2);
     steps += 4;
-    if (steps == kBlockSteps) {
-      FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
-      for (size_t p = 0; p < positions; ++p) mean[p] = m2[p] = 0.0f;
-      steps = 0;
-    }
+    fold_if_full();
   }
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    WelfordRow(df, d1, positions, x + r * c + c0, pivot, recip[++steps], mean, m2);
-    if (steps == kBlockSteps) {
-      FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
-      for (size_t p = 0; p < positions; ++p) mean[p] = m2[p] = 0.0f;
-      steps = 0;
-    }
+    WelfordRows<1>(df, d1, positions, x + r * c + c0, stride, pivot, recip + steps + 1, mean, m2);
+    steps += 1;
+    fold_if_full();
   }
   if (steps != 0) {
     FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
