@@ -14,7 +14,7 @@
 
 #include "hwy/highway.h"
 #include "plan.h"
-#include "welford-inl.h"
+#include "accumulators-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
@@ -46,9 +46,11 @@ GradSums GradSumsNchwUnit(const float* x, const float* dy, int64_t c, int64_t sp
     const float* xs = x + offset;
     const float* gs = dy + offset;
     size_t j = 0;
-    for (; j + kAcc * N <= len; j += kAcc * N) main.Add(xs + j, gs + j, vmean);
-    for (; j + N <= len; j += N) rest.Add(xs + j, gs + j, vmean);
-    for (; j < len; ++j) one.Add(xs + j, gs + j, vmean1);
+    const size_t groups = len / (kAcc * N);
+    main.Add(xs, gs, groups, vmean);
+    j = groups * kAcc * N;
+    for (; j + N <= len; j += N) rest.Add(xs + j, gs + j, 1, vmean);
+    for (; j < len; ++j) one.Add(xs + j, gs + j, 1, vmean1);
     pos += static_cast<int64_t>(len);
   }
   GradSums sums;

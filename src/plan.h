@@ -18,7 +18,7 @@ namespace bnorm {
 constexpr int64_t kUnitElems = 32768;
 // Elements per elementwise task.
 constexpr int64_t kTaskElems = 65536;
-// At most this many lane positions (floats of Welford state) in an NHWC unit.
+// At most this many lane positions (floats of sum state) in an NHWC unit.
 constexpr int64_t kMaxPositions = 1024;
 // Lanes of the widest target (AVX-512 f32). Periods are multiples of it so that
 // one plan serves every target.

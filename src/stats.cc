@@ -2,6 +2,7 @@
 #include <stddef.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "config.h"  // first: dispatch configuration
 
@@ -13,98 +14,105 @@
 
 #include "hwy/highway.h"
 #include "plan.h"
-#include "welford-inl.h"
+#include "accumulators-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Accumulates one contiguous run of a channel (NCHW).
-template <class DF, class D1, size_t kAcc>
-struct RunAccumulators {
-  using Main = WelfordRegisters<DF, kAcc>;
-  explicit RunAccumulators(DF df, D1 d1) : main(df), rest(df), one(d1) {}
-
-  HWY_INLINE void AddRun(DF df, D1 d1, const float* HWY_RESTRICT p, size_t len, float pivot) {
-    constexpr size_t N = hn::MaxLanes(DF());
-    const hn::Vec<DF> vpivot = hn::Set(df, pivot);
-    size_t j = 0;
-    for (; j + kAcc * N <= len; j += kAcc * N) main.Add(p + j, vpivot);
-    for (; j + N <= len; j += N) rest.Add(p + j, vpivot);
-    const hn::Vec<D1> vpivot1 = hn::Set(d1, pivot);
-    for (; j < len; ++j) one.Add(p + j, vpivot1);
-  }
-
-  HWY_INLINE Moments Result() {
-    Moments m;
-    main.MergeInto(m);
-    rest.MergeInto(m);
-    one.MergeInto(m);
-    return m;
-  }
-
-  Main main;
-  WelfordRegisters<DF, 1> rest;
-  WelfordRegisters<D1, 1> one;
-};
+// Returned for a unit whose float sums cannot be trusted (overflow, or a
+// shift too far from the data: see ShiftTrusted); the caller redoes it in
+// double.
+HWY_INLINE Moments Untrusted() {
+  return Moments{0.0, std::numeric_limits<double>::quiet_NaN(), 0.0};
+}
 
 Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
                       int64_t end, float pivot) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
-  RunAccumulators<decltype(df), decltype(d1), 4> acc(df, d1);
+  constexpr size_t N = hn::MaxLanes(df);
+  constexpr size_t kAcc = 4;
+  ShiftedSumRegisters<decltype(df), kAcc> main(df);
+  ShiftedSumRegisters<decltype(df), 1> rest(df);
+  ShiftedSumRegisters<decltype(d1), 1> one(d1);
+  Moments unit;
+  double shifted = 0.0;
+  float shift = pivot;
+  auto vshift = hn::Set(df, shift);
+  auto vshift1 = hn::Set(d1, shift);
+  // Closes the block of all three accumulators and re-centres on the mean so far.
+  const auto close = [&]() {
+    ShiftedBlock b = main.Take();
+    for (const ShiftedBlock& more : {rest.Take(), one.Take()}) {
+      b.count += more.count;
+      b.sum += more.sum;
+      b.sum_sq += more.sum_sq;
+    }
+    CloseBlock(b, shift, unit, &shifted);
+    shift = static_cast<float>(unit.mean);
+    vshift = hn::Set(df, shift);
+    vshift1 = hn::Set(d1, shift);
+  };
   int64_t i = begin / spatial;
   int64_t s = begin % spatial;
-  for (int64_t pos = begin; pos < end;) {
-    const int64_t len = std::min(spatial - s, end - pos);
+  for (int64_t pos = begin; pos < end; ++i, s = 0) {
+    const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
     // Runs shorter than a few pages defeat the hardware prefetcher (a new
     // stream per image): fetch the next image's run while this one is summed.
-    if (pos + len < end)
-      PrefetchRun(x + ((i + 1) * c + ch) * spatial, std::min(spatial, end - pos - len));
-    acc.AddRun(df, d1, x + (i * c + ch) * spatial + s, static_cast<size_t>(len), pivot);
-    pos += len;
-    ++i;
-    s = 0;
+    if (pos + static_cast<int64_t>(len) < end) {
+      PrefetchRun(x + ((i + 1) * c + ch) * spatial,
+                  std::min(spatial, end - pos - static_cast<int64_t>(len)));
+    }
+    const float* p = x + (i * c + ch) * spatial + s;
+    size_t j = 0;
+    for (size_t groups = len / (kAcc * N); groups != 0;) {
+      const size_t steps = std::min(groups, kBlockSteps - main.steps());
+      main.Add(p + j, steps, vshift);
+      j += steps * kAcc * N;
+      groups -= steps;
+      if (main.steps() == kBlockSteps) close();
+    }
+    for (; j + N <= len; j += N) rest.Add(p + j, 1, vshift);
+    for (; j < len; ++j) one.Add(p + j, 1, vshift1);
+    // Short runs feed `rest` and `one` only: bound their blocks too.
+    if (HWY_UNLIKELY(rest.steps() >= kBlockSteps || one.steps() >= kBlockSteps)) close();
+    pos += static_cast<int64_t>(len);
   }
-  Moments m = acc.Result();
-  m.mean += static_cast<double>(pivot);
-  return m;
+  close();
+  return ShiftTrusted(shifted, unit) ? unit : Untrusted();
 }
 
-// Welford state for `positions` lanes kept in memory (NHWC rows are wider than
-// a register file), with one count shared by all positions. kRows consecutive
-// vector rows (`stride` floats apart, reciprocals rk[0..kRows)) are added per
-// load of the state: the same updates, in the same order, as one row at a
-// time, with 1/kRows of the state traffic.
+// Shifted sums for `positions` lanes kept in memory (NHWC rows are wider than
+// a register file), all positions sharing one count: adds kRows consecutive
+// vector rows (`stride` floats apart) per load of the sums.
 template <size_t kRows, class DF, class D1>
-HWY_INLINE void WelfordRows(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
-                            size_t stride, const float* HWY_RESTRICT pivot,
-                            const float* HWY_RESTRICT rk, float* HWY_RESTRICT mean,
-                            float* HWY_RESTRICT m2) {
+HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
+                            size_t stride, const float* HWY_RESTRICT shift,
+                            float* HWY_RESTRICT sum, float* HWY_RESTRICT sum_sq) {
   constexpr size_t N = hn::MaxLanes(DF());
-  const auto update = [&](auto d, size_t p, auto piv, auto& mu, auto& acc) HWY_ATTR {
+  const auto update = [&](auto d, size_t p, auto t, auto& s, auto& q) HWY_ATTR {
     for (size_t r = 0; r < kRows; ++r) {
-      const auto v = hn::Sub(hn::LoadU(d, row + r * stride + p), piv);
-      const auto delta = hn::Sub(v, mu);
-      mu = hn::MulAdd(delta, hn::Set(d, rk[r]), mu);
-      acc = hn::MulAdd(delta, hn::Sub(v, mu), acc);
+      const auto e = hn::Sub(hn::LoadU(d, row + r * stride + p), t);
+      s = hn::Add(s, e);
+      q = hn::MulAdd(e, e, q);
     }
   };
   size_t p = 0;
   for (; p + N <= positions; p += N) {
-    auto mu = hn::Load(df, mean + p);
-    auto acc = hn::Load(df, m2 + p);
-    update(df, p, hn::Load(df, pivot + p), mu, acc);
-    hn::Store(mu, df, mean + p);
-    hn::Store(acc, df, m2 + p);
+    auto s = hn::Load(df, sum + p);
+    auto q = hn::Load(df, sum_sq + p);
+    update(df, p, hn::Load(df, shift + p), s, q);
+    hn::Store(s, df, sum + p);
+    hn::Store(q, df, sum_sq + p);
   }
   for (; p < positions; ++p) {
-    auto mu = hn::LoadU(d1, mean + p);
-    auto acc = hn::LoadU(d1, m2 + p);
-    update(d1, p, hn::LoadU(d1, pivot + p), mu, acc);
-    hn::StoreU(mu, d1, mean + p);
-    hn::StoreU(acc, d1, m2 + p);
+    auto s = hn::LoadU(d1, sum + p);
+    auto q = hn::LoadU(d1, sum_sq + p);
+    update(d1, p, hn::LoadU(d1, shift + p), s, q);
+    hn::StoreU(s, d1, sum + p);
+    hn::StoreU(q, d1, sum_sq + p);
   }
 }
 
@@ -113,59 +121,55 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t positions = static_cast<size_t>(width * rows_per_period);
-  HWY_ALIGN float pivot[kMaxPositions];
-  HWY_ALIGN float mean[kMaxPositions];
-  HWY_ALIGN float m2[kMaxPositions];
-  HWY_ALIGN double dmean[kMaxPositions];
-  HWY_ALIGN double dm2[kMaxPositions];
+  HWY_ALIGN float shift[kMaxPositions];
+  HWY_ALIGN float sum[kMaxPositions];
+  HWY_ALIGN float sum_sq[kMaxPositions];
+  Moments pos_moments[kMaxPositions];
+  double shifted[kMaxPositions];
   for (size_t p = 0; p < positions; ++p) {
-    pivot[p] = pivots[c0 + static_cast<int64_t>(p) % width];
-    mean[p] = m2[p] = 0.0f;
-    dmean[p] = dm2[p] = 0.0;
+    shift[p] = pivots[c0 + static_cast<int64_t>(p) % width];
+    sum[p] = sum_sq[p] = 0.0f;
+    shifted[p] = 0.0;
   }
-  const float* recip = Reciprocals();
-  double count = 0.0;
   size_t steps = 0;
-  int64_t r = row_begin;
-  const size_t stride = static_cast<size_t>(rows_per_period * c);
-  const auto fold_if_full = [&]() {
-    if (steps != kBlockSteps) return;
-    FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
-    for (size_t p = 0; p < positions; ++p) mean[p] = m2[p] = 0.0f;
+  const auto close = [&]() {
+    for (size_t p = 0; p < positions; ++p) {
+      const ShiftedBlock b{static_cast<double>(steps), sum[p], sum_sq[p]};
+      CloseBlock(b, shift[p], pos_moments[p], &shifted[p]);
+      shift[p] = static_cast<float>(pos_moments[p].mean);
+      sum[p] = sum_sq[p] = 0.0f;
+    }
     steps = 0;
   };
-  static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
+  int64_t r = row_begin;
+  const size_t stride = static_cast<size_t>(rows_per_period * c);
+  static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a close");
   for (; r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
-    WelfordRows<4>(df, d1, positions, x + r * c + c0, stride, pivot, recip + steps + 1, mean, m2);
+    ShiftedRows<4>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
     steps += 4;
-    fold_if_full();
+    if (steps == kBlockSteps) close();
   }
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    WelfordRows<1>(df, d1, positions, x + r * c + c0, stride, pivot, recip + steps + 1, mean, m2);
+    ShiftedRows<1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
     steps += 1;
-    fold_if_full();
   }
-  if (steps != 0) {
-    FoldIntoDouble(positions, static_cast<double>(steps), mean, m2, &count, dmean, dm2);
-  }
+  if (steps != 0) close();
   // Positions p, p + width, ... hold the same channel: merge them in order.
   for (int64_t ch = 0; ch < width; ++ch) {
     Moments m;
+    double ch_shifted = 0.0;
     for (int64_t k = 0; k < rows_per_period; ++k) {
       const size_t p = static_cast<size_t>(k * width + ch);
-      MergeMoments(m, Moments{count, dmean[p], dm2[p]});
+      MergeMoments(m, pos_moments[p]);
+      ch_shifted += shifted[p];
     }
-    out[ch] = m;
-  }
-  // Rows left over after whole periods (fewer than rows_per_period; only in
-  // the last unit): merged one value at a time, in double.
-  for (; r < row_end; ++r) {
-    for (int64_t ch = 0; ch < width; ++ch) {
-      const double v = static_cast<double>(x[r * c + c0 + ch]) - static_cast<double>(pivot[ch]);
-      MergeMoments(out[ch], Moments{1.0, v, 0.0});
+    // Rows left over after whole periods (fewer than rows_per_period; only
+    // in the last unit): merged one value at a time, in double.
+    for (int64_t rr = r; rr < row_end; ++rr) {
+      MergeMoments(m, Moments{1.0, static_cast<double>(x[rr * c + c0 + ch]), 0.0});
     }
+    out[ch] = ShiftTrusted(ch_shifted, m) ? m : Untrusted();
   }
-  for (int64_t ch = 0; ch < width; ++ch) out[ch].mean += static_cast<double>(pivot[ch]);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

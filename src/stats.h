@@ -1,4 +1,5 @@
-// Statistics kernels: per-unit Welford moments of the input, dispatched to the
+// Statistics kernels: per-unit moments (count, mean, M2) of the input from
+// shifted block sums (accumulators-inl.h), dispatched to the
 // active SIMD target. Units come from the planner (plan.h).
 #ifndef BNORM_SRC_STATS_H_
 #define BNORM_SRC_STATS_H_
@@ -12,11 +13,11 @@ namespace bnorm {
 // Values averaged into a channel's pivot.
 constexpr int64_t kPivotValues = 16;
 
-// The shift of a channel's float Welford lanes: the mean (in double, rounded)
-// of its first min(kPivotValues, values) values. The float running means then
-// hover near zero and round relative to the spread of the data: their error
-// grows with |mean - pivot| / std, about 1/4 here instead of up to ~3 for a
-// single sample. Every unit of the channel uses the same pivot.
+// The first shift of a channel's float sums: the mean (in double, rounded)
+// of its first min(kPivotValues, values) values. Shifted values then hover
+// near zero and round relative to the spread of the data: the error grows
+// with |mean - pivot| / std, about 1/4 here instead of up to ~3 for a single
+// sample. Every unit of the channel starts from the same pivot.
 float ChannelPivot(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t ch,
                    int64_t values);
 

@@ -99,7 +99,7 @@ TEST_P(AccuracyTest, LargeOffsetStatistics) {
   }
 }
 
-// The float Welford lanes run on data shifted by a pivot; their rounding grows
+// The float sums run on data shifted by a pivot; their rounding grows
 // with |mean - pivot| / std. A channel whose first value is a 5-sigma outlier
 // must still meet the mean bar (a single-value pivot did not: ~1e-6).
 TEST_P(AccuracyTest, OutlierFirstValueStillMeetsTheMeanBar) {
@@ -118,6 +118,68 @@ TEST_P(AccuracyTest, OutlierFirstValueStillMeetsTheMeanBar) {
                                               (std::fabs(ref[c].mean) + std::sqrt(ref[c].var))));
     }
     EXPECT_LE(worst, 1e-6);
+  }
+}
+
+// Worst relative error of the batch variance (running_var with momentum 1 is
+// the unbiased variance) and of the mean (relative to |mean| + std).
+struct StatErrors {
+  double mean = 0, var = 0;
+};
+template <typename R>
+StatErrors WorstStatErrors(const Shape& s, const std::vector<float>& x, const R& r) {
+  const auto ref = ReferenceStats(s, x);
+  const LD m = static_cast<LD>(s.Values());
+  StatErrors e;
+  for (size_t c = 0; c < static_cast<size_t>(s.c); ++c) {
+    const LD unbiased = ref[c].var * m / (m - 1);
+    e.var = std::max(e.var, static_cast<double>(std::fabs(r.running_var[c] - unbiased) / unbiased));
+    e.mean = std::max(e.mean, static_cast<double>(std::fabs(r.mean[c] - ref[c].mean) /
+                                                  (std::fabs(ref[c].mean) + std::sqrt(ref[c].var))));
+  }
+  return e;
+}
+
+// Float sums are taken on data shifted by the running mean of the blocks
+// before; a shift far from the data (here: the pivot, from the first 16
+// values, 1e4 away from all the others) must be caught and the unit redone,
+// not rounded relative to the shift (~1e-4 error in the variance).
+TEST_P(AccuracyTest, PivotFarFromTheRestOfTheChannel) {
+  for (const Shape& s : {Shape{8, 5, 4099, layout()}, Shape{300, 7, 49, layout()},
+                         Shape{20000, 3, 1, layout()}}) {
+    SCOPED_TRACE(s.Name());
+    auto x = NormalData(s, 5, 0.0, 1.0, 0.0);
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      for (int64_t v = 0; v < 16; ++v) x[static_cast<size_t>(s.Index(v / s.spatial, ch, v % s.spatial))] = 1e4f;
+    }
+    const StatErrors e = WorstStatErrors(s, x, Train(s, x, 0.0f));
+    EXPECT_LE(e.var, 1e-6);
+    EXPECT_LE(e.mean, 1e-6);
+  }
+}
+
+// Channels whose mean moves a lot within the batch: per-image offsets of
+// +-1e3 around N(0,1), and a ramp. The block shifts follow the running mean,
+// so these stay on the fast path and keep the bars.
+TEST_P(AccuracyTest, NonStationaryChannels) {
+  for (const Shape& s : {Shape{64, 6, 700, layout()}, Shape{512, 4, 49, layout()}}) {
+    SCOPED_TRACE(s.Name());
+    auto x = NormalData(s, 11, 0.0, 1.0, 0.0);
+    for (int64_t i = 0; i < s.n; ++i) {
+      const float jump = ((i * 7919) % 2001 - 1000) * 1.0f;
+      for (int64_t ch = 0; ch < s.c; ++ch)
+        for (int64_t sp = 0; sp < s.spatial; ++sp) x[static_cast<size_t>(s.Index(i, ch, sp))] += jump;
+    }
+    StatErrors e = WorstStatErrors(s, x, Train(s, x, 0.0f));
+    EXPECT_LE(e.var, 1e-6);
+    EXPECT_LE(e.mean, 1e-6);
+    for (int64_t i = 0; i < s.n; ++i)
+      for (int64_t ch = 0; ch < s.c; ++ch)
+        for (int64_t sp = 0; sp < s.spatial; ++sp)
+          x[static_cast<size_t>(s.Index(i, ch, sp))] = static_cast<float>(i * s.spatial + sp);
+    e = WorstStatErrors(s, x, Train(s, x, 0.0f));
+    EXPECT_LE(e.var, 1e-6);
+    EXPECT_LE(e.mean, 1e-6);
   }
 }
 

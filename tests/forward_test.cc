@@ -14,7 +14,7 @@ namespace bnorm_test {
 namespace {
 
 // Error bounds (u = 2^-24 ≈ 6e-8):
-//  - mean: the shifted Welford mean is good to a few u of the standard deviation
+//  - mean: the shifted block sums give the mean to a few u of the standard deviation
 //    and the output is rounded to float: 1e-6 * (|mean| + std) (the bar).
 //  - variance: relative 1e-5 (the bar); invstd then within 5e-6 + u.
 //  - y: the error of mean and invstd above, scaled by |gamma| and |y - beta|,

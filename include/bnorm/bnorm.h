@@ -13,8 +13,10 @@
  *   running_mean = (1 - momentum) * running_mean + momentum * mean
  *   running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
  *
- * Statistics are computed with a vectorized, shifted Welford recurrence merged
- * with Chan's formula in double precision; they never use E[x^2] - E[x]^2.
+ * Statistics are float sums over short blocks of data shifted by the running
+ * mean, each block closed exactly in double and merged with Chan's formula;
+ * they never use E[x^2] - E[x]^2 on unshifted data, and a unit whose shift is
+ * too far from its data is recomputed in double.
  *
  * General contract, for every function that takes a descriptor:
  *  - On any status other than BNORM_OK no output buffer is written.

@@ -1,0 +1,227 @@
+// SIMD accumulators shared by the statistics and backward-reduce kernels.
+// Include after hwy/highway.h inside a foreach_target translation unit.
+//
+// Statistics: float sums of shifted values and their squares over short
+// blocks, each block closed in double and merged with Chan's formula (see
+// ShiftedBlock). Unlike a Welford recurrence, no division or running mean
+// sits in the loop: two adds per vector, throughput-bound instead of
+// latency-bound, and the blocks keep the float error as small as Welford's.
+
+#if defined(BNORM_SRC_ACCUMULATORS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef BNORM_SRC_ACCUMULATORS_INL_H_
+#undef BNORM_SRC_ACCUMULATORS_INL_H_
+#else
+#define BNORM_SRC_ACCUMULATORS_INL_H_
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <algorithm>
+
+#include "hwy/cache_control.h"
+
+#include "hwy/highway.h"
+#include "moments.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Prefetches the cache lines of floats [p, p + count), at most kMaxPrefetch
+// bytes (longer runs are caught by the hardware prefetcher).
+HWY_INLINE void PrefetchRun(const float* p, int64_t count) {
+  constexpr int64_t kMaxPrefetch = 4096;
+  const int64_t bytes =
+      std::min<int64_t>(count * static_cast<int64_t>(sizeof(float)), kMaxPrefetch);
+  const char* bp = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(bp + b);
+}
+
+// Vector steps (per lane) of float accumulation before a fold into double.
+constexpr size_t kBlockSteps = 128;
+
+// A channel's float sums are accumulated on data shifted by `shift` and
+// closed into (count, mean, M2) once per block:
+//   mean_b = shift + S / n,  M2_b = Q - S^2 / n,  S = sum(x - shift), Q = sum((x - shift)^2).
+// The rounding of Q (a short float sum) is about kBlockSteps * eps * Q, and
+// Q = M2_b + n (mean_b - shift)^2: the error is relative to M2_b as long as
+// the shift is near the block's mean. Each block is therefore shifted by the
+// running mean of the blocks before it (the first by the channel's pivot),
+// and the caller compares the sum of all Q to the final M2 (ShiftTrusted):
+// only data whose block means jump by many standard deviations within a unit
+// fail that test, and those are redone in double.
+struct ShiftedBlock {
+  double count;
+  double sum;     // S
+  double sum_sq;  // Q
+};
+
+// Closes a block into `unit` (Chan's merge) and adds its Q to *shifted.
+HWY_INLINE void CloseBlock(const ShiftedBlock& b, float shift, Moments& unit, double* shifted) {
+  if (b.count == 0.0) return;
+  const double mean_offset = b.sum / b.count;
+  const double m2 = std::max(b.sum_sq - b.sum * mean_offset, 0.0);
+  MergeMoments(unit, Moments{b.count, static_cast<double>(shift) + mean_offset, m2});
+  *shifted += b.sum_sq;
+}
+
+// The largest sum of block Q over the unit's M2 whose rounding is accepted:
+// the relative error of M2 is at most about this times that of one float
+// block sum (stationary data and even a linear ramp give 1 to 2).
+constexpr double kMaxShiftedRatio = 16.0;
+
+HWY_INLINE bool ShiftTrusted(double shifted, const Moments& m) {
+  return shifted <= kMaxShiftedRatio * m.m2;
+}
+
+// kAcc independent vector accumulators of S and Q for one channel (NCHW
+// runs); no dependency chain links one vector to the next beyond the two
+// adds, so kAcc = 4 keeps both FP pipes of an FMA core busy.
+template <class D, size_t kAcc>
+class ShiftedSumRegisters {
+ public:
+  using V = hn::Vec<D>;
+  static constexpr size_t kLanes = hn::MaxLanes(D());
+
+  explicit ShiftedSumRegisters(D d) : d_(d) { Reset(); }
+
+  // Adds `steps` groups of kAcc vectors from p (unaligned), each minus
+  // `shift`. The sums live in locals during the loop: members of an object
+  // whose address escapes would make every add a store-to-load round trip.
+  HWY_INLINE void Add(const float* HWY_RESTRICT p, size_t steps, V shift) {
+    V sum[kAcc];
+    V sum_sq[kAcc];
+    for (size_t a = 0; a < kAcc; ++a) {
+      sum[a] = sum_[a];
+      sum_sq[a] = sum_sq_[a];
+    }
+    for (size_t k = 0; k < steps; ++k, p += kAcc * kLanes) {
+      for (size_t a = 0; a < kAcc; ++a) {
+        const V e = hn::Sub(hn::LoadU(d_, p + a * kLanes), shift);
+        sum[a] = hn::Add(sum[a], e);
+        sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
+      }
+    }
+    for (size_t a = 0; a < kAcc; ++a) {
+      sum_[a] = sum[a];
+      sum_sq_[a] = sum_sq[a];
+    }
+    steps_ += steps;
+  }
+
+  size_t steps() const { return steps_; }
+
+  // Returns the block accumulated since the last call and restarts.
+  HWY_INLINE ShiftedBlock Take() {
+    V s = sum_[0];
+    V q = sum_sq_[0];
+    for (size_t a = 1; a < kAcc; ++a) {
+      s = hn::Add(s, sum_[a]);
+      q = hn::Add(q, sum_sq_[a]);
+    }
+    HWY_ALIGN float ls[kLanes];
+    HWY_ALIGN float lq[kLanes];
+    hn::Store(s, d_, ls);
+    hn::Store(q, d_, lq);
+    ShiftedBlock b{static_cast<double>(steps_ * kAcc * kLanes), 0.0, 0.0};
+    for (size_t l = 0; l < kLanes; ++l) {
+      b.sum += static_cast<double>(ls[l]);
+      b.sum_sq += static_cast<double>(lq[l]);
+    }
+    Reset();
+    return b;
+  }
+
+ private:
+  HWY_INLINE void Reset() {
+    for (size_t a = 0; a < kAcc; ++a) sum_[a] = sum_sq_[a] = hn::Zero(d_);
+    steps_ = 0;
+  }
+
+  D d_;
+  V sum_[kAcc];
+  V sum_sq_[kAcc];
+  size_t steps_ = 0;
+};
+
+// kAcc vector accumulators of sum(dy) and sum(dy * (x - mean)), folded into
+// double every kBlockSteps steps so float rounding stays within short sums.
+template <class D, size_t kAcc>
+class GradSumRegisters {
+ public:
+  using V = hn::Vec<D>;
+  static constexpr size_t kLanes = hn::MaxLanes(D());
+
+  explicit GradSumRegisters(D d) : d_(d) {
+    for (size_t a = 0; a < kAcc; ++a) sum_dy_[a] = sum_dy_xmu_[a] = hn::Zero(d);
+  }
+
+  // Adds `steps` groups of kAcc vectors of x and dy (unaligned), folding
+  // every kBlockSteps steps; sums in locals during the loop (see
+  // ShiftedSumRegisters::Add).
+  HWY_INLINE void Add(const float* HWY_RESTRICT x, const float* HWY_RESTRICT dy, size_t steps,
+                      V mean) {
+    while (steps != 0) {
+      const size_t take = std::min(steps, kBlockSteps - steps_);
+      V s_dy[kAcc];
+      V s_xmu[kAcc];
+      for (size_t a = 0; a < kAcc; ++a) {
+        s_dy[a] = sum_dy_[a];
+        s_xmu[a] = sum_dy_xmu_[a];
+      }
+      for (size_t k = 0; k < take; ++k, x += kAcc * kLanes, dy += kAcc * kLanes) {
+        for (size_t a = 0; a < kAcc; ++a) {
+          const V g = hn::LoadU(d_, dy + a * kLanes);
+          const V xmu = hn::Sub(hn::LoadU(d_, x + a * kLanes), mean);
+          s_dy[a] = hn::Add(s_dy[a], g);
+          s_xmu[a] = hn::MulAdd(g, xmu, s_xmu[a]);
+        }
+      }
+      for (size_t a = 0; a < kAcc; ++a) {
+        sum_dy_[a] = s_dy[a];
+        sum_dy_xmu_[a] = s_xmu[a];
+      }
+      steps -= take;
+      steps_ += take;
+      if (steps_ == kBlockSteps) Fold();
+    }
+  }
+
+  HWY_INLINE void AddTo(GradSums& out) {
+    Fold();
+    out.sum_dy += total_dy_;
+    out.sum_dy_xmu += total_dy_xmu_;
+  }
+
+ private:
+  HWY_INLINE void Fold() {
+    if (steps_ == 0) return;
+    HWY_ALIGN float a_dy[kAcc * kLanes];
+    HWY_ALIGN float a_xmu[kAcc * kLanes];
+    for (size_t a = 0; a < kAcc; ++a) {
+      hn::Store(sum_dy_[a], d_, a_dy + a * kLanes);
+      hn::Store(sum_dy_xmu_[a], d_, a_xmu + a * kLanes);
+      sum_dy_[a] = sum_dy_xmu_[a] = hn::Zero(d_);
+    }
+    for (size_t l = 0; l < kAcc * kLanes; ++l) {
+      total_dy_ += static_cast<double>(a_dy[l]);
+      total_dy_xmu_ += static_cast<double>(a_xmu[l]);
+    }
+    steps_ = 0;
+  }
+
+  D d_;
+  V sum_dy_[kAcc];
+  V sum_dy_xmu_[kAcc];
+  size_t steps_ = 0;
+  double total_dy_ = 0.0;
+  double total_dy_xmu_ = 0.0;
+};
+
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#endif  // BNORM_SRC_ACCUMULATORS_INL_H_
