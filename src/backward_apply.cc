@@ -39,10 +39,10 @@ HWY_INLINE void GradRun(const float* x, const float* dy, float* dx, size_t len, 
 
 template <bool kFrozen, bool kStream>
 void GradApplyNchwT(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
-                    int64_t begin, int64_t end, const GradConstants& k) {
+                    int64_t begin, int64_t end, const GradConstants& k, const Lookahead& ahead) {
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
     StoreChannelRuns<kStream>(
-        dx + begin, begin, end, c, spatial,
+        dx + begin, begin, end, c, spatial, ahead,
         [&](auto d, int64_t ch) HWY_ATTR {
           return GradVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.mean_dy[ch]),
                                           hn::Set(d, k.a[ch]), hn::Set(d, k.b[ch])};
@@ -120,8 +120,9 @@ void GradApplyNhwcT(const float* x, const float* dy, float* dx, int64_t period, 
   } while (0)
 
 void GradApplyNchw(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
-                   int64_t begin, int64_t end, const GradConstants& k, bool stream) {
-  BNORM_GRAD_VARIANTS(GradApplyNchwT, x, dy, dx, c, spatial, begin, end, k);
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream,
+                   const Lookahead& ahead) {
+  BNORM_GRAD_VARIANTS(GradApplyNchwT, x, dy, dx, c, spatial, begin, end, k, ahead);
 }
 
 void GradApplyNchwChannel(const float* x, const float* dy, float* dx, int64_t c, int64_t spatial,
@@ -153,8 +154,8 @@ HWY_EXPORT(GradApplyNhwc);
 
 void GradApplyNchw(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
                    int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
-                   bool stream) {
-  BNORM_DISPATCH(GradApplyNchw, target)(x, dy, dx, c, spatial, begin, end, k, stream);
+                   bool stream, const Lookahead& ahead) {
+  BNORM_DISPATCH(GradApplyNchw, target)(x, dy, dx, c, spatial, begin, end, k, stream, ahead);
 }
 
 void GradApplyNchwChannel(int64_t target, const float* x, const float* dy, float* dx, int64_t c,

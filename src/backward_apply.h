@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "lookahead.h"
+
 namespace bnorm {
 
 struct GradConstants {
@@ -17,10 +19,11 @@ struct GradConstants {
   const float* b;
 };
 
-// NCHW: elements [begin, end) of the flat tensor.
+// NCHW: elements [begin, end) of the flat tensor; prefetches `ahead`
+// meanwhile (when spatial >= the lanes).
 void GradApplyNchw(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
                    int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
-                   bool stream);
+                   bool stream, const Lookahead& ahead = Lookahead());
 // NCHW: channel ch over its values [begin, end) in (i, s) order.
 void GradApplyNchwChannel(int64_t target, const float* x, const float* dy, float* dx, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end,

@@ -124,7 +124,8 @@ struct NoPrepare {
 //   reduce(u):          computes the partials of reduction unit u
 //   finalize(c0, c1):   turns the partials of channels [c0, c1) into outputs
 //                       and apply constants
-//   apply_group(c0, c1): applies to channels [c0, c1) (fused NCHW)
+//   apply_group(c0, c1, c2): applies to channels [c0, c1) and prefetches the
+//                       inputs of [c1, c2), the group reduced next (fused NCHW)
 //   apply_unit(a):      applies to unit a of the apply pass (two-phase)
 template <class Prepare, class Reduce, class Finalize, class ApplyGroup, class ApplyUnit>
 void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionPlan& rp,
@@ -133,17 +134,19 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
                     const ApplyUnit& apply_unit) {
   const bool single = plan.threads == 1;
   if (plan.strategy == Strategy::kChannelFused) {
-    ParallelFor(
-        ctx, p.c, plan.channels_per_task,
-        [&](int64_t c0, int64_t c1) {
-          prepare(c0, c1);
-          for (int64_t u = c0 * rp.units_per_channel; u < c1 * rp.units_per_channel; ++u) {
-            reduce(u);
-          }
-          finalize(c0, c1);
-          if (apply) apply_group(c0, c1);
-        },
-        single);
+    // A static partition: each thread knows the group it does next.
+    const int64_t cpt = plan.channels_per_task;
+    ParallelForStatic(ctx, (p.c + cpt - 1) / cpt, single, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t c0 = g * cpt, c1 = std::min(p.c, c0 + cpt);
+        prepare(c0, c1);
+        for (int64_t u = c0 * rp.units_per_channel; u < c1 * rp.units_per_channel; ++u) {
+          reduce(u);
+        }
+        finalize(c0, c1);
+        if (apply) apply_group(c0, c1, g + 1 < g1 ? std::min(p.c, c1 + cpt) : c1);
+      }
+    });
     return;
   }
   if constexpr (!std::is_same_v<Prepare, NoPrepare>) {
@@ -233,10 +236,13 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
                   static_cast<float>(b - (mean - static_cast<double>(mean_f)) * scale));
     }
   };
-  const auto apply_group = [&](int64_t c0, int64_t c1) {
+  const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
     for (int64_t i = 0; i < p.n; ++i) {
+      Lookahead ahead;
+      ahead.input[0] = x + (i * p.c + c1) * p.spatial;
+      ahead.floats = (c2 - c1) * p.spatial;
       NormalizeNchw(target, x, y, p.c, p.spatial, (i * p.c + c0) * p.spatial,
-                    (i * p.c + c1) * p.spatial, affine, plan.stream_output);
+                    (i * p.c + c1) * p.spatial, affine, plan.stream_output, ahead);
     }
   };
   const auto apply_unit = [&](int64_t a) {
@@ -372,10 +378,15 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     MergeGradSums(p, rp, partials, c0, c1, merged + c0);
     finalize_with(c0, c1, merged + c0);
   };
-  const auto apply_group = [&](int64_t c0, int64_t c1) {
+  const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
     for (int64_t i = 0; i < p.n; ++i) {
+      const int64_t next = (i * p.c + c1) * p.spatial;
+      Lookahead ahead;
+      ahead.input[0] = dy + next;
+      ahead.input[1] = x_apply != nullptr ? x + next : nullptr;
+      ahead.floats = (c2 - c1) * p.spatial;
       GradApplyNchw(target, x_apply, dy, dx, p.c, p.spatial, (i * p.c + c0) * p.spatial,
-                    (i * p.c + c1) * p.spatial, grad, plan.stream_output);
+                    (i * p.c + c1) * p.spatial, grad, plan.stream_output, ahead);
     }
   };
   const auto apply_unit = [&](int64_t a) {

@@ -18,6 +18,7 @@
 
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
+#include "lookahead.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
@@ -108,10 +109,12 @@ HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
 // run across channel boundaries: a vector that straddles one blends the values
 // of both channels, so the stores stay whole and aligned (full-line
 // non-temporal stores with kStream). Needs spatial >= the lanes (at most one
-// boundary per vector).
+// boundary per vector). One line of each `ahead` input is prefetched into L2
+// per line of output (lookahead.h).
 template <bool kStream, class Constants, class Value>
 HWY_INLINE void StoreChannelRuns(float* out, int64_t begin, int64_t end, int64_t c, int64_t spatial,
-                                 const Constants& constants, const Value& value) {
+                                 const Lookahead& ahead, const Constants& constants,
+                                 const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(df));
@@ -135,8 +138,23 @@ HWY_INLINE void StoreChannelRuns(float* out, int64_t begin, int64_t end, int64_t
     const int64_t peel_end = begin + (misalign == 0 ? 0 : std::min(N - misalign, end - begin));
     while (e < peel_end) store_one();
   }
+  constexpr int64_t kLineFloats = 64 / sizeof(float);
+  const char* ahead0 = reinterpret_cast<const char*>(ahead.input[0]);
+  const char* ahead1 = reinterpret_cast<const char*>(ahead.input[1]);
+  int64_t ahead_left = ahead.input[0] != nullptr ? ahead.floats : 0;  // floats not yet fetched
+  int64_t line_left = 0;  // output floats until the next prefetch
   auto k = constants(df, ch);
   while (e + N <= end) {
+    if (ahead_left > 0 && (line_left -= N) <= 0) {
+      line_left += kLineFloats;
+      ahead_left -= kLineFloats;
+      __builtin_prefetch(ahead0, 0, 2);
+      ahead0 += 64;
+      if (ahead1 != nullptr) {
+        __builtin_prefetch(ahead1, 0, 2);
+        ahead1 += 64;
+      }
+    }
     auto v = value(df, e, k);
     if (left > N) {
       left -= N;

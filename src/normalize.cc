@@ -43,10 +43,10 @@ HWY_INLINE void NormalizeRun(const float* x, float* y, size_t len, float mean, f
 
 template <bool kStream>
 void NormalizeNchwT(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin,
-                    int64_t end, const AffineConstants& k) {
+                    int64_t end, const AffineConstants& k, const Lookahead& ahead) {
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
     StoreChannelRuns<kStream>(
-        y + begin, begin, end, c, spatial,
+        y + begin, begin, end, c, spatial, ahead,
         [&](auto d, int64_t ch) HWY_ATTR {
           return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
                                              hn::Set(d, k.shift[ch])};
@@ -97,12 +97,12 @@ void NormalizeNhwcT(const float* x, float* y, int64_t period, int64_t begin, int
 }
 
 void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,
-                   const AffineConstants& k, bool stream) {
+                   const AffineConstants& k, bool stream, const Lookahead& ahead) {
   if (stream) {
-    NormalizeNchwT<true>(x, y, c, spatial, begin, end, k);
+    NormalizeNchwT<true>(x, y, c, spatial, begin, end, k, ahead);
     hwy::FlushStream();
   } else {
-    NormalizeNchwT<false>(x, y, c, spatial, begin, end, k);
+    NormalizeNchwT<false>(x, y, c, spatial, begin, end, k, ahead);
   }
 }
 
@@ -141,8 +141,9 @@ HWY_EXPORT(NormalizeNchwChannel);
 HWY_EXPORT(NormalizeNhwc);
 
 void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
-                   int64_t begin, int64_t end, const AffineConstants& k, bool stream) {
-  BNORM_DISPATCH(NormalizeNchw, target)(x, y, c, spatial, begin, end, k, stream);
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream,
+                   const Lookahead& ahead) {
+  BNORM_DISPATCH(NormalizeNchw, target)(x, y, c, spatial, begin, end, k, stream, ahead);
 }
 
 void NormalizeNchwChannel(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,

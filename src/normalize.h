@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "lookahead.h"
+
 namespace bnorm {
 
 struct AffineConstants {
@@ -19,8 +21,10 @@ struct AffineConstants {
 
 // NCHW: elements [begin, end) of the flat tensor; constants indexed by channel.
 // Streams whole lines across channel boundaries when spatial >= the lanes.
+// Prefetches `ahead` meanwhile (when spatial >= the lanes).
 void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
-                   int64_t begin, int64_t end, const AffineConstants& k, bool stream);
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream,
+                   const Lookahead& ahead = Lookahead());
 
 // NCHW: channel ch over its values [begin, end) in (i, s) order; the
 // constants are those of channel ch (k indexed by ch).

@@ -1,0 +1,23 @@
+// Software pipelining of the channel-fused plan (plan.h): while a task writes
+// the output of one channel group, reading the group's inputs back from L2,
+// it prefetches into L2 the inputs of the group it reduces next. Each core
+// then keeps reads and writes in flight together, as a copy does, instead of
+// alternating a read-only pass (statistics) with a write-only one (output);
+// the next reduction reads from L2.
+#ifndef BNORM_SRC_LOOKAHEAD_H_
+#define BNORM_SRC_LOOKAHEAD_H_
+
+#include <cstdint>
+
+namespace bnorm {
+
+// Up to two input ranges of `floats` floats each (x; or x and dy), one cache
+// line of each prefetched per line of output written. Default: nothing.
+struct Lookahead {
+  const float* input[2] = {nullptr, nullptr};
+  int64_t floats = 0;
+};
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_LOOKAHEAD_H_
