@@ -55,7 +55,9 @@ ReductionPlan PlanReduction(const Problem& p) {
   plan.num_blocks = CeilDiv(p.c, plan.block_width);
   plan.rows_per_period = plan.num_blocks == 1 ? RowsPerPeriod(p.c) : 1;
   plan.period = plan.rows_per_period * plan.block_width;
-  const int64_t periods_per_unit = std::max<int64_t>(1, kUnitElems / plan.period);
+  // Wide rows: at least kMinUnitRows periods, so the per-unit work on each
+  // position (set-up, closing the block, the merge) stays small per value.
+  const int64_t periods_per_unit = std::max<int64_t>(kMinUnitRows, kUnitElems / plan.period);
   plan.unit_rows = std::min(values, periods_per_unit * plan.rows_per_period);
   plan.row_units = CeilDiv(values, plan.unit_rows);
   plan.num_units = plan.row_units * plan.num_blocks;

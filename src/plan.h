@@ -16,6 +16,8 @@ namespace bnorm {
 // Elements per reduction unit (f32: 128 KiB). Large enough that the per-unit
 // merge cost vanishes, small enough to balance threads and stay in L2.
 constexpr int64_t kUnitElems = 32768;
+// NHWC units span at least this many periods (rows, for C >= 16).
+constexpr int64_t kMinUnitRows = 64;
 // Elements per elementwise task.
 constexpr int64_t kTaskElems = 65536;
 // At most this many lane positions (floats of sum state) in an NHWC unit.

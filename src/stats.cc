@@ -124,21 +124,40 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   HWY_ALIGN float shift[kMaxPositions];
   HWY_ALIGN float sum[kMaxPositions];
   HWY_ALIGN float sum_sq[kMaxPositions];
-  Moments pos_moments[kMaxPositions];
-  double shifted[kMaxPositions];
-  for (size_t p = 0; p < positions; ++p) {
-    shift[p] = pivots[c0 + static_cast<int64_t>(p) % width];
-    sum[p] = sum_sq[p] = 0.0f;
-    shifted[p] = 0.0;
+  HWY_ALIGN double mean[kMaxPositions];
+  HWY_ALIGN double m2[kMaxPositions];
+  HWY_ALIGN double shifted[kMaxPositions];
+  for (int64_t k = 0; k < rows_per_period; ++k) {
+    std::copy(pivots + c0, pivots + c0 + width, shift + k * width);
   }
+  std::fill(sum, sum + positions, 0.0f);
+  std::fill(sum_sq, sum_sq + positions, 0.0f);
+  std::fill(mean, mean + positions, 0.0);
+  std::fill(m2, m2 + positions, 0.0);
+  std::fill(shifted, shifted + positions, 0.0);
   size_t steps = 0;
+  double count = 0.0;
+  // CloseBlock for every position at once: all positions share the counts,
+  // so the merge coefficients are computed once and the loop has no division
+  // (with count == 0 it reduces to mean = block mean, m2 = block M2).
   const auto close = [&]() {
+    const double n = static_cast<double>(steps);
+    const double inv_n = 1.0 / n;
+    const double total = count + n;
+    const double fraction = n / total;
+    const double cross = count * fraction;
     for (size_t p = 0; p < positions; ++p) {
-      const ShiftedBlock b{static_cast<double>(steps), sum[p], sum_sq[p]};
-      CloseBlock(b, shift[p], pos_moments[p], &shifted[p]);
-      shift[p] = static_cast<float>(pos_moments[p].mean);
+      const double s = static_cast<double>(sum[p]);
+      const double q = static_cast<double>(sum_sq[p]);
+      const double offset = s * inv_n;
+      const double delta = static_cast<double>(shift[p]) + offset - mean[p];
+      mean[p] += delta * fraction;
+      m2[p] += std::max(q - s * offset, 0.0) + delta * delta * cross;
+      shifted[p] += q;
+      shift[p] = static_cast<float>(mean[p]);
       sum[p] = sum_sq[p] = 0.0f;
     }
+    count = total;
     steps = 0;
   };
   int64_t r = row_begin;
@@ -154,13 +173,20 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
     steps += 1;
   }
   if (steps != 0) close();
+  if (rows_per_period == 1 && r == row_end) {  // one position per channel (the same
+    for (int64_t ch = 0; ch < width; ++ch) {    // bits as the general merge below)
+      const Moments m{count, mean[ch], m2[ch]};
+      out[ch] = ShiftTrusted(shifted[ch], m) ? m : Untrusted();
+    }
+    return;
+  }
   // Positions p, p + width, ... hold the same channel: merge them in order.
   for (int64_t ch = 0; ch < width; ++ch) {
     Moments m;
     double ch_shifted = 0.0;
     for (int64_t k = 0; k < rows_per_period; ++k) {
       const size_t p = static_cast<size_t>(k * width + ch);
-      MergeMoments(m, pos_moments[p]);
+      MergeMoments(m, Moments{count, mean[p], m2[p]});
       ch_shifted += shifted[p];
     }
     // Rows left over after whole periods (fewer than rows_per_period; only
@@ -200,15 +226,30 @@ bool Finite(const Moments& m) { return std::isfinite(m.mean) && std::isfinite(m.
 
 }  // namespace
 
-float ChannelPivot(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t ch,
-                   int64_t values) {
+void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t values,
+                   int64_t c0, int64_t c1, float* pivots) {
   const int64_t count = std::min<int64_t>(kPivotValues, values);
-  double sum = 0.0;
-  for (int64_t v = 0; v < count; ++v) {
-    sum += static_cast<double>(nhwc ? x[v * c + ch]
-                                    : x[((v / spatial) * c + ch) * spatial + v % spatial]);
+  const double n = static_cast<double>(count);
+  if (nhwc) {
+    double sums[kPivotChunk];
+    for (int64_t b = c0; b < c1; b += kPivotChunk) {
+      const int64_t width = std::min(kPivotChunk, c1 - b);
+      std::fill(sums, sums + width, 0.0);
+      for (int64_t v = 0; v < count; ++v) {
+        const float* row = x + v * c + b;
+        for (int64_t k = 0; k < width; ++k) sums[k] += static_cast<double>(row[k]);
+      }
+      for (int64_t k = 0; k < width; ++k) pivots[b + k] = static_cast<float>(sums[k] / n);
+    }
+    return;
   }
-  return static_cast<float>(sum / static_cast<double>(count));
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    double sum = 0.0;
+    for (int64_t v = 0; v < count; ++v) {
+      sum += static_cast<double>(x[((v / spatial) * c + ch) * spatial + v % spatial]);
+    }
+    pivots[ch] = static_cast<float>(sum / n);
+  }
 }
 
 HWY_EXPORT(StatsNchwUnit);

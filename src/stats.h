@@ -12,14 +12,18 @@ namespace bnorm {
 
 // Values averaged into a channel's pivot.
 constexpr int64_t kPivotValues = 16;
+// Channels whose NHWC pivots are summed together (a stack array of doubles).
+constexpr int64_t kPivotChunk = 256;
 
 // The first shift of a channel's float sums: the mean (in double, rounded)
 // of its first min(kPivotValues, values) values. Shifted values then hover
 // near zero and round relative to the spread of the data: the error grows
 // with |mean - pivot| / std, about 1/4 here instead of up to ~3 for a single
 // sample. Every unit of the channel starts from the same pivot.
-float ChannelPivot(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t ch,
-                   int64_t values);
+// Writes the pivots of channels [c0, c1) to pivots[c0, c1). NHWC sums the
+// first rows across the channel range (contiguous), NCHW each channel's run.
+void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t values,
+                   int64_t c0, int64_t c1, float* pivots);
 
 // NCHW: moments of channel ch over its values [begin, end) in (i, s) order.
 // The mean is absolute (not shifted).
