@@ -72,11 +72,13 @@ void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, in
   HWY_ALIGN float sum_dy_xmu[kMaxPositions];
   double total_dy[kMaxPositions];
   double total_dy_xmu[kMaxPositions];
-  for (size_t p = 0; p < positions; ++p) {
-    pmean[p] = mean[c0 + static_cast<int64_t>(p) % width];
-    sum_dy[p] = sum_dy_xmu[p] = 0.0f;
-    total_dy[p] = total_dy_xmu[p] = 0.0;
+  for (int64_t k = 0; k < rows_per_period; ++k) {
+    std::copy(mean + c0, mean + c0 + width, pmean + k * width);
   }
+  std::fill(sum_dy, sum_dy + positions, 0.0f);
+  std::fill(sum_dy_xmu, sum_dy_xmu + positions, 0.0f);
+  std::fill(total_dy, total_dy + positions, 0.0);
+  std::fill(total_dy_xmu, total_dy_xmu + positions, 0.0);
   const auto fold = [&]() {
     for (size_t p = 0; p < positions; ++p) {
       total_dy[p] += static_cast<double>(sum_dy[p]);

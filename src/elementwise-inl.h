@@ -68,7 +68,11 @@ HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
   size_t i = 0;
   size_t q = q0;
   const bool rows_aligned = !kStream || reinterpret_cast<uintptr_t>(out) % (N * sizeof(float)) == 0;
-  if (q0 == 0 && period % N == 0 && rows_aligned) {
+  // Rows a multiple of 4 KiB long map four rows of x (and of y) to the same
+  // L1 set: one row at a time is faster there (C = 1024: 19.5 -> 14.4 us for
+  // 64 rows from L2; C = 2048: no difference).
+  const bool set_conflicts = period % 1024 == 0;
+  if (q0 == 0 && period % N == 0 && rows_aligned && !set_conflicts) {
     constexpr size_t kRows = 4;
     const size_t groups = len / period / kRows;
     for (size_t g = 0; g < groups; ++g, i += kRows * period) {
