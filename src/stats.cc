@@ -117,7 +117,8 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const float* HWY_RES
 }
 
 void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
-                   int64_t row_begin, int64_t row_end, const float* pivots, Moments* out) {
+                   int64_t row_begin, int64_t row_end, const float* pivots, int64_t rows_at_once,
+                   Moments* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t positions = static_cast<size_t>(width * rows_per_period);
@@ -163,7 +164,7 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   int64_t r = row_begin;
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a close");
-  for (; r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
+  for (; rows_at_once == 4 && r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
     ShiftedRows<4>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
     steps += 4;
     if (steps == kBlockSteps) close();
@@ -171,6 +172,7 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
     ShiftedRows<1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
     steps += 1;
+    if (steps == kBlockSteps) close();
   }
   if (steps != 0) close();
   if (rows_per_period == 1 && r == row_end) {  // one position per channel (the same
@@ -267,9 +269,9 @@ Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial
 
 void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
-                   Moments* out) {
+                   int64_t rows_at_once, Moments* out) {
   BNORM_DISPATCH(StatsNhwcUnit, target)
-  (x, c, c0, width, rows_per_period, row_begin, row_end, pivots, out);
+  (x, c, c0, width, rows_per_period, row_begin, row_end, pivots, rows_at_once, out);
   for (int64_t ch = 0; ch < width; ++ch) {
     if (Finite(out[ch])) continue;
     out[ch] = ExactMoments(row_end - row_begin, [&](int64_t k) {
