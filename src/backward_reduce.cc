@@ -62,7 +62,7 @@ GradSums GradSumsNchwUnit(const float* x, const float* dy, int64_t c, int64_t sp
 
 void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, int64_t width,
                       int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                      const float* mean, GradSums* out) {
+                      const float* mean, int64_t rows_at_once, GradSums* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
@@ -115,6 +115,7 @@ void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, in
   };
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
   for (const size_t rows : {size_t{4}, size_t{1}}) {
+    if (rows > static_cast<size_t>(rows_at_once)) continue;
     const int64_t span = static_cast<int64_t>(rows) * rows_per_period;
     for (; r + span <= row_end; r += span) {
       add_rows(r, rows);
@@ -198,9 +199,9 @@ GradSums GradSumsNchwUnit(int64_t target, const float* x, const float* dy, int64
 
 void GradSumsNhwcUnit(int64_t target, const float* x, const float* dy, int64_t c, int64_t c0,
                       int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                      const float* mean, GradSums* out) {
+                      const float* mean, int64_t rows_at_once, GradSums* out) {
   BNORM_DISPATCH(GradSumsNhwcUnit, target)
-  (x, dy, c, c0, width, rows_per_period, row_begin, row_end, mean, out);
+  (x, dy, c, c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
   for (int64_t ch = 0; ch < width; ++ch) {
     if (Finite(out[ch])) continue;
     out[ch] = ExactGradSums(

@@ -14,10 +14,10 @@ GradSums GradSumsNchwUnit(int64_t target, const float* x, const float* dy, int64
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean);
 
 // NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into out[0, width);
-// mean holds c floats. rows_per_period as in StatsNhwcUnit.
+// mean holds c floats. rows_per_period and rows_at_once as in StatsNhwcUnit.
 void GradSumsNhwcUnit(int64_t target, const float* x, const float* dy, int64_t c, int64_t c0,
                       int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                      const float* mean, GradSums* out);
+                      const float* mean, int64_t rows_at_once, GradSums* out);
 
 }  // namespace bnorm
 

@@ -216,7 +216,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       StatsNhwcUnit(target, x, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
-                    unit.row_end, pivots, plan.stats_rows_at_once,
+                    unit.row_end, pivots, plan.reduce_rows_at_once,
                     partials + unit.row_unit * p.c + unit.c0);
     }
   };
@@ -398,7 +398,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       GradSumsNhwcUnit(target, x, dy, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
-                       unit.row_end, mean, partials + unit.row_unit * p.c + unit.c0);
+                       unit.row_end, mean, plan.reduce_rows_at_once,
+                       partials + unit.row_unit * p.c + unit.c0);
     }
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {

@@ -119,7 +119,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   plan.strategy = Strategy::kTwoPhase;
   plan.apply_units = rp.nhwc ? rp.row_units : rp.num_units;
   const int64_t read_bytes = p.Elements() * tensors_read * static_cast<int64_t>(sizeof(float));
-  plan.stats_rows_at_once = read_bytes > caches.llc ? 1 : 4;
+  plan.reduce_rows_at_once = read_bytes > caches.llc ? 1 : 4;
   // NCHW two-phase applies one channel's runs at a time: stream only when the
   // runs are long enough that their partial edge lines do not matter.
   plan.stream_output = ShouldStream(p, tensors_read + 1, caches) &&

@@ -108,12 +108,12 @@ struct ExecutionPlan {
   int64_t channels_per_task = 1;  // kChannelFused: channels per group
   int64_t apply_units = 0;        // kTwoPhase: units of the apply pass
   bool stream_output = false;     // non-temporal stores: see ShouldStream
-  // NHWC statistics: vector rows added per load of the per-position sums.
+  // NHWC reductions: vector rows added per load of the per-position sums.
   // Four save state traffic from cache; one row at a time keeps a single
   // read stream, which reads DRAM faster (NHWC training 32x256x56x56, a
   // 103 MB tensor, 3.1x -> 2.4x the inference time on Zen 3). Same sums in
   // the same order either way.
-  int64_t stats_rows_at_once = 4;
+  int64_t reduce_rows_at_once = 4;
   int threads = 1;                // threads worth using (small tensors use fewer)
 };
 

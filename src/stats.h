@@ -34,7 +34,7 @@ Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial
 // written to out[0, width). rows_per_period > 1 only when width == c (then
 // rows_per_period consecutive rows form one contiguous vector row).
 // rows_at_once (1 or 4): vector rows per load of the sums (a speed choice
-// only: ExecutionPlan::stats_rows_at_once).
+// only: ExecutionPlan::reduce_rows_at_once).
 void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end,
                    const float* pivots /* c floats */, int64_t rows_at_once, Moments* out);
