@@ -28,59 +28,92 @@ HWY_INLINE Moments Untrusted() {
   return Moments{0.0, std::numeric_limits<double>::quiet_NaN(), 0.0};
 }
 
+// Adds the lanes of v (float) into a double.
+template <class D>
+HWY_INLINE double SumLanes(D d, hn::Vec<D> v) {
+  HWY_ALIGN float lanes[hn::MaxLanes(D())];
+  hn::Store(v, d, lanes);
+  double total = 0.0;
+  for (size_t l = 0; l < hn::MaxLanes(D()); ++l) total += static_cast<double>(lanes[l]);
+  return total;
+}
+
+// The sums are plain locals of this function, updated only by code in its
+// body (no lambda or object holds their address), so they stay in registers
+// across runs: with short NCHW runs (7x7 images) a store and reload of the
+// sums per run would otherwise be the critical path.
 Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
                       int64_t end, float pivot) {
   const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
+  using V = hn::Vec<decltype(df)>;
   constexpr size_t N = hn::MaxLanes(df);
   constexpr size_t kAcc = 4;
-  ShiftedSumRegisters<decltype(df), kAcc> main(df);
-  ShiftedSumRegisters<decltype(df), 1> rest(df);
-  ShiftedSumRegisters<decltype(d1), 1> one(d1);
   Moments unit;
   double shifted = 0.0;
   float shift = pivot;
-  auto vshift = hn::Set(df, shift);
-  auto vshift1 = hn::Set(d1, shift);
-  // Closes the block of all three accumulators and re-centres on the mean so far.
-  const auto close = [&]() {
-    ShiftedBlock b = main.Take();
-    for (const ShiftedBlock& more : {rest.Take(), one.Take()}) {
-      b.count += more.count;
-      b.sum += more.sum;
-      b.sum_sq += more.sum_sq;
+  // The current run: image i, values [j, len) of p.
+  int64_t i = begin / spatial;
+  int64_t pos = begin;  // value index of p[0]
+  size_t len = static_cast<size_t>(std::min(spatial - begin % spatial, end - begin));
+  const float* p = x + (i * c + ch) * spatial + begin % spatial;
+  size_t j = 0;
+  bool more = true;
+  while (more) {  // one block per iteration
+    const V vshift = hn::Set(df, shift);
+    V sum[kAcc], sum_sq[kAcc];             // groups of kAcc vectors
+    V rest_sum = hn::Zero(df), rest_sq = hn::Zero(df);  // single vectors
+    float tail_sum = 0.0f, tail_sq = 0.0f;  // single values
+    for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
+    size_t steps = 0, rest_steps = 0, tail_count = 0;
+    for (;;) {
+      if (j == len) {  // next run
+        pos += static_cast<int64_t>(len);
+        if (pos == end) {
+          more = false;
+          break;
+        }
+        ++i;
+        len = static_cast<size_t>(std::min(spatial, end - pos));
+        p = x + (i * c + ch) * spatial;
+        j = 0;
+        // Runs shorter than a few pages defeat the hardware prefetcher (a
+        // new stream per image): fetch the next one while this one is summed.
+        if (pos + static_cast<int64_t>(len) < end) {
+          PrefetchRun(x + ((i + 1) * c + ch) * spatial,
+                      std::min(spatial, end - pos - static_cast<int64_t>(len)));
+        }
+      }
+      for (; j + kAcc * N <= len && steps < kBlockSteps; j += kAcc * N, ++steps) {
+        for (size_t a = 0; a < kAcc; ++a) {
+          const V e = hn::Sub(hn::LoadU(df, p + j + a * N), vshift);
+          sum[a] = hn::Add(sum[a], e);
+          sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
+        }
+      }
+      if (steps == kBlockSteps) break;
+      for (; j + N <= len; j += N, ++rest_steps) {
+        const V e = hn::Sub(hn::LoadU(df, p + j), vshift);
+        rest_sum = hn::Add(rest_sum, e);
+        rest_sq = hn::MulAdd(e, e, rest_sq);
+      }
+      for (; j < len; ++j, ++tail_count) {
+        const float e = p[j] - shift;
+        tail_sum += e;
+        tail_sq += e * e;
+      }
+      if (rest_steps >= kBlockSteps || tail_count >= kBlockSteps) break;
     }
+    // Close the block and re-centre on the mean so far.
+    for (size_t a = 0; a < kAcc; ++a) {
+      rest_sum = hn::Add(rest_sum, sum[a]);
+      rest_sq = hn::Add(rest_sq, sum_sq[a]);
+    }
+    const ShiftedBlock b{static_cast<double>((steps * kAcc + rest_steps) * N + tail_count),
+                         SumLanes(df, rest_sum) + static_cast<double>(tail_sum),
+                         SumLanes(df, rest_sq) + static_cast<double>(tail_sq)};
     CloseBlock(b, shift, unit, &shifted);
     shift = static_cast<float>(unit.mean);
-    vshift = hn::Set(df, shift);
-    vshift1 = hn::Set(d1, shift);
-  };
-  int64_t i = begin / spatial;
-  int64_t s = begin % spatial;
-  for (int64_t pos = begin; pos < end; ++i, s = 0) {
-    const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
-    // Runs shorter than a few pages defeat the hardware prefetcher (a new
-    // stream per image): fetch the next image's run while this one is summed.
-    if (pos + static_cast<int64_t>(len) < end) {
-      PrefetchRun(x + ((i + 1) * c + ch) * spatial,
-                  std::min(spatial, end - pos - static_cast<int64_t>(len)));
-    }
-    const float* p = x + (i * c + ch) * spatial + s;
-    size_t j = 0;
-    for (size_t groups = len / (kAcc * N); groups != 0;) {
-      const size_t steps = std::min(groups, kBlockSteps - main.steps());
-      main.Add(p + j, steps, vshift);
-      j += steps * kAcc * N;
-      groups -= steps;
-      if (main.steps() == kBlockSteps) close();
-    }
-    for (; j + N <= len; j += N) rest.Add(p + j, 1, vshift);
-    for (; j < len; ++j) one.Add(p + j, 1, vshift1);
-    // Short runs feed `rest` and `one` only: bound their blocks too.
-    if (HWY_UNLIKELY(rest.steps() >= kBlockSteps || one.steps() >= kBlockSteps)) close();
-    pos += static_cast<int64_t>(len);
   }
-  close();
   return ShiftTrusted(shifted, unit) ? unit : Untrusted();
 }
 
@@ -245,10 +278,11 @@ void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_
     }
     return;
   }
-  for (int64_t ch = c0; ch < c1; ++ch) {
+  for (int64_t ch = c0; ch < c1; ++ch) {  // run by run (no division per value)
     double sum = 0.0;
-    for (int64_t v = 0; v < count; ++v) {
-      sum += static_cast<double>(x[((v / spatial) * c + ch) * spatial + v % spatial]);
+    for (int64_t i = 0, v = 0; v < count; ++i) {
+      const float* run = x + (i * c + ch) * spatial;
+      for (int64_t s = 0; s < spatial && v < count; ++s, ++v) sum += static_cast<double>(run[s]);
     }
     pivots[ch] = static_cast<float>(sum / n);
   }
