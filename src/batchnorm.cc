@@ -287,7 +287,7 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
   float* consts = ScratchAt<float>(lease, consts_at);
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
-  const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes());
+  const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes().llc);
 
   ParallelFor(
       ctx, p.c, kChannelsPerChunk,
@@ -376,14 +376,14 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     ParallelFor(
         ctx, p.c, kChannelsPerChunk,
         [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, nullptr); }, single);
+    const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes().llc);  // dy, dx
     ParallelFor(
         ctx, p.Elements(), ep.task_elems,
         [&](int64_t begin, int64_t end) {
           if (p.nhwc) {
-            GradApplyNhwc(target, nullptr, dy, dx, ep.period, begin, end, grad, plan.stream_output);
+            GradApplyNhwc(target, nullptr, dy, dx, ep.period, begin, end, grad, stream);
           } else {
-            GradApplyNchw(target, nullptr, dy, dx, p.c, p.spatial, begin, end, grad,
-                          plan.stream_output);
+            GradApplyNchw(target, nullptr, dy, dx, p.c, p.spatial, begin, end, grad, stream);
           }
         },
         single);

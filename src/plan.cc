@@ -87,13 +87,13 @@ int UsefulThreads(int64_t elements, int threads) {
   return static_cast<int>(std::min<int64_t>(threads, useful));
 }
 
-bool ShouldStream(const Problem& p, int tensors, const CacheSizes& caches) {
+bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes) {
   // NCHW kernels over flat ranges store whole vectors across channel
   // boundaries once a run holds a vector (see StoreChannelRuns).
   const bool whole_lines = p.nhwc || p.spatial >= kMaxLanes;
   // The output cannot stay cached once the call's tensors together overflow
   // the LLC: writing it around the caches saves the read-for-ownership.
-  return whole_lines && p.Elements() * tensors * static_cast<int64_t>(sizeof(float)) > caches.llc;
+  return whole_lines && p.Elements() * tensors * static_cast<int64_t>(sizeof(float)) > cache_bytes;
 }
 
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
@@ -113,7 +113,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
     const int64_t by_balance = std::max<int64_t>(1, p.c / (4 * int64_t{plan.threads}));
     const int64_t by_overhead = CeilDiv(kMinTaskElems, p.Values());
     plan.channels_per_task = std::min(by_cache, std::max(by_balance, by_overhead));
-    plan.stream_output = ShouldStream(p, tensors_read + 1, caches);
+    plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc / 2);
     return plan;
   }
   plan.strategy = Strategy::kTwoPhase;
@@ -122,7 +122,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   plan.reduce_rows_at_once = read_bytes > caches.llc ? 1 : 4;
   // NCHW two-phase applies one channel's runs at a time: stream only when the
   // runs are long enough that their partial edge lines do not matter.
-  plan.stream_output = ShouldStream(p, tensors_read + 1, caches) &&
+  plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc / 2) &&
                        (p.nhwc || p.spatial * static_cast<int64_t>(sizeof(float)) >= 4096);
   return plan;
 }

@@ -133,9 +133,12 @@ constexpr int64_t kMinTaskElems = int64_t{1} << 14;
 // Threads worth using for `elements` floats of elementwise work.
 int UsefulThreads(int64_t elements, int threads);
 // True when the output should bypass the caches: the call's `tensors` (inputs
-// and output) together overflow the LLC, and the output is written in runs
-// long enough for whole-line non-temporal stores.
-bool ShouldStream(const Problem& p, int tensors, const CacheSizes& caches);
+// and output) together overflow `cache_bytes`, and the output is written in
+// runs long enough for whole-line non-temporal stores. Elementwise passes
+// compare with the LLC; reduce-then-apply passes with half of it, since
+// their inputs must stay cached between the passes (measured on Zen 3:
+// training 4096x1024 1.55 -> 1.2-1.3 ms, 32x2048x7x7 0.89 -> 0.82 ms).
+bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes);
 
 }  // namespace bnorm
 
