@@ -21,6 +21,7 @@
 
 #include "hwy/cache_control.h"
 
+#include "convert-inl.h"
 #include "hwy/highway.h"
 #include "moments.h"
 
@@ -29,13 +30,13 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Prefetches the cache lines of floats [p, p + count), at most kMaxPrefetch
-// bytes (longer runs are caught by the hardware prefetcher).
-HWY_INLINE void PrefetchRun(const float* p, int64_t count) {
+// Prefetches the cache lines of `count` elements of `elem_bytes` bytes at p,
+// at most kMaxPrefetch bytes (longer runs are caught by the hardware
+// prefetcher).
+HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
   constexpr int64_t kMaxPrefetch = 4096;
-  const int64_t bytes =
-      std::min<int64_t>(count * static_cast<int64_t>(sizeof(float)), kMaxPrefetch);
-  const char* bp = reinterpret_cast<const char*>(p);
+  const int64_t bytes = std::min<int64_t>(count * elem_bytes, kMaxPrefetch);
+  const char* bp = static_cast<const char*>(p);
   for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(bp + b);
 }
 
@@ -161,8 +162,9 @@ class GradSumRegisters {
   // Adds `steps` groups of kAcc vectors of x and dy (unaligned), folding
   // every kBlockSteps steps; sums in locals during the loop (see
   // ShiftedSumRegisters::Add).
-  HWY_INLINE void Add(const float* HWY_RESTRICT x, const float* HWY_RESTRICT dy, size_t steps,
-                      V mean) {
+  template <DType kT>
+  HWY_INLINE void Add(const Elem<kT>* HWY_RESTRICT x, const Elem<kT>* HWY_RESTRICT dy,
+                      size_t steps, V mean) {
     while (steps != 0) {
       const size_t take = std::min(steps, kBlockSteps - steps_);
       V s_dy[kAcc];
@@ -173,8 +175,8 @@ class GradSumRegisters {
       }
       for (size_t k = 0; k < take; ++k, x += kAcc * kLanes, dy += kAcc * kLanes) {
         for (size_t a = 0; a < kAcc; ++a) {
-          const V g = hn::LoadU(d_, dy + a * kLanes);
-          const V xmu = hn::Sub(hn::LoadU(d_, x + a * kLanes), mean);
+          const V g = LoadF32<kT>(d_, dy + a * kLanes);
+          const V xmu = hn::Sub(LoadF32<kT>(d_, x + a * kLanes), mean);
           s_dy[a] = hn::Add(s_dy[a], g);
           s_xmu[a] = hn::MulAdd(g, xmu, s_xmu[a]);
         }

@@ -56,6 +56,7 @@ bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t) {
     return BNORM_ERR_BAD_ARGUMENT;
   }
   t->problem = Canonicalize(n, c, spatial, layout == BNORM_LAYOUT_NHWC);
+  t->problem.dtype = static_cast<DType>(dtype);
   t->dtype = dtype;
   t->bytes = static_cast<size_t>(elements) * (dtype == BNORM_DTYPE_F32 ? 4 : 2);
   t->channel_bytes = static_cast<size_t>(channel_bytes);
@@ -188,7 +189,6 @@ bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bnorm_tensor
   if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
   if (!bnorm::ValidEps(eps) || !bnorm::ValidMomentum(momentum)) return BNORM_ERR_BAD_ARGUMENT;
   if (x == nullptr || y == nullptr) return BNORM_ERR_NULL_POINTER;
-  if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
   if (t.problem.Values() < 2) return BNORM_ERR_TOO_FEW_VALUES;
   const size_t cb = t.channel_bytes;
   const Region regions[] = {
@@ -198,8 +198,7 @@ bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bnorm_tensor
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
-    return bnorm::ForwardTraining(ctx, t.problem, static_cast<const float*>(x),
-                                  static_cast<float*>(y), gamma, beta, eps, momentum, running_mean,
+    return bnorm::ForwardTraining(ctx, t.problem, x, y, gamma, beta, eps, momentum, running_mean,
                                   running_var, save_mean, save_invstd);
   });
 }
@@ -213,7 +212,6 @@ bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tenso
   if (x == nullptr || y == nullptr || mean == nullptr || var == nullptr) {
     return BNORM_ERR_NULL_POINTER;
   }
-  if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
   const size_t cb = t.channel_bytes;
   const Region regions[] = {
       {x, t.bytes, false, -1}, {y, t.bytes, true, 0}, {gamma, cb, false, -1},
@@ -221,8 +219,7 @@ bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tenso
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
-    return bnorm::ForwardInference(ctx, t.problem, static_cast<const float*>(x),
-                                   static_cast<float*>(y), gamma, beta, mean, var, eps);
+    return bnorm::ForwardInference(ctx, t.problem, x, y, gamma, beta, mean, var, eps);
   });
 }
 
@@ -236,7 +233,6 @@ bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* de
   if (x == nullptr || dy == nullptr || mean == nullptr || invstd == nullptr) {
     return BNORM_ERR_NULL_POINTER;
   }
-  if (t.dtype != BNORM_DTYPE_F32) return BNORM_ERR_UNSUPPORTED;
   const size_t cb = t.channel_bytes;
   const Region regions[] = {
       {x, t.bytes, false, -1}, {dy, t.bytes, false, -1}, {dx, t.bytes, true, 1},
@@ -245,9 +241,8 @@ bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* de
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
-    return bnorm::Backward(ctx, t.problem, frozen, static_cast<const float*>(x),
-                           static_cast<const float*>(dy), static_cast<float*>(dx), gamma, mean,
-                           invstd, dgamma, dbeta);
+    return bnorm::Backward(ctx, t.problem, frozen, x, dy, dx, gamma, mean, invstd, dgamma,
+                           dbeta);
   });
 }
 

@@ -21,8 +21,9 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-GradSums GradSumsNchwUnit(const float* x, const float* dy, int64_t c, int64_t spatial, int64_t ch,
-                          int64_t begin, int64_t end, float mean) {
+template <DType kT>
+GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int64_t spatial,
+                           int64_t ch, int64_t begin, int64_t end, float mean) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
@@ -40,17 +41,17 @@ GradSums GradSumsNchwUnit(const float* x, const float* dy, int64_t c, int64_t sp
     if (pos + static_cast<int64_t>(len) < end) {  // next image's run (see StatsNchwUnit)
       const int64_t next = ((i + 1) * c + ch) * spatial;
       const int64_t count = std::min(spatial, end - pos - static_cast<int64_t>(len));
-      PrefetchRun(x + next, count);
-      PrefetchRun(dy + next, count);
+      PrefetchRun(x + next, count, sizeof(Elem<kT>));
+      PrefetchRun(dy + next, count, sizeof(Elem<kT>));
     }
-    const float* xs = x + offset;
-    const float* gs = dy + offset;
+    const Elem<kT>* xs = x + offset;
+    const Elem<kT>* gs = dy + offset;
     size_t j = 0;
     const size_t groups = len / (kAcc * N);
-    main.Add(xs, gs, groups, vmean);
+    main.template Add<kT>(xs, gs, groups, vmean);
     j = groups * kAcc * N;
-    for (; j + N <= len; j += N) rest.Add(xs + j, gs + j, 1, vmean);
-    for (; j < len; ++j) one.Add(xs + j, gs + j, 1, vmean1);
+    for (; j + N <= len; j += N) rest.template Add<kT>(xs + j, gs + j, 1, vmean);
+    for (; j < len; ++j) one.template Add<kT>(xs + j, gs + j, 1, vmean1);
     pos += static_cast<int64_t>(len);
   }
   GradSums sums;
@@ -60,9 +61,10 @@ GradSums GradSumsNchwUnit(const float* x, const float* dy, int64_t c, int64_t sp
   return sums;
 }
 
-void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, int64_t width,
-                      int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                      const float* mean, int64_t rows_at_once, GradSums* out) {
+template <DType kT>
+void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int64_t c0,
+                       int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
+                       const float* mean, int64_t rows_at_once, GradSums* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
@@ -91,16 +93,16 @@ void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, in
   // `rows` consecutive vector rows (stride floats apart) per load of the sums.
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   const auto add_rows = [&](int64_t r0, size_t rows) HWY_ATTR {
-    const float* xr = x + r0 * c + c0;
-    const float* gr = dy + r0 * c + c0;
+    const Elem<kT>* xr = x + r0 * c + c0;
+    const Elem<kT>* gr = dy + r0 * c + c0;
     const auto body = [&](auto d, size_t p, auto load, auto store) HWY_ATTR {
       const auto mu = load(d, pmean + p);
       auto s_dy = load(d, sum_dy + p);
       auto s_xmu = load(d, sum_dy_xmu + p);
       for (size_t k = 0; k < rows; ++k) {
-        const auto g = hn::LoadU(d, gr + k * stride + p);
+        const auto g = LoadF32<kT>(d, gr + k * stride + p);
         s_dy = hn::Add(s_dy, g);
-        s_xmu = hn::MulAdd(g, hn::Sub(hn::LoadU(d, xr + k * stride + p), mu), s_xmu);
+        s_xmu = hn::MulAdd(g, hn::Sub(LoadF32<kT>(d, xr + k * stride + p), mu), s_xmu);
       }
       store(s_dy, d, sum_dy + p);
       store(s_xmu, d, sum_dy_xmu + p);
@@ -139,11 +141,33 @@ void GradSumsNhwcUnit(const float* x, const float* dy, int64_t c, int64_t c0, in
   for (; r < row_end; ++r) {
     for (int64_t ch = 0; ch < width; ++ch) {
       const int64_t e = r * c + c0 + ch;
-      const float xmu = x[e] - pmean[ch];
-      out[ch].sum_dy += static_cast<double>(dy[e]);
-      out[ch].sum_dy_xmu += static_cast<double>(dy[e]) * static_cast<double>(xmu);
+      const float g = ScalarF32<kT>(dy[e]);
+      const float xmu = ScalarF32<kT>(x[e]) - pmean[ch];
+      out[ch].sum_dy += static_cast<double>(g);
+      out[ch].sum_dy_xmu += static_cast<double>(g) * static_cast<double>(xmu);
     }
   }
+}
+
+GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, int64_t c, int64_t spatial,
+                          int64_t ch, int64_t begin, int64_t end, float mean) {
+  GradSums g;
+  ForDType(dtype, [&](auto t) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    g = GradSumsNchwUnitT<kT>(static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy),
+                              c, spatial, ch, begin, end, mean);
+  });
+  return g;
+}
+
+void GradSumsNhwcUnit(DType dtype, const void* x, const void* dy, int64_t c, int64_t c0,
+                      int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
+                      const float* mean, int64_t rows_at_once, GradSums* out) {
+  ForDType(dtype, [&](auto t) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    GradSumsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy), c,
+                          c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
+  });
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -181,35 +205,35 @@ bool Finite(const GradSums& g) { return std::isfinite(g.sum_dy) && std::isfinite
 HWY_EXPORT(GradSumsNchwUnit);
 HWY_EXPORT(GradSumsNhwcUnit);
 
-GradSums GradSumsNchwUnit(int64_t target, const float* x, const float* dy, int64_t c,
+GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
   const GradSums g =
-      BNORM_DISPATCH(GradSumsNchwUnit, target)(x, dy, c, spatial, ch, begin, end, mean);
+      BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, c, spatial, ch, begin, end, mean);
   if (Finite(g)) return g;
   return ExactGradSums(
       end - begin,
       [&](int64_t k, double* xv, double* gv) {
         const int64_t v = begin + k;
         const int64_t e = ((v / spatial) * c + ch) * spatial + v % spatial;
-        *xv = static_cast<double>(x[e]);
-        *gv = static_cast<double>(dy[e]);
+        *xv = static_cast<double>(LoadAsFloat(x, e, dtype));
+        *gv = static_cast<double>(LoadAsFloat(dy, e, dtype));
       },
       mean);
 }
 
-void GradSumsNhwcUnit(int64_t target, const float* x, const float* dy, int64_t c, int64_t c0,
-                      int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                      const float* mean, int64_t rows_at_once, GradSums* out) {
+void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, int64_t c,
+                      int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
+                      int64_t row_end, const float* mean, int64_t rows_at_once, GradSums* out) {
   BNORM_DISPATCH(GradSumsNhwcUnit, target)
-  (x, dy, c, c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
+  (dtype, x, dy, c, c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
   for (int64_t ch = 0; ch < width; ++ch) {
     if (Finite(out[ch])) continue;
     out[ch] = ExactGradSums(
         row_end - row_begin,
         [&](int64_t k, double* xv, double* gv) {
           const int64_t e = (row_begin + k) * c + c0 + ch;
-          *xv = static_cast<double>(x[e]);
-          *gv = static_cast<double>(dy[e]);
+          *xv = static_cast<double>(LoadAsFloat(x, e, dtype));
+          *gv = static_cast<double>(LoadAsFloat(dy, e, dtype));
         },
         mean[c0 + ch]);
   }

@@ -180,7 +180,7 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
 
 }  // namespace
 
-bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const float* x, float* y,
+bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
                              const float* gamma, const float* beta, float eps, float momentum,
                              float* running_mean, float* running_var, float* save_mean,
                              float* save_invstd) {
@@ -206,16 +206,17 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
   const double m = static_cast<double>(p.Values());
 
   const auto prepare = [&](int64_t c0, int64_t c1) {
-    ChannelPivots(x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
+    ChannelPivots(p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
   };
   const auto reduce = [&](int64_t u) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
       partials[u] =
-          StatsNchwUnit(target, x, p.c, p.spatial, unit.ch, unit.begin, unit.end, pivots[unit.ch]);
+          StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin, unit.end,
+                        pivots[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
-      StatsNhwcUnit(target, x, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
+      StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
                     unit.row_end, pivots, plan.reduce_rows_at_once,
                     partials + unit.row_unit * p.c + unit.c0);
     }
@@ -253,20 +254,20 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
   const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
     for (int64_t i = 0; i < p.n; ++i) {
       Lookahead ahead;
-      ahead.input[0] = x + (i * p.c + c1) * p.spatial;
-      ahead.floats = (c2 - c1) * p.spatial;
-      NormalizeNchw(target, x, y, p.c, p.spatial, (i * p.c + c0) * p.spatial,
+      ahead.input[0] = At(x, (i * p.c + c1) * p.spatial, p.dtype);
+      ahead.elems = (c2 - c1) * p.spatial;
+      NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, (i * p.c + c0) * p.spatial,
                     (i * p.c + c1) * p.spatial, affine, plan.stream_output, ahead);
     }
   };
   const auto apply_unit = [&](int64_t a) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, a);
-      NormalizeNchwChannel(target, x, y, p.c, p.spatial, unit.ch, unit.begin, unit.end, affine,
+      NormalizeNchwChannel(target, p.dtype, x, y, p.c, p.spatial, unit.ch, unit.begin, unit.end, affine,
                            plan.stream_output);
     } else {
       const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
-      NormalizeNhwc(target, x, y, ep.period, r0 * p.c, r1 * p.c, affine, plan.stream_output);
+      NormalizeNhwc(target, p.dtype, x, y, ep.period, r0 * p.c, r1 * p.c, affine, plan.stream_output);
     }
   };
   RunReduceApply(ctx, p, rp, plan, /*apply=*/true, prepare, reduce, finalize, apply_group,
@@ -274,7 +275,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const f
   return BNORM_OK;
 }
 
-bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const float* x, float* y,
+bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
                               const float* gamma, const float* beta, const float* mean,
                               const float* var, float eps) {
   const int64_t target = ActiveTargetBit();
@@ -320,17 +321,17 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
       ctx, p.Elements(), ep.task_elems,
       [&](int64_t begin, int64_t end) {
         if (p.nhwc) {
-          NormalizeNhwc(target, x, y, ep.period, begin, end, affine, stream);
+          NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream);
         } else {
-          NormalizeNchw(target, x, y, p.c, p.spatial, begin, end, affine, stream);
+          NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream);
         }
       },
       single);
   return BNORM_OK;
 }
 
-bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, const float* x,
-                      const float* dy, float* dx, const float* gamma, const float* mean,
+bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, const void* x,
+                      const void* dy, void* dx, const float* gamma, const float* mean,
                       const float* invstd, float* dgamma, float* dbeta) {
   const bool need_sums = dgamma != nullptr || dbeta != nullptr || (dx != nullptr && !frozen);
   if (!need_sums && dx == nullptr) return BNORM_OK;
@@ -352,7 +353,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   float* consts = ScratchAt<float>(lease, consts_at);
   const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
   const double m = static_cast<double>(p.Values());
-  const float* x_apply = frozen ? nullptr : x;  // the frozen dx does not read x
+  const void* x_apply = frozen ? nullptr : x;  // the frozen dx does not read x
 
   // Per-channel outputs and the apply constants of channels [c0, c1).
   const auto finalize_with = [&](int64_t c0, int64_t c1, const GradSums* sums) {
@@ -381,9 +382,9 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
         ctx, p.Elements(), ep.task_elems,
         [&](int64_t begin, int64_t end) {
           if (p.nhwc) {
-            GradApplyNhwc(target, nullptr, dy, dx, ep.period, begin, end, grad, stream);
+            GradApplyNhwc(target, p.dtype, nullptr, dy, dx, ep.period, begin, end, grad, stream);
           } else {
-            GradApplyNchw(target, nullptr, dy, dx, p.c, p.spatial, begin, end, grad, stream);
+            GradApplyNchw(target, p.dtype, nullptr, dy, dx, p.c, p.spatial, begin, end, grad, stream);
           }
         },
         single);
@@ -393,11 +394,11 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const auto reduce = [&](int64_t u) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] = GradSumsNchwUnit(target, x, dy, p.c, p.spatial, unit.ch, unit.begin, unit.end,
+      partials[u] = GradSumsNchwUnit(target, p.dtype, x, dy, p.c, p.spatial, unit.ch, unit.begin, unit.end,
                                      mean[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
-      GradSumsNhwcUnit(target, x, dy, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
+      GradSumsNhwcUnit(target, p.dtype, x, dy, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
                        unit.row_end, mean, plan.reduce_rows_at_once,
                        partials + unit.row_unit * p.c + unit.c0);
     }
@@ -410,21 +411,21 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     for (int64_t i = 0; i < p.n; ++i) {
       const int64_t next = (i * p.c + c1) * p.spatial;
       Lookahead ahead;
-      ahead.input[0] = dy + next;
-      ahead.input[1] = x_apply != nullptr ? x + next : nullptr;
-      ahead.floats = (c2 - c1) * p.spatial;
-      GradApplyNchw(target, x_apply, dy, dx, p.c, p.spatial, (i * p.c + c0) * p.spatial,
+      ahead.input[0] = At(dy, next, p.dtype);
+      ahead.input[1] = x_apply != nullptr ? At(x, next, p.dtype) : nullptr;
+      ahead.elems = (c2 - c1) * p.spatial;
+      GradApplyNchw(target, p.dtype, x_apply, dy, dx, p.c, p.spatial, (i * p.c + c0) * p.spatial,
                     (i * p.c + c1) * p.spatial, grad, plan.stream_output, ahead);
     }
   };
   const auto apply_unit = [&](int64_t a) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, a);
-      GradApplyNchwChannel(target, x_apply, dy, dx, p.c, p.spatial, unit.ch, unit.begin, unit.end,
+      GradApplyNchwChannel(target, p.dtype, x_apply, dy, dx, p.c, p.spatial, unit.ch, unit.begin, unit.end,
                            grad, plan.stream_output);
     } else {
       const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
-      GradApplyNhwc(target, x_apply, dy, dx, ep.period, r0 * p.c, r1 * p.c, grad,
+      GradApplyNhwc(target, p.dtype, x_apply, dy, dx, ep.period, r0 * p.c, r1 * p.c, grad,
                     plan.stream_output);
     }
   };

@@ -2,6 +2,7 @@
 // units, a per-channel finalize, an elementwise pass) run on the context's
 // threads. Arguments are already validated by api.cc; the only failure left is
 // running out of scratch memory, which happens before any output is written.
+// Tensors hold elements of p.dtype.
 #ifndef BNORM_SRC_BATCHNORM_H_
 #define BNORM_SRC_BATCHNORM_H_
 
@@ -10,19 +11,19 @@
 
 namespace bnorm {
 
-bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const float* x, float* y,
+bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
                              const float* gamma, const float* beta, float eps, float momentum,
                              float* running_mean, float* running_var, float* save_mean,
                              float* save_invstd);
 
-bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const float* x, float* y,
+bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
                               const float* gamma, const float* beta, const float* mean,
                               const float* var, float eps);
 
 // frozen: mean/invstd are constants (dx = dy*gamma*invstd); otherwise the
 // training-mode gradient through the batch statistics.
-bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, const float* x,
-                      const float* dy, float* dx, const float* gamma, const float* mean,
+bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, const void* x,
+                      const void* dy, void* dx, const float* gamma, const float* mean,
                       const float* invstd, float* dgamma, float* dbeta);
 
 }  // namespace bnorm

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 
+#include "convert-inl.h"
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "lookahead.h"
@@ -25,24 +26,33 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Stores value(d, j) to out + j for j in [0, len), where value is called with
-// a full-vector tag or a one-lane tag. out may alias the inputs value reads,
-// provided value(d, j) reads only index j onward of them.
-template <bool kStream, class Value>
-HWY_INLINE void StoreSpan(float* out, size_t len, const Value& value) {
+// Elements of out before the first one at which a vector of N lanes of type
+// T (N * sizeof(T) bytes) can be streamed, at most len.
+template <typename T>
+HWY_INLINE size_t PeelToAlignment(const T* out, size_t N, size_t len) {
+  const size_t misalign = (reinterpret_cast<uintptr_t>(out) / sizeof(T)) % N;
+  return misalign == 0 ? 0 : (N - misalign < len ? N - misalign : len);
+}
+
+// Stores value(d, j) (f32 lanes) as elements of type kT to out + j for j in
+// [0, len), where value is called with a full-vector tag or a one-lane tag.
+// out may alias the inputs value reads, provided value(d, j) reads only
+// index j onward of them.
+template <DType kT, bool kStream, class Value>
+HWY_INLINE void StoreSpan(Elem<kT>* out, size_t len, const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
   size_t j = 0;
   if (kStream) {
-    const size_t misalign = (reinterpret_cast<uintptr_t>(out) / sizeof(float)) % N;
-    const size_t peel = misalign == 0 ? 0 : (N - misalign < len ? N - misalign : len);
-    for (; j < peel; ++j) hn::StoreU(value(d1, j), d1, out + j);
-    for (; j + N <= len; j += N) hn::Stream(value(df, j), df, out + j);
+    for (const size_t peel = PeelToAlignment(out, N, len); j < peel; ++j) {
+      StoreF32<kT, false>(d1, value(d1, j), out + j);
+    }
+    for (; j + N <= len; j += N) StoreF32<kT, true>(df, value(df, j), out + j);
   } else {
-    for (; j + N <= len; j += N) hn::StoreU(value(df, j), df, out + j);
+    for (; j + N <= len; j += N) StoreF32<kT, false>(df, value(df, j), out + j);
   }
-  for (; j < len; ++j) hn::StoreU(value(d1, j), d1, out + j);
+  for (; j < len; ++j) StoreF32<kT, false>(d1, value(d1, j), out + j);
 }
 
 // Stores value(d, i, constants(d, q)) to out + i for i in [0, len), where
@@ -52,22 +62,17 @@ HWY_INLINE void StoreSpan(float* out, size_t len, const Value& value) {
 // crosses the end of the period; this keeps every vector store aligned and
 // whole whatever the period (NHWC rows of any width). Where the period is a
 // whole number of vectors, four rows are done per load of the constants.
-template <bool kStream, class Constants, class Value>
-HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
+template <DType kT, bool kStream, class Constants, class Value>
+HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t period,
                               const Constants& constants, const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
-  const auto store = [&](auto v, float* p) HWY_ATTR {
-    if (kStream) {
-      hn::Stream(v, df, p);
-    } else {
-      hn::StoreU(v, df, p);
-    }
-  };
+  const auto store = [&](auto v, Elem<kT>* p) HWY_ATTR { StoreF32<kT, kStream>(df, v, p); };
   size_t i = 0;
   size_t q = q0;
-  const bool rows_aligned = !kStream || reinterpret_cast<uintptr_t>(out) % (N * sizeof(float)) == 0;
+  const bool rows_aligned =
+      !kStream || reinterpret_cast<uintptr_t>(out) % (N * sizeof(Elem<kT>)) == 0;
   // Rows a multiple of 4 KiB long map four rows of x (and of y) to the same
   // L1 set: one row at a time is faster there (C = 1024: 19.5 -> 14.4 us for
   // 64 rows from L2; C = 2048: no difference).
@@ -95,10 +100,8 @@ HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
     if (q >= period) q -= period;
   };
   if (kStream) {
-    const size_t misalign = (reinterpret_cast<uintptr_t>(out + i) / sizeof(float)) % N;
-    const size_t peel = misalign == 0 ? 0 : (N - misalign < len - i ? N - misalign : len - i);
-    for (const size_t peel_end = i + peel; i < peel_end;) {
-      hn::StoreU(value(d1, i, constants(d1, q)), d1, out + i);
+    for (const size_t peel_end = i + PeelToAlignment(out + i, N, len - i); i < peel_end;) {
+      StoreF32<kT, false>(d1, value(d1, i, constants(d1, q)), out + i);
       advance(1);
     }
   }
@@ -107,7 +110,7 @@ HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
     advance(N);
   }
   while (i < len) {
-    hn::StoreU(value(d1, i, constants(d1, q)), d1, out + i);
+    StoreF32<kT, false>(d1, value(d1, i, constants(d1, q)), out + i);
     advance(1);
   }
 }
@@ -121,10 +124,10 @@ HWY_INLINE void StorePeriodic(float* out, size_t len, size_t q0, size_t period,
 // non-temporal stores with kStream). Needs spatial >= the lanes (at most one
 // boundary per vector). One line of each `ahead` input is prefetched into L2
 // per line of output (lookahead.h).
-template <bool kStream, class Constants, class Value>
-HWY_INLINE void StoreChannelRuns(float* out, int64_t begin, int64_t end, int64_t c, int64_t spatial,
-                                 const Lookahead& ahead, const Constants& constants,
-                                 const Value& value) {
+template <DType kT, bool kStream, class Constants, class Value>
+HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int64_t c,
+                                 int64_t spatial, const Lookahead& ahead,
+                                 const Constants& constants, const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(df));
@@ -134,8 +137,8 @@ HWY_INLINE void StoreChannelRuns(float* out, int64_t begin, int64_t end, int64_t
   int64_t ch = (begin / spatial) % c;        // channel of element e
   int64_t left = spatial - begin % spatial;  // elements of e's run from e on
   int64_t e = begin;
-  const auto store_one = [&]() {
-    hn::StoreU(value(d1, e, constants(d1, ch)), d1, out + (e - begin));
+  const auto store_one = [&]() HWY_ATTR {
+    StoreF32<kT, false>(d1, value(d1, e, constants(d1, ch)), out + (e - begin));
     ++e;
     if (--left == 0) {
       ch = next_channel(ch);
@@ -143,21 +146,21 @@ HWY_INLINE void StoreChannelRuns(float* out, int64_t begin, int64_t end, int64_t
     }
   };
   if (kStream) {
-    const int64_t misalign = static_cast<int64_t>(
-        (reinterpret_cast<uintptr_t>(out) / sizeof(float)) % static_cast<size_t>(N));
-    const int64_t peel_end = begin + (misalign == 0 ? 0 : std::min(N - misalign, end - begin));
+    const int64_t peel_end =
+        begin + static_cast<int64_t>(PeelToAlignment(out, static_cast<size_t>(N),
+                                                     static_cast<size_t>(end - begin)));
     while (e < peel_end) store_one();
   }
-  constexpr int64_t kLineFloats = 64 / sizeof(float);
-  const char* ahead0 = reinterpret_cast<const char*>(ahead.input[0]);
-  const char* ahead1 = reinterpret_cast<const char*>(ahead.input[1]);
-  int64_t ahead_left = ahead.input[0] != nullptr ? ahead.floats : 0;  // floats not yet fetched
-  int64_t line_left = 0;  // output floats until the next prefetch
+  constexpr int64_t kLineElems = 64 / sizeof(Elem<kT>);
+  const char* ahead0 = static_cast<const char*>(ahead.input[0]);
+  const char* ahead1 = static_cast<const char*>(ahead.input[1]);
+  int64_t ahead_left = ahead.input[0] != nullptr ? ahead.elems : 0;  // not yet fetched
+  int64_t line_left = 0;  // output elements until the next prefetch
   auto k = constants(df, ch);
   while (e + N <= end) {
     if (ahead_left > 0 && (line_left -= N) <= 0) {
-      line_left += kLineFloats;
-      ahead_left -= kLineFloats;
+      line_left += kLineElems;
+      ahead_left -= kLineElems;
       __builtin_prefetch(ahead0, 0, 2);
       ahead0 += 64;
       if (ahead1 != nullptr) {
@@ -176,11 +179,7 @@ HWY_INLINE void StoreChannelRuns(float* out, int64_t begin, int64_t end, int64_t
       left += spatial - N;
       k = next;
     }
-    if (kStream) {
-      hn::Stream(v, df, out + (e - begin));
-    } else {
-      hn::StoreU(v, df, out + (e - begin));
-    }
+    StoreF32<kT, kStream>(df, v, out + (e - begin));
     e += N;
   }
   while (e < end) store_one();

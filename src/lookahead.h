@@ -11,11 +11,12 @@
 
 namespace bnorm {
 
-// Up to two input ranges of `floats` floats each (x; or x and dy), one cache
-// line of each prefetched per line of output written. Default: nothing.
+// Up to two input ranges of `elems` elements each (x; or x and dy; of the
+// output's type), one cache line of each prefetched per line of output
+// written. Default: nothing.
 struct Lookahead {
-  const float* input[2] = {nullptr, nullptr};
-  int64_t floats = 0;
+  const void* input[2] = {nullptr, nullptr};
+  int64_t elems = 0;
 };
 
 }  // namespace bnorm

@@ -11,6 +11,7 @@
 #define HWY_TARGET_INCLUDE "normalize.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
+#include "convert-inl.h"
 #include "elementwise-inl.h"
 #include "hwy/highway.h"
 
@@ -20,9 +21,9 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // y = (x - mean) * scale + shift for one lane group with given constants.
-template <class D, class V>
-HWY_INLINE V Normalized(D d, const float* x, V mean, V scale, V shift) {
-  return hn::MulAdd(hn::Sub(hn::LoadU(d, x), mean), scale, shift);
+template <DType kT, class D, class V>
+HWY_INLINE V Normalized(D d, const Elem<kT>* x, V mean, V scale, V shift) {
+  return hn::MulAdd(hn::Sub(LoadF32<kT>(d, x), mean), scale, shift);
 }
 
 // The constants of one channel, broadcast.
@@ -33,26 +34,26 @@ struct ChannelVectors {
 
 // One contiguous run with the constants of one channel. x and y may be the
 // same buffer: no HWY_RESTRICT on them.
-template <bool kStream>
-HWY_INLINE void NormalizeRun(const float* x, float* y, size_t len, float mean, float scale,
+template <DType kT, bool kStream>
+HWY_INLINE void NormalizeRun(const Elem<kT>* x, Elem<kT>* y, size_t len, float mean, float scale,
                              float shift) {
-  StoreSpan<kStream>(y, len, [&](auto d, size_t j) HWY_ATTR {
-    return Normalized(d, x + j, hn::Set(d, mean), hn::Set(d, scale), hn::Set(d, shift));
+  StoreSpan<kT, kStream>(y, len, [&](auto d, size_t j) HWY_ATTR {
+    return Normalized<kT>(d, x + j, hn::Set(d, mean), hn::Set(d, scale), hn::Set(d, shift));
   });
 }
 
-template <bool kStream>
-void NormalizeNchwT(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin,
+template <DType kT, bool kStream>
+void NormalizeNchwT(const Elem<kT>* x, Elem<kT>* y, int64_t c, int64_t spatial, int64_t begin,
                     int64_t end, const AffineConstants& k, const Lookahead& ahead) {
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
-    StoreChannelRuns<kStream>(
+    StoreChannelRuns<kT, kStream>(
         y + begin, begin, end, c, spatial, ahead,
         [&](auto d, int64_t ch) HWY_ATTR {
           return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
                                              hn::Set(d, k.shift[ch])};
         },
         [&](auto d, int64_t e, const auto& kv)
-            HWY_ATTR { return Normalized(d, x + e, kv.mean, kv.scale, kv.shift); });
+            HWY_ATTR { return Normalized<kT>(d, x + e, kv.mean, kv.scale, kv.shift); });
     return;
   }
   // Runs shorter than a vector: one run at a time, through the caches.
@@ -61,31 +62,31 @@ void NormalizeNchwT(const float* x, float* y, int64_t c, int64_t spatial, int64_
   for (int64_t pos = begin; pos < end; ++segment, s = 0) {
     const int64_t ch = segment % c;
     const int64_t len = std::min(spatial - s, end - pos);
-    NormalizeRun<false>(x + pos, y + pos, static_cast<size_t>(len), k.mean[ch], k.scale[ch],
-                        k.shift[ch]);
+    NormalizeRun<kT, false>(x + pos, y + pos, static_cast<size_t>(len), k.mean[ch], k.scale[ch],
+                            k.shift[ch]);
     pos += len;
   }
 }
 
-template <bool kStream>
-void NormalizeNchwChannelT(const float* x, float* y, int64_t c, int64_t spatial, int64_t ch,
+template <DType kT, bool kStream>
+void NormalizeNchwChannelT(const Elem<kT>* x, Elem<kT>* y, int64_t c, int64_t spatial, int64_t ch,
                            int64_t begin, int64_t end, const AffineConstants& k) {
   int64_t i = begin / spatial;
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++i, s = 0) {
     const int64_t len = std::min(spatial - s, end - pos);
     const int64_t offset = (i * c + ch) * spatial + s;
-    NormalizeRun<kStream>(x + offset, y + offset, static_cast<size_t>(len), k.mean[ch], k.scale[ch],
-                          k.shift[ch]);
+    NormalizeRun<kT, kStream>(x + offset, y + offset, static_cast<size_t>(len), k.mean[ch],
+                              k.scale[ch], k.shift[ch]);
     pos += len;
   }
 }
 
-template <bool kStream>
-void NormalizeNhwcT(const float* x, float* y, int64_t period, int64_t begin, int64_t end,
+template <DType kT, bool kStream>
+void NormalizeNhwcT(const Elem<kT>* x, Elem<kT>* y, int64_t period, int64_t begin, int64_t end,
                     const AffineConstants& k) {
-  const float* xs = x + begin;
-  StorePeriodic<kStream>(
+  const Elem<kT>* xs = x + begin;
+  StorePeriodic<kT, kStream>(
       y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
       static_cast<size_t>(period),
       [&](auto d, size_t q) HWY_ATTR {
@@ -93,37 +94,47 @@ void NormalizeNhwcT(const float* x, float* y, int64_t period, int64_t begin, int
                                            hn::LoadU(d, k.shift + q)};
       },
       [&](auto d, size_t i, const auto& kv)
-          HWY_ATTR { return Normalized(d, xs + i, kv.mean, kv.scale, kv.shift); });
+          HWY_ATTR { return Normalized<kT>(d, xs + i, kv.mean, kv.scale, kv.shift); });
 }
 
-void NormalizeNchw(const float* x, float* y, int64_t c, int64_t spatial, int64_t begin, int64_t end,
-                   const AffineConstants& k, bool stream, const Lookahead& ahead) {
-  if (stream) {
-    NormalizeNchwT<true>(x, y, c, spatial, begin, end, k, ahead);
-    hwy::FlushStream();
-  } else {
-    NormalizeNchwT<false>(x, y, c, spatial, begin, end, k, ahead);
-  }
+// Runs body(kT, kStream) for the runtime dtype and stream flag, then drains
+// the streaming stores.
+template <class Body>
+HWY_INLINE void Variants(DType dtype, bool stream, const Body& body) {
+  ForDType(dtype, [&](auto t) HWY_ATTR {
+    ForFlag(stream, [&](auto st) HWY_ATTR { body(t, st); });
+  });
+  if (stream) hwy::FlushStream();
 }
 
-void NormalizeNchwChannel(const float* x, float* y, int64_t c, int64_t spatial, int64_t ch,
-                          int64_t begin, int64_t end, const AffineConstants& k, bool stream) {
-  if (stream) {
-    NormalizeNchwChannelT<true>(x, y, c, spatial, ch, begin, end, k);
-    hwy::FlushStream();
-  } else {
-    NormalizeNchwChannelT<false>(x, y, c, spatial, ch, begin, end, k);
-  }
+void NormalizeNchw(DType dtype, const void* x, void* y, int64_t c, int64_t spatial, int64_t begin,
+                   int64_t end, const AffineConstants& k, bool stream, const Lookahead& ahead) {
+  Variants(dtype, stream, [&](auto t, auto st) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    NormalizeNchwT<kT, decltype(st)::value>(static_cast<const Elem<kT>*>(x),
+                                            static_cast<Elem<kT>*>(y), c, spatial, begin, end, k,
+                                            ahead);
+  });
 }
 
-void NormalizeNhwc(const float* x, float* y, int64_t period, int64_t begin, int64_t end,
+void NormalizeNchwChannel(DType dtype, const void* x, void* y, int64_t c, int64_t spatial,
+                          int64_t ch, int64_t begin, int64_t end, const AffineConstants& k,
+                          bool stream) {
+  Variants(dtype, stream, [&](auto t, auto st) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    NormalizeNchwChannelT<kT, decltype(st)::value>(static_cast<const Elem<kT>*>(x),
+                                                   static_cast<Elem<kT>*>(y), c, spatial, ch,
+                                                   begin, end, k);
+  });
+}
+
+void NormalizeNhwc(DType dtype, const void* x, void* y, int64_t period, int64_t begin, int64_t end,
                    const AffineConstants& k, bool stream) {
-  if (stream) {
-    NormalizeNhwcT<true>(x, y, period, begin, end, k);
-    hwy::FlushStream();
-  } else {
-    NormalizeNhwcT<false>(x, y, period, begin, end, k);
-  }
+  Variants(dtype, stream, [&](auto t, auto st) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    NormalizeNhwcT<kT, decltype(st)::value>(static_cast<const Elem<kT>*>(x),
+                                            static_cast<Elem<kT>*>(y), period, begin, end, k);
+  });
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -140,21 +151,21 @@ HWY_EXPORT(NormalizeNchw);
 HWY_EXPORT(NormalizeNchwChannel);
 HWY_EXPORT(NormalizeNhwc);
 
-void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
+void NormalizeNchw(int64_t target, DType dtype, const void* x, void* y, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const AffineConstants& k, bool stream,
                    const Lookahead& ahead) {
-  BNORM_DISPATCH(NormalizeNchw, target)(x, y, c, spatial, begin, end, k, stream, ahead);
+  BNORM_DISPATCH(NormalizeNchw, target)(dtype, x, y, c, spatial, begin, end, k, stream, ahead);
 }
 
-void NormalizeNchwChannel(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
-                          int64_t ch, int64_t begin, int64_t end, const AffineConstants& k,
-                          bool stream) {
-  BNORM_DISPATCH(NormalizeNchwChannel, target)(x, y, c, spatial, ch, begin, end, k, stream);
+void NormalizeNchwChannel(int64_t target, DType dtype, const void* x, void* y, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                          const AffineConstants& k, bool stream) {
+  BNORM_DISPATCH(NormalizeNchwChannel, target)(dtype, x, y, c, spatial, ch, begin, end, k, stream);
 }
 
-void NormalizeNhwc(int64_t target, const float* x, float* y, int64_t period, int64_t begin,
-                   int64_t end, const AffineConstants& k, bool stream) {
-  BNORM_DISPATCH(NormalizeNhwc, target)(x, y, period, begin, end, k, stream);
+void NormalizeNhwc(int64_t target, DType dtype, const void* x, void* y, int64_t period,
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream) {
+  BNORM_DISPATCH(NormalizeNhwc, target)(dtype, x, y, period, begin, end, k, stream);
 }
 
 }  // namespace bnorm

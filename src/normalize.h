@@ -3,12 +3,14 @@
 // exact for x near the mean (Sterbenz), so the float mean loses nothing there;
 // the rest of the double mean, (mean_d - mean) * scale, is folded into shift
 // by the caller. y may equal x. With `stream`, y is written with non-temporal
-// stores.
+// stores. x and y hold elements of `dtype` (f32 arithmetic, see dtype.h);
+// element offsets below count elements.
 #ifndef BNORM_SRC_NORMALIZE_H_
 #define BNORM_SRC_NORMALIZE_H_
 
 #include <cstdint>
 
+#include "dtype.h"
 #include "lookahead.h"
 
 namespace bnorm {
@@ -22,21 +24,21 @@ struct AffineConstants {
 // NCHW: elements [begin, end) of the flat tensor; constants indexed by channel.
 // Streams whole lines across channel boundaries when spatial >= the lanes.
 // Prefetches `ahead` meanwhile (when spatial >= the lanes).
-void NormalizeNchw(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
+void NormalizeNchw(int64_t target, DType dtype, const void* x, void* y, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const AffineConstants& k, bool stream,
                    const Lookahead& ahead = Lookahead());
 
 // NCHW: channel ch over its values [begin, end) in (i, s) order; the
 // constants are those of channel ch (k indexed by ch).
-void NormalizeNchwChannel(int64_t target, const float* x, float* y, int64_t c, int64_t spatial,
-                          int64_t ch, int64_t begin, int64_t end, const AffineConstants& k,
-                          bool stream);
+void NormalizeNchwChannel(int64_t target, DType dtype, const void* x, void* y, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                          const AffineConstants& k, bool stream);
 
 // NHWC: elements [begin, end) of the flat tensor; constants indexed by
 // position within the period (element e has position e % period), each array
 // holding period + kMaxLanes entries (see StorePeriodic).
-void NormalizeNhwc(int64_t target, const float* x, float* y, int64_t period, int64_t begin,
-                   int64_t end, const AffineConstants& k, bool stream);
+void NormalizeNhwc(int64_t target, DType dtype, const void* x, void* y, int64_t period,
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream);
 
 }  // namespace bnorm
 

@@ -93,14 +93,14 @@ bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes) {
   const bool whole_lines = p.nhwc || p.spatial >= kMaxLanes;
   // The output cannot stay cached once the call's tensors together overflow
   // the LLC: writing it around the caches saves the read-for-ownership.
-  return whole_lines && p.Elements() * tensors * static_cast<int64_t>(sizeof(float)) > cache_bytes;
+  return whole_lines && p.Elements() * tensors * p.ElemBytes() > cache_bytes;
 }
 
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
                             int threads, const CacheSizes& caches) {
   ExecutionPlan plan;
   plan.threads = UsefulThreads(p.Elements() * tensors_read, threads);
-  const int64_t slice_bytes = p.Values() * tensors_read * static_cast<int64_t>(sizeof(float));
+  const int64_t slice_bytes = p.Values() * tensors_read * p.ElemBytes();
   // Half of L2 for the slices being reduced and applied; the rest holds the
   // lines on their way in and out (three quarters measured slower for
   // backward on Zen 3).
@@ -118,12 +118,12 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   }
   plan.strategy = Strategy::kTwoPhase;
   plan.apply_units = rp.nhwc ? rp.row_units : rp.num_units;
-  const int64_t read_bytes = p.Elements() * tensors_read * static_cast<int64_t>(sizeof(float));
+  const int64_t read_bytes = p.Elements() * tensors_read * p.ElemBytes();
   plan.reduce_rows_at_once = read_bytes > caches.llc ? 1 : 4;
   // NCHW two-phase applies one channel's runs at a time: stream only when the
   // runs are long enough that their partial edge lines do not matter.
   plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc / 2) &&
-                       (p.nhwc || p.spatial * static_cast<int64_t>(sizeof(float)) >= 4096);
+                       (p.nhwc || p.spatial * p.ElemBytes() >= 4096);
   return plan;
 }
 

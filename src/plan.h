@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "dtype.h"
+
 namespace bnorm {
 
 // Elements per reduction unit (f32: 128 KiB). Large enough that the per-unit
@@ -33,9 +35,11 @@ struct Problem {
   int64_t c = 0;
   int64_t spatial = 0;
   bool nhwc = false;
+  DType dtype = DType::kF32;  // of the tensors; sizes below in bytes use it
 
   int64_t Values() const { return n * spatial; }  // per channel
   int64_t Elements() const { return n * c * spatial; }
+  int64_t ElemBytes() const { return bnorm::ElemBytes(dtype); }
 };
 
 Problem Canonicalize(int64_t n, int64_t c, int64_t spatial, bool nhwc);

@@ -42,8 +42,9 @@ HWY_INLINE double SumLanes(D d, hn::Vec<D> v) {
 // body (no lambda or object holds their address), so they stay in registers
 // across runs: with short NCHW runs (7x7 images) a store and reload of the
 // sums per run would otherwise be the critical path.
-Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
-                      int64_t end, float pivot) {
+template <DType kT>
+Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
+                       int64_t end, float pivot) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   constexpr size_t N = hn::MaxLanes(df);
@@ -55,7 +56,7 @@ Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, in
   int64_t i = begin / spatial;
   int64_t pos = begin;  // value index of p[0]
   size_t len = static_cast<size_t>(std::min(spatial - begin % spatial, end - begin));
-  const float* p = x + (i * c + ch) * spatial + begin % spatial;
+  const Elem<kT>* p = x + (i * c + ch) * spatial + begin % spatial;
   size_t j = 0;
   bool more = true;
   while (more) {  // one block per iteration
@@ -80,24 +81,24 @@ Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, in
         // new stream per image): fetch the next one while this one is summed.
         if (pos + static_cast<int64_t>(len) < end) {
           PrefetchRun(x + ((i + 1) * c + ch) * spatial,
-                      std::min(spatial, end - pos - static_cast<int64_t>(len)));
+                      std::min(spatial, end - pos - static_cast<int64_t>(len)), sizeof(Elem<kT>));
         }
       }
       for (; j + kAcc * N <= len && steps < kBlockSteps; j += kAcc * N, ++steps) {
         for (size_t a = 0; a < kAcc; ++a) {
-          const V e = hn::Sub(hn::LoadU(df, p + j + a * N), vshift);
+          const V e = hn::Sub(LoadF32<kT>(df, p + j + a * N), vshift);
           sum[a] = hn::Add(sum[a], e);
           sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
         }
       }
       if (steps == kBlockSteps) break;
       for (; j + N <= len; j += N, ++rest_steps) {
-        const V e = hn::Sub(hn::LoadU(df, p + j), vshift);
+        const V e = hn::Sub(LoadF32<kT>(df, p + j), vshift);
         rest_sum = hn::Add(rest_sum, e);
         rest_sq = hn::MulAdd(e, e, rest_sq);
       }
       for (; j < len; ++j, ++tail_count) {
-        const float e = p[j] - shift;
+        const float e = ScalarF32<kT>(p[j]) - shift;
         tail_sum += e;
         tail_sq += e * e;
       }
@@ -120,14 +121,14 @@ Moments StatsNchwUnit(const float* x, int64_t c, int64_t spatial, int64_t ch, in
 // Shifted sums for `positions` lanes kept in memory (NHWC rows are wider than
 // a register file), all positions sharing one count: adds kRows consecutive
 // vector rows (`stride` floats apart) per load of the sums.
-template <size_t kRows, class DF, class D1>
-HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const float* HWY_RESTRICT row,
+template <DType kT, size_t kRows, class DF, class D1>
+HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_RESTRICT row,
                             size_t stride, const float* HWY_RESTRICT shift,
                             float* HWY_RESTRICT sum, float* HWY_RESTRICT sum_sq) {
   constexpr size_t N = hn::MaxLanes(DF());
   const auto update = [&](auto d, size_t p, auto t, auto& s, auto& q) HWY_ATTR {
     for (size_t r = 0; r < kRows; ++r) {
-      const auto e = hn::Sub(hn::LoadU(d, row + r * stride + p), t);
+      const auto e = hn::Sub(LoadF32<kT>(d, row + r * stride + p), t);
       s = hn::Add(s, e);
       q = hn::MulAdd(e, e, q);
     }
@@ -149,9 +150,10 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const float* HWY_RES
   }
 }
 
-void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
-                   int64_t row_begin, int64_t row_end, const float* pivots, int64_t rows_at_once,
-                   Moments* out) {
+template <DType kT>
+void StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
+                    int64_t rows_per_period, int64_t row_begin, int64_t row_end,
+                    const float* pivots, int64_t rows_at_once, Moments* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t positions = static_cast<size_t>(width * rows_per_period);
@@ -198,12 +200,12 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a close");
   for (; rows_at_once == 4 && r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
-    ShiftedRows<4>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
+    ShiftedRows<kT, 4>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
     steps += 4;
     if (steps == kBlockSteps) close();
   }
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    ShiftedRows<1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
+    ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
     steps += 1;
     if (steps == kBlockSteps) close();
   }
@@ -227,10 +229,30 @@ void StatsNhwcUnit(const float* x, int64_t c, int64_t c0, int64_t width, int64_t
     // Rows left over after whole periods (fewer than rows_per_period; only
     // in the last unit): merged one value at a time, in double.
     for (int64_t rr = r; rr < row_end; ++rr) {
-      MergeMoments(m, Moments{1.0, static_cast<double>(x[rr * c + c0 + ch]), 0.0});
+      MergeMoments(m, Moments{1.0, static_cast<double>(ScalarF32<kT>(x[rr * c + c0 + ch])), 0.0});
     }
     out[ch] = ShiftTrusted(ch_shifted, m) ? m : Untrusted();
   }
+}
+
+Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, int64_t ch,
+                      int64_t begin, int64_t end, float pivot) {
+  Moments m;
+  ForDType(dtype, [&](auto t) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    m = StatsNchwUnitT<kT>(static_cast<const Elem<kT>*>(x), c, spatial, ch, begin, end, pivot);
+  });
+  return m;
+}
+
+void StatsNhwcUnit(DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
+                   int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
+                   int64_t rows_at_once, Moments* out) {
+  ForDType(dtype, [&](auto t) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    StatsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), c, c0, width, rows_per_period, row_begin,
+                       row_end, pivots, rows_at_once, out);
+  });
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -261,8 +283,8 @@ bool Finite(const Moments& m) { return std::isfinite(m.mean) && std::isfinite(m.
 
 }  // namespace
 
-void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t values,
-                   int64_t c0, int64_t c1, float* pivots) {
+void ChannelPivots(DType dtype, const void* x, int64_t c, int64_t spatial, bool nhwc,
+                   int64_t values, int64_t c0, int64_t c1, float* pivots) {
   const int64_t count = std::min<int64_t>(kPivotValues, values);
   const double n = static_cast<double>(count);
   if (nhwc) {
@@ -271,8 +293,14 @@ void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_
       const int64_t width = std::min(kPivotChunk, c1 - b);
       std::fill(sums, sums + width, 0.0);
       for (int64_t v = 0; v < count; ++v) {
-        const float* row = x + v * c + b;
-        for (int64_t k = 0; k < width; ++k) sums[k] += static_cast<double>(row[k]);
+        if (dtype == DType::kF32) {  // the common case, vectorized
+          const float* row = static_cast<const float*>(x) + v * c + b;
+          for (int64_t k = 0; k < width; ++k) sums[k] += static_cast<double>(row[k]);
+        } else {
+          for (int64_t k = 0; k < width; ++k) {
+            sums[k] += static_cast<double>(LoadAsFloat(x, v * c + b + k, dtype));
+          }
+        }
       }
       for (int64_t k = 0; k < width; ++k) pivots[b + k] = static_cast<float>(sums[k] / n);
     }
@@ -281,8 +309,10 @@ void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_
   for (int64_t ch = c0; ch < c1; ++ch) {  // run by run (no division per value)
     double sum = 0.0;
     for (int64_t i = 0, v = 0; v < count; ++i) {
-      const float* run = x + (i * c + ch) * spatial;
-      for (int64_t s = 0; s < spatial && v < count; ++s, ++v) sum += static_cast<double>(run[s]);
+      const int64_t run = (i * c + ch) * spatial;
+      for (int64_t s = 0; s < spatial && v < count; ++s, ++v) {
+        sum += static_cast<double>(LoadAsFloat(x, run + s, dtype));
+      }
     }
     pivots[ch] = static_cast<float>(sum / n);
   }
@@ -291,25 +321,26 @@ void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_
 HWY_EXPORT(StatsNchwUnit);
 HWY_EXPORT(StatsNhwcUnit);
 
-Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial, int64_t ch,
-                      int64_t begin, int64_t end, float pivot) {
-  const Moments m = BNORM_DISPATCH(StatsNchwUnit, target)(x, c, spatial, ch, begin, end, pivot);
+Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
+                      int64_t ch, int64_t begin, int64_t end, float pivot) {
+  const Moments m =
+      BNORM_DISPATCH(StatsNchwUnit, target)(dtype, x, c, spatial, ch, begin, end, pivot);
   if (Finite(m)) return m;
   return ExactMoments(end - begin, [&](int64_t k) {
     const int64_t v = begin + k;  // value index (i, s) of the channel
-    return static_cast<double>(x[((v / spatial) * c + ch) * spatial + v % spatial]);
+    return static_cast<double>(LoadAsFloat(x, ((v / spatial) * c + ch) * spatial + v % spatial, dtype));
   });
 }
 
-void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
+void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
                    int64_t rows_at_once, Moments* out) {
   BNORM_DISPATCH(StatsNhwcUnit, target)
-  (x, c, c0, width, rows_per_period, row_begin, row_end, pivots, rows_at_once, out);
+  (dtype, x, c, c0, width, rows_per_period, row_begin, row_end, pivots, rows_at_once, out);
   for (int64_t ch = 0; ch < width; ++ch) {
     if (Finite(out[ch])) continue;
     out[ch] = ExactMoments(row_end - row_begin, [&](int64_t k) {
-      return static_cast<double>(x[(row_begin + k) * c + c0 + ch]);
+      return static_cast<double>(LoadAsFloat(x, (row_begin + k) * c + c0 + ch, dtype));
     });
   }
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "dtype.h"
 #include "moments.h"
 
 namespace bnorm {
@@ -22,20 +23,20 @@ constexpr int64_t kPivotChunk = 256;
 // sample. Every unit of the channel starts from the same pivot.
 // Writes the pivots of channels [c0, c1) to pivots[c0, c1). NHWC sums the
 // first rows across the channel range (contiguous), NCHW each channel's run.
-void ChannelPivots(const float* x, int64_t c, int64_t spatial, bool nhwc, int64_t values,
-                   int64_t c0, int64_t c1, float* pivots);
+void ChannelPivots(DType dtype, const void* x, int64_t c, int64_t spatial, bool nhwc,
+                   int64_t values, int64_t c0, int64_t c1, float* pivots);
 
 // NCHW: moments of channel ch over its values [begin, end) in (i, s) order.
 // The mean is absolute (not shifted).
-Moments StatsNchwUnit(int64_t target, const float* x, int64_t c, int64_t spatial, int64_t ch,
-                      int64_t begin, int64_t end, float pivot);
+Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
+                      int64_t ch, int64_t begin, int64_t end, float pivot);
 
 // NHWC: moments of channels [c0, c0 + width) over rows [row_begin, row_end),
 // written to out[0, width). rows_per_period > 1 only when width == c (then
 // rows_per_period consecutive rows form one contiguous vector row).
 // rows_at_once (1 or 4): vector rows per load of the sums (a speed choice
 // only: ExecutionPlan::reduce_rows_at_once).
-void StatsNhwcUnit(int64_t target, const float* x, int64_t c, int64_t c0, int64_t width,
+void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end,
                    const float* pivots /* c floats */, int64_t rows_at_once, Moments* out);
 

@@ -97,8 +97,6 @@ std::vector<Case> DescCases() {
          int v = 0x7fffffff;
          std::memcpy(&d.dtype, &v, sizeof v);
        })},
-      {"dtype_bf16", BNORM_ERR_UNSUPPORTED, set([](D& d) { d.dtype = BNORM_DTYPE_BF16; })},
-      {"dtype_f16", BNORM_ERR_UNSUPPORTED, set([](D& d) { d.dtype = BNORM_DTYPE_F16; })},
   };
   return cases;
 }

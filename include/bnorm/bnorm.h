@@ -66,7 +66,7 @@ typedef enum bnorm_status {
       4, /* an output overlaps another buffer, other than the exact in-place pairs allowed */
   BNORM_ERR_TOO_FEW_VALUES = 5, /* training with n*spatial < 2: the variance is undefined */
   BNORM_ERR_UNSUPPORTED =
-      6, /* a valid request this build cannot serve (e.g. a dtype not built yet) */
+      6, /* a valid request this build or CPU cannot serve (bnorm_set_target) */
   BNORM_ERR_OUT_OF_MEMORY = 7,
   BNORM_ERR_INTERNAL = 8
 } bnorm_status;
@@ -83,9 +83,13 @@ typedef struct bnorm_tensor_desc {
   int64_t c;           /* channels */
   int64_t spatial;     /* product of the spatial dims (H*W, D*H*W); 1 for (N, C) input */
   bnorm_layout layout; /* NCHW: x[(i*c + ch)*spatial + s]; NHWC: x[(i*spatial + s)*c + ch] */
-  bnorm_dtype dtype;   /* element type of x, y, dy, dx; per-channel arrays are always float.
-                          This build serves BNORM_DTYPE_F32; BF16 and F16 return
-                          BNORM_ERR_UNSUPPORTED. */
+  bnorm_dtype dtype;   /* element type of x, y, dy, dx (all the same); per-channel arrays
+                          are always float. BF16/F16: elements are widened to float, all
+                          arithmetic and accumulation is float/double, and outputs are
+                          rounded once to nearest even (as PyTorch converts: NaN becomes
+                          0x7FC0 in bf16, 0x7E00 with its sign in f16; f16 results beyond
+                          65504 become +-Inf). The results are those of the f32 path on
+                          the widened inputs, rounded. */
 } bnorm_tensor_desc;
 
 /* A context owns a thread pool (a oneTBB arena) and scratch memory that it
@@ -147,7 +151,7 @@ BNORM_API bnorm_status bnorm_set_target(const char* name);
  *   save_mean, save_invstd     c floats, written; each may be NULL.
  * Returns BNORM_OK, BNORM_ERR_NULL_POINTER (desc, x or y NULL),
  * BNORM_ERR_BAD_SHAPE, BNORM_ERR_BAD_ARGUMENT (eps, momentum, layout, dtype),
- * BNORM_ERR_UNSUPPORTED (dtype not built), BNORM_ERR_TOO_FEW_VALUES
+ * BNORM_ERR_TOO_FEW_VALUES
  * (n*spatial < 2), BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
 BNORM_API bnorm_status bnorm_forward_training(const bnorm_context* ctx,
                                               const bnorm_tensor_desc* desc, const void* x, void* y,
@@ -163,8 +167,8 @@ BNORM_API bnorm_status bnorm_forward_training(const bnorm_context* ctx,
  *   eps           >= 0 and finite. A channel with var + eps <= 0 or NaN
  *                 statistics gets the IEEE result of the formula (Inf/NaN).
  * Returns BNORM_OK, BNORM_ERR_NULL_POINTER (desc, x, y, mean or var NULL),
- * BNORM_ERR_BAD_SHAPE, BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_UNSUPPORTED,
- * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
+ * BNORM_ERR_BAD_SHAPE, BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_ALIAS,
+ * BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
 BNORM_API bnorm_status bnorm_forward_inference(const bnorm_context* ctx,
                                                const bnorm_tensor_desc* desc, const void* x,
                                                void* y, const float* gamma, const float* beta,
@@ -181,8 +185,8 @@ BNORM_API bnorm_status bnorm_forward_inference(const bnorm_context* ctx,
  *   save_mean, save_invstd  c floats from bnorm_forward_training, required.
  *   dgamma, dbeta c floats each, written; each may be NULL.
  * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
- * BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_UNSUPPORTED, BNORM_ERR_ALIAS,
- * BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. (m == 1 is allowed here.) */
+ * BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY,
+ * BNORM_ERR_INTERNAL. (m == 1 is allowed here.) */
 BNORM_API bnorm_status bnorm_backward(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
                                       const void* x, const void* dy, void* dx, const float* gamma,
                                       const float* save_mean, const float* save_invstd,

@@ -1,0 +1,162 @@
+// Loads of tensor elements as f32 vectors and stores of f32 vectors as tensor
+// elements, for each storage type (dtype.h), with the same rounding as the
+// scalar conversions there. Highway 1.0.3's own 16-bit conversions are not
+// used: its bf16 DemoteTo truncates, and its f16 conversions without F16C
+// (SSSE3/SSE4) mishandle Inf/NaN and truncate; integer steps per lane give
+// one result on every target.
+// Include after hwy/highway.h inside a foreach_target translation unit.
+
+#if defined(BNORM_SRC_CONVERT_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef BNORM_SRC_CONVERT_INL_H_
+#undef BNORM_SRC_CONVERT_INL_H_
+#else
+#define BNORM_SRC_CONVERT_INL_H_
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <type_traits>
+
+#include "dtype.h"
+#include "hwy/cache_control.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// The C++ element type of a storage type.
+template <DType kT>
+using Elem = std::conditional_t<kT == DType::kF32, float, uint16_t>;
+
+// f32 lanes from 16-bit patterns widened to u32 lanes.
+template <DType kT, class DF>
+HWY_INLINE hn::Vec<DF> WidenedToF32(DF df, hn::Vec<hn::RebindToUnsigned<DF>> h) {
+  const hn::RebindToUnsigned<DF> du;
+  if (kT == DType::kBF16) return hn::BitCast(df, hn::ShiftLeft<16>(h));
+  const auto shifted_exp = hn::Set(du, 0x7C00u << 13);
+  const auto o = hn::ShiftLeft<13>(hn::And(h, hn::Set(du, 0x7FFFu)));
+  const auto exp = hn::And(o, shifted_exp);
+  const auto normal = hn::Add(o, hn::Set(du, (127u - 15u) << 23));
+  const auto inf_nan = hn::Add(normal, hn::Set(du, (128u - 16u) << 23));
+  const auto subnormal = hn::BitCast(
+      du, hn::Sub(hn::BitCast(df, hn::Add(normal, hn::Set(du, 1u << 23))),
+                  hn::BitCast(df, hn::Set(du, 113u << 23))));
+  auto bits = hn::IfThenElse(hn::Eq(exp, shifted_exp), inf_nan, normal);
+  bits = hn::IfThenElse(hn::Eq(exp, hn::Zero(du)), subnormal, bits);
+  const auto sign = hn::ShiftLeft<16>(hn::And(h, hn::Set(du, 0x8000u)));
+  return hn::BitCast(df, hn::Or(bits, sign));
+}
+
+// 16-bit patterns (in u32 lanes) of f32 lanes, rounded to nearest even.
+template <DType kT, class DF>
+HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> F32ToNarrowBits(DF df, hn::Vec<DF> v) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  const auto u = hn::BitCast(du, v);
+  if (kT == DType::kBF16) {
+    const auto odd = hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u));
+    const auto rounded = hn::ShiftRight<16>(hn::Add(hn::Add(u, hn::Set(du, 0x7FFFu)), odd));
+    return hn::IfThenElse(hn::RebindMask(du, hn::Ne(v, v)), hn::Set(du, 0x7FC0u), rounded);
+  }
+  const auto sign = hn::And(u, hn::Set(du, 0x80000000u));
+  const auto a = hn::Xor(u, sign);
+  const auto ai = hn::BitCast(di, a);  // sign bit clear: signed compares are exact
+  const auto special = hn::IfThenElse(hn::RebindMask(du, hn::Gt(ai, hn::Set(di, 255 << 23))),
+                                      hn::Set(du, 0x7E00u), hn::Set(du, 0x7C00u));
+  constexpr uint32_t kDenormMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+  const auto subnormal =
+      hn::Sub(hn::BitCast(du, hn::Add(hn::BitCast(df, a), hn::BitCast(df, hn::Set(du, kDenormMagic)))),
+              hn::Set(du, kDenormMagic));
+  const auto mant_odd = hn::And(hn::ShiftRight<13>(a), hn::Set(du, 1u));
+  const auto normal = hn::ShiftRight<13>(
+      hn::Add(hn::Add(a, hn::Set(du, ((15u - 127u) << 23) + 0xFFFu)), mant_odd));
+  auto o = hn::IfThenElse(hn::RebindMask(du, hn::Lt(ai, hn::Set(di, 113 << 23))), subnormal, normal);
+  // |v| >= 2^16 (no integer >= in Highway 1.0.3).
+  o = hn::IfThenElse(hn::RebindMask(du, hn::Gt(ai, hn::Set(di, ((127 + 16) << 23) - 1))), special, o);
+  return hn::Or(o, hn::ShiftRight<16>(sign));
+}
+
+// One element as f32.
+template <DType kT>
+HWY_INLINE float ScalarF32(Elem<kT> v) {
+  if constexpr (kT == DType::kF32) {
+    return v;
+  } else if constexpr (kT == DType::kBF16) {
+    return Bf16ToFloat(v);
+  } else {
+    return F16ToFloat(v);
+  }
+}
+
+// Loads lanes of elements at p (unaligned) as f32.
+template <DType kT, class DF>
+HWY_INLINE hn::Vec<DF> LoadF32(DF df, const Elem<kT>* HWY_RESTRICT p) {
+  if constexpr (kT == DType::kF32) {
+    return hn::LoadU(df, p);
+  } else {
+    const hn::Rebind<uint16_t, DF> d16;
+    const hn::RebindToUnsigned<DF> du;
+    return WidenedToF32<kT>(df, hn::PromoteTo(du, hn::LoadU(d16, p)));
+  }
+}
+
+// Stores f32 lanes as elements at p: unaligned, or non-temporal with kStream
+// (p then aligned to the lanes' bytes).
+template <DType kT, bool kStream, class DF>
+HWY_INLINE void StoreF32(DF df, hn::Vec<DF> v, Elem<kT>* HWY_RESTRICT p) {
+  if constexpr (kT == DType::kF32) {
+    if (kStream) {
+      hn::Stream(v, df, p);
+    } else {
+      hn::StoreU(v, df, p);
+    }
+  } else {
+    const hn::Rebind<uint16_t, DF> d16;
+    const hn::RebindToSigned<DF> di;
+    const auto bits = hn::DemoteTo(d16, hn::BitCast(di, F32ToNarrowBits<kT>(df, v)));
+    // Highway 1.0.3 streams a whole 16-byte register even for a half vector
+    // (SSE4: 4 lanes, 8 bytes): only full 16-bit vectors are streamed.
+    constexpr bool kFull = hn::MaxLanes(d16) * sizeof(uint16_t) >= 16;
+    if (kStream && kFull) {
+      hn::Stream(bits, d16, p);
+    } else {
+      hn::StoreU(bits, d16, p);
+    }
+  }
+}
+
+// Calls body(std::integral_constant<DType, kT>) for the runtime dtype, so
+// kernels are instantiated once per storage type.
+template <class Body>
+HWY_INLINE void ForDType(DType dtype, const Body& body) {
+  switch (dtype) {
+    case DType::kF32:
+      body(std::integral_constant<DType, DType::kF32>());
+      break;
+    case DType::kBF16:
+      body(std::integral_constant<DType, DType::kBF16>());
+      break;
+    case DType::kF16:
+      body(std::integral_constant<DType, DType::kF16>());
+      break;
+  }
+}
+
+// Calls body(std::bool_constant<flag>) for a runtime flag.
+template <class Body>
+HWY_INLINE void ForFlag(bool flag, const Body& body) {
+  if (flag) {
+    body(std::true_type());
+  } else {
+    body(std::false_type());
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#endif  // BNORM_SRC_CONVERT_INL_H_
