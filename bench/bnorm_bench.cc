@@ -3,7 +3,11 @@
 // (interleaved, same thread count), and reports the ratio.
 //
 //   bnorm_bench [--threads=N] [--target=AVX2 | --all-targets] [--no-onednn]
-//               [google benchmark flags]
+//               [--dtypes=f32,bf16,f16 | --dtypes=all] [google benchmark flags]
+//
+// bnorm rows are named bnorm_<target> for f32 and bnorm_<target>_bf16 /
+// bnorm_<target>_f16 for 16-bit storage (their copy moves the same, halved,
+// bytes).
 //
 // Built with oneDNN (libdnnl-dev) when available: each shape also times
 // oneDNN's plain-layout path and (NCHW rows) its blocked nChw16c path.
@@ -43,6 +47,7 @@
 namespace {
 
 int g_threads = 0;     // 0: all cores
+std::vector<bnorm_dtype> g_dtypes = {BNORM_DTYPE_F32};
 bool g_onednn = true;  // time oneDNN too when built with it (--no-onednn to skip)
 bnorm_context* g_ctx = nullptr;
 tbb::task_arena* g_arena = nullptr;
@@ -161,21 +166,44 @@ class OneDnnBatchNorm {
 };
 #endif  // BNORM_BENCH_HAVE_DNNL
 
+// The 16-bit pattern of f (bf16: truncated; f16: GCC's conversion): data only.
+uint16_t Narrow(float f, bnorm_dtype dtype) {
+  uint16_t h;
+  if (dtype == BNORM_DTYPE_BF16) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof(u));
+    return static_cast<uint16_t>(u >> 16);
+  }
+  const _Float16 half = static_cast<_Float16>(f);
+  std::memcpy(&h, &half, sizeof(h));
+  return h;
+}
+
 void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout,
-           std::string target, Impl impl) {
+           std::string target, Impl impl, bnorm_dtype dtype) {
   if (!target.empty() && bnorm_set_target(target.c_str()) != BNORM_OK) {
     state.SkipWithError("target not available");
     return;
   }
-  const bnorm_tensor_desc desc{shape.n, shape.c, shape.h * shape.w, layout, BNORM_DTYPE_F32};
+  const bnorm_tensor_desc desc{shape.n, shape.c, shape.h * shape.w, layout, dtype};
   const size_t elems = static_cast<size_t>(shape.n * shape.c * shape.h * shape.w);
+  const size_t esize = dtype == BNORM_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
   const size_t C = static_cast<size_t>(shape.c);
-  std::vector<float> x(elems), y(elems), dy(elems), dx(elems);
+  // Tensors as bytes of the element type.
+  std::vector<unsigned char> x(elems * esize), y(elems * esize), dy(elems * esize),
+      dx(elems * esize);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.5f, 2.0f);
   for (size_t i = 0; i < elems; ++i) {
-    x[i] = normal(rng);
-    dy[i] = normal(rng);
+    const float xv = normal(rng), gv = normal(rng);
+    if (dtype == BNORM_DTYPE_F32) {
+      std::memcpy(&x[i * esize], &xv, esize);
+      std::memcpy(&dy[i * esize], &gv, esize);
+    } else {
+      const uint16_t xh = Narrow(xv, dtype), gh = Narrow(gv, dtype);
+      std::memcpy(&x[i * esize], &xh, esize);
+      std::memcpy(&dy[i * esize], &gh, esize);
+    }
   }
   std::vector<float> gamma(C, 1.5f), beta(C, 0.25f), rm(C, 0.0f), rv(C, 1.0f), mean(C), invstd(C),
       dgamma(C), dbeta(C);
@@ -191,7 +219,7 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
 #endif
   // The copy moves as many bytes as the operation must: 2 tensors for the
   // forward passes, 3 for backward (as a copy of 1.5 tensors).
-  const size_t tensor_bytes = elems * sizeof(float);
+  const size_t tensor_bytes = elems * esize;
   const size_t moved = op == Op::kBackward ? 3 * tensor_bytes : 2 * tensor_bytes;
   const size_t copy_floats = moved / 2 / sizeof(float);
   std::vector<float> copy_src(copy_floats, 1.0f), copy_dst(copy_floats, 2.0f);
@@ -253,6 +281,7 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
       copy_per_iter > 0 ? static_cast<double>(moved) * 1e-9 / copy_per_iter : 0.0;
   state.counters["ratio_to_copy"] = copy_per_iter > 0 ? op_per_iter / copy_per_iter : 0.0;
   state.SetLabel(impl == Impl::kBnorm ? bnorm_active_target() : "oneDNN");
+  state.counters["bytes_per_element"] = static_cast<double>(esize);
   if (!target.empty()) bnorm_set_target(nullptr);
 }
 
@@ -273,14 +302,19 @@ void RegisterAll(const std::vector<std::string>& targets) {
     for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
       for (Op op : {Op::kInference, Op::kTraining, Op::kBackward}) {
         for (const std::string& target : targets) {
-          const std::string name = std::string(OpName(op)) + "/" + std::to_string(s.n) + "x" +
-                                   std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
-                                   std::to_string(s.w) +
-                                   (layout == BNORM_LAYOUT_NCHW ? "/NCHW" : "/NHWC") + "/bnorm_" +
-                                   (target.empty() ? std::string(bnorm_active_target()) : target);
-          benchmark::RegisterBenchmark(name.c_str(), BM_Op, op, s, layout, target, Impl::kBnorm)
-              ->UseManualTime()
-              ->Unit(benchmark::kMicrosecond);
+          for (bnorm_dtype dtype : g_dtypes) {
+            const char* suffix =
+                dtype == BNORM_DTYPE_F32 ? "" : (dtype == BNORM_DTYPE_BF16 ? "_bf16" : "_f16");
+            const std::string name =
+                std::string(OpName(op)) + "/" + std::to_string(s.n) + "x" + std::to_string(s.c) +
+                "x" + std::to_string(s.h) + "x" + std::to_string(s.w) +
+                (layout == BNORM_LAYOUT_NCHW ? "/NCHW" : "/NHWC") + "/bnorm_" +
+                (target.empty() ? std::string(bnorm_active_target()) : target) + suffix;
+            benchmark::RegisterBenchmark(name.c_str(), BM_Op, op, s, layout, target, Impl::kBnorm,
+                                         dtype)
+                ->UseManualTime()
+                ->Unit(benchmark::kMicrosecond);
+          }
         }
 #ifdef BNORM_BENCH_HAVE_DNNL
         if (g_onednn) {
@@ -289,12 +323,12 @@ void RegisterAll(const std::vector<std::string>& targets) {
                                    std::to_string(s.w) +
                                    (layout == BNORM_LAYOUT_NCHW ? "/NCHW" : "/NHWC");
           benchmark::RegisterBenchmark((base + "/onednn_plain").c_str(), BM_Op, op, s, layout,
-                                       std::string(), Impl::kOneDnnPlain)
+                                       std::string(), Impl::kOneDnnPlain, BNORM_DTYPE_F32)
               ->UseManualTime()
               ->Unit(benchmark::kMicrosecond);
           if (layout == BNORM_LAYOUT_NCHW) {  // one blocked row per shape
             benchmark::RegisterBenchmark((base + "/onednn_nChw16c").c_str(), BM_Op, op, s, layout,
-                                         std::string(), Impl::kOneDnnBlocked)
+                                         std::string(), Impl::kOneDnnBlocked, BNORM_DTYPE_F32)
                 ->UseManualTime()
                 ->Unit(benchmark::kMicrosecond);
           }
@@ -326,6 +360,20 @@ int main(int argc, char** argv) {
     } else if (std::strcmp(argv[i], "--all-targets") == 0) {
       targets.clear();
       for (int t = 0; t < bnorm_target_count(); ++t) targets.emplace_back(bnorm_target_name(t));
+    } else if (std::strncmp(argv[i], "--dtypes=", 9) == 0) {
+      const std::string list = std::string(argv[i] + 9) + ",";
+      g_dtypes.clear();
+      for (size_t at = 0, comma; (comma = list.find(',', at)) != std::string::npos;
+           at = comma + 1) {
+        const std::string d = list.substr(at, comma - at);
+        if (d == "f32" || d == "all") g_dtypes.push_back(BNORM_DTYPE_F32);
+        if (d == "bf16" || d == "all") g_dtypes.push_back(BNORM_DTYPE_BF16);
+        if (d == "f16" || d == "all") g_dtypes.push_back(BNORM_DTYPE_F16);
+        if (d != "f32" && d != "bf16" && d != "f16" && d != "all") {
+          std::fprintf(stderr, "bnorm_bench: unknown dtype %s (f32, bf16, f16, all)\n", d.c_str());
+          return 2;
+        }
+      }
     } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       g_threads = std::atoi(argv[i] + 10);
     } else if (std::strncmp(argv[i], "--target=", 9) == 0) {

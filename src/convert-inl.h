@@ -1,9 +1,11 @@
 // Loads of tensor elements as f32 vectors and stores of f32 vectors as tensor
 // elements, for each storage type (dtype.h), with the same rounding as the
-// scalar conversions there. Highway 1.0.3's own 16-bit conversions are not
-// used: its bf16 DemoteTo truncates, and its f16 conversions without F16C
-// (SSSE3/SSE4) mishandle Inf/NaN and truncate; integer steps per lane give
-// one result on every target.
+// scalar conversions there. bf16 always, and f16 on targets without F16C
+// (SSSE3/SSE4), use integer steps per lane: Highway 1.0.3's bf16 DemoteTo
+// truncates, and its f16 conversions without F16C mishandle Inf/NaN and
+// truncate. With F16C (AVX2, AVX-512) f16 uses the hardware conversions,
+// which round to nearest even; NaN lanes are first made the canonical quiet
+// NaN with their sign, so every target gives PyTorch's 0x7E00 | sign.
 // Include after hwy/highway.h inside a foreach_target translation unit.
 
 #if defined(BNORM_SRC_CONVERT_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -91,11 +93,20 @@ HWY_INLINE float ScalarF32(Elem<kT> v) {
   }
 }
 
+#if HWY_TARGET <= HWY_AVX2 && !defined(HWY_DISABLE_F16C)
+#define BNORM_HAVE_F16C 1
+#else
+#define BNORM_HAVE_F16C 0
+#endif
+
 // Loads lanes of elements at p (unaligned) as f32.
 template <DType kT, class DF>
 HWY_INLINE hn::Vec<DF> LoadF32(DF df, const Elem<kT>* HWY_RESTRICT p) {
   if constexpr (kT == DType::kF32) {
     return hn::LoadU(df, p);
+  } else if constexpr (kT == DType::kF16 && BNORM_HAVE_F16C) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
   } else {
     const hn::Rebind<uint16_t, DF> d16;
     const hn::RebindToUnsigned<DF> du;
@@ -115,6 +126,21 @@ HWY_INLINE void StoreF32(DF df, hn::Vec<DF> v, Elem<kT>* HWY_RESTRICT p) {
     }
   } else {
     const hn::Rebind<uint16_t, DF> d16;
+#if BNORM_HAVE_F16C
+    if constexpr (kT == DType::kF16) {
+      const hn::Rebind<hwy::float16_t, DF> dh;
+      const hn::RebindToUnsigned<DF> du;
+      const auto quiet = hn::BitCast(df, hn::Or(hn::And(hn::BitCast(du, v), hn::Set(du, 0x80000000u)),
+                                                hn::Set(du, 0x7FC00000u)));
+      const auto bits = hn::BitCast(d16, hn::DemoteTo(dh, hn::IfThenElse(hn::Ne(v, v), quiet, v)));
+      if (kStream) {
+        hn::Stream(bits, d16, p);
+      } else {
+        hn::StoreU(bits, d16, p);
+      }
+      return;
+    }
+#endif
     const hn::RebindToSigned<DF> di;
     const auto bits = hn::DemoteTo(d16, hn::BitCast(di, F32ToNarrowBits<kT>(df, v)));
     // Highway 1.0.3 streams a whole 16-byte register even for a half vector
@@ -154,6 +180,8 @@ HWY_INLINE void ForFlag(bool flag, const Body& body) {
     body(std::false_type());
   }
 }
+
+#undef BNORM_HAVE_F16C
 
 }  // namespace HWY_NAMESPACE
 }  // namespace bnorm
