@@ -202,6 +202,55 @@ BNORM_API bnorm_status bnorm_backward_frozen(const bnorm_context* ctx,
                                              const float* mean, const float* invstd, float* dgamma,
                                              float* dbeta);
 
+/* ---- Folding a frozen batch norm, for inference engines ----
+ * In inference, y = x * scale + shift per channel with
+ *   scale = gamma / sqrt(var + eps),  shift = beta - mean * scale
+ * (computed in double, rounded to float once). */
+
+/* Writes scale and shift (c floats each). gamma, beta: NULL means 1 and 0;
+ * mean, var required. scale_out/shift_out must not overlap any input or
+ * each other. A channel with var + eps <= 0 or NaN statistics gets the IEEE
+ * result of the formula.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE (c < 1 or
+ * too large), BNORM_ERR_BAD_ARGUMENT (eps < 0 or not finite), BNORM_ERR_ALIAS. */
+BNORM_API bnorm_status bnorm_fold(int64_t c, const float* gamma, const float* beta,
+                                  const float* mean, const float* var, float eps,
+                                  float* scale_out, float* shift_out);
+
+/* Weight layouts of the layer that feeds the batch norm; O is its output
+ * channel (the batch norm's channel), I its input channels, H, W the kernel.
+ *   OIHW (PyTorch/ONNX conv), OHWI (oneDNN/TFLite-style), OI ([out, in],
+ *   linear): each output channel's weights are contiguous.
+ *   HWIO (TensorFlow conv), IO ([in, out]): the output channel is innermost. */
+typedef enum bnorm_weight_layout {
+  BNORM_WEIGHTS_OIHW = 0,
+  BNORM_WEIGHTS_OHWI = 1,
+  BNORM_WEIGHTS_OI = 2,
+  BNORM_WEIGHTS_HWIO = 3,
+  BNORM_WEIGHTS_IO = 4
+} bnorm_weight_layout;
+
+/* Folds a frozen batch norm into the preceding convolution or linear layer,
+ * so that layer(x; weights_out, bias_out) == BN(layer(x; weights, bias)):
+ *   weights_out[o, ...] = weights[o, ...] * scale[o]
+ *   bias_out[o]         = (bias[o] - mean[o]) * scale[o] + beta[o]
+ * (double arithmetic, one rounding).
+ *   out_channels   the layer's output channels = the batch norm's c.
+ *   per_output     weights per output channel (I*H*W, or I).
+ *   weights        out_channels*per_output floats in `layout`, required.
+ *   bias           out_channels floats; NULL for a layer without bias (0).
+ *   weights_out    required; == weights (in place) is allowed.
+ *   bias_out       out_channels floats, required; == bias is allowed.
+ *   gamma, beta    NULL means 1 and 0; mean, var required.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
+ * BNORM_ERR_BAD_ARGUMENT (layout, eps), BNORM_ERR_ALIAS. */
+BNORM_API bnorm_status bnorm_fold_into_weights(bnorm_weight_layout layout, int64_t out_channels,
+                                               int64_t per_output, const float* weights,
+                                               const float* bias, float* weights_out,
+                                               float* bias_out, const float* gamma,
+                                               const float* beta, const float* mean,
+                                               const float* var, float eps);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
