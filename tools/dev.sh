@@ -16,7 +16,7 @@ install_deps() {
   $sudo apt-get install -y -qq --no-install-recommends \
     ca-certificates cmake ninja-build g++ make pkg-config binutils \
     libhwy-dev libtbb-dev libgtest-dev libgmock-dev libbenchmark-dev \
-    libdnnl-dev python3-matplotlib >/dev/null
+    libdnnl-dev python3-matplotlib python3-numpy >/dev/null
 }
 
 configure_and_build() {  # dir, extra cmake args...
