@@ -162,9 +162,10 @@ class GradSumRegisters {
   // Adds `steps` groups of kAcc vectors of x and dy (unaligned), folding
   // every kBlockSteps steps; sums in locals during the loop (see
   // ShiftedSumRegisters::Add).
-  template <DType kT>
+  // With kMask, dy is masked by y (the ReLU's output; see MaskedGrad).
+  template <DType kT, bool kMask>
   HWY_INLINE void Add(const Elem<kT>* HWY_RESTRICT x, const Elem<kT>* HWY_RESTRICT dy,
-                      size_t steps, V mean) {
+                      const Elem<kT>* HWY_RESTRICT y, size_t steps, V mean) {
     while (steps != 0) {
       const size_t take = std::min(steps, kBlockSteps - steps_);
       V s_dy[kAcc];
@@ -174,8 +175,9 @@ class GradSumRegisters {
         s_xmu[a] = sum_dy_xmu_[a];
       }
       for (size_t k = 0; k < take; ++k, x += kAcc * kLanes, dy += kAcc * kLanes) {
+        const Elem<kT>* yk = kMask ? y + k * kAcc * kLanes : nullptr;
         for (size_t a = 0; a < kAcc; ++a) {
-          const V g = LoadF32<kT>(d_, dy + a * kLanes);
+          const V g = MaskedGrad<kT, kMask>(d_, dy + a * kLanes, kMask ? yk + a * kLanes : nullptr);
           const V xmu = hn::Sub(LoadF32<kT>(d_, x + a * kLanes), mean);
           s_dy[a] = hn::Add(s_dy[a], g);
           s_xmu[a] = hn::MulAdd(g, xmu, s_xmu[a]);
@@ -185,6 +187,7 @@ class GradSumRegisters {
         sum_dy_[a] = s_dy[a];
         sum_dy_xmu_[a] = s_xmu[a];
       }
+      if (kMask) y += take * kAcc * kLanes;
       steps -= take;
       steps_ += take;
       if (steps_ == kBlockSteps) Fold();

@@ -82,20 +82,36 @@ bool Overlap(const Region& a, const Region& b) {
 }
 
 // BNORM_ERR_ALIAS if an output overlaps any other buffer, except the exact
-// in-place pair it names.
+// in-place pair it names (and, for output second_partner_of, also exactly
+// buffer second_partner: y == z in the fused forward, dz == dy backward).
 template <size_t kCount>
-bnorm_status CheckAliasing(const Region (&regions)[kCount]) {
+bnorm_status CheckAliasing(const Region (&regions)[kCount], int second_partner_of = -1,
+                           int second_partner = -1) {
   for (size_t i = 0; i < kCount; ++i) {
     if (!regions[i].output) continue;
     for (size_t j = 0; j < kCount; ++j) {
       if (i == j || !Overlap(regions[i], regions[j])) continue;
-      const bool in_place = regions[i].in_place_partner == static_cast<int>(j) &&
-                            regions[i].data == regions[j].data &&
-                            regions[i].bytes == regions[j].bytes;
+      const bool named = regions[i].in_place_partner == static_cast<int>(j) ||
+                         (static_cast<int>(i) == second_partner_of &&
+                          static_cast<int>(j) == second_partner);
+      const bool in_place =
+          named && regions[i].data == regions[j].data && regions[i].bytes == regions[j].bytes;
       if (!in_place) return BNORM_ERR_ALIAS;
     }
   }
   return BNORM_OK;
+}
+
+bool ValidAct(const bnorm_activation& act) {
+  int value = 0;
+  std::memcpy(&value, &act, sizeof(value));
+  return value == BNORM_ACT_NONE || value == BNORM_ACT_RELU;
+}
+
+bool Relu(const bnorm_activation& act) {
+  int value = 0;
+  std::memcpy(&value, &act, sizeof(value));
+  return value == BNORM_ACT_RELU;
 }
 
 // Runs an entry point's body, turning any escaping exception into a status.
@@ -181,34 +197,51 @@ bnorm_status bnorm_set_target(const char* name) {
   }
 }
 
+bnorm_status bnorm_forward_training_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                       const void* x, const void* z, void* y, bnorm_activation act,
+                                       const float* gamma, const float* beta, float eps,
+                                       float momentum, float* running_mean, float* running_var,
+                                       float* save_mean, float* save_invstd) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
+  if (!bnorm::ValidEps(eps) || !bnorm::ValidMomentum(momentum) || !bnorm::ValidAct(act)) {
+    return BNORM_ERR_BAD_ARGUMENT;
+  }
+  if (x == nullptr || y == nullptr) return BNORM_ERR_NULL_POINTER;
+  if (t.problem.Values() < 2) return BNORM_ERR_TOO_FEW_VALUES;
+  const size_t cb = t.channel_bytes;
+  // y may be exactly x or z; z may be x (both inputs).
+  const Region regions[] = {
+      {x, t.bytes, false, -1},     {y, t.bytes, true, 0},        {gamma, cb, false, -1},
+      {beta, cb, false, -1},       {running_mean, cb, true, -1}, {running_var, cb, true, -1},
+      {save_mean, cb, true, -1},   {save_invstd, cb, true, -1},  {z, t.bytes, false, -1},
+  };
+  if (bnorm::CheckAliasing(regions, /*second_partner_of=*/1, /*second_partner=*/8) != BNORM_OK) {
+    return BNORM_ERR_ALIAS;
+  }
+  return bnorm::Guard([&] {
+    return bnorm::ForwardTraining(ctx, t.problem, x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
+                                  gamma, beta, eps, momentum, running_mean, running_var, save_mean,
+                                  save_invstd);
+  });
+}
+
 bnorm_status bnorm_forward_training(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
                                     const void* x, void* y, const float* gamma, const float* beta,
                                     float eps, float momentum, float* running_mean,
                                     float* running_var, float* save_mean, float* save_invstd) {
-  Tensor t;
-  if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
-  if (!bnorm::ValidEps(eps) || !bnorm::ValidMomentum(momentum)) return BNORM_ERR_BAD_ARGUMENT;
-  if (x == nullptr || y == nullptr) return BNORM_ERR_NULL_POINTER;
-  if (t.problem.Values() < 2) return BNORM_ERR_TOO_FEW_VALUES;
-  const size_t cb = t.channel_bytes;
-  const Region regions[] = {
-      {x, t.bytes, false, -1},   {y, t.bytes, true, 0},        {gamma, cb, false, -1},
-      {beta, cb, false, -1},     {running_mean, cb, true, -1}, {running_var, cb, true, -1},
-      {save_mean, cb, true, -1}, {save_invstd, cb, true, -1},
-  };
-  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
-  return bnorm::Guard([&] {
-    return bnorm::ForwardTraining(ctx, t.problem, x, y, gamma, beta, eps, momentum, running_mean,
-                                  running_var, save_mean, save_invstd);
-  });
+  return bnorm_forward_training_ex(ctx, desc, x, nullptr, y, BNORM_ACT_NONE, gamma, beta, eps,
+                                   momentum, running_mean, running_var, save_mean, save_invstd);
 }
 
-bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
-                                     const void* x, void* y, const float* gamma, const float* beta,
-                                     const float* mean, const float* var, float eps) {
+bnorm_status bnorm_forward_inference_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                        const void* x, const void* z, void* y,
+                                        bnorm_activation act, const float* gamma,
+                                        const float* beta, const float* mean, const float* var,
+                                        float eps) {
   Tensor t;
   if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
-  if (!bnorm::ValidEps(eps)) return BNORM_ERR_BAD_ARGUMENT;
+  if (!bnorm::ValidEps(eps) || !bnorm::ValidAct(act)) return BNORM_ERR_BAD_ARGUMENT;
   if (x == nullptr || y == nullptr || mean == nullptr || var == nullptr) {
     return BNORM_ERR_NULL_POINTER;
   }
@@ -216,32 +249,50 @@ bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tenso
   const Region regions[] = {
       {x, t.bytes, false, -1}, {y, t.bytes, true, 0}, {gamma, cb, false, -1},
       {beta, cb, false, -1},   {mean, cb, false, -1}, {var, cb, false, -1},
+      {z, t.bytes, false, -1},
   };
-  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  if (bnorm::CheckAliasing(regions, /*second_partner_of=*/1, /*second_partner=*/6) != BNORM_OK) {
+    return BNORM_ERR_ALIAS;
+  }
   return bnorm::Guard([&] {
-    return bnorm::ForwardInference(ctx, t.problem, x, y, gamma, beta, mean, var, eps);
+    return bnorm::ForwardInference(ctx, t.problem, x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
+                                   gamma, beta, mean, var, eps);
   });
+}
+
+bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                     const void* x, void* y, const float* gamma, const float* beta,
+                                     const float* mean, const float* var, float eps) {
+  return bnorm_forward_inference_ex(ctx, desc, x, nullptr, y, BNORM_ACT_NONE, gamma, beta, mean,
+                                    var, eps);
 }
 
 namespace {
 
 bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* desc, bool frozen,
-                           const void* x, const void* dy, void* dx, const float* gamma,
-                           const float* mean, const float* invstd, float* dgamma, float* dbeta) {
+                           const void* x, const void* y, const void* dy, void* dx, void* dz,
+                           const bnorm_activation* act, const float* gamma, const float* mean,
+                           const float* invstd, float* dgamma, float* dbeta) {
   Tensor t;
   if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
-  if (x == nullptr || dy == nullptr || mean == nullptr || invstd == nullptr) {
+  if (act != nullptr && !bnorm::ValidAct(*act)) return BNORM_ERR_BAD_ARGUMENT;
+  const bool relu = act != nullptr && bnorm::Relu(*act);
+  if (x == nullptr || dy == nullptr || mean == nullptr || invstd == nullptr ||
+      (relu && y == nullptr)) {
     return BNORM_ERR_NULL_POINTER;
   }
+  if (!relu) y = nullptr;  // ignored without an activation
   const size_t cb = t.channel_bytes;
+  // dx may be exactly dy, and so may dz (not both: they would overlap).
   const Region regions[] = {
       {x, t.bytes, false, -1}, {dy, t.bytes, false, -1}, {dx, t.bytes, true, 1},
       {gamma, cb, false, -1},  {mean, cb, false, -1},    {invstd, cb, false, -1},
-      {dgamma, cb, true, -1},  {dbeta, cb, true, -1},
+      {dgamma, cb, true, -1},  {dbeta, cb, true, -1},    {y, t.bytes, false, -1},
+      {dz, t.bytes, true, 1},
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
-    return bnorm::Backward(ctx, t.problem, frozen, x, dy, dx, gamma, mean, invstd, dgamma,
+    return bnorm::Backward(ctx, t.problem, frozen, x, dy, y, dx, dz, gamma, mean, invstd, dgamma,
                            dbeta);
   });
 }
@@ -251,14 +302,26 @@ bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* de
 bnorm_status bnorm_backward(const bnorm_context* ctx, const bnorm_tensor_desc* desc, const void* x,
                             const void* dy, void* dx, const float* gamma, const float* save_mean,
                             const float* save_invstd, float* dgamma, float* dbeta) {
-  return BackwardEntry(ctx, desc, false, x, dy, dx, gamma, save_mean, save_invstd, dgamma, dbeta);
+  return BackwardEntry(ctx, desc, false, x, nullptr, dy, dx, nullptr, nullptr, gamma, save_mean,
+                       save_invstd, dgamma, dbeta);
 }
 
 bnorm_status bnorm_backward_frozen(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
                                    const void* x, const void* dy, void* dx, const float* gamma,
                                    const float* mean, const float* invstd, float* dgamma,
                                    float* dbeta) {
-  return BackwardEntry(ctx, desc, true, x, dy, dx, gamma, mean, invstd, dgamma, dbeta);
+  return BackwardEntry(ctx, desc, true, x, nullptr, dy, dx, nullptr, nullptr, gamma, mean, invstd,
+                       dgamma, dbeta);
+}
+
+bnorm_status bnorm_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                               const void* x, const void* y, const void* dy, void* dx, void* dz,
+                               bnorm_activation act, const float* gamma, const float* beta,
+                               const float* save_mean, const float* save_invstd, float* dgamma,
+                               float* dbeta) {
+  (void)beta;  // not needed by the gradients (documented)
+  return BackwardEntry(ctx, desc, false, x, y, dy, dx, dz, &act, gamma, save_mean, save_invstd,
+                       dgamma, dbeta);
 }
 
 }  // extern "C"

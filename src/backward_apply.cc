@@ -26,12 +26,40 @@ struct GradVectors {
   hn::Vec<D> mean, mean_dy, a, b;
 };
 
-// dx for one lane group: dy * a (frozen), else (dy - mean_dy) * a + (x - mean) * b.
-template <DType kT, bool kFrozen, class D, class K>
-HWY_INLINE hn::Vec<D> Grad(D d, const Elem<kT>* x, const Elem<kT>* dy, const K& k) {
-  const auto g = LoadF32<kT>(d, dy);
-  if (kFrozen) return hn::Mul(g, k.a);
-  const auto xmu = hn::Sub(LoadF32<kT>(d, x), k.mean);
+// The kernel variant: frozen statistics (dx = g * a; x not read), dy masked
+// by a fused ReLU's output y (kMask), the masked gradient also stored to dz
+// (kDz).
+template <bool kFrozen, bool kMask, bool kDz>
+struct Variant {
+  static constexpr bool frozen = kFrozen;
+  static constexpr bool mask = kMask;
+  static constexpr bool dz = kDz;
+};
+
+// The tensors of a call at one offset (null where the variant does not use
+// them).
+template <DType kT>
+struct GradTensors {
+  const Elem<kT>* x;
+  const Elem<kT>* dy;
+  const Elem<kT>* y;
+  Elem<kT>* dz;
+
+  GradTensors At(int64_t offset) const {
+    const auto at = [offset](auto* p) { return p != nullptr ? p + offset : p; };
+    return GradTensors{at(x), at(dy), at(y), at(dz)};
+  }
+};
+
+// dx for one lane group at offset e: g * a (frozen), else
+// (g - mean_dy) * a + (x - mean) * b, where g is dy (masked: see
+// MaskedGrad); g is stored to dz as it goes (kDz), in the same pass.
+template <DType kT, class V, class D, class K>
+HWY_INLINE hn::Vec<D> Grad(D d, const GradTensors<kT>& t, int64_t e, const K& k) {
+  const auto g = MaskedGrad<kT, V::mask>(d, t.dy + e, V::mask ? t.y + e : nullptr);
+  if constexpr (V::dz) StoreF32<kT, false>(d, g, t.dz + e);
+  if (V::frozen) return hn::Mul(g, k.a);
+  const auto xmu = hn::Sub(LoadF32<kT>(d, t.x + e), k.mean);
   return hn::MulAdd(hn::Sub(g, k.mean_dy), k.a, hn::Mul(xmu, k.b));
 }
 
@@ -41,25 +69,23 @@ HWY_INLINE GradVectors<D> Broadcast(D d, const GradConstants& k, int64_t ch) {
                         hn::Set(d, k.b[ch])};
 }
 
-// One contiguous run of channel ch. dy and dx may be the same buffer.
-template <DType kT, bool kFrozen, bool kStream>
-HWY_INLINE void GradRun(const Elem<kT>* x, const Elem<kT>* dy, Elem<kT>* dx, size_t len,
+// One contiguous run of channel ch starting at t. dx may equal dy (or dz dy).
+template <DType kT, bool kStream, class V>
+HWY_INLINE void GradRun(const GradTensors<kT>& t, Elem<kT>* dx, size_t len,
                         const GradConstants& k, int64_t ch) {
   StoreSpan<kT, kStream>(dx, len, [&](auto d, size_t j) HWY_ATTR {
-    return Grad<kT, kFrozen>(d, kFrozen ? nullptr : x + j, dy + j, Broadcast(d, k, ch));
+    return Grad<kT, V>(d, t, static_cast<int64_t>(j), Broadcast(d, k, ch));
   });
 }
 
-template <DType kT, bool kFrozen, bool kStream>
-void GradApplyNchwT(const Elem<kT>* x, const Elem<kT>* dy, Elem<kT>* dx, int64_t c,
-                    int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
-                    const Lookahead& ahead) {
+template <DType kT, bool kStream, class V>
+void GradApplyNchwT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, int64_t spatial,
+                    int64_t begin, int64_t end, const GradConstants& k, const Lookahead& ahead) {
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
     StoreChannelRuns<kT, kStream>(
         dx + begin, begin, end, c, spatial, ahead,
         [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); },
-        [&](auto d, int64_t e, const auto& kv)
-            HWY_ATTR { return Grad<kT, kFrozen>(d, kFrozen ? nullptr : x + e, dy + e, kv); });
+        [&](auto d, int64_t e, const auto& kv) HWY_ATTR { return Grad<kT, V>(d, t, e, kv); });
     return;
   }
   // Runs shorter than a vector: one run at a time, through the caches.
@@ -67,32 +93,28 @@ void GradApplyNchwT(const Elem<kT>* x, const Elem<kT>* dy, Elem<kT>* dx, int64_t
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++segment, s = 0) {
     const int64_t len = std::min(spatial - s, end - pos);
-    GradRun<kT, kFrozen, false>(kFrozen ? nullptr : x + pos, dy + pos, dx + pos,
-                                static_cast<size_t>(len), k, segment % c);
+    GradRun<kT, false, V>(t.At(pos), dx + pos, static_cast<size_t>(len), k, segment % c);
     pos += len;
   }
 }
 
-template <DType kT, bool kFrozen, bool kStream>
-void GradApplyNchwChannelT(const Elem<kT>* x, const Elem<kT>* dy, Elem<kT>* dx, int64_t c,
-                           int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                           const GradConstants& k) {
+template <DType kT, bool kStream, class V>
+void GradApplyNchwChannelT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, int64_t spatial,
+                           int64_t ch, int64_t begin, int64_t end, const GradConstants& k) {
   int64_t i = begin / spatial;
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++i, s = 0) {
     const int64_t len = std::min(spatial - s, end - pos);
     const int64_t offset = (i * c + ch) * spatial + s;
-    GradRun<kT, kFrozen, kStream>(kFrozen ? nullptr : x + offset, dy + offset, dx + offset,
-                                  static_cast<size_t>(len), k, ch);
+    GradRun<kT, kStream, V>(t.At(offset), dx + offset, static_cast<size_t>(len), k, ch);
     pos += len;
   }
 }
 
-template <DType kT, bool kFrozen, bool kStream>
-void GradApplyNhwcT(const Elem<kT>* x, const Elem<kT>* dy, Elem<kT>* dx, int64_t period,
-                    int64_t begin, int64_t end, const GradConstants& k) {
-  const Elem<kT>* xs = kFrozen ? nullptr : x + begin;
-  const Elem<kT>* gs = dy + begin;
+template <DType kT, bool kStream, class V>
+void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int64_t begin,
+                    int64_t end, const GradConstants& k) {
+  const GradTensors<kT> ts = t.At(begin);
   StorePeriodic<kT, kStream>(
       dx + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
       static_cast<size_t>(period),
@@ -101,50 +123,64 @@ void GradApplyNhwcT(const Elem<kT>* x, const Elem<kT>* dy, Elem<kT>* dx, int64_t
                                         hn::LoadU(d, k.a + q), hn::LoadU(d, k.b + q)};
       },
       [&](auto d, size_t i, const auto& kv)
-          HWY_ATTR { return Grad<kT, kFrozen>(d, kFrozen ? nullptr : xs + i, gs + i, kv); });
+          HWY_ATTR { return Grad<kT, V>(d, ts, static_cast<int64_t>(i), kv); });
 }
 
-// Runs body(kT, kFrozen, kStream) for the runtime dtype, frozen = (x ==
-// nullptr) and stream flag, then drains the streaming stores.
+// Runs body(kT, kStream, Variant<>) for the runtime dtype, stream flag and
+// variant (frozen = x == nullptr; the frozen path has no dz output), then
+// drains the streaming stores.
 template <class Body>
-HWY_INLINE void Variants(DType dtype, const void* x, bool stream, const Body& body) {
+HWY_INLINE void Variants(DType dtype, const GradArgs& a, bool stream, const Body& body) {
   ForDType(dtype, [&](auto t) HWY_ATTR {
-    ForFlag(x == nullptr, [&](auto frozen) HWY_ATTR {
-      ForFlag(stream, [&](auto st) HWY_ATTR { body(t, frozen, st); });
+    ForFlag(stream, [&](auto st) HWY_ATTR {
+      if (a.x == nullptr) {  // also "dz only": g * 1 into dz
+        ForFlag(a.y != nullptr, [&](auto mask) HWY_ATTR {
+          body(t, st, Variant<true, decltype(mask)::value, false>());
+        });
+        return;
+      }
+      ForFlag(a.y != nullptr, [&](auto mask) HWY_ATTR {
+        ForFlag(a.dz != nullptr, [&](auto dz) HWY_ATTR {
+          body(t, st, Variant<false, decltype(mask)::value, decltype(dz)::value>());
+        });
+      });
     });
   });
   if (stream) hwy::FlushStream();
 }
 
-void GradApplyNchw(DType dtype, const void* x, const void* dy, void* dx, int64_t c,
-                   int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
-                   bool stream, const Lookahead& ahead) {
-  Variants(dtype, x, stream, [&](auto t, auto frozen, auto st) HWY_ATTR {
+template <DType kT>
+HWY_INLINE GradTensors<kT> Typed(const GradArgs& a) {
+  return GradTensors<kT>{static_cast<const Elem<kT>*>(a.x), static_cast<const Elem<kT>*>(a.dy),
+                         static_cast<const Elem<kT>*>(a.y), static_cast<Elem<kT>*>(a.dz)};
+}
+
+void GradApplyNchw(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t spatial,
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream,
+                   const Lookahead& ahead) {
+  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    GradApplyNchwT<kT, decltype(frozen)::value, decltype(st)::value>(
-        static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy),
-        static_cast<Elem<kT>*>(dx), c, spatial, begin, end, k, ahead);
+    GradApplyNchwT<kT, decltype(st)::value, decltype(v)>(
+        Typed<kT>(a), static_cast<Elem<kT>*>(dx), c, spatial, begin, end, k, ahead);
   });
 }
 
-void GradApplyNchwChannel(DType dtype, const void* x, const void* dy, void* dx, int64_t c,
-                          int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          const GradConstants& k, bool stream) {
-  Variants(dtype, x, stream, [&](auto t, auto frozen, auto st) HWY_ATTR {
+void GradApplyNchwChannel(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t spatial,
+                          int64_t ch, int64_t begin, int64_t end, const GradConstants& k,
+                          bool stream) {
+  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    GradApplyNchwChannelT<kT, decltype(frozen)::value, decltype(st)::value>(
-        static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy),
-        static_cast<Elem<kT>*>(dx), c, spatial, ch, begin, end, k);
+    GradApplyNchwChannelT<kT, decltype(st)::value, decltype(v)>(
+        Typed<kT>(a), static_cast<Elem<kT>*>(dx), c, spatial, ch, begin, end, k);
   });
 }
 
-void GradApplyNhwc(DType dtype, const void* x, const void* dy, void* dx, int64_t period,
-                   int64_t begin, int64_t end, const GradConstants& k, bool stream) {
-  Variants(dtype, x, stream, [&](auto t, auto frozen, auto st) HWY_ATTR {
+void GradApplyNhwc(DType dtype, const GradArgs& a, void* dx, int64_t period, int64_t begin,
+                   int64_t end, const GradConstants& k, bool stream) {
+  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    GradApplyNhwcT<kT, decltype(frozen)::value, decltype(st)::value>(
-        static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy),
-        static_cast<Elem<kT>*>(dx), period, begin, end, k);
+    GradApplyNhwcT<kT, decltype(st)::value, decltype(v)>(Typed<kT>(a), static_cast<Elem<kT>*>(dx),
+                                                         period, begin, end, k);
   });
 }
 
@@ -162,24 +198,21 @@ HWY_EXPORT(GradApplyNchw);
 HWY_EXPORT(GradApplyNchwChannel);
 HWY_EXPORT(GradApplyNhwc);
 
-void GradApplyNchw(int64_t target, DType dtype, const void* x, const void* dy, void* dx, int64_t c,
+void GradApplyNchw(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t c,
                    int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
                    bool stream, const Lookahead& ahead) {
-  BNORM_DISPATCH(GradApplyNchw, target)
-  (dtype, x, dy, dx, c, spatial, begin, end, k, stream, ahead);
+  BNORM_DISPATCH(GradApplyNchw, target)(dtype, a, dx, c, spatial, begin, end, k, stream, ahead);
 }
 
-void GradApplyNchwChannel(int64_t target, DType dtype, const void* x, const void* dy, void* dx,
-                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+void GradApplyNchwChannel(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end,
                           const GradConstants& k, bool stream) {
-  BNORM_DISPATCH(GradApplyNchwChannel, target)
-  (dtype, x, dy, dx, c, spatial, ch, begin, end, k, stream);
+  BNORM_DISPATCH(GradApplyNchwChannel, target)(dtype, a, dx, c, spatial, ch, begin, end, k, stream);
 }
 
-void GradApplyNhwc(int64_t target, DType dtype, const void* x, const void* dy, void* dx,
-                   int64_t period, int64_t begin, int64_t end, const GradConstants& k,
-                   bool stream) {
-  BNORM_DISPATCH(GradApplyNhwc, target)(dtype, x, dy, dx, period, begin, end, k, stream);
+void GradApplyNhwc(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t period,
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream) {
+  BNORM_DISPATCH(GradApplyNhwc, target)(dtype, a, dx, period, begin, end, k, stream);
 }
 
 }  // namespace bnorm

@@ -1,6 +1,7 @@
 // Backward elementwise kernels:
-//   training: dx = (dy - mean_dy) * a + (x - mean) * b
-//   frozen:   dx = dy * a            (x is not read; pass x == nullptr)
+//   training: dx = (g - mean_dy) * a + (x - mean) * b
+//   frozen:   dx = g * a            (x is not read; pass x == nullptr)
+// where g = dy, or dy masked where y <= 0 (fused ReLU), also stored to dz.
 // with constants per channel (NCHW) or per position of a period (NHWC).
 // dx may equal dy. With `stream`, dx is written with non-temporal stores.
 // x, dy and dx hold elements of `dtype`; offsets count elements.
@@ -14,6 +15,17 @@
 
 namespace bnorm {
 
+// The input tensors of the backward elementwise pass and the fused
+// residual-gradient output: x (null: frozen statistics, x not read), dy, y
+// (the fused ReLU's output; null: no mask) and dz (null: not written; may
+// equal dy). Tensors hold elements of the call's dtype.
+struct GradArgs {
+  const void* x = nullptr;
+  const void* dy = nullptr;
+  const void* y = nullptr;
+  void* dz = nullptr;
+};
+
 struct GradConstants {
   const float* mean;
   const float* mean_dy;
@@ -23,18 +35,17 @@ struct GradConstants {
 
 // NCHW: elements [begin, end) of the flat tensor; prefetches `ahead`
 // meanwhile (when spatial >= the lanes).
-void GradApplyNchw(int64_t target, DType dtype, const void* x, const void* dy, void* dx, int64_t c,
+void GradApplyNchw(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t c,
                    int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
                    bool stream, const Lookahead& ahead = Lookahead());
 // NCHW: channel ch over its values [begin, end) in (i, s) order.
-void GradApplyNchwChannel(int64_t target, DType dtype, const void* x, const void* dy, void* dx,
-                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+void GradApplyNchwChannel(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end,
                           const GradConstants& k, bool stream);
 // NHWC: elements [begin, end); constants per position e % period, each array
 // holding period + kMaxLanes entries (see StorePeriodic).
-void GradApplyNhwc(int64_t target, DType dtype, const void* x, const void* dy, void* dx,
-                   int64_t period, int64_t begin, int64_t end, const GradConstants& k,
-                   bool stream);
+void GradApplyNhwc(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t period,
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream);
 
 }  // namespace bnorm
 

@@ -21,9 +21,9 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-template <DType kT>
-GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int64_t spatial,
-                           int64_t ch, int64_t begin, int64_t end, float mean) {
+template <DType kT, bool kMask>
+GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
+                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
@@ -46,12 +46,14 @@ GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int
     }
     const Elem<kT>* xs = x + offset;
     const Elem<kT>* gs = dy + offset;
+    const Elem<kT>* ys = kMask ? y + offset : nullptr;
+    const auto at = [&](size_t j) { return kMask ? ys + j : nullptr; };
     size_t j = 0;
     const size_t groups = len / (kAcc * N);
-    main.template Add<kT>(xs, gs, groups, vmean);
+    main.template Add<kT, kMask>(xs, gs, ys, groups, vmean);
     j = groups * kAcc * N;
-    for (; j + N <= len; j += N) rest.template Add<kT>(xs + j, gs + j, 1, vmean);
-    for (; j < len; ++j) one.template Add<kT>(xs + j, gs + j, 1, vmean1);
+    for (; j + N <= len; j += N) rest.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean);
+    for (; j < len; ++j) one.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean1);
     pos += static_cast<int64_t>(len);
   }
   GradSums sums;
@@ -61,9 +63,9 @@ GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int
   return sums;
 }
 
-template <DType kT>
-void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int64_t c0,
-                       int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
+template <DType kT, bool kMask>
+void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
+                       int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
                        const float* mean, int64_t rows_at_once, GradSums* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
@@ -95,12 +97,14 @@ void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int64_t
   const auto add_rows = [&](int64_t r0, size_t rows) HWY_ATTR {
     const Elem<kT>* xr = x + r0 * c + c0;
     const Elem<kT>* gr = dy + r0 * c + c0;
+    const Elem<kT>* yr = kMask ? y + r0 * c + c0 : nullptr;
     const auto body = [&](auto d, size_t p, auto load, auto store) HWY_ATTR {
       const auto mu = load(d, pmean + p);
       auto s_dy = load(d, sum_dy + p);
       auto s_xmu = load(d, sum_dy_xmu + p);
       for (size_t k = 0; k < rows; ++k) {
-        const auto g = LoadF32<kT>(d, gr + k * stride + p);
+        const auto g = MaskedGrad<kT, kMask>(d, gr + k * stride + p,
+                                             kMask ? yr + k * stride + p : nullptr);
         s_dy = hn::Add(s_dy, g);
         s_xmu = hn::MulAdd(g, hn::Sub(LoadF32<kT>(d, xr + k * stride + p), mu), s_xmu);
       }
@@ -141,7 +145,7 @@ void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int64_t
   for (; r < row_end; ++r) {
     for (int64_t ch = 0; ch < width; ++ch) {
       const int64_t e = r * c + c0 + ch;
-      const float g = ScalarF32<kT>(dy[e]);
+      const float g = kMask && ScalarF32<kT>(y[e]) <= 0.0f ? 0.0f : ScalarF32<kT>(dy[e]);
       const float xmu = ScalarF32<kT>(x[e]) - pmean[ch];
       out[ch].sum_dy += static_cast<double>(g);
       out[ch].sum_dy_xmu += static_cast<double>(g) * static_cast<double>(xmu);
@@ -149,26 +153,37 @@ void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, int64_t c, int64_t
   }
 }
 
-GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, int64_t c, int64_t spatial,
-                          int64_t ch, int64_t begin, int64_t end, float mean) {
+#define BNORM_TYPED_ARGS(kT)                                                        \
+  static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy),               \
+      static_cast<const Elem<kT>*>(y)
+
+GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
   GradSums g;
   ForDType(dtype, [&](auto t) HWY_ATTR {
-    constexpr DType kT = decltype(t)::value;
-    g = GradSumsNchwUnitT<kT>(static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy),
-                              c, spatial, ch, begin, end, mean);
+    ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
+      constexpr DType kT = decltype(t)::value;
+      g = GradSumsNchwUnitT<kT, decltype(mask)::value>(BNORM_TYPED_ARGS(kT), c, spatial, ch,
+                                                       begin, end, mean);
+    });
   });
   return g;
 }
 
-void GradSumsNhwcUnit(DType dtype, const void* x, const void* dy, int64_t c, int64_t c0,
-                      int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                      const float* mean, int64_t rows_at_once, GradSums* out) {
+void GradSumsNhwcUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
+                      int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
+                      int64_t row_end, const float* mean, int64_t rows_at_once, GradSums* out) {
   ForDType(dtype, [&](auto t) HWY_ATTR {
-    constexpr DType kT = decltype(t)::value;
-    GradSumsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy), c,
-                          c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
+    ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
+      constexpr DType kT = decltype(t)::value;
+      GradSumsNhwcUnitT<kT, decltype(mask)::value>(BNORM_TYPED_ARGS(kT), c, c0, width,
+                                                   rows_per_period, row_begin, row_end, mean,
+                                                   rows_at_once, out);
+    });
   });
 }
+
+#undef BNORM_TYPED_ARGS
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
@@ -198,6 +213,12 @@ GradSums ExactGradSums(int64_t count, const ValueAt& value_at, float mean) {
   return g;
 }
 
+// dy at e, masked by the ReLU output y (if any), in double.
+double MaskedGradAt(const void* dy, const void* y, int64_t e, DType dtype) {
+  if (y != nullptr && LoadAsFloat(y, e, dtype) <= 0.0f) return 0.0;
+  return static_cast<double>(LoadAsFloat(dy, e, dtype));
+}
+
 bool Finite(const GradSums& g) { return std::isfinite(g.sum_dy) && std::isfinite(g.sum_dy_xmu); }
 
 }  // namespace
@@ -205,10 +226,11 @@ bool Finite(const GradSums& g) { return std::isfinite(g.sum_dy) && std::isfinite
 HWY_EXPORT(GradSumsNchwUnit);
 HWY_EXPORT(GradSumsNhwcUnit);
 
-GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, int64_t c,
-                          int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
+GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy,
+                          const void* y, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
+                          int64_t end, float mean) {
   const GradSums g =
-      BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, c, spatial, ch, begin, end, mean);
+      BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, y, c, spatial, ch, begin, end, mean);
   if (Finite(g)) return g;
   return ExactGradSums(
       end - begin,
@@ -216,16 +238,17 @@ GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void
         const int64_t v = begin + k;
         const int64_t e = ((v / spatial) * c + ch) * spatial + v % spatial;
         *xv = static_cast<double>(LoadAsFloat(x, e, dtype));
-        *gv = static_cast<double>(LoadAsFloat(dy, e, dtype));
+        *gv = MaskedGradAt(dy, y, e, dtype);
       },
       mean);
 }
 
-void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, int64_t c,
-                      int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
-                      int64_t row_end, const float* mean, int64_t rows_at_once, GradSums* out) {
+void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
+                      int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
+                      int64_t row_begin, int64_t row_end, const float* mean,
+                      int64_t rows_at_once, GradSums* out) {
   BNORM_DISPATCH(GradSumsNhwcUnit, target)
-  (dtype, x, dy, c, c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
+  (dtype, x, dy, y, c, c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
   for (int64_t ch = 0; ch < width; ++ch) {
     if (Finite(out[ch])) continue;
     out[ch] = ExactGradSums(
@@ -233,7 +256,7 @@ void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy
         [&](int64_t k, double* xv, double* gv) {
           const int64_t e = (row_begin + k) * c + c0 + ch;
           *xv = static_cast<double>(LoadAsFloat(x, e, dtype));
-          *gv = static_cast<double>(LoadAsFloat(dy, e, dtype));
+          *gv = MaskedGradAt(dy, y, e, dtype);
         },
         mean[c0 + ch]);
   }

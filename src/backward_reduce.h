@@ -1,6 +1,7 @@
 // Backward reduction kernels: per-unit sum(dy) and sum(dy * (x - mean)),
 // accumulated in float lanes over short blocks and in double beyond. x and
-// dy hold elements of `dtype`; offsets count elements.
+// dy hold elements of `dtype`; offsets count elements. With y (the output of
+// a fused ReLU; may be null), dy is masked where y <= 0 first.
 #ifndef BNORM_SRC_BACKWARD_REDUCE_H_
 #define BNORM_SRC_BACKWARD_REDUCE_H_
 
@@ -12,14 +13,16 @@
 namespace bnorm {
 
 // NCHW: channel ch over its values [begin, end) in (i, s) order.
-GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, int64_t c,
-                          int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean);
+GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy,
+                          const void* y, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
+                          int64_t end, float mean);
 
 // NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into out[0, width);
 // mean holds c floats. rows_per_period and rows_at_once as in StatsNhwcUnit.
-void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, int64_t c,
-                      int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
-                      int64_t row_end, const float* mean, int64_t rows_at_once, GradSums* out);
+void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
+                      int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
+                      int64_t row_begin, int64_t row_end, const float* mean,
+                      int64_t rows_at_once, GradSums* out);
 
 }  // namespace bnorm
 

@@ -181,9 +181,9 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
 }  // namespace
 
 bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
-                             const float* gamma, const float* beta, float eps, float momentum,
-                             float* running_mean, float* running_var, float* save_mean,
-                             float* save_invstd) {
+                             const Epilogue& epi, const float* gamma, const float* beta, float eps,
+                             float momentum, float* running_mean, float* running_var,
+                             float* save_mean, float* save_invstd) {
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
@@ -257,17 +257,18 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
       ahead.input[0] = At(x, (i * p.c + c1) * p.spatial, p.dtype);
       ahead.elems = (c2 - c1) * p.spatial;
       NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, (i * p.c + c0) * p.spatial,
-                    (i * p.c + c1) * p.spatial, affine, plan.stream_output, ahead);
+                    (i * p.c + c1) * p.spatial, affine, plan.stream_output, ahead, epi);
     }
   };
   const auto apply_unit = [&](int64_t a) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, a);
-      NormalizeNchwChannel(target, p.dtype, x, y, p.c, p.spatial, unit.ch, unit.begin, unit.end, affine,
-                           plan.stream_output);
+      NormalizeNchwChannel(target, p.dtype, x, y, p.c, p.spatial, unit.ch, unit.begin, unit.end,
+                           affine, plan.stream_output, epi);
     } else {
       const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
-      NormalizeNhwc(target, p.dtype, x, y, ep.period, r0 * p.c, r1 * p.c, affine, plan.stream_output);
+      NormalizeNhwc(target, p.dtype, x, y, ep.period, r0 * p.c, r1 * p.c, affine,
+                    plan.stream_output, epi);
     }
   };
   RunReduceApply(ctx, p, rp, plan, /*apply=*/true, prepare, reduce, finalize, apply_group,
@@ -276,7 +277,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
 }
 
 bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
-                              const float* gamma, const float* beta, const float* mean,
+                              const Epilogue& epi, const float* gamma, const float* beta, const float* mean,
                               const float* var, float eps) {
   const int64_t target = ActiveTargetBit();
   const ElementwisePlan ep = PlanElementwise(p);
@@ -288,7 +289,8 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
   float* consts = ScratchAt<float>(lease, consts_at);
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
-  const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes().llc);
+  const bool stream =
+      ShouldStream(p, /*tensors=*/epi.z != nullptr ? 3 : 2, DetectedCacheSizes().llc);
 
   ParallelFor(
       ctx, p.c, kChannelsPerChunk,
@@ -321,9 +323,10 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
       ctx, p.Elements(), ep.task_elems,
       [&](int64_t begin, int64_t end) {
         if (p.nhwc) {
-          NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream);
+          NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, epi);
         } else {
-          NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream);
+          NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream,
+                        Lookahead(), epi);
         }
       },
       single);
@@ -331,21 +334,23 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
 }
 
 bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, const void* x,
-                      const void* dy, void* dx, const float* gamma, const float* mean,
-                      const float* invstd, float* dgamma, float* dbeta) {
+                      const void* dy, const void* y, void* dx, void* dz, const float* gamma,
+                      const float* mean, const float* invstd, float* dgamma, float* dbeta) {
   const bool need_sums = dgamma != nullptr || dbeta != nullptr || (dx != nullptr && !frozen);
-  if (!need_sums && dx == nullptr) return BNORM_OK;
+  if (!need_sums && dx == nullptr && dz == nullptr) return BNORM_OK;
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
+  const int tensors_read = y != nullptr ? 3 : 2;
   const ExecutionPlan plan =
-      PlanExecution(p, rp, /*tensors_read=*/2, ContextThreads(ctx), DetectedCacheSizes());
+      PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes());
   const int64_t klen = ConstantsLength(p, ep);
+  const bool apply_pass = dx != nullptr || dz != nullptr;
 
   ScratchLayout layout;
   const size_t partials_at = layout.Add<GradSums>(need_sums ? rp.NumPartials(p) : 0);
   const size_t merged_at = layout.Add<GradSums>(need_sums ? p.c : 0);
-  const size_t consts_at = layout.Add<float>(dx != nullptr ? 4 * klen : 0);
+  const size_t consts_at = layout.Add<float>(apply_pass ? 4 * klen : 0);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   GradSums* partials = ScratchAt<GradSums>(lease, partials_at);
@@ -353,7 +358,12 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   float* consts = ScratchAt<float>(lease, consts_at);
   const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
   const double m = static_cast<double>(p.Values());
-  const void* x_apply = frozen ? nullptr : x;  // the frozen dx does not read x
+  // dz without dx: the gradient itself, g * 1, through the frozen kernel.
+  const bool dz_only = dx == nullptr && dz != nullptr;
+  // The apply pass: dx (and dz alongside), or dz alone.
+  const GradArgs args = dz_only ? GradArgs{nullptr, dy, y, nullptr}
+                                : GradArgs{frozen ? nullptr : x, dy, y, frozen ? nullptr : dz};
+  void* out = dz_only ? dz : dx;
 
   // Per-channel outputs and the apply constants of channels [c0, c1).
   const auto finalize_with = [&](int64_t c0, int64_t c1, const GradSums* sums) {
@@ -362,44 +372,52 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       const double is = static_cast<double>(invstd[ch]);
       if (dbeta != nullptr) dbeta[ch] = static_cast<float>(s.sum_dy);
       if (dgamma != nullptr) dgamma[ch] = static_cast<float>(s.sum_dy_xmu * is);
-      if (dx == nullptr) continue;
-      const double a = (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0) * is;
+      if (!apply_pass) continue;
+      const double a = dz_only ? 1.0 : (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0) * is;
+      const bool no_sums = frozen || dz_only;
       SetConstant(consts, p, klen, ch, mean[ch]);
-      SetConstant(consts + klen, p, klen, ch, frozen ? 0.0f : static_cast<float>(s.sum_dy / m));
+      SetConstant(consts + klen, p, klen, ch, no_sums ? 0.0f : static_cast<float>(s.sum_dy / m));
       SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(a));
       SetConstant(consts + 3 * klen, p, klen, ch,
-                  frozen ? 0.0f : static_cast<float>(-a * is * is * s.sum_dy_xmu / m));
+                  no_sums ? 0.0f : static_cast<float>(-a * is * is * s.sum_dy_xmu / m));
     }
   };
 
-  if (!need_sums) {  // frozen dx only: a pure elementwise pass
+  // A pure elementwise pass (frozen dx, or dz only) after the sums if any.
+  const auto elementwise = [&](const GradSums* sums) {
     const bool single = UsefulThreads(2 * p.Elements(), ContextThreads(ctx)) == 1;
     ParallelFor(
         ctx, p.c, kChannelsPerChunk,
-        [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, nullptr); }, single);
-    const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes().llc);  // dy, dx
+        [&](int64_t c0, int64_t c1) {
+          finalize_with(c0, c1, sums != nullptr ? sums + c0 : nullptr);
+        },
+        single);
+    const bool stream = ShouldStream(p, tensors_read, DetectedCacheSizes().llc);
     ParallelFor(
         ctx, p.Elements(), ep.task_elems,
         [&](int64_t begin, int64_t end) {
           if (p.nhwc) {
-            GradApplyNhwc(target, p.dtype, nullptr, dy, dx, ep.period, begin, end, grad, stream);
+            GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream);
           } else {
-            GradApplyNchw(target, p.dtype, nullptr, dy, dx, p.c, p.spatial, begin, end, grad, stream);
+            GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, begin, end, grad, stream);
           }
         },
         single);
+  };
+  if (!need_sums) {
+    elementwise(nullptr);
     return BNORM_OK;
   }
 
   const auto reduce = [&](int64_t u) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] = GradSumsNchwUnit(target, p.dtype, x, dy, p.c, p.spatial, unit.ch, unit.begin, unit.end,
-                                     mean[unit.ch]);
+      partials[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch,
+                                     unit.begin, unit.end, mean[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
-      GradSumsNhwcUnit(target, p.dtype, x, dy, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
-                       unit.row_end, mean, plan.reduce_rows_at_once,
+      GradSumsNhwcUnit(target, p.dtype, x, dy, y, p.c, unit.c0, unit.width, rp.rows_per_period,
+                       unit.row_begin, unit.row_end, mean, plan.reduce_rows_at_once,
                        partials + unit.row_unit * p.c + unit.c0);
     }
   };
@@ -412,25 +430,27 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       const int64_t next = (i * p.c + c1) * p.spatial;
       Lookahead ahead;
       ahead.input[0] = At(dy, next, p.dtype);
-      ahead.input[1] = x_apply != nullptr ? At(x, next, p.dtype) : nullptr;
+      ahead.input[1] = args.x != nullptr ? At(x, next, p.dtype) : nullptr;
+      ahead.input[2] = y != nullptr ? At(y, next, p.dtype) : nullptr;
       ahead.elems = (c2 - c1) * p.spatial;
-      GradApplyNchw(target, p.dtype, x_apply, dy, dx, p.c, p.spatial, (i * p.c + c0) * p.spatial,
+      GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, (i * p.c + c0) * p.spatial,
                     (i * p.c + c1) * p.spatial, grad, plan.stream_output, ahead);
     }
   };
   const auto apply_unit = [&](int64_t a) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, a);
-      GradApplyNchwChannel(target, p.dtype, x_apply, dy, dx, p.c, p.spatial, unit.ch, unit.begin, unit.end,
-                           grad, plan.stream_output);
+      GradApplyNchwChannel(target, p.dtype, args, out, p.c, p.spatial, unit.ch, unit.begin,
+                           unit.end, grad, plan.stream_output);
     } else {
       const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
-      GradApplyNhwc(target, p.dtype, x_apply, dy, dx, ep.period, r0 * p.c, r1 * p.c, grad,
+      GradApplyNhwc(target, p.dtype, args, out, ep.period, r0 * p.c, r1 * p.c, grad,
                     plan.stream_output);
     }
   };
   RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize,
                  apply_group, apply_unit);
+  if (dz_only) elementwise(merged);
   return BNORM_OK;
 }
 

@@ -7,23 +7,30 @@
 #define BNORM_SRC_BATCHNORM_H_
 
 #include "bnorm/bnorm.h"
+#include "normalize.h"
 #include "plan.h"
 
 namespace bnorm {
 
+// The forward passes write y = act(BN(x) + z) (epi: z may be null, act
+// none or ReLU).
 bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
-                             const float* gamma, const float* beta, float eps, float momentum,
-                             float* running_mean, float* running_var, float* save_mean,
-                             float* save_invstd);
+                             const Epilogue& epi, const float* gamma, const float* beta, float eps,
+                             float momentum, float* running_mean, float* running_var,
+                             float* save_mean, float* save_invstd);
 
 bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
-                              const float* gamma, const float* beta, const float* mean,
+                              const Epilogue& epi, const float* gamma, const float* beta, const float* mean,
                               const float* var, float eps);
 
 // frozen: mean/invstd are constants (dx = dy*gamma*invstd); otherwise the
 // training-mode gradient through the batch statistics.
+// y: the output of a fused ReLU (dy is masked where y <= 0), or null. dz:
+// the masked gradient is also written there (the residual's gradient), or
+// null.
 bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, const void* x,
-                      const void* dy, void* dx, const float* gamma, const float* mean,
+                      const void* dy, const void* y, void* dx, void* dz, const float* gamma,
+                      const float* mean,
                       const float* invstd, float* dgamma, float* dbeta);
 
 }  // namespace bnorm

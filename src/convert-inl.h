@@ -154,6 +154,19 @@ HWY_INLINE void StoreF32(DF df, hn::Vec<DF> v, Elem<kT>* HWY_RESTRICT p) {
   }
 }
 
+// The gradient through a ReLU whose output was y: dy where y > 0, else 0
+// (PyTorch's threshold_backward: zero where y <= 0, so NaN y passes dy).
+template <DType kT, bool kMask, class D>
+HWY_INLINE hn::Vec<D> MaskedGrad(D d, const Elem<kT>* dy, const Elem<kT>* y) {
+  const auto g = LoadF32<kT>(d, dy);
+  if constexpr (!kMask) {
+    (void)y;
+    return g;
+  } else {
+    return hn::IfThenZeroElse(hn::Le(LoadF32<kT>(d, y), hn::Zero(d)), g);
+  }
+}
+
 // Calls body(std::integral_constant<DType, kT>) for the runtime dtype, so
 // kernels are instantiated once per storage type.
 template <class Body>

@@ -154,6 +154,7 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   constexpr int64_t kLineElems = 64 / sizeof(Elem<kT>);
   const char* ahead0 = static_cast<const char*>(ahead.input[0]);
   const char* ahead1 = static_cast<const char*>(ahead.input[1]);
+  const char* ahead2 = static_cast<const char*>(ahead.input[2]);
   int64_t ahead_left = ahead.input[0] != nullptr ? ahead.elems : 0;  // not yet fetched
   int64_t line_left = 0;  // output elements until the next prefetch
   auto k = constants(df, ch);
@@ -166,6 +167,10 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
       if (ahead1 != nullptr) {
         __builtin_prefetch(ahead1, 0, 2);
         ahead1 += 64;
+      }
+      if (ahead2 != nullptr) {
+        __builtin_prefetch(ahead2, 0, 2);
+        ahead2 += 64;
       }
     }
     auto v = value(df, e, k);

@@ -11,11 +11,11 @@
 
 namespace bnorm {
 
-// Up to two input ranges of `elems` elements each (x; or x and dy; of the
-// output's type), one cache line of each prefetched per line of output
-// written. Default: nothing.
+// Up to three input ranges of `elems` elements each (x; or dy, x and the
+// fused ReLU's y; of the output's type), one cache line of each prefetched
+// per line of output written. input[0] null: nothing.
 struct Lookahead {
-  const void* input[2] = {nullptr, nullptr};
+  const void* input[3] = {nullptr, nullptr, nullptr};
   int64_t elems = 0;
 };
 

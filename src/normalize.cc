@@ -21,9 +21,21 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // y = (x - mean) * scale + shift for one lane group with given constants.
-template <DType kT, class D, class V>
-HWY_INLINE V Normalized(D d, const Elem<kT>* x, V mean, V scale, V shift) {
-  return hn::MulAdd(hn::Sub(LoadF32<kT>(d, x), mean), scale, shift);
+// The epilogue variant of a kernel: residual added (kZ), ReLU (kRelu).
+template <bool kZ, bool kRelu>
+struct Fuse {
+  static constexpr bool z = kZ;
+  static constexpr bool relu = kRelu;
+};
+
+// y = act((x - mean) * scale + shift [+ z]) for one lane group. ReLU keeps
+// NaN (v < 0 is false for NaN), as PyTorch's does.
+template <DType kT, class F, class D, class V>
+HWY_INLINE V Normalized(D d, const Elem<kT>* x, const Elem<kT>* z, V mean, V scale, V shift) {
+  V v = hn::MulAdd(hn::Sub(LoadF32<kT>(d, x), mean), scale, shift);
+  if constexpr (F::z) v = hn::Add(v, LoadF32<kT>(d, z));
+  if constexpr (F::relu) v = hn::IfThenZeroElse(hn::Lt(v, hn::Zero(d)), v);
+  return v;
 }
 
 // The constants of one channel, broadcast.
@@ -32,19 +44,26 @@ struct ChannelVectors {
   hn::Vec<D> mean, scale, shift;
 };
 
-// One contiguous run with the constants of one channel. x and y may be the
+// z + offset, or nullptr without a residual.
+template <class F, typename T>
+HWY_INLINE const T* Offset(const T* z, int64_t offset) {
+  return F::z ? z + offset : nullptr;
+}
+
+// One contiguous run with the constants of one channel. x, z and y may be the
 // same buffer: no HWY_RESTRICT on them.
-template <DType kT, bool kStream>
-HWY_INLINE void NormalizeRun(const Elem<kT>* x, Elem<kT>* y, size_t len, float mean, float scale,
-                             float shift) {
+template <DType kT, bool kStream, class F>
+HWY_INLINE void NormalizeRun(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, size_t len,
+                             float mean, float scale, float shift) {
   StoreSpan<kT, kStream>(y, len, [&](auto d, size_t j) HWY_ATTR {
-    return Normalized<kT>(d, x + j, hn::Set(d, mean), hn::Set(d, scale), hn::Set(d, shift));
+    return Normalized<kT, F>(d, x + j, Offset<F>(z, static_cast<int64_t>(j)), hn::Set(d, mean),
+                             hn::Set(d, scale), hn::Set(d, shift));
   });
 }
 
-template <DType kT, bool kStream>
-void NormalizeNchwT(const Elem<kT>* x, Elem<kT>* y, int64_t c, int64_t spatial, int64_t begin,
-                    int64_t end, const AffineConstants& k, const Lookahead& ahead) {
+template <DType kT, bool kStream, class F>
+void NormalizeNchwT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t c, int64_t spatial,
+                    int64_t begin, int64_t end, const AffineConstants& k, const Lookahead& ahead) {
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
     StoreChannelRuns<kT, kStream>(
         y + begin, begin, end, c, spatial, ahead,
@@ -52,8 +71,9 @@ void NormalizeNchwT(const Elem<kT>* x, Elem<kT>* y, int64_t c, int64_t spatial, 
           return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
                                              hn::Set(d, k.shift[ch])};
         },
-        [&](auto d, int64_t e, const auto& kv)
-            HWY_ATTR { return Normalized<kT>(d, x + e, kv.mean, kv.scale, kv.shift); });
+        [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
+          return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
+        });
     return;
   }
   // Runs shorter than a vector: one run at a time, through the caches.
@@ -62,30 +82,32 @@ void NormalizeNchwT(const Elem<kT>* x, Elem<kT>* y, int64_t c, int64_t spatial, 
   for (int64_t pos = begin; pos < end; ++segment, s = 0) {
     const int64_t ch = segment % c;
     const int64_t len = std::min(spatial - s, end - pos);
-    NormalizeRun<kT, false>(x + pos, y + pos, static_cast<size_t>(len), k.mean[ch], k.scale[ch],
-                            k.shift[ch]);
+    NormalizeRun<kT, false, F>(x + pos, Offset<F>(z, pos), y + pos, static_cast<size_t>(len),
+                               k.mean[ch], k.scale[ch], k.shift[ch]);
     pos += len;
   }
 }
 
-template <DType kT, bool kStream>
-void NormalizeNchwChannelT(const Elem<kT>* x, Elem<kT>* y, int64_t c, int64_t spatial, int64_t ch,
-                           int64_t begin, int64_t end, const AffineConstants& k) {
+template <DType kT, bool kStream, class F>
+void NormalizeNchwChannelT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t c,
+                           int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                           const AffineConstants& k) {
   int64_t i = begin / spatial;
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++i, s = 0) {
     const int64_t len = std::min(spatial - s, end - pos);
     const int64_t offset = (i * c + ch) * spatial + s;
-    NormalizeRun<kT, kStream>(x + offset, y + offset, static_cast<size_t>(len), k.mean[ch],
-                              k.scale[ch], k.shift[ch]);
+    NormalizeRun<kT, kStream, F>(x + offset, Offset<F>(z, offset), y + offset,
+                                 static_cast<size_t>(len), k.mean[ch], k.scale[ch], k.shift[ch]);
     pos += len;
   }
 }
 
-template <DType kT, bool kStream>
-void NormalizeNhwcT(const Elem<kT>* x, Elem<kT>* y, int64_t period, int64_t begin, int64_t end,
-                    const AffineConstants& k) {
+template <DType kT, bool kStream, class F>
+void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t period,
+                    int64_t begin, int64_t end, const AffineConstants& k) {
   const Elem<kT>* xs = x + begin;
+  const Elem<kT>* zs = Offset<F>(z, begin);
   StorePeriodic<kT, kStream>(
       y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
       static_cast<size_t>(period),
@@ -93,49 +115,62 @@ void NormalizeNhwcT(const Elem<kT>* x, Elem<kT>* y, int64_t period, int64_t begi
         return ChannelVectors<decltype(d)>{hn::LoadU(d, k.mean + q), hn::LoadU(d, k.scale + q),
                                            hn::LoadU(d, k.shift + q)};
       },
-      [&](auto d, size_t i, const auto& kv)
-          HWY_ATTR { return Normalized<kT>(d, xs + i, kv.mean, kv.scale, kv.shift); });
+      [&](auto d, size_t i, const auto& kv) HWY_ATTR {
+        return Normalized<kT, F>(d, xs + i, Offset<F>(zs, static_cast<int64_t>(i)), kv.mean,
+                                 kv.scale, kv.shift);
+      });
 }
 
-// Runs body(kT, kStream) for the runtime dtype and stream flag, then drains
-// the streaming stores.
+// Runs body(kT, kStream, Fuse<>) for the runtime dtype, stream flag and
+// epilogue, then drains the streaming stores.
 template <class Body>
-HWY_INLINE void Variants(DType dtype, bool stream, const Body& body) {
+HWY_INLINE void Variants(DType dtype, bool stream, const Epilogue& epi, const Body& body) {
   ForDType(dtype, [&](auto t) HWY_ATTR {
-    ForFlag(stream, [&](auto st) HWY_ATTR { body(t, st); });
+    ForFlag(stream, [&](auto st) HWY_ATTR {
+      ForFlag(epi.z != nullptr, [&](auto has_z) HWY_ATTR {
+        ForFlag(epi.relu, [&](auto relu) HWY_ATTR {
+          body(t, st, Fuse<decltype(has_z)::value, decltype(relu)::value>());
+        });
+      });
+    });
   });
   if (stream) hwy::FlushStream();
 }
 
+#define BNORM_TYPED_ARGS(kT)                                                        \
+  static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(epi.z),            \
+      static_cast<Elem<kT>*>(y)
+
 void NormalizeNchw(DType dtype, const void* x, void* y, int64_t c, int64_t spatial, int64_t begin,
-                   int64_t end, const AffineConstants& k, bool stream, const Lookahead& ahead) {
-  Variants(dtype, stream, [&](auto t, auto st) HWY_ATTR {
+                   int64_t end, const AffineConstants& k, bool stream, const Lookahead& ahead,
+                   const Epilogue& epi) {
+  Variants(dtype, stream, epi, [&](auto t, auto st, auto f) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    NormalizeNchwT<kT, decltype(st)::value>(static_cast<const Elem<kT>*>(x),
-                                            static_cast<Elem<kT>*>(y), c, spatial, begin, end, k,
-                                            ahead);
+    NormalizeNchwT<kT, decltype(st)::value, decltype(f)>(BNORM_TYPED_ARGS(kT), c, spatial, begin,
+                                                         end, k, ahead);
   });
 }
 
 void NormalizeNchwChannel(DType dtype, const void* x, void* y, int64_t c, int64_t spatial,
                           int64_t ch, int64_t begin, int64_t end, const AffineConstants& k,
-                          bool stream) {
-  Variants(dtype, stream, [&](auto t, auto st) HWY_ATTR {
+                          bool stream, const Epilogue& epi) {
+  Variants(dtype, stream, epi, [&](auto t, auto st, auto f) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    NormalizeNchwChannelT<kT, decltype(st)::value>(static_cast<const Elem<kT>*>(x),
-                                                   static_cast<Elem<kT>*>(y), c, spatial, ch,
-                                                   begin, end, k);
+    NormalizeNchwChannelT<kT, decltype(st)::value, decltype(f)>(BNORM_TYPED_ARGS(kT), c, spatial,
+                                                                ch, begin, end, k);
   });
 }
 
 void NormalizeNhwc(DType dtype, const void* x, void* y, int64_t period, int64_t begin, int64_t end,
-                   const AffineConstants& k, bool stream) {
-  Variants(dtype, stream, [&](auto t, auto st) HWY_ATTR {
+                   const AffineConstants& k, bool stream, const Epilogue& epi) {
+  Variants(dtype, stream, epi, [&](auto t, auto st, auto f) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    NormalizeNhwcT<kT, decltype(st)::value>(static_cast<const Elem<kT>*>(x),
-                                            static_cast<Elem<kT>*>(y), period, begin, end, k);
+    NormalizeNhwcT<kT, decltype(st)::value, decltype(f)>(BNORM_TYPED_ARGS(kT), period, begin, end,
+                                                         k);
   });
 }
+
+#undef BNORM_TYPED_ARGS
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
@@ -153,19 +188,22 @@ HWY_EXPORT(NormalizeNhwc);
 
 void NormalizeNchw(int64_t target, DType dtype, const void* x, void* y, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const AffineConstants& k, bool stream,
-                   const Lookahead& ahead) {
-  BNORM_DISPATCH(NormalizeNchw, target)(dtype, x, y, c, spatial, begin, end, k, stream, ahead);
+                   const Lookahead& ahead, const Epilogue& epi) {
+  BNORM_DISPATCH(NormalizeNchw, target)
+  (dtype, x, y, c, spatial, begin, end, k, stream, ahead, epi);
 }
 
 void NormalizeNchwChannel(int64_t target, DType dtype, const void* x, void* y, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          const AffineConstants& k, bool stream) {
-  BNORM_DISPATCH(NormalizeNchwChannel, target)(dtype, x, y, c, spatial, ch, begin, end, k, stream);
+                          const AffineConstants& k, bool stream, const Epilogue& epi) {
+  BNORM_DISPATCH(NormalizeNchwChannel, target)
+  (dtype, x, y, c, spatial, ch, begin, end, k, stream, epi);
 }
 
 void NormalizeNhwc(int64_t target, DType dtype, const void* x, void* y, int64_t period,
-                   int64_t begin, int64_t end, const AffineConstants& k, bool stream) {
-  BNORM_DISPATCH(NormalizeNhwc, target)(dtype, x, y, period, begin, end, k, stream);
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream,
+                   const Epilogue& epi) {
+  BNORM_DISPATCH(NormalizeNhwc, target)(dtype, x, y, period, begin, end, k, stream, epi);
 }
 
 }  // namespace bnorm

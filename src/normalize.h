@@ -21,24 +21,33 @@ struct AffineConstants {
   const float* shift;
 };
 
+// Fused after the normalization: y = act(normalized + z). z (a tensor like x,
+// may equal x or y) is added when not null; relu: max(., 0), NaN kept.
+struct Epilogue {
+  const void* z = nullptr;
+  bool relu = false;
+};
+
 // NCHW: elements [begin, end) of the flat tensor; constants indexed by channel.
 // Streams whole lines across channel boundaries when spatial >= the lanes.
 // Prefetches `ahead` meanwhile (when spatial >= the lanes).
 void NormalizeNchw(int64_t target, DType dtype, const void* x, void* y, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const AffineConstants& k, bool stream,
-                   const Lookahead& ahead = Lookahead());
+                   const Lookahead& ahead = Lookahead(), const Epilogue& epi = Epilogue());
 
 // NCHW: channel ch over its values [begin, end) in (i, s) order; the
 // constants are those of channel ch (k indexed by ch).
 void NormalizeNchwChannel(int64_t target, DType dtype, const void* x, void* y, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          const AffineConstants& k, bool stream);
+                          const AffineConstants& k, bool stream,
+                          const Epilogue& epi = Epilogue());
 
 // NHWC: elements [begin, end) of the flat tensor; constants indexed by
 // position within the period (element e has position e % period), each array
 // holding period + kMaxLanes entries (see StorePeriodic).
 void NormalizeNhwc(int64_t target, DType dtype, const void* x, void* y, int64_t period,
-                   int64_t begin, int64_t end, const AffineConstants& k, bool stream);
+                   int64_t begin, int64_t end, const AffineConstants& k, bool stream,
+                   const Epilogue& epi = Epilogue());
 
 }  // namespace bnorm
 

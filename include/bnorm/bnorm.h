@@ -202,6 +202,46 @@ BNORM_API bnorm_status bnorm_backward_frozen(const bnorm_context* ctx,
                                              const float* mean, const float* invstd, float* dgamma,
                                              float* dbeta);
 
+/* ---- Fused epilogues (cuDNN's BN_ACTIVATION / BN_ADD_ACTIVATION) ----
+ * y = act(BN(x) + z) in one pass over memory. */
+typedef enum bnorm_activation { BNORM_ACT_NONE = 0, BNORM_ACT_RELU = 1 } bnorm_activation;
+
+/* bnorm_forward_training with a residual and an activation:
+ * y = act((x - mean) * invstd * gamma + beta + z). Statistics are those of x.
+ *   z    a tensor like x (same desc), or NULL (no residual). y may equal x or
+ *        z exactly (in place); z may equal x.
+ *   act  BNORM_ACT_NONE or BNORM_ACT_RELU (max(v, 0); NaN stays NaN).
+ * Other arguments and statuses as bnorm_forward_training; an unknown act is
+ * BNORM_ERR_BAD_ARGUMENT. */
+BNORM_API bnorm_status bnorm_forward_training_ex(
+    const bnorm_context* ctx, const bnorm_tensor_desc* desc, const void* x, const void* z,
+    void* y, bnorm_activation act, const float* gamma, const float* beta, float eps,
+    float momentum, float* running_mean, float* running_var, float* save_mean,
+    float* save_invstd);
+
+/* bnorm_forward_inference with a residual and an activation (as above). */
+BNORM_API bnorm_status bnorm_forward_inference_ex(const bnorm_context* ctx,
+                                                  const bnorm_tensor_desc* desc, const void* x,
+                                                  const void* z, void* y, bnorm_activation act,
+                                                  const float* gamma, const float* beta,
+                                                  const float* mean, const float* var, float eps);
+
+/* Backward of bnorm_forward_training_ex. With g = dy where y > 0 and 0
+ * elsewhere for BNORM_ACT_RELU (g = dy for BNORM_ACT_NONE), this is
+ * bnorm_backward applied to g, and dz = g:
+ *   y       the forward output, required when act != BNORM_ACT_NONE (its
+ *           sign gives the mask); otherwise ignored (may be NULL).
+ *   dx      may be NULL; dx == dy allowed.
+ *   dz      the residual's gradient, may be NULL; dz == dy allowed.
+ *   beta    not needed by the gradients; accepted for symmetry, may be NULL.
+ * dx and dz are written in the same pass. Other arguments and statuses as
+ * bnorm_backward; an unknown act is BNORM_ERR_BAD_ARGUMENT. */
+BNORM_API bnorm_status bnorm_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                         const void* x, const void* y, const void* dy, void* dx,
+                                         void* dz, bnorm_activation act, const float* gamma,
+                                         const float* beta, const float* save_mean,
+                                         const float* save_invstd, float* dgamma, float* dbeta);
+
 /* ---- Folding a frozen batch norm, for inference engines ----
  * In inference, y = x * scale + shift per channel with
  *   scale = gamma / sqrt(var + eps),  shift = beta - mean * scale
