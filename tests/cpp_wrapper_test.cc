@@ -59,6 +59,39 @@ TEST(CppWrapper, SameResultsAsTheCApi) {
   EXPECT_EQ(dx, dx_c);
 }
 
+TEST(CppWrapper, FusedVariants) {
+  const Shape s{3, 4, 20, BNORM_LAYOUT_NCHW};
+  const size_t C = 4;
+  const auto x = NormalData(s, 5), z = NormalData(s, 6), dy = NormalData(s, 7);
+  const bnorm::Desc desc(s.n, s.c, s.spatial);
+  const bnorm_tensor_desc d = s.Desc();
+  std::vector<float> y(x.size()), y_c(x.size()), sm(C), si(C), sm_c(C), si_c(C);
+  bnorm::forward_training(bnorm::Context::Default(), desc, x, y, {z, BNORM_ACT_RELU}, {}, 1e-5f,
+                          0.1f, {}, {sm, si});
+  ASSERT_EQ(bnorm_forward_training_ex(nullptr, &d, x.data(), z.data(), y_c.data(), BNORM_ACT_RELU,
+                                      nullptr, nullptr, 1e-5f, 0.1f, nullptr, nullptr,
+                                      sm_c.data(), si_c.data()),
+            BNORM_OK);
+  EXPECT_EQ(y, y_c);
+  std::vector<float> dx(x.size()), dz(x.size()), dx_c(x.size()), dz_c(x.size());
+  bnorm::backward(bnorm::Context::Default(), desc, x, y, dy, dx, dz, BNORM_ACT_RELU, nullptr,
+                  {sm, si});
+  ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), dx_c.data(),
+                              dz_c.data(), BNORM_ACT_RELU, nullptr, nullptr, sm.data(), si.data(),
+                              nullptr, nullptr),
+            BNORM_OK);
+  EXPECT_EQ(dx, dx_c);
+  EXPECT_EQ(dz, dz_c);
+  std::vector<float> yi(x.size()), yi_c(x.size());
+  bnorm::forward_inference(bnorm::Context::Default(), desc, x, yi, {z, BNORM_ACT_NONE}, {}, sm,
+                           si, 0.0f);
+  ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), z.data(), yi_c.data(),
+                                       BNORM_ACT_NONE, nullptr, nullptr, sm.data(), si.data(),
+                                       0.0f),
+            BNORM_OK);
+  EXPECT_EQ(yi, yi_c);
+}
+
 TEST(CppWrapper, ErrorsCarryTheStatusAndWriteNothing) {
   const bnorm::Desc desc(2, 3, 4);
   std::vector<float> x(24, 1.0f), y(24, 7.0f), short_y(23, 7.0f), gamma(2, 1.0f);

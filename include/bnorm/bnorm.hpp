@@ -172,6 +172,53 @@ struct Grads {
   Channels dgamma, dbeta;  // nullptr: not written
 };
 
+// Fused epilogue of the forward passes: y = act(BN(x) + z).
+struct Fused {
+  Buffer z = nullptr;  // residual like x, or nullptr
+  bnorm_activation act = BNORM_ACT_NONE;
+};
+
+inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, Buffer y,
+                             Fused fused, Affine affine, float eps, float momentum,
+                             Running running = {}, Saved saved = {}) {
+  constexpr const char* kWhere = "bnorm_forward_training_ex";
+  const int64_t c = desc.d.c;
+  detail::Check(bnorm_forward_training_ex(
+                    ctx.get(), desc.get(), x.get(desc, kWhere), fused.z.get(desc, kWhere),
+                    y.get(desc, kWhere), fused.act, affine.gamma.get(c, kWhere),
+                    affine.beta.get(c, kWhere), eps, momentum, running.mean.get(c, kWhere),
+                    running.var.get(c, kWhere), saved.mean.get(c, kWhere),
+                    saved.invstd.get(c, kWhere)),
+                kWhere);
+}
+
+inline void forward_inference(const Context& ctx, const Desc& desc, Buffer x, Buffer y,
+                              Fused fused, Affine affine, Channels mean, Channels var, float eps) {
+  constexpr const char* kWhere = "bnorm_forward_inference_ex";
+  const int64_t c = desc.d.c;
+  detail::Check(bnorm_forward_inference_ex(ctx.get(), desc.get(), x.get(desc, kWhere),
+                                           fused.z.get(desc, kWhere), y.get(desc, kWhere),
+                                           fused.act, affine.gamma.get(c, kWhere),
+                                           affine.beta.get(c, kWhere), mean.get(c, kWhere),
+                                           var.get(c, kWhere), eps),
+                kWhere);
+}
+
+// Backward of the fused forward: y is its output (needed for ReLU), dz
+// receives the residual's gradient (or nullptr); dx may be nullptr.
+inline void backward(const Context& ctx, const Desc& desc, Buffer x, Buffer y, Buffer dy,
+                     Buffer dx, Buffer dz, bnorm_activation act, Channels gamma, Saved saved,
+                     Grads grads = {}) {
+  constexpr const char* kWhere = "bnorm_backward_ex";
+  const int64_t c = desc.d.c;
+  detail::Check(bnorm_backward_ex(ctx.get(), desc.get(), x.get(desc, kWhere), y.get(desc, kWhere),
+                                  dy.get(desc, kWhere), dx.get(desc, kWhere),
+                                  dz.get(desc, kWhere), act, gamma.get(c, kWhere), nullptr,
+                                  saved.mean.get(c, kWhere), saved.invstd.get(c, kWhere),
+                                  grads.dgamma.get(c, kWhere), grads.dbeta.get(c, kWhere)),
+                kWhere);
+}
+
 // Training-mode backward; dx may be nullptr (parameter gradients only).
 inline void backward(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, Buffer dx,
                      Channels gamma, Saved saved, Grads grads = {}) {

@@ -91,12 +91,25 @@ _backward = _declare(
 _backward_frozen = _declare(
     "bnorm_backward_frozen",
     [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _ptr, _fptr, _fptr, _fptr, _fptr, _fptr])
+_forward_training_ex = _declare(
+    "bnorm_forward_training_ex",
+    [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _ptr, ctypes.c_int, _fptr, _fptr, _f32, _f32, _fptr,
+     _fptr, _fptr, _fptr])
+_forward_inference_ex = _declare(
+    "bnorm_forward_inference_ex",
+    [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _ptr, ctypes.c_int, _fptr, _fptr, _fptr, _fptr,
+     _f32])
+_backward_ex = _declare(
+    "bnorm_backward_ex",
+    [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _fptr, _fptr,
+     _fptr, _fptr, _fptr, _fptr])
 _fold = _declare("bnorm_fold", [_i64, _fptr, _fptr, _fptr, _fptr, _f32, _fptr, _fptr])
 _fold_into_weights = _declare(
     "bnorm_fold_into_weights",
     [ctypes.c_int, _i64, _i64, _fptr, _fptr, _fptr, _fptr, _fptr, _fptr, _fptr, _fptr, _f32])
 
 _LAYOUTS = {"NCHW": 0, "NHWC": 1}
+_ACTIVATIONS = {None: 0, "none": 0, "relu": 1}
 _F32, _BF16, _F16 = 0, 1, 2
 _WEIGHT_LAYOUTS = {"OIHW": 0, "OHWI": 1, "OI": 2, "HWIO": 3, "IO": 4}
 
@@ -235,15 +248,36 @@ def _data(a):
 
 # ---- forward ----
 
+def _activation(activation):
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'none' or 'relu', got {activation!r}")
+    return _ACTIVATIONS[activation]
+
+
+def _residual(z, x, code, dtype):
+    """z as a contiguous array like x, or None."""
+    if z is None:
+        return None
+    z, zcode = _tensor(z, dtype, "z")
+    if z.shape != x.shape or zcode != code:
+        raise ValueError(f"z must match x in shape and dtype ({z.shape} vs {x.shape})")
+    return z
+
+
 def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_var=None,
-                        momentum=0.1, eps=1e-5, layout="NCHW", dtype=None, ctx=None):
+                        momentum=0.1, eps=1e-5, layout="NCHW", dtype=None, ctx=None, z=None,
+                        activation=None):
     """Training-mode batch norm: returns (y, save_mean, save_invstd).
 
     running_mean/running_var (float32 arrays) are updated in place when given:
     running = (1 - momentum) * running + momentum * batch (unbiased variance).
+    Fused epilogue: y = activation(BN(x) + z), z a residual like x (or None),
+    activation None or "relu" (in the same pass over memory).
     """
     x, code = _tensor(x, dtype, "x")
     desc, c = _desc(x, layout, code)
+    z = _residual(z, x, code, dtype)
+    act = _activation(activation)
     _, w = _channels(weight, c, "weight")
     _, b = _channels(bias, c, "bias")
     _, rm = _channels(running_mean, c, "running_mean", writable=True)
@@ -251,16 +285,19 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
     save_mean, sm = _new_channels(c)
     save_invstd, si = _new_channels(c)
     y = np.empty_like(x)
-    _check(_forward_training(_context(ctx), ctypes.byref(desc), _data(x), _data(y), w, b, eps, momentum,
-                             rm, rv, sm, si), "bnorm_forward_training")
+    _check(_forward_training_ex(_context(ctx), ctypes.byref(desc), _data(x),
+                                _data(z) if z is not None else None, _data(y), act, w, b, eps,
+                                momentum, rm, rv, sm, si), "bnorm_forward_training_ex")
     return y, save_mean, save_invstd
 
 
 def batch_norm_inference(x, mean, var, weight=None, bias=None, eps=1e-5, layout="NCHW",
-                         dtype=None, ctx=None):
-    """Inference-mode batch norm with given statistics: returns y."""
+                         dtype=None, ctx=None, z=None, activation=None):
+    """Inference-mode batch norm with given statistics: returns y (= activation(BN(x) + z))."""
     x, code = _tensor(x, dtype, "x")
     desc, c = _desc(x, layout, code)
+    z = _residual(z, x, code, dtype)
+    act = _activation(activation)
     _, m = _channels(mean, c, "mean")
     _, v = _channels(var, c, "var")
     if m is None or v is None:
@@ -268,36 +305,47 @@ def batch_norm_inference(x, mean, var, weight=None, bias=None, eps=1e-5, layout=
     _, w = _channels(weight, c, "weight")
     _, b = _channels(bias, c, "bias")
     y = np.empty_like(x)
-    _check(_forward_inference(_context(ctx), ctypes.byref(desc), _data(x), _data(y), w, b, m, v, eps),
-           "bnorm_forward_inference")
+    _check(_forward_inference_ex(_context(ctx), ctypes.byref(desc), _data(x),
+                                 _data(z) if z is not None else None, _data(y), act, w, b, m, v,
+                                 eps), "bnorm_forward_inference_ex")
     return y
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, layout="NCHW", dtype=None, ctx=None):
-    """torch.nn.functional.batch_norm: returns y.
+               momentum=0.1, eps=1e-5, layout="NCHW", dtype=None, ctx=None, z=None,
+               activation=None):
+    """torch.nn.functional.batch_norm: returns y (= activation(BN(x) + z) when fused).
 
     training=True normalizes with the batch statistics and updates the
     running statistics in place; training=False uses the running statistics.
     """
     if training:
         return batch_norm_training(x, weight, bias, running_mean, running_var, momentum, eps,
-                                   layout, dtype, ctx)[0]
+                                   layout, dtype, ctx, z, activation)[0]
     return batch_norm_inference(x, running_mean, running_var, weight, bias, eps, layout, dtype,
-                                ctx)
+                                ctx, z, activation)
 
 
 # ---- backward ----
 
 def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW",
-                        frozen=False, need_dx=True, dtype=None, ctx=None):
-    """Gradients (dx, dgamma, dbeta) of batch norm.
+                        frozen=False, need_dx=True, dtype=None, ctx=None, y=None,
+                        activation=None, need_dz=False):
+    """Gradients (dx, dgamma, dbeta) of batch norm; (dx, dgamma, dbeta, dz) with need_dz.
 
     frozen=False: training mode, through the batch statistics save_mean and
     save_invstd from batch_norm_training. frozen=True: the statistics are
     constants (eval mode): pass the running mean and 1/sqrt(var + eps).
     need_dx=False skips dx (returned as None).
+    Fused forward (activation="relu", and/or a residual z): pass the forward
+    output y; dy is masked where y <= 0, and need_dz=True also returns the
+    residual's gradient dz (the masked dy), in the same pass.
     """
+    if activation is not None or need_dz:
+        if frozen:
+            raise ValueError("the fused backward is training-mode only (frozen=False)")
+        return _backward_fused(x, dy, save_mean, save_invstd, weight, layout, need_dx, dtype, ctx,
+                               y, activation, need_dz)
     x, code = _tensor(x, dtype, "x")
     dy, code_dy = _tensor(dy, dtype, "dy")
     if dy.shape != x.shape or code_dy != code:
@@ -315,6 +363,33 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
     _check(fn(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx) if need_dx else None, w,
               m, s, dg, db), "bnorm_backward_frozen" if frozen else "bnorm_backward")
     return dx, dgamma, dbeta
+
+
+def _backward_fused(x, dy, save_mean, save_invstd, weight, layout, need_dx, dtype, ctx, y,
+                    activation, need_dz):
+    x, code = _tensor(x, dtype, "x")
+    dy, code_dy = _tensor(dy, dtype, "dy")
+    if dy.shape != x.shape or code_dy != code:
+        raise ValueError(f"dy must match x in shape and dtype ({dy.shape} vs {x.shape})")
+    act = _activation(activation)
+    if act and y is None:
+        raise ValueError("y (the forward output) is required with activation='relu'")
+    y = _residual(y, x, code, dtype) if act else None
+    desc, c = _desc(x, layout, code)
+    _, w = _channels(weight, c, "weight")
+    _, m = _channels(save_mean, c, "save_mean")
+    _, s = _channels(save_invstd, c, "save_invstd")
+    if m is None or s is None:
+        raise ValueError("save_mean and save_invstd are required")
+    dgamma, dg = _new_channels(c)
+    dbeta, db = _new_channels(c)
+    dx = np.empty_like(x) if need_dx else None
+    dz = np.empty_like(x) if need_dz else None
+    _check(_backward_ex(_context(ctx), ctypes.byref(desc), _data(x),
+                        _data(y) if y is not None else None, _data(dy),
+                        _data(dx) if need_dx else None, _data(dz) if need_dz else None, act, w,
+                        None, m, s, dg, db), "bnorm_backward_ex")
+    return (dx, dgamma, dbeta, dz) if need_dz else (dx, dgamma, dbeta)
 
 
 # ---- folding ----

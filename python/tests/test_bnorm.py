@@ -162,6 +162,37 @@ class BackwardTest(unittest.TestCase):
                 np.testing.assert_array_equal(dg2, dgamma)
 
 
+class FusedTest(unittest.TestCase):
+    def test_residual_relu_forward_and_backward(self):
+        rng = np.random.default_rng(5)
+        for layout, shape in [("NCHW", (4, 3, 6, 5)), ("NHWC", (4, 6, 5, 3))]:
+            with self.subTest(layout=layout):
+                x = rng.standard_normal(shape).astype(np.float32)
+                z = rng.standard_normal(shape).astype(np.float32)
+                dy = rng.standard_normal(shape).astype(np.float32)
+                gamma = rng.uniform(0.5, 2, 3).astype(np.float32)
+                beta = rng.uniform(-1, 1, 3).astype(np.float32)
+                y, mean, invstd = bnorm.batch_norm_training(x, gamma, beta, layout=layout, z=z,
+                                                            activation="relu")
+                m_ref, v_ref = ref_stats(x, layout)
+                y_ref = np.maximum(ref_forward(x, m_ref, v_ref, gamma, beta, 1e-5, layout) + z, 0)
+                np.testing.assert_allclose(y, y_ref, atol=1e-5)
+                dx, dgamma, dbeta, dz = bnorm.batch_norm_backward(
+                    x, dy, mean, invstd, gamma, layout=layout, y=y, activation="relu",
+                    need_dz=True)
+                g = np.where(y > 0, dy, 0).astype(np.float32)
+                dx_ref, dg_ref, db_ref = ref_backward(x, g, mean, invstd, gamma, layout)
+                np.testing.assert_array_equal(dz, g)
+                np.testing.assert_allclose(dx, dx_ref, atol=1e-5)
+                np.testing.assert_allclose(dgamma, dg_ref, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(dbeta, db_ref, rtol=1e-5, atol=1e-5)
+                y_inf = bnorm.batch_norm(x, m_ref.astype(np.float32), v_ref.astype(np.float32),
+                                         gamma, beta, layout=layout, z=z, activation="relu")
+                np.testing.assert_allclose(y_inf, y_ref, atol=1e-5)
+        with self.assertRaises(ValueError):
+            bnorm.batch_norm_training(x, activation="gelu")
+
+
 class ApiTest(unittest.TestCase):
     def test_errors_carry_the_status(self):
         x = np.ones((2, 3, 4), np.float32)
