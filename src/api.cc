@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 
+#include "aliasing.h"
 #include "batchnorm.h"
 #include "bnorm/bnorm.h"
 #include "context.h"
@@ -66,40 +67,10 @@ bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t) {
 bool ValidEps(float eps) { return std::isfinite(eps) && eps >= 0.0f; }
 bool ValidMomentum(float momentum) { return momentum >= 0.0f && momentum <= 1.0f; }
 
-// One buffer of a call, for the overlap check.
-struct Region {
-  const void* data;
-  size_t bytes;
-  bool output;
-  int in_place_partner;  // index of the one buffer this output may equal exactly, or -1
-};
-
-bool Overlap(const Region& a, const Region& b) {
-  if (a.data == nullptr || b.data == nullptr) return false;
-  const uintptr_t a0 = reinterpret_cast<uintptr_t>(a.data);
-  const uintptr_t b0 = reinterpret_cast<uintptr_t>(b.data);
-  return a0 < b0 + b.bytes && b0 < a0 + a.bytes;
-}
-
-// BNORM_ERR_ALIAS if an output overlaps any other buffer, except the exact
-// in-place pair it names (and, for output second_partner_of, also exactly
-// buffer second_partner: y == z in the fused forward, dz == dy backward).
+// BNORM_ERR_ALIAS if an output overlaps another buffer (aliasing.h).
 template <size_t kCount>
-bnorm_status CheckAliasing(const Region (&regions)[kCount], int second_partner_of = -1,
-                           int second_partner = -1) {
-  for (size_t i = 0; i < kCount; ++i) {
-    if (!regions[i].output) continue;
-    for (size_t j = 0; j < kCount; ++j) {
-      if (i == j || !Overlap(regions[i], regions[j])) continue;
-      const bool named = regions[i].in_place_partner == static_cast<int>(j) ||
-                         (static_cast<int>(i) == second_partner_of &&
-                          static_cast<int>(j) == second_partner);
-      const bool in_place =
-          named && regions[i].data == regions[j].data && regions[i].bytes == regions[j].bytes;
-      if (!in_place) return BNORM_ERR_ALIAS;
-    }
-  }
-  return BNORM_OK;
+bnorm_status CheckAliasing(const Region (&regions)[kCount]) {
+  return Aliased(regions) ? BNORM_ERR_ALIAS : BNORM_OK;
 }
 
 bool ValidAct(const bnorm_activation& act) {
@@ -212,13 +183,11 @@ bnorm_status bnorm_forward_training_ex(const bnorm_context* ctx, const bnorm_ten
   const size_t cb = t.channel_bytes;
   // y may be exactly x or z; z may be x (both inputs).
   const Region regions[] = {
-      {x, t.bytes, false, -1},     {y, t.bytes, true, 0},        {gamma, cb, false, -1},
+      {x, t.bytes, false, -1},     {y, t.bytes, true, 0, 8},     {gamma, cb, false, -1},
       {beta, cb, false, -1},       {running_mean, cb, true, -1}, {running_var, cb, true, -1},
       {save_mean, cb, true, -1},   {save_invstd, cb, true, -1},  {z, t.bytes, false, -1},
   };
-  if (bnorm::CheckAliasing(regions, /*second_partner_of=*/1, /*second_partner=*/8) != BNORM_OK) {
-    return BNORM_ERR_ALIAS;
-  }
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
     return bnorm::ForwardTraining(ctx, t.problem, x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
                                   gamma, beta, eps, momentum, running_mean, running_var, save_mean,
@@ -247,13 +216,11 @@ bnorm_status bnorm_forward_inference_ex(const bnorm_context* ctx, const bnorm_te
   }
   const size_t cb = t.channel_bytes;
   const Region regions[] = {
-      {x, t.bytes, false, -1}, {y, t.bytes, true, 0}, {gamma, cb, false, -1},
-      {beta, cb, false, -1},   {mean, cb, false, -1}, {var, cb, false, -1},
+      {x, t.bytes, false, -1}, {y, t.bytes, true, 0, 6}, {gamma, cb, false, -1},
+      {beta, cb, false, -1},   {mean, cb, false, -1},    {var, cb, false, -1},
       {z, t.bytes, false, -1},
   };
-  if (bnorm::CheckAliasing(regions, /*second_partner_of=*/1, /*second_partner=*/6) != BNORM_OK) {
-    return BNORM_ERR_ALIAS;
-  }
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
     return bnorm::ForwardInference(ctx, t.problem, x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
                                    gamma, beta, mean, var, eps);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "aliasing.h"
 #include "bnorm/bnorm.h"
 
 namespace {
@@ -24,34 +25,6 @@ Affine ChannelAffine(const float* gamma, const float* beta, const float* mean, c
 }
 
 bool ValidEps(float eps) { return std::isfinite(eps) && eps >= 0.0f; }
-
-struct Region {
-  const void* data;
-  size_t bytes;
-  bool output;
-  const void* in_place;  // the one input this output may equal exactly (same size)
-};
-
-bool Overlap(const Region& a, const Region& b) {
-  if (a.data == nullptr || b.data == nullptr) return false;
-  const uintptr_t a0 = reinterpret_cast<uintptr_t>(a.data);
-  const uintptr_t b0 = reinterpret_cast<uintptr_t>(b.data);
-  return a0 < b0 + b.bytes && b0 < a0 + a.bytes;
-}
-
-template <size_t kCount>
-bool Aliased(const Region (&r)[kCount]) {
-  for (size_t i = 0; i < kCount; ++i) {
-    if (!r[i].output) continue;
-    for (size_t j = 0; j < kCount; ++j) {
-      if (i == j || !Overlap(r[i], r[j])) continue;
-      const bool in_place = r[i].in_place != nullptr && r[j].data == r[i].in_place &&
-                            r[i].data == r[j].data && r[i].bytes == r[j].bytes;
-      if (!in_place) return true;
-    }
-  }
-  return false;
-}
 
 int RawLayout(const bnorm_weight_layout& layout) {
   int value = 0;
@@ -72,10 +45,10 @@ bnorm_status bnorm_fold(int64_t c, const float* gamma, const float* beta, const 
     return BNORM_ERR_NULL_POINTER;
   }
   const size_t cb = static_cast<size_t>(bytes);
-  const Region regions[] = {{gamma, cb, false, nullptr},    {beta, cb, false, nullptr},
-                            {mean, cb, false, nullptr},     {var, cb, false, nullptr},
-                            {scale_out, cb, true, nullptr}, {shift_out, cb, true, nullptr}};
-  if (Aliased(regions)) return BNORM_ERR_ALIAS;
+  const bnorm::Region regions[] = {{gamma, cb, false},    {beta, cb, false},
+                                   {mean, cb, false},     {var, cb, false},
+                                   {scale_out, cb, true}, {shift_out, cb, true}};
+  if (bnorm::Aliased(regions)) return BNORM_ERR_ALIAS;
   for (int64_t ch = 0; ch < c; ++ch) {
     const Affine a = ChannelAffine(gamma, beta, mean, var, eps, ch);
     scale_out[ch] = static_cast<float>(a.scale);
@@ -106,11 +79,10 @@ bnorm_status bnorm_fold_into_weights(bnorm_weight_layout layout, int64_t out_cha
     return BNORM_ERR_NULL_POINTER;
   }
   const size_t wb = static_cast<size_t>(bytes), cb = static_cast<size_t>(cbytes);
-  const Region regions[] = {
-      {weights, wb, false, nullptr}, {bias, cb, false, nullptr},  {gamma, cb, false, nullptr},
-      {beta, cb, false, nullptr},    {mean, cb, false, nullptr},  {var, cb, false, nullptr},
-      {weights_out, wb, true, weights}, {bias_out, cb, true, bias}};
-  if (Aliased(regions)) return BNORM_ERR_ALIAS;
+  const bnorm::Region regions[] = {
+      {weights, wb, false}, {bias, cb, false}, {gamma, cb, false},       {beta, cb, false},
+      {mean, cb, false},    {var, cb, false},  {weights_out, wb, true, 0}, {bias_out, cb, true, 1}};
+  if (bnorm::Aliased(regions)) return BNORM_ERR_ALIAS;
   const bool output_outermost =
       l == BNORM_WEIGHTS_OIHW || l == BNORM_WEIGHTS_OHWI || l == BNORM_WEIGHTS_OI;
   for (int64_t o = 0; o < out_channels; ++o) {

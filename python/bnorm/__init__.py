@@ -85,9 +85,6 @@ _forward_training = _declare(
 _forward_inference = _declare(
     "bnorm_forward_inference",
     [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _fptr, _fptr, _fptr, _fptr, _f32])
-_backward = _declare(
-    "bnorm_backward",
-    [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _ptr, _fptr, _fptr, _fptr, _fptr, _fptr])
 _backward_frozen = _declare(
     "bnorm_backward_frozen",
     [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _ptr, _fptr, _fptr, _fptr, _fptr, _fptr])
@@ -341,32 +338,8 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
     output y; dy is masked where y <= 0, and need_dz=True also returns the
     residual's gradient dz (the masked dy), in the same pass.
     """
-    if activation is not None or need_dz:
-        if frozen:
-            raise ValueError("the fused backward is training-mode only (frozen=False)")
-        return _backward_fused(x, dy, save_mean, save_invstd, weight, layout, need_dx, dtype, ctx,
-                               y, activation, need_dz)
-    x, code = _tensor(x, dtype, "x")
-    dy, code_dy = _tensor(dy, dtype, "dy")
-    if dy.shape != x.shape or code_dy != code:
-        raise ValueError(f"dy must match x in shape and dtype ({dy.shape} vs {x.shape})")
-    desc, c = _desc(x, layout, code)
-    _, w = _channels(weight, c, "weight")
-    _, m = _channels(save_mean, c, "save_mean")
-    _, s = _channels(save_invstd, c, "save_invstd")
-    if m is None or s is None:
-        raise ValueError("save_mean and save_invstd are required")
-    dgamma, dg = _new_channels(c)
-    dbeta, db = _new_channels(c)
-    dx = np.empty_like(x) if need_dx else None
-    fn = _backward_frozen if frozen else _backward
-    _check(fn(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx) if need_dx else None, w,
-              m, s, dg, db), "bnorm_backward_frozen" if frozen else "bnorm_backward")
-    return dx, dgamma, dbeta
-
-
-def _backward_fused(x, dy, save_mean, save_invstd, weight, layout, need_dx, dtype, ctx, y,
-                    activation, need_dz):
+    if frozen and (activation is not None or need_dz):
+        raise ValueError("the fused backward is training-mode only (frozen=False)")
     x, code = _tensor(x, dtype, "x")
     dy, code_dy = _tensor(dy, dtype, "dy")
     if dy.shape != x.shape or code_dy != code:
@@ -385,10 +358,13 @@ def _backward_fused(x, dy, save_mean, save_invstd, weight, layout, need_dx, dtyp
     dbeta, db = _new_channels(c)
     dx = np.empty_like(x) if need_dx else None
     dz = np.empty_like(x) if need_dz else None
-    _check(_backward_ex(_context(ctx), ctypes.byref(desc), _data(x),
-                        _data(y) if y is not None else None, _data(dy),
-                        _data(dx) if need_dx else None, _data(dz) if need_dz else None, act, w,
-                        None, m, s, dg, db), "bnorm_backward_ex")
+    data = lambda a: _data(a) if a is not None else None  # noqa: E731
+    if frozen:
+        _check(_backward_frozen(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), data(dx),
+                                w, m, s, dg, db), "bnorm_backward_frozen")
+    else:  # bnorm_backward_ex with act NONE and no dz is bnorm_backward
+        _check(_backward_ex(_context(ctx), ctypes.byref(desc), _data(x), data(y), _data(dy),
+                            data(dx), data(dz), act, w, None, m, s, dg, db), "bnorm_backward_ex")
     return (dx, dgamma, dbeta, dz) if need_dz else (dx, dgamma, dbeta)
 
 
