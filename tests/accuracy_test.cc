@@ -15,24 +15,6 @@
 namespace bnorm_test {
 namespace {
 
-struct TargetLayout {
-  std::string target;
-  bnorm_layout layout;
-};
-
-std::vector<TargetLayout> Grid() {
-  std::vector<TargetLayout> grid;
-  for (const auto& t : TargetNames()) {
-    grid.push_back({t, BNORM_LAYOUT_NCHW});
-    grid.push_back({t, BNORM_LAYOUT_NHWC});
-  }
-  return grid;
-}
-
-std::string GridName(const testing::TestParamInfo<TargetLayout>& info) {
-  return info.param.target + (info.param.layout == BNORM_LAYOUT_NCHW ? "_NCHW" : "_NHWC");
-}
-
 class AccuracyTest : public testing::TestWithParam<TargetLayout> {
  protected:
   void SetUp() override { target_ = std::make_unique<ScopedTarget>(GetParam().target); }
@@ -327,7 +309,8 @@ TEST_P(AccuracyTest, HugeGradientsStayFinite) {
   for (float v : dx) ASSERT_TRUE(std::isfinite(v));
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTargets, AccuracyTest, testing::ValuesIn(Grid()), GridName);
+INSTANTIATE_TEST_SUITE_P(AllTargets, AccuracyTest, testing::ValuesIn(TargetLayoutGrid()),
+                         TargetLayoutName);
 
 }  // namespace
 }  // namespace bnorm_test

@@ -18,22 +18,6 @@
 namespace bnorm_test {
 namespace {
 
-struct Case {
-  std::string target;
-  bnorm_layout layout;
-};
-
-std::vector<Case> Cases() {
-  std::vector<Case> cases;
-  for (const auto& t : TargetNames())
-    for (bnorm_layout l : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) cases.push_back({t, l});
-  return cases;
-}
-
-std::string CaseName(const testing::TestParamInfo<Case>& info) {
-  return info.param.target + (info.param.layout == BNORM_LAYOUT_NCHW ? "_NCHW" : "_NHWC");
-}
-
 float Relu(float v) { return v < 0.0f ? 0.0f : v; }  // NaN stays NaN
 
 bool SameBits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
@@ -49,7 +33,7 @@ void ExpectSameBits(const std::vector<float>& got, const std::vector<float>& wan
   EXPECT_EQ(bad, 0u);
 }
 
-class FusedTest : public testing::TestWithParam<Case> {
+class FusedTest : public testing::TestWithParam<TargetLayout> {
  protected:
   void SetUp() override { target_ = std::make_unique<ScopedTarget>(GetParam().target); }
   void TearDown() override { target_.reset(); }
@@ -209,7 +193,8 @@ TEST_P(FusedTest, ReluKeepsNaN) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTargets, FusedTest, testing::ValuesIn(Cases()), CaseName);
+INSTANTIATE_TEST_SUITE_P(AllTargets, FusedTest, testing::ValuesIn(TargetLayoutGrid()),
+                         TargetLayoutName);
 
 // Bad arguments of the fused functions: a status, and nothing written.
 TEST(FusedValidation, BadArgumentsChangeNothing) {

@@ -41,6 +41,25 @@ inline std::vector<std::string> TargetNames() {
   return names;
 }
 
+// Every (target, layout) pair, for parameterized suites.
+struct TargetLayout {
+  std::string target;
+  bnorm_layout layout;
+};
+
+inline std::vector<TargetLayout> TargetLayoutGrid() {
+  std::vector<TargetLayout> grid;
+  for (const auto& t : TargetNames()) {
+    grid.push_back({t, BNORM_LAYOUT_NCHW});
+    grid.push_back({t, BNORM_LAYOUT_NHWC});
+  }
+  return grid;
+}
+
+inline std::string TargetLayoutName(const testing::TestParamInfo<TargetLayout>& info) {
+  return info.param.target + (info.param.layout == BNORM_LAYOUT_NCHW ? "_NCHW" : "_NHWC");
+}
+
 // Forces a target for the scope of a test.
 class ScopedTarget {
  public:

@@ -261,6 +261,13 @@ def _residual(z, x, code, dtype):
     return z
 
 
+def _forward_args(x, dtype, layout, z, activation):
+    """The tensor, its descriptor, c, the residual and the activation code."""
+    x, code = _tensor(x, dtype, "x")
+    desc, c = _desc(x, layout, code)
+    return x, desc, c, _residual(z, x, code, dtype), _activation(activation)
+
+
 def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_var=None,
                         momentum=0.1, eps=1e-5, layout="NCHW", dtype=None, ctx=None, z=None,
                         activation=None):
@@ -271,10 +278,7 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
     Fused epilogue: y = activation(BN(x) + z), z a residual like x (or None),
     activation None or "relu" (in the same pass over memory).
     """
-    x, code = _tensor(x, dtype, "x")
-    desc, c = _desc(x, layout, code)
-    z = _residual(z, x, code, dtype)
-    act = _activation(activation)
+    x, desc, c, z, act = _forward_args(x, dtype, layout, z, activation)
     _, w = _channels(weight, c, "weight")
     _, b = _channels(bias, c, "bias")
     _, rm = _channels(running_mean, c, "running_mean", writable=True)
@@ -291,10 +295,7 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
 def batch_norm_inference(x, mean, var, weight=None, bias=None, eps=1e-5, layout="NCHW",
                          dtype=None, ctx=None, z=None, activation=None):
     """Inference-mode batch norm with given statistics: returns y (= activation(BN(x) + z))."""
-    x, code = _tensor(x, dtype, "x")
-    desc, c = _desc(x, layout, code)
-    z = _residual(z, x, code, dtype)
-    act = _activation(activation)
+    x, desc, c, z, act = _forward_args(x, dtype, layout, z, activation)
     _, m = _channels(mean, c, "mean")
     _, v = _channels(var, c, "var")
     if m is None or v is None:
