@@ -77,76 +77,6 @@ HWY_INLINE bool ShiftTrusted(double shifted, const Moments& m) {
   return shifted <= kMaxShiftedRatio * m.m2;
 }
 
-// kAcc independent vector accumulators of S and Q for one channel (NCHW
-// runs); no dependency chain links one vector to the next beyond the two
-// adds, so kAcc = 4 keeps both FP pipes of an FMA core busy.
-template <class D, size_t kAcc>
-class ShiftedSumRegisters {
- public:
-  using V = hn::Vec<D>;
-  static constexpr size_t kLanes = hn::MaxLanes(D());
-
-  explicit ShiftedSumRegisters(D d) : d_(d) { Reset(); }
-
-  // Adds `steps` groups of kAcc vectors from p (unaligned), each minus
-  // `shift`. The sums live in locals during the loop: members of an object
-  // whose address escapes would make every add a store-to-load round trip.
-  HWY_INLINE void Add(const float* HWY_RESTRICT p, size_t steps, V shift) {
-    V sum[kAcc];
-    V sum_sq[kAcc];
-    for (size_t a = 0; a < kAcc; ++a) {
-      sum[a] = sum_[a];
-      sum_sq[a] = sum_sq_[a];
-    }
-    for (size_t k = 0; k < steps; ++k, p += kAcc * kLanes) {
-      for (size_t a = 0; a < kAcc; ++a) {
-        const V e = hn::Sub(hn::LoadU(d_, p + a * kLanes), shift);
-        sum[a] = hn::Add(sum[a], e);
-        sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
-      }
-    }
-    for (size_t a = 0; a < kAcc; ++a) {
-      sum_[a] = sum[a];
-      sum_sq_[a] = sum_sq[a];
-    }
-    steps_ += steps;
-  }
-
-  size_t steps() const { return steps_; }
-
-  // Returns the block accumulated since the last call and restarts.
-  HWY_INLINE ShiftedBlock Take() {
-    V s = sum_[0];
-    V q = sum_sq_[0];
-    for (size_t a = 1; a < kAcc; ++a) {
-      s = hn::Add(s, sum_[a]);
-      q = hn::Add(q, sum_sq_[a]);
-    }
-    HWY_ALIGN float ls[kLanes];
-    HWY_ALIGN float lq[kLanes];
-    hn::Store(s, d_, ls);
-    hn::Store(q, d_, lq);
-    ShiftedBlock b{static_cast<double>(steps_ * kAcc * kLanes), 0.0, 0.0};
-    for (size_t l = 0; l < kLanes; ++l) {
-      b.sum += static_cast<double>(ls[l]);
-      b.sum_sq += static_cast<double>(lq[l]);
-    }
-    Reset();
-    return b;
-  }
-
- private:
-  HWY_INLINE void Reset() {
-    for (size_t a = 0; a < kAcc; ++a) sum_[a] = sum_sq_[a] = hn::Zero(d_);
-    steps_ = 0;
-  }
-
-  D d_;
-  V sum_[kAcc];
-  V sum_sq_[kAcc];
-  size_t steps_ = 0;
-};
-
 // kAcc vector accumulators of sum(dy) and sum(dy * (x - mean)), folded into
 // double every kBlockSteps steps so float rounding stays within short sums.
 template <class D, size_t kAcc>
@@ -160,8 +90,9 @@ class GradSumRegisters {
   }
 
   // Adds `steps` groups of kAcc vectors of x and dy (unaligned), folding
-  // every kBlockSteps steps; sums in locals during the loop (see
-  // ShiftedSumRegisters::Add).
+  // every kBlockSteps steps. The sums live in locals during the loop:
+  // members of an object whose address escapes would make every add a
+  // store-to-load round trip.
   // With kMask, dy is masked by y (the ReLU's output; see MaskedGrad).
   template <DType kT, bool kMask>
   HWY_INLINE void Add(const Elem<kT>* HWY_RESTRICT x, const Elem<kT>* HWY_RESTRICT dy,
