@@ -114,6 +114,30 @@ HWY_INLINE hn::Vec<DF> LoadF32(DF df, const Elem<kT>* HWY_RESTRICT p) {
   }
 }
 
+// f32 lanes with each NaN made the canonical quiet NaN of its sign, so that
+// F16C's conversion gives PyTorch's 0x7E00 | sign.
+template <class DF>
+HWY_INLINE hn::Vec<DF> QuietNaNs(DF df, hn::Vec<DF> v) {
+  const hn::RebindToUnsigned<DF> du;
+  const auto quiet = hn::BitCast(
+      df, hn::Or(hn::And(hn::BitCast(du, v), hn::Set(du, 0x80000000u)), hn::Set(du, 0x7FC00000u)));
+  return hn::IfThenElse(hn::Ne(v, v), quiet, v);
+}
+
+// 16-bit patterns (in 16-bit lanes, half a vector) of f32 lanes.
+template <DType kT, class DF>
+HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> F32ToNarrow(DF df, hn::Vec<DF> v) {
+  const hn::Rebind<uint16_t, DF> d16;
+#if BNORM_HAVE_F16C
+  if constexpr (kT == DType::kF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::BitCast(d16, hn::DemoteTo(dh, QuietNaNs(df, v)));
+  }
+#endif
+  const hn::RebindToSigned<DF> di;
+  return hn::DemoteTo(d16, hn::BitCast(di, F32ToNarrowBits<kT>(df, v)));
+}
+
 // Stores f32 lanes as elements at p: unaligned, or non-temporal with kStream
 // (p then aligned to the lanes' bytes).
 template <DType kT, bool kStream, class DF>
@@ -126,23 +150,7 @@ HWY_INLINE void StoreF32(DF df, hn::Vec<DF> v, Elem<kT>* HWY_RESTRICT p) {
     }
   } else {
     const hn::Rebind<uint16_t, DF> d16;
-#if BNORM_HAVE_F16C
-    if constexpr (kT == DType::kF16) {
-      const hn::Rebind<hwy::float16_t, DF> dh;
-      const hn::RebindToUnsigned<DF> du;
-      const auto quiet = hn::BitCast(df, hn::Or(hn::And(hn::BitCast(du, v), hn::Set(du, 0x80000000u)),
-                                                hn::Set(du, 0x7FC00000u)));
-      const auto bits = hn::BitCast(d16, hn::DemoteTo(dh, hn::IfThenElse(hn::Ne(v, v), quiet, v)));
-      if (kStream) {
-        hn::Stream(bits, d16, p);
-      } else {
-        hn::StoreU(bits, d16, p);
-      }
-      return;
-    }
-#endif
-    const hn::RebindToSigned<DF> di;
-    const auto bits = hn::DemoteTo(d16, hn::BitCast(di, F32ToNarrowBits<kT>(df, v)));
+    const auto bits = F32ToNarrow<kT>(df, v);
     // Highway 1.0.3 streams a whole 16-byte register even for a half vector
     // (SSE4: 4 lanes, 8 bytes): only full 16-bit vectors are streamed.
     constexpr bool kFull = hn::MaxLanes(d16) * sizeof(uint16_t) >= 16;
@@ -151,6 +159,64 @@ HWY_INLINE void StoreF32(DF df, hn::Vec<DF> v, Elem<kT>* HWY_RESTRICT p) {
     } else {
       hn::StoreU(bits, d16, p);
     }
+  }
+}
+
+// Whether the store loops convert two f32 vectors per store for kT: 16-bit
+// elements of one f32 vector fill only half a vector, and half-vector stores
+// (four per cache line on AVX2) cost more than the conversion saves,
+// especially non-temporal ones.
+template <DType kT>
+constexpr bool kStorePairs = kT != DType::kF32 && HWY_TARGET != HWY_SCALAR;
+
+// Elements one store of the loops covers: a vector of f32 lanes, or two.
+template <DType kT, class DF>
+constexpr size_t StoreUnitLanes(DF df) {
+  return (kStorePairs<kT> ? 2 : 1) * hn::MaxLanes(df);
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// Stores v0 then v1 (f32 lanes) as elements of kStorePairs<kT> at p, in one
+// full vector: unaligned, or non-temporal with kStream (p then aligned to
+// the vector's bytes).
+template <DType kT, bool kStream, class DF>
+HWY_INLINE void StoreF32Pair(DF df, hn::Vec<DF> v0, hn::Vec<DF> v1, Elem<kT>* HWY_RESTRICT p) {
+  static_assert(kStorePairs<kT>, "only 16-bit elements on vector targets");
+  const hn::Repartition<uint16_t, DF> dw;  // twice the lanes of df
+  hn::Vec<decltype(dw)> bits;
+#if BNORM_HAVE_F16C
+  if constexpr (kT == DType::kF16) {
+    bits = hn::Combine(dw, F32ToNarrow<kT>(df, v1), F32ToNarrow<kT>(df, v0));
+  } else  // NOLINT(readability/braces)
+#endif
+  {
+    // The patterns sit in the low halves of 32-bit lanes: one pack.
+    bits = hn::ConcatEven(dw, hn::BitCast(dw, F32ToNarrowBits<kT>(df, v1)),
+                          hn::BitCast(dw, F32ToNarrowBits<kT>(df, v0)));
+  }
+  if (kStream) {
+    hn::Stream(bits, dw, p);
+  } else {
+    hn::StoreU(bits, dw, p);
+  }
+}
+#endif  // HWY_TARGET != HWY_SCALAR
+
+// Stores one store unit (StoreUnitLanes) of values at p, where value(d, o)
+// gives the f32 lanes of the vector `o` lanes into the unit; value(d, 0) is
+// evaluated first.
+template <DType kT, bool kStream, class DF, class Value>
+HWY_INLINE void StoreUnit(DF df, Elem<kT>* HWY_RESTRICT p, const Value& value) {
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (kStorePairs<kT>) {
+    const auto v0 = value(df, size_t{0});
+    const auto v1 = value(df, hn::MaxLanes(df));
+    StoreF32Pair<kT, kStream>(df, v0, v1, p);
+    return;
+  }
+#endif
+  {
+    StoreF32<kT, kStream>(df, value(df, size_t{0}), p);
   }
 }
 

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "convert-inl.h"
 #include "hwy/cache_control.h"
@@ -42,15 +43,19 @@ template <DType kT, bool kStream, class Value>
 HWY_INLINE void StoreSpan(Elem<kT>* out, size_t len, const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
-  constexpr size_t N = hn::MaxLanes(df);
+  constexpr size_t U = StoreUnitLanes<kT>(df);
   size_t j = 0;
+  const auto unit = [&](auto stream) HWY_ATTR {
+    StoreUnit<kT, decltype(stream)::value>(
+        df, out + j, [&](auto d, size_t o) HWY_ATTR { return value(d, j + o); });
+  };
   if (kStream) {
-    for (const size_t peel = PeelToAlignment(out, N, len); j < peel; ++j) {
+    for (const size_t peel = PeelToAlignment(out, U, len); j < peel; ++j) {
       StoreF32<kT, false>(d1, value(d1, j), out + j);
     }
-    for (; j + N <= len; j += N) StoreF32<kT, true>(df, value(df, j), out + j);
+    for (; j + U <= len; j += U) unit(std::true_type());
   } else {
-    for (; j + N <= len; j += N) StoreF32<kT, false>(df, value(df, j), out + j);
+    for (; j + U <= len; j += U) unit(std::false_type());
   }
   for (; j < len; ++j) StoreF32<kT, false>(d1, value(d1, j), out + j);
 }
@@ -68,29 +73,39 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
-  const auto store = [&](auto v, Elem<kT>* p) HWY_ATTR { StoreF32<kT, kStream>(df, v, p); };
+  constexpr size_t U = StoreUnitLanes<kT>(df);
+  constexpr size_t kVecs = U / N;  // f32 vectors per store
   size_t i = 0;
   size_t q = q0;
   const bool rows_aligned =
-      !kStream || reinterpret_cast<uintptr_t>(out) % (N * sizeof(Elem<kT>)) == 0;
-  // Rows a multiple of 4 KiB long map four rows to one L1 set; one row at a
-  // time was faster from L2 (C = 1024: 19.5 -> 14.4 us) but slower from
-  // DRAM (NHWC inference 32x2048x7x7 1.20 -> 1.91x a copy, 64x1024x14x14
-  // 1.13 -> 1.42x), so four rows it is.
-  if (q0 == 0 && period % N == 0 && rows_aligned) {
+      !kStream || reinterpret_cast<uintptr_t>(out) % (U * sizeof(Elem<kT>)) == 0;
+  // Rows a multiple of 4 KiB long (f32 C = 1024, 2048) go four at a time
+  // with one load of the constants: one row at a time was faster from L2
+  // (C = 1024: 19.5 -> 14.4 us) but slower from DRAM (NHWC inference
+  // 32x2048x7x7 1.20 -> 1.91x a copy, 64x1024x14x14 1.13 -> 1.42x). Shorter
+  // rows go one at a time: four rows of 2 KiB (f16 C = 1024) share 4 KiB
+  // pages, which the hardware prefetcher follows badly (64x1024x14x14 f16
+  // 2.98 -> 1.61x a copy with one row at a time).
+  if (q0 == 0 && period % U == 0 && period * sizeof(Elem<kT>) % 4096 == 0 && rows_aligned) {
     constexpr size_t kRows = 4;
     const size_t groups = len / period / kRows;
     for (size_t g = 0; g < groups; ++g, i += kRows * period) {
-      for (size_t j = 0; j < period; j += N) {
-        const auto k = constants(df, j);
+      for (size_t j = 0; j < period; j += U) {
+        decltype(constants(df, j)) k[kVecs];
+        for (size_t h = 0; h < kVecs; ++h) k[h] = constants(df, j + h * N);
         // All loads before the stores: rows a multiple of 4 KiB apart (C =
         // 1024) would otherwise put each load right behind a store with the
         // same low 12 address bits when y - x is too, and the CPU holds the
         // load back as if it depended on the store (4K aliasing, 3x slower).
         // Also what makes in-place calls safe here.
-        hn::Vec<decltype(df)> v[kRows];
-        for (size_t r = 0; r < kRows; ++r) v[r] = value(df, i + r * period + j, k);
-        for (size_t r = 0; r < kRows; ++r) store(v[r], out + i + r * period + j);
+        hn::Vec<decltype(df)> v[kRows][kVecs];
+        for (size_t r = 0; r < kRows; ++r) {
+          for (size_t h = 0; h < kVecs; ++h) v[r][h] = value(df, i + r * period + j + h * N, k[h]);
+        }
+        for (size_t r = 0; r < kRows; ++r) {
+          StoreUnit<kT, kStream>(df, out + i + r * period + j,
+                                 [&](auto, size_t o) HWY_ATTR { return v[r][o / N]; });
+        }
       }
     }
   }
@@ -100,14 +115,20 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
     if (q >= period) q -= period;
   };
   if (kStream) {
-    for (const size_t peel_end = i + PeelToAlignment(out + i, N, len - i); i < peel_end;) {
+    for (const size_t peel_end = i + PeelToAlignment(out + i, U, len - i); i < peel_end;) {
       StoreF32<kT, false>(d1, value(d1, i, constants(d1, q)), out + i);
       advance(1);
     }
   }
-  while (i + N <= len) {
-    store(value(df, i, constants(df, q)), out + i);
-    advance(N);
+  // period >= N (plan.h), so the second vector of a pair starts within one
+  // period of q.
+  while (i + U <= len) {
+    StoreUnit<kT, kStream>(df, out + i, [&](auto d, size_t o) HWY_ATTR {
+      size_t qo = q + o;
+      if (qo >= period) qo -= period;
+      return value(d, i + o, constants(d, qo));
+    });
+    advance(U);
   }
   while (i < len) {
     StoreF32<kT, false>(d1, value(d1, i, constants(d1, q)), out + i);
@@ -131,6 +152,7 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(df));
+  constexpr int64_t U = static_cast<int64_t>(StoreUnitLanes<kT>(df));
   // No division in the loop: a 64-bit modulo per vector would cost more than
   // the vector's arithmetic.
   const auto next_channel = [c](int64_t k) { return k + 1 == c ? 0 : k + 1; };
@@ -147,7 +169,7 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   };
   if (kStream) {
     const int64_t peel_end =
-        begin + static_cast<int64_t>(PeelToAlignment(out, static_cast<size_t>(N),
+        begin + static_cast<int64_t>(PeelToAlignment(out, static_cast<size_t>(U),
                                                      static_cast<size_t>(end - begin)));
     while (e < peel_end) store_one();
   }
@@ -158,8 +180,24 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   int64_t ahead_left = ahead.input[0] != nullptr ? ahead.elems : 0;  // not yet fetched
   int64_t line_left = 0;  // output elements until the next prefetch
   auto k = constants(df, ch);
-  while (e + N <= end) {
-    if (ahead_left > 0 && (line_left -= N) <= 0) {
+  // The values of the vector at e, which advances e's run.
+  const auto next_vector = [&]() HWY_ATTR {
+    auto v = value(df, e, k);
+    if (left > N) {
+      left -= N;
+    } else {  // the vector ends this run (and may reach into the next)
+      ch = next_channel(ch);
+      const auto next = constants(df, ch);
+      if (left < N)
+        v = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v, value(df, e, next));
+      left += spatial - N;
+      k = next;
+    }
+    e += N;
+    return v;
+  };
+  while (e + U <= end) {
+    if (ahead_left > 0 && (line_left -= U) <= 0) {
       line_left += kLineElems;
       ahead_left -= kLineElems;
       __builtin_prefetch(ahead0, 0, 2);
@@ -173,19 +211,8 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
         ahead2 += 64;
       }
     }
-    auto v = value(df, e, k);
-    if (left > N) {
-      left -= N;
-    } else {  // the vector ends this run (and may reach into the next)
-      ch = next_channel(ch);
-      const auto next = constants(df, ch);
-      if (left < N)
-        v = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v, value(df, e, next));
-      left += spatial - N;
-      k = next;
-    }
-    StoreF32<kT, kStream>(df, v, out + (e - begin));
-    e += N;
+    Elem<kT>* p = out + (e - begin);
+    StoreUnit<kT, kStream>(df, p, [&](auto, size_t) HWY_ATTR { return next_vector(); });
   }
   while (e < end) store_one();
 }
