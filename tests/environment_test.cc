@@ -1,0 +1,292 @@
+// The library in a hostile process environment: BNORM_TARGET set to garbage
+// or to an ISA this CPU lacks (a clear message, the best supported target,
+// never SIGILL), and a process that forks after using the library (the child
+// still computes, on the default context and on contexts made before or
+// after the fork).
+//
+// BNORM_TARGET is read once per process, so each case runs this binary again
+// as a probe (`environment_test --probe`) with the variable set, and checks
+// the probe's output and exit status.
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <strings.h>
+
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bnorm/bnorm.h"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace {
+
+// A forward training call large enough to be split across threads; returns
+// its status and fills y, mean, invstd.
+struct Result {
+  bnorm_status status = BNORM_ERR_INTERNAL;
+  std::vector<float> y, mean, invstd;
+};
+
+Result Train(const bnorm_context* ctx) {
+  bnorm_tensor_desc desc{};
+  desc.n = 8;
+  desc.c = 48;
+  desc.spatial = 3001;
+  desc.layout = BNORM_LAYOUT_NCHW;
+  const size_t count = static_cast<size_t>(desc.n * desc.c * desc.spatial);
+  std::vector<float> x(count);
+  for (size_t i = 0; i < count; ++i) x[i] = 100.0f + static_cast<float>((i * 7919) % 1013) / 64.0f;
+  std::vector<float> gamma(48, 1.5f), beta(48, -0.25f);
+  Result r;
+  r.y.assign(count, 0.0f);
+  r.mean.assign(48, 0.0f);
+  r.invstd.assign(48, 0.0f);
+  r.status = bnorm_forward_training(ctx, &desc, x.data(), r.y.data(), gamma.data(), beta.data(),
+                                    1e-5f, 0.1f, nullptr, nullptr, r.mean.data(), r.invstd.data());
+  return r;
+}
+
+bool Same(const Result& a, const Result& b) {
+  return a.status == b.status && a.y == b.y && a.mean == b.mean && a.invstd == b.invstd;
+}
+
+// The probe: prints the active target, then checks one call against the
+// mean it must produce (every channel holds the same values).
+int Probe() {
+  std::printf("active=%s\n", bnorm_active_target());
+  const Result r = Train(nullptr);
+  if (r.status != BNORM_OK) {
+    std::printf("status=%d\n", static_cast<int>(r.status));
+    return 1;
+  }
+  double expected = 0.0;
+  for (size_t i = 0; i < 8 * 3001; ++i) {
+    // Channel 0's elements: image i / 3001, position i % 3001.
+    const size_t flat = (i / 3001) * 48 * 3001 + i % 3001;
+    expected += 100.0 + static_cast<double>((flat * 7919) % 1013) / 64.0;
+  }
+  expected /= 8 * 3001;
+  if (std::fabs(r.mean[0] - expected) > 1e-4) {
+    std::printf("mean=%.9g expected=%.9g\n", r.mean[0], expected);
+    return 1;
+  }
+  std::printf("ok\n");
+  return 0;
+}
+
+struct ProbeRun {
+  int exit_code = -1;  // -1: killed by a signal or timed out
+  int signal = 0;
+  std::string out, err;
+};
+
+// Runs `this_binary --probe` with BNORM_TARGET set to value (unset for
+// nullptr), collecting stdout and stderr; kills it after 60 s.
+ProbeRun RunProbe(const char* value) {
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "BNORM_TARGET=", 13) != 0) env_storage.emplace_back(*e);
+  }
+  if (value != nullptr) env_storage.push_back(std::string("BNORM_TARGET=") + value);
+  std::vector<char*> envp;
+  for (std::string& s : env_storage) envp.push_back(s.data());
+  envp.push_back(nullptr);
+
+  int out_pipe[2], err_pipe[2];
+  ProbeRun run;
+  if (pipe(out_pipe) != 0 || pipe(err_pipe) != 0) return run;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+  posix_spawn_file_actions_addclose(&actions, out_pipe[0]);
+  posix_spawn_file_actions_addclose(&actions, err_pipe[0]);
+  char self[4096];
+  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len <= 0) return run;
+  self[len] = '\0';
+  char probe_flag[] = "--probe";
+  char* argv[] = {self, probe_flag, nullptr};
+  pid_t pid = 0;
+  const int spawned = posix_spawn(&pid, self, &actions, nullptr, argv, envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  if (spawned != 0) {
+    close(out_pipe[0]);
+    close(err_pipe[0]);
+    return run;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  int open_fds = 2;
+  while (open_fds > 0 && std::chrono::steady_clock::now() < deadline) {
+    if (poll(fds, 2, 1000) <= 0) continue;
+    for (int k = 0; k < 2; ++k) {
+      if (fds[k].fd < 0 || (fds[k].revents & (POLLIN | POLLHUP)) == 0) continue;
+      char buf[4096];
+      const ssize_t got = read(fds[k].fd, buf, sizeof(buf));
+      if (got <= 0) {
+        close(fds[k].fd);
+        fds[k].fd = -1;
+        --open_fds;
+      } else {
+        (k == 0 ? run.out : run.err).append(buf, static_cast<size_t>(got));
+      }
+    }
+  }
+  for (pollfd& f : fds) {
+    if (f.fd >= 0) close(f.fd);
+  }
+  if (open_fds > 0) kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFEXITED(status) && open_fds == 0) run.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) run.signal = WTERMSIG(status);
+  return run;
+}
+
+std::string Best() { return bnorm_target_name(0); }
+
+TEST(TargetEnvironment, UnsetUsesTheBestTargetSilently) {
+  const ProbeRun run = RunProbe(nullptr);
+  EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
+  EXPECT_EQ(run.out, "active=" + Best() + "\nok\n");
+  EXPECT_EQ(run.err, "");
+}
+
+TEST(TargetEnvironment, EmptyUsesTheBestTargetSilently) {
+  const ProbeRun run = RunProbe("");
+  EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
+  EXPECT_EQ(run.out, "active=" + Best() + "\nok\n");
+  EXPECT_EQ(run.err, "");
+}
+
+TEST(TargetEnvironment, GarbageWarnsOnceAndUsesTheBest) {
+  for (const std::string& value :
+       {std::string("garbage"), std::string("AVX2 "), std::string("\x01\x7f\xff"),
+        std::string(10000, 'x'), std::string("%s%n%s%n")}) {
+    const ProbeRun run = RunProbe(value.c_str());
+    EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
+    EXPECT_EQ(run.signal, 0);
+    EXPECT_EQ(run.out, "active=" + Best() + "\nok\n");
+    EXPECT_EQ(run.err,
+              "bnorm: BNORM_TARGET=" + value + " is not a known target; using " + Best() + "\n");
+  }
+}
+
+TEST(TargetEnvironment, EveryRunnableTargetIsHonoured) {
+  for (int i = 0; i < bnorm_target_count(); ++i) {
+    const std::string name = bnorm_target_name(i);
+    for (std::string spelling : {name, std::string()}) {
+      if (spelling.empty()) {  // names are case-insensitive
+        spelling = name;
+        for (char& ch : spelling) ch = static_cast<char>(std::tolower(ch));
+      }
+      const ProbeRun run = RunProbe(spelling.c_str());
+      EXPECT_EQ(run.exit_code, 0) << spelling << run.out << run.err;
+      EXPECT_EQ(run.out, "active=" + name + "\nok\n");
+      EXPECT_EQ(run.err, "");
+    }
+  }
+}
+
+// ISAs this build knows but this CPU may lack: asking for one must fall back,
+// never run its code (SIGILL).
+TEST(TargetEnvironment, UnsupportedTargetFallsBackWithoutSigill) {
+  int tried = 0;
+  for (const char* name : {"AVX3_DL", "AVX3", "AVX2", "SSE4", "SSSE3"}) {
+    bool runnable = false;
+    for (int i = 0; i < bnorm_target_count(); ++i) {
+      runnable |= strcasecmp(bnorm_target_name(i), name) == 0;
+    }
+    if (runnable) continue;
+    ++tried;
+    const ProbeRun run = RunProbe(name);
+    EXPECT_EQ(run.exit_code, 0) << name << run.out << run.err;
+    EXPECT_EQ(run.signal, 0) << name;
+    EXPECT_EQ(run.out, "active=" + Best() + "\nok\n");
+    EXPECT_EQ(run.err, std::string("bnorm: BNORM_TARGET=") + name +
+                           " is not supported by this CPU or build; using " + Best() + "\n");
+  }
+  if (tried == 0) GTEST_SKIP() << "this CPU runs every target bnorm builds";
+}
+
+// Waits for a child for up to 60 s; its exit code, or -1 (signal, timeout).
+int WaitChild(pid_t pid) {
+  for (int i = 0; i < 600; ++i) {
+    int status = 0;
+    const pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+TEST(Fork, ChildComputesAfterTheParentUsedTheLibrary) {
+  bnorm_context* ctx = nullptr;
+  ASSERT_EQ(bnorm_context_create(2, &ctx), BNORM_OK);
+  const Result parent_default = Train(nullptr);
+  const Result parent_ctx = Train(ctx);
+  ASSERT_EQ(parent_default.status, BNORM_OK);
+  ASSERT_TRUE(Same(parent_default, parent_ctx));  // bitwise for any thread count
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Child: only async-signal-safe exits, no gtest assertions.
+    int code = 0;
+    if (!Same(Train(nullptr), parent_default)) code |= 1;
+    if (!Same(Train(ctx), parent_default)) code |= 2;
+    bnorm_context* fresh = nullptr;
+    if (bnorm_context_create(3, &fresh) != BNORM_OK || !Same(Train(fresh), parent_default)) {
+      code |= 4;
+    }
+    bnorm_context_destroy(fresh);
+    bnorm_context_destroy(ctx);
+    _exit(code);
+  }
+  EXPECT_EQ(WaitChild(pid), 0) << "1: default context, 2: parent's context, 4: new context";
+  // The parent is unaffected.
+  EXPECT_TRUE(Same(Train(ctx), parent_default));
+  EXPECT_TRUE(Same(Train(nullptr), parent_default));
+  bnorm_context_destroy(ctx);
+}
+
+TEST(Fork, ChildOfAChildStillComputes) {
+  const Result parent = Train(nullptr);
+  ASSERT_EQ(parent.status, BNORM_OK);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (!Same(Train(nullptr), parent)) _exit(1);
+    const pid_t grandchild = fork();
+    if (grandchild < 0) _exit(2);
+    if (grandchild == 0) _exit(Same(Train(nullptr), parent) ? 0 : 3);
+    _exit(WaitChild(grandchild) == 0 ? 0 : 4);
+  }
+  EXPECT_EQ(WaitChild(pid), 0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--probe") == 0) return Probe();
+  testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
