@@ -26,10 +26,18 @@ constexpr size_t kMaxIdleBuffers = 64;
 
 // The machine's cores (respecting the process affinity mask), not the
 // concurrency of whatever arena the first caller happens to run in.
-int AllCores() {
+int QueryCores() {
   const int n = tbb::info::default_concurrency();
   return n > 0 ? n : 1;
 }
+
+// Read once, when the library loads: the first query runs oneTBB's one-time
+// initialization, which is not exception-safe (if an allocation fails inside
+// it, every later caller spins forever), so it must not happen inside a call
+// that can meet a failing allocation (tests/alloc_failure_test.cc).
+const int g_all_cores = QueryCores();
+
+int AllCores() { return g_all_cores; }
 
 // More threads than this only oversubscribe the machine; far more (a huge
 // num_threads) would make oneTBB allocate arena slots without bound.
