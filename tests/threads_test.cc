@@ -2,6 +2,7 @@
 // thread count, and concurrent calls on one context give the serial results.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <string>
@@ -165,6 +166,129 @@ TEST(Concurrency, ContextsCreatedAndDestroyedWhileOthersCompute) {
   }
   for (auto& th : threads) th.join();
   for (int t = 0; t < 6; ++t) EXPECT_EQ(mismatches[static_cast<size_t>(t)], 0) << "thread " << t;
+}
+
+
+// Spins until `go`; lets several threads start a call at the same moment.
+void WaitFor(const std::atomic<bool>& go) {
+  while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+}
+
+// ctest runs each test in its own process, so here the first use of the
+// default context happens in these threads, all at once; then threads
+// started after it exists use it too.
+TEST(Concurrency, DefaultContextFromThreadsStartedBeforeAndAfterItsFirstUse) {
+  const Shape s{8, 64, 3136, BNORM_LAYOUT_NCHW};
+  bnorm_context* one = nullptr;
+  ASSERT_EQ(bnorm_context_create(1, &one), BNORM_OK);
+  const Outputs serial = RunAll(one, s);
+  bnorm_context_destroy(one);
+  std::vector<int> mismatches(8, 0);
+  std::atomic<bool> go{false};
+  std::vector<std::thread> before;
+  for (int t = 0; t < 4; ++t) {
+    before.emplace_back([&, t] {
+      WaitFor(go);
+      if (!(RunAll(nullptr, s) == serial)) ++mismatches[static_cast<size_t>(t)];
+    });
+  }
+  go.store(true, std::memory_order_release);
+  for (auto& th : before) th.join();
+  std::vector<std::thread> after;
+  for (int t = 4; t < 8; ++t) {
+    after.emplace_back([&, t] {
+      if (!(RunAll(nullptr, s) == serial)) ++mismatches[static_cast<size_t>(t)];
+    });
+  }
+  for (auto& th : after) th.join();
+  for (int t = 0; t < 8; ++t) EXPECT_EQ(mismatches[static_cast<size_t>(t)], 0) << "thread " << t;
+}
+
+// Eight contexts of 1-4 threads, created, used and destroyed at the same
+// moments, each on its own shape.
+TEST(Concurrency, ManyContextsAtOnce) {
+  const auto shapes = ThreadShapes();
+  bnorm_context* one = nullptr;
+  ASSERT_EQ(bnorm_context_create(1, &one), BNORM_OK);
+  std::vector<Outputs> serial;
+  for (const Shape& s : shapes) serial.push_back(RunAll(one, s));
+  bnorm_context_destroy(one);
+  std::vector<int> mismatches(8, 0);
+  std::atomic<bool> go{false};
+  std::atomic<int> created{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      WaitFor(go);
+      bnorm_context* ctx = nullptr;
+      if (bnorm_context_create(1 + t % 4, &ctx) != BNORM_OK) {
+        ++mismatches[static_cast<size_t>(t)];
+        return;
+      }
+      created.fetch_add(1);
+      while (created.load() < 8) std::this_thread::yield();  // all exist at once
+      for (int round = 0; round < 2; ++round) {
+        const size_t which = (static_cast<size_t>(t) + static_cast<size_t>(round)) % shapes.size();
+        if (!(RunAll(ctx, shapes[which]) == serial[which])) ++mismatches[static_cast<size_t>(t)];
+      }
+      bnorm_context_destroy(ctx);
+    });
+  }
+  go.store(true, std::memory_order_release);
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 8; ++t) EXPECT_EQ(mismatches[static_cast<size_t>(t)], 0) << "thread " << t;
+}
+
+// bnorm_set_target from one thread while others compute: every call runs
+// wholly on one target, so each result equals that of some target.
+TEST(Concurrency, TargetChangesWhileOthersCompute) {
+  const Shape s{4, 16, 5000, BNORM_LAYOUT_NHWC};
+  const Inputs& in = InputsFor(s);
+  const bnorm_tensor_desc d = s.Desc();
+  const size_t C = static_cast<size_t>(s.c);
+  const auto train = [&](const bnorm_context* ctx) {
+    std::vector<float> y(in.x.size()), mean(C), invstd(C);
+    EXPECT_EQ(bnorm_forward_training(ctx, &d, in.x.data(), y.data(), in.gamma.data(),
+                                     in.beta.data(), 1e-5f, 0.1f, nullptr, nullptr, mean.data(),
+                                     invstd.data()),
+              BNORM_OK);
+    y.insert(y.end(), mean.begin(), mean.end());
+    y.insert(y.end(), invstd.begin(), invstd.end());
+    return Bytes(y);
+  };
+  std::vector<std::vector<unsigned char>> per_target;
+  for (const std::string& name : TargetNames()) {
+    ScopedTarget target(name);
+    per_target.push_back(train(nullptr));
+  }
+  bnorm_context* shared = nullptr;
+  ASSERT_EQ(bnorm_context_create(2, &shared), BNORM_OK);
+  std::atomic<bool> done{false};
+  std::thread switcher([&] {
+    const auto names = TargetNames();
+    for (size_t i = 0; !done.load(); ++i) {
+      EXPECT_EQ(bnorm_set_target(names[i % names.size()].c_str()), BNORM_OK);
+      std::this_thread::yield();
+    }
+  });
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round) {
+        const auto got = train(t % 2 == 0 ? shared : nullptr);
+        bool any = false;
+        for (const auto& expected : per_target) any |= got == expected;
+        if (!any) ++mismatches[static_cast<size_t>(t)];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  done.store(true);
+  switcher.join();
+  bnorm_set_target(nullptr);
+  bnorm_context_destroy(shared);
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(mismatches[static_cast<size_t>(t)], 0) << "thread " << t;
 }
 
 }  // namespace
