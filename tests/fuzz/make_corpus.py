@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of bnorm_fuzz (tests/fuzz/corpus/).
+
+Each seed is the fuzzer's fixed header (offsets as in bnorm_fuzz.cc) followed
+by a short tail of bytes for the raw-bits data mode. A header of zeros is a
+sane forward_training call on a 4x3x5 NCHW f32 tensor; each seed sets only
+the fields it is about. Run from anywhere: python3 tests/fuzz/make_corpus.py
+"""
+import os
+import random
+import struct
+
+# Header offsets (bnorm_fuzz.cc).
+OP, TARGET, CTX, LAYOUT, DTYPE, SHAPE_MODE, N, C, SPATIAL = range(9)
+EPS_SEL, MOM_SEL, ACT_SEL = 9, 10, 11
+DATA_MODE = 12  # 4 bytes: x-like, dy/z, y mask, per-channel arrays
+FLAGS, RERUN_CTX, PLACEMENT = 16, 17, 18
+RAW_A, RAW_B, RAW_C, EPS_BITS, MOM_BITS, RAW_ENUM, SEED = 42, 50, 58, 66, 70, 74, 78
+HEADER_SIZE = 86
+
+OPS = {
+    "fwd_train": 0, "fwd_infer": 1, "bwd": 2, "bwd_frozen": 3, "fwd_train_ex": 4,
+    "fwd_infer_ex": 5, "bwd_ex": 6, "fold": 7, "fold_weights": 8, "misc": 9,
+}
+# Placement kinds (first byte of a slot's pair).
+OWN, NULL, SAME, INSIDE, ADJ_AFTER, ADJ_BEFORE, BEFORE = 0, 9, 10, 11, 12, 13, 14
+FLAG_DESC_NULL, FLAG_RERUN, FLAG_PAD = 1, 2, 4
+
+
+def seed(name, op, tail=48, **f):
+    h = bytearray(HEADER_SIZE)
+    h[OP] = OPS[op]
+    for key, off in (("target", TARGET), ("ctx", CTX), ("layout", LAYOUT), ("dtype", DTYPE),
+                     ("shape_mode", SHAPE_MODE), ("n", N), ("c", C), ("spatial", SPATIAL),
+                     ("eps", EPS_SEL), ("mom", MOM_SEL), ("act", ACT_SEL), ("flags", FLAGS),
+                     ("rerun_ctx", RERUN_CTX)):
+        if key in f:
+            h[off] = f[key]
+    for i, mode in enumerate(f.get("data", ())):
+        h[DATA_MODE + i] = mode
+    for slot, (kind, param) in f.get("place", {}).items():
+        h[PLACEMENT + 2 * slot] = kind
+        h[PLACEMENT + 2 * slot + 1] = param
+    for key, off in (("raw_a", RAW_A), ("raw_b", RAW_B), ("raw_c", RAW_C)):
+        if key in f:
+            h[off:off + 8] = struct.pack("<q", f[key])
+    if "eps_bits" in f:
+        h[EPS_BITS:EPS_BITS + 4] = struct.pack("<I", f["eps_bits"])
+    if "mom_bits" in f:
+        h[MOM_BITS:MOM_BITS + 4] = struct.pack("<I", f["mom_bits"])
+    if "raw_enum" in f:
+        h[RAW_ENUM:RAW_ENUM + 4] = struct.pack("<i", f["raw_enum"])
+    rng = random.Random(name)
+    h[SEED:SEED + 8] = struct.pack("<Q", rng.getrandbits(64))
+    return name, bytes(h) + bytes(rng.getrandbits(8) for _ in range(tail))
+
+
+def seeds():
+    out = []
+    # Every tensor entry point, over the layouts and dtypes; small varied shapes.
+    variants = [  # (entry point, layout, dtype, ReLU)
+        ("fwd_train", 0, 0, 0), ("fwd_train", 1, 1, 0), ("fwd_train", 0, 2, 0),
+        ("fwd_infer", 1, 2, 0), ("bwd", 0, 1, 0), ("bwd_frozen", 1, 0, 0),
+        ("fwd_train_ex", 1, 2, 1), ("fwd_infer_ex", 0, 1, 1), ("bwd_ex", 1, 0, 1),
+        ("bwd_ex", 0, 2, 0), ("fwd_infer_ex", 1, 0, 0),
+    ]
+    for i, (op, layout, dtype, relu) in enumerate(variants):
+        name = f"{op}_{'nhwc' if layout else 'nchw'}_{['f32', 'bf16', 'f16'][dtype]}"
+        out.append(seed(name + ("_relu" if relu else ""), op, layout=layout, dtype=dtype, n=i,
+                        c=2 * i, spatial=3 * i, act=relu, target=i, ctx=i,
+                        flags=FLAG_RERUN if i % 2 else 0, rerun_ctx=i + 1))
+    out.append(seed("fold", "fold", c=7))
+    out.append(seed("fold_weights_hwio_in_place", "fold_weights", c=5, spatial=8, layout=3,
+                    place={6: (SAME, 0), 7: (SAME, 1)}))  # weights_out == weights, bias_out == bias
+    # Shapes: several reduction units, many channels, one value per channel, huge/garbage.
+    out.append(seed("train_many_values", "fwd_train", shape_mode=11, c=1, raw_a=30000))
+    out.append(seed("train_nhwc_many_channels", "fwd_train", shape_mode=12, layout=1, n=3, c=40))
+    out.append(seed("infer_medium", "fwd_infer", shape_mode=9, n=17, c=33, raw_a=49))
+    out.append(seed("train_one_value", "fwd_train", shape_mode=13, n=0))  # TOO_FEW_VALUES
+    out.append(seed("bwd_one_value", "bwd", shape_mode=13, n=0))
+    out.append(seed("train_huge_shape", "fwd_train", shape_mode=14, n=6, c=3, spatial=2))
+    out.append(seed("fold_weights_raw_shape", "fold_weights", shape_mode=15, raw_b=(1 << 62) + 3,
+                    raw_c=2))
+    # Arguments: NULL desc, bad eps/momentum, garbage enums, NULL buffers.
+    out.append(seed("desc_null", "fwd_infer", flags=FLAG_DESC_NULL))
+    out.append(seed("eps_nan", "fwd_train", eps=8))
+    out.append(seed("eps_raw_denormal", "fwd_infer", eps=7, eps_bits=0x00000001))
+    out.append(seed("momentum_raw_neg_zero", "fwd_train_ex", mom=5, mom_bits=0x80000000))
+    out.append(seed("layout_garbage", "bwd", layout=250, raw_enum=7))
+    out.append(seed("required_null", "bwd_frozen", place={7: (NULL, 0)}))
+    out.append(seed("optional_nulls", "fwd_train", place={3: (NULL, 0), 4: (NULL, 0),
+                                                          5: (NULL, 0), 8: (NULL, 0)}))
+    # Aliasing: exact in place, partial overlaps, adjacent buffers.
+    out.append(seed("train_in_place", "fwd_train", place={2: (SAME, 0)}))  # y == x
+    out.append(seed("train_y_overlaps_x", "fwd_train", place={2: (INSIDE, 8)}))
+    out.append(seed("train_y_adjacent_x", "fwd_train", place={2: (ADJ_AFTER, 0)}))
+    out.append(seed("infer_ex_y_is_z", "fwd_infer_ex", place={2: (SAME, 1)}))
+    out.append(seed("bwd_dx_is_dy", "bwd", place={3: (SAME, 1)}))
+    out.append(seed("bwd_ex_dx_dz_both_dy", "bwd_ex", act=1, place={3: (SAME, 2), 4: (SAME, 2)}))
+    out.append(seed("bwd_dgamma_in_x", "bwd", place={9: (INSIDE, 0)}))
+    out.append(seed("infer_mean_is_var_padded", "fwd_infer", place={6: (SAME, 4)}, flags=FLAG_PAD))
+    # Data: specials sprinkled, raw bits, constant channels.
+    out.append(seed("train_specials", "fwd_train", data=(7, 7, 7, 7), c=5))
+    out.append(seed("train_raw_bits_f16", "fwd_train", data=(6, 0, 0, 6), dtype=2, tail=400))
+    out.append(seed("train_constant_channels", "fwd_train", data=(4, 0, 0, 0), eps=2))
+    # The other entry points: contexts and their thread counts, target names.
+    out.append(seed("misc_context_create", "misc", act=0, n=0, c=12))
+    out.append(seed("misc_set_target", "misc", act=3, n=4, c=1, spatial=1))
+    return out
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    corpus = os.path.join(here, "corpus")
+    os.makedirs(corpus, exist_ok=True)
+    for old in os.listdir(corpus):
+        os.remove(os.path.join(corpus, old))
+    for name, data in seeds():
+        with open(os.path.join(corpus, name), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    main()
