@@ -86,6 +86,44 @@ int ContextThreads(const bnorm_context* ctx);
 tbb::task_arena& ContextArena(const bnorm_context* ctx);
 ScratchPool& ContextScratch(const bnorm_context* ctx);
 
+// Tells ThreadSanitizer the order oneTBB's scheduler imposes, which it cannot
+// see (libtbb is not instrumented, and the TSan build leaves oneTBB's
+// headers uninstrumented too: tools/tsan-ignorelist.txt): everything the
+// caller wrote before a parallel loop happens before each of its pieces, and
+// each piece happens before the caller continues. Pieces stay unordered
+// among themselves, so races between them are still reported. No code
+// without TSan.
+#if defined(__SANITIZE_THREAD__)
+#define BNORM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define BNORM_TSAN 1
+#endif
+#endif
+#ifdef BNORM_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+#endif
+
+class HandOff {
+ public:
+#ifdef BNORM_TSAN
+  void Publish() { __tsan_release(&to_pieces_); }        // caller, before the loop
+  void Receive() { __tsan_acquire(&to_pieces_); }        // each piece, first
+  void Return() { __tsan_release(&to_caller_); }         // each piece, last
+  void Collect() { __tsan_acquire(&to_caller_); }        // caller, after the loop
+
+ private:
+  char to_pieces_ = 0;
+  char to_caller_ = 0;
+#else
+  void Publish() {}
+  void Receive() {}
+  void Return() {}
+  void Collect() {}
+#endif
+};
+
 // Calls body(begin, end) over [0, count) in chunks of `grain` items, on the
 // context's threads. Runs inline when there is only one chunk or one thread,
 // or when the caller says one thread is worth more than several.
@@ -99,17 +137,24 @@ void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const B
       body(begin, std::min(count, begin + grain));
     return;
   }
-  ContextArena(ctx).execute([&] {
+  HandOff hand_off;
+  hand_off.Publish();
+  ContextArena(ctx).execute([&] {  // maybe on another thread, when the arena is full
+    hand_off.Receive();
     tbb::parallel_for(
         tbb::blocked_range<int64_t>(0, chunks, 1),
         [&](const tbb::blocked_range<int64_t>& r) {
+          hand_off.Receive();
           for (int64_t chunk = r.begin(); chunk != r.end(); ++chunk) {
             const int64_t begin = chunk * grain;
             body(begin, std::min(count, begin + grain));
           }
+          hand_off.Return();
         },
         tbb::simple_partitioner());
+    hand_off.Return();
   });
+  hand_off.Collect();
 }
 
 // Calls body(begin, end) over [0, count) split evenly into one contiguous
@@ -124,12 +169,21 @@ void ParallelForStatic(const bnorm_context* ctx, int64_t count, bool single_thre
     body(int64_t{0}, count);
     return;
   }
-  ContextArena(ctx).execute([&] {
+  HandOff hand_off;
+  hand_off.Publish();
+  ContextArena(ctx).execute([&] {  // maybe on another thread, when the arena is full
+    hand_off.Receive();
     tbb::parallel_for(
         tbb::blocked_range<int64_t>(0, count, 1),
-        [&](const tbb::blocked_range<int64_t>& r) { body(r.begin(), r.end()); },
+        [&](const tbb::blocked_range<int64_t>& r) {
+          hand_off.Receive();
+          body(r.begin(), r.end());
+          hand_off.Return();
+        },
         tbb::static_partitioner());
+    hand_off.Return();
   });
+  hand_off.Collect();
 }
 
 }  // namespace bnorm

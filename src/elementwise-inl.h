@@ -115,7 +115,7 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
     if (q >= period) q -= period;
   };
   if (kStream) {
-    for (const size_t peel_end = i + PeelToAlignment(out + i, U, len - i); i < peel_end;) {
+    for (size_t peel = PeelToAlignment(out + i, U, len - i); peel > 0; --peel) {
       StoreF32<kT, false>(d1, value(d1, i, constants(d1, q)), out + i);
       advance(1);
     }
@@ -180,16 +180,27 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   int64_t ahead_left = ahead.input[0] != nullptr ? ahead.elems : 0;  // not yet fetched
   int64_t line_left = 0;  // output elements until the next prefetch
   auto k = constants(df, ch);
-  // The values of the vector at e, which advances e's run.
+  bool k_stale = false;  // k is still the previous channel's
+  // The values of the vector at e, which advances e's run. A vector that
+  // ends its run exactly leaves the next channel's constants unread until a
+  // vector needs them: they may lie beyond this range, where another thread
+  // may still be writing them (channel-fused plans).
   const auto next_vector = [&]() HWY_ATTR {
+    if (k_stale) {
+      k = constants(df, ch);
+      k_stale = false;
+    }
     auto v = value(df, e, k);
     if (left > N) {
       left -= N;
-    } else {  // the vector ends this run (and may reach into the next)
+    } else if (left == N) {
+      ch = next_channel(ch);
+      left = spatial;
+      k_stale = true;
+    } else {  // the vector reaches into the next run
       ch = next_channel(ch);
       const auto next = constants(df, ch);
-      if (left < N)
-        v = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v, value(df, e, next));
+      v = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v, value(df, e, next));
       left += spatial - N;
       k = next;
     }
