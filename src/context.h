@@ -108,17 +108,20 @@ extern "C" void __tsan_release(void* addr);
 class HandOff {
  public:
 #ifdef BNORM_TSAN
-  void Publish() { __tsan_release(&to_pieces_); }        // caller, before the loop
-  void Receive() { __tsan_acquire(&to_pieces_); }        // each piece, first
-  void Return() { __tsan_release(&to_caller_); }         // each piece, last
-  void Collect() { __tsan_acquire(&to_caller_); }        // caller, after the loop
+  // The caller-to-pieces edge goes through one address for all calls: a
+  // piece must acquire before it reads anything of its caller's, including
+  // the closure that would tell it a per-call address.
+  void Publish() { __tsan_release(&to_pieces_); }  // caller, before the loop
+  static void Receive() { __tsan_acquire(&to_pieces_); }  // each piece, first
+  void Return() { __tsan_release(&to_caller_); }   // each piece, last
+  void Collect() { __tsan_acquire(&to_caller_); }  // caller, after the loop
 
  private:
-  char to_pieces_ = 0;
+  static inline char to_pieces_ = 0;
   char to_caller_ = 0;
 #else
   void Publish() {}
-  void Receive() {}
+  static void Receive() {}
   void Return() {}
   void Collect() {}
 #endif
@@ -140,11 +143,11 @@ void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const B
   HandOff hand_off;
   hand_off.Publish();
   ContextArena(ctx).execute([&] {  // maybe on another thread, when the arena is full
-    hand_off.Receive();
+    HandOff::Receive();
     tbb::parallel_for(
         tbb::blocked_range<int64_t>(0, chunks, 1),
         [&](const tbb::blocked_range<int64_t>& r) {
-          hand_off.Receive();
+          HandOff::Receive();
           for (int64_t chunk = r.begin(); chunk != r.end(); ++chunk) {
             const int64_t begin = chunk * grain;
             body(begin, std::min(count, begin + grain));
@@ -172,11 +175,11 @@ void ParallelForStatic(const bnorm_context* ctx, int64_t count, bool single_thre
   HandOff hand_off;
   hand_off.Publish();
   ContextArena(ctx).execute([&] {  // maybe on another thread, when the arena is full
-    hand_off.Receive();
+    HandOff::Receive();
     tbb::parallel_for(
         tbb::blocked_range<int64_t>(0, count, 1),
         [&](const tbb::blocked_range<int64_t>& r) {
-          hand_off.Receive();
+          HandOff::Receive();
           body(r.begin(), r.end());
           hand_off.Return();
         },

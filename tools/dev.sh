@@ -2,7 +2,9 @@
 # Sets up a Debian 12 machine and runs one of bnorm's jobs.
 #   tools/dev.sh bench   install dependencies, build, run the benchmark table
 #   tools/dev.sh test    install dependencies, build, run the whole test suite
-#                        (Release with -Werror, then AddressSanitizer+UBSan)
+#                        (Release with -Werror, then AddressSanitizer+UBSan,
+#                        ThreadSanitizer on the concurrency tests, and
+#                        BNORM_FUZZ_SECONDS (120) of libFuzzer)
 # Run as root, or as a user with sudo. Build trees go to build/.
 set -eu
 cd "$(dirname "$0")/.."
@@ -16,7 +18,7 @@ install_deps() {
   $sudo apt-get install -y -qq --no-install-recommends \
     ca-certificates cmake ninja-build g++ make pkg-config binutils \
     libhwy-dev libtbb-dev libgtest-dev libgmock-dev libbenchmark-dev \
-    libdnnl-dev python3-matplotlib python3-numpy >/dev/null
+    libdnnl-dev python3-matplotlib python3-numpy clang libclang-rt-dev >/dev/null
 }
 
 configure_and_build() {  # dir, extra cmake args...
@@ -40,6 +42,15 @@ case "${1:-}" in
     configure_and_build build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_WERROR=ON \
       -DBNORM_SANITIZE=address,undefined -DBNORM_BUILD_BENCH=OFF
     (cd build/asan && ctest -j "$jobs" -L unit --output-on-failure)
+    # ThreadSanitizer (clang) on the concurrency tests, each in its own process.
+    CC=clang CXX=clang++ cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DBNORM_SANITIZE=thread -DBNORM_BUILD_BENCH=OFF \
+      -DCMAKE_CXX_FLAGS="-fsanitize-ignorelist=$PWD/tools/tsan-ignorelist.txt"
+    cmake --build build/tsan -j "$jobs" --target threads_test
+    (cd build/tsan && TSAN_OPTIONS="halt_on_error=1" \
+      ctest -j "$jobs" -R '^Concurrency\.' --no-tests=error --output-on-failure)
+    # libFuzzer (clang, ASan + UBSan) on the whole C API, bounded.
+    tools/fuzz.sh "${BNORM_FUZZ_SECONDS:-120}"
     echo "bnorm: all tests passed"
     ;;
   *)
