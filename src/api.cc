@@ -121,7 +121,11 @@ void bnorm_context_destroy(bnorm_context* ctx) { bnorm::DeleteContext(ctx); }
 int bnorm_context_num_threads(const bnorm_context* ctx) { return bnorm::ContextThreads(ctx); }
 
 const char* bnorm_status_string(bnorm_status status) {
-  switch (static_cast<int>(status)) {
+  // Any int may arrive from C: read it as one (a C++ load of an enum outside
+  // its range is undefined).
+  int value = 0;
+  std::memcpy(&value, &status, sizeof(value));
+  switch (value) {
     case BNORM_OK:
       return "success";
     case BNORM_ERR_NULL_POINTER:

@@ -61,7 +61,7 @@ HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> F32ToNarrowBits(DF df, hn::Vec<DF> 
   if (kT == DType::kBF16) {
     const auto odd = hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u));
     const auto rounded = hn::ShiftRight<16>(hn::Add(hn::Add(u, hn::Set(du, 0x7FFFu)), odd));
-    return hn::IfThenElse(hn::RebindMask(du, hn::Ne(v, v)), hn::Set(du, 0x7FC0u), rounded);
+    return hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Set(du, 0x7FC0u), rounded);
   }
   const auto sign = hn::And(u, hn::Set(du, 0x80000000u));
   const auto a = hn::Xor(u, sign);
@@ -121,7 +121,7 @@ HWY_INLINE hn::Vec<DF> QuietNaNs(DF df, hn::Vec<DF> v) {
   const hn::RebindToUnsigned<DF> du;
   const auto quiet = hn::BitCast(
       df, hn::Or(hn::And(hn::BitCast(du, v), hn::Set(du, 0x80000000u)), hn::Set(du, 0x7FC00000u)));
-  return hn::IfThenElse(hn::Ne(v, v), quiet, v);
+  return hn::IfThenElse(hn::IsNaN(v), quiet, v);
 }
 
 // 16-bit patterns (in 16-bit lanes, half a vector) of f32 lanes.

@@ -407,6 +407,49 @@ TEST_P(DTypeTest, NaNStaysInItsChannel) {
   }
 }
 
+// NaN inputs of any sign and payload (quiet or signalling) come out as the
+// format's one NaN: bf16 0x7FC0, f16 0x7E00 | sign, on every target (the
+// AVX2 path once found NaN lanes with an ordered compare and kept payloads).
+TEST_P(DTypeTest, NaNPatternsComeOutCanonical) {
+  const Shape s = MakeShape(2, 3, 40);
+  std::vector<uint16_t> x16;
+  std::vector<float> xw;
+  Narrow(NormalData(s, 52), &x16, &xw);
+  const bool bf16 = dtype() == BNORM_DTYPE_BF16;
+  const std::vector<uint16_t> nans =
+      bf16 ? std::vector<uint16_t>{0x7FC0, 0xFFC0, 0x7FC1, 0xFFFF, 0x7F81, 0xFF81}
+           : std::vector<uint16_t>{0x7E00, 0xFE00, 0x7E01, 0xFFFF, 0x7C01, 0xFD01};
+  for (size_t k = 0; k < nans.size(); ++k) {
+    const size_t e = static_cast<size_t>(s.Index(static_cast<int64_t>(k % 2), 1,
+                                                 static_cast<int64_t>(3 + 5 * k)));
+    x16[e] = nans[k];
+    xw[e] = Widen(nans[k]);
+  }
+  const std::vector<float> mean{0.5f, -0.25f, 1.0f}, var{2.0f, 0.5f, 1.5f};
+  std::vector<uint16_t> y16(x16.size());
+  std::vector<float> y32(xw.size());
+  const bnorm_tensor_desc d16 = Desc16(s);
+  const bnorm_tensor_desc d32 = s.Desc();
+  ASSERT_EQ(bnorm_forward_inference(nullptr, &d16, x16.data(), y16.data(), nullptr, nullptr,
+                                    mean.data(), var.data(), 1e-5f),
+            BNORM_OK);
+  ASSERT_EQ(bnorm_forward_inference(nullptr, &d32, xw.data(), y32.data(), nullptr, nullptr,
+                                    mean.data(), var.data(), 1e-5f),
+            BNORM_OK);
+  ExpectRounded(y16, y32);
+  size_t nan_count = 0;
+  for (const uint16_t h : y16) {
+    if (!std::isnan(Widen(h))) continue;
+    ++nan_count;
+    if (bf16) {
+      EXPECT_EQ(h, 0x7FC0) << std::hex << h;
+    } else {
+      EXPECT_EQ(h & 0x7FFFu, 0x7E00u) << std::hex << h;
+    }
+  }
+  EXPECT_EQ(nan_count, nans.size());
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTargets, DTypeTest, testing::ValuesIn(Cases()), CaseName);
 
 }  // namespace

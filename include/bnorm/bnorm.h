@@ -226,8 +226,9 @@ BNORM_API bnorm_status bnorm_forward_inference_ex(const bnorm_context* ctx,
                                                   const float* gamma, const float* beta,
                                                   const float* mean, const float* var, float eps);
 
-/* Backward of bnorm_forward_training_ex. With g = dy where y > 0 and 0
- * elsewhere for BNORM_ACT_RELU (g = dy for BNORM_ACT_NONE), this is
+/* Backward of bnorm_forward_training_ex. With g = 0 where y <= 0 and dy
+ * elsewhere for BNORM_ACT_RELU (so a NaN y passes dy, as PyTorch's
+ * threshold_backward does; g = dy for BNORM_ACT_NONE), this is
  * bnorm_backward applied to g, and dz = g:
  *   y       the forward output, required when act != BNORM_ACT_NONE (its
  *           sign gives the mask); otherwise ignored (may be NULL).
