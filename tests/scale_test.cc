@@ -105,19 +105,6 @@ float Gamma(int64_t ch) {
 }
 float Beta(int64_t ch) { return -0.5f + 0.0625f * static_cast<float>(ch % 17); }
 
-uint16_t FloatToBf16(float f) {  // nearest even (the data are finite)
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float Bf16ToFloat(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 // ---- Parallel passes in memory order ----
 
 int Threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
@@ -434,16 +421,16 @@ void RunShape(const Shape& s) {
   // ---- bf16: training out of place, then the backward passes ----
   {
     Tensor<uint16_t> x(E), b(E);  // b: y, then dy and dx
-    const auto xw = [&](int64_t ch, int64_t j) { return Bf16ToFloat(FloatToBf16(XValue(ch, j))); };
+    const auto xw = [&](int64_t ch, int64_t j) { return RefBf16ToFloat(RefFloatToBf16(XValue(ch, j))); };
     {
       Timer t("bf16: generate x");
       Parallel(s,
-               [&](int, int64_t e, int64_t ch, int64_t j) { x[e] = FloatToBf16(XValue(ch, j)); });
+               [&](int, int64_t e, int64_t ch, int64_t j) { x[e] = RefFloatToBf16(XValue(ch, j)); });
     }
     std::vector<RefStats> ref;
     {
       Timer t("bf16: reference statistics (long double)");
-      ref = ScanStats(s, [&](int64_t e, int64_t, int64_t) { return Bf16ToFloat(x[e]); });
+      ref = ScanStats(s, [&](int64_t e, int64_t, int64_t) { return RefBf16ToFloat(x[e]); });
     }
     bnorm_tensor_desc d = s.Desc();
     d.dtype = BNORM_DTYPE_BF16;
@@ -470,7 +457,7 @@ void RunShape(const Shape& s) {
         double tol =
             4e-6 * (std::fabs(want - a.beta[c]) + std::fabs(a.gamma[c])) + 2.5e-7 * std::fabs(want);
         tol += 0x1p-8 * (std::fabs(want) + tol);  // one rounding to bf16
-        const double got = Bf16ToFloat(b[e]);
+        const double got = RefBf16ToFloat(b[e]);
         if (!(std::fabs(got - want) <= tol)) bad.Add("bf16 training y", e, got, want, tol);
       });
     }
@@ -479,10 +466,10 @@ void RunShape(const Shape& s) {
     {
       Timer t("bf16: generate dy");
       Parallel(s,
-               [&](int, int64_t e, int64_t ch, int64_t j) { b[e] = FloatToBf16(DyValue(ch, j)); });
+               [&](int, int64_t e, int64_t ch, int64_t j) { b[e] = RefFloatToBf16(DyValue(ch, j)); });
     }
     const auto dyw = [&](int64_t ch, int64_t j) {
-      return Bf16ToFloat(FloatToBf16(DyValue(ch, j)));
+      return RefBf16ToFloat(RefFloatToBf16(DyValue(ch, j)));
     };
     // sum dy, sum |dy|, sum dy (x - mean), sum |dy (x - mean)| with the
     // library's save_mean, as bnorm_backward uses it.
@@ -490,8 +477,8 @@ void RunShape(const Shape& s) {
     {
       Timer t("bf16: reference gradient sums (long double)");
       Parallel(s, [&](int th, int64_t e, int64_t ch, int64_t) {
-        const LD dy = Bf16ToFloat(b[e]);
-        const LD xmu = static_cast<LD>(Bf16ToFloat(x[e])) - sm[static_cast<size_t>(ch)];
+        const LD dy = RefBf16ToFloat(b[e]);
+        const LD xmu = static_cast<LD>(RefBf16ToFloat(x[e])) - sm[static_cast<size_t>(ch)];
         sums.At(th, ch, 0) += dy;
         sums.At(th, ch, 1) += std::fabs(dy);
         sums.At(th, ch, 2) += dy * xmu;
@@ -569,7 +556,7 @@ void RunShape(const Shape& s) {
             std::fabs(a[c]) * (std::fabs(dy - mdy[c]) + scale1[c]) + std::fabs(xmu) * scale2[c];
         double tol = kDxTol * scale + 1e-30;
         tol += 0x1p-8 * (std::fabs(want) + tol);
-        const double got = Bf16ToFloat(b[e]);
+        const double got = RefBf16ToFloat(b[e]);
         if (!(std::fabs(got - want) <= tol)) bad.Add("dx", e, got, want, tol);
       });
     }

@@ -135,20 +135,6 @@ double EpilogueTolerance(LD bn, LD z) {
 
 size_t ElemBytes(bnorm_dtype d) { return d == BNORM_DTYPE_F32 ? 4 : 2; }
 
-uint16_t FloatToBf16(float f) {  // nearest even; NaN as PyTorch
-  if (std::isnan(f)) return 0x7FC0;
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float Bf16ToFloat(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 uint16_t FloatToF16(float f) {
   const _Float16 h = static_cast<_Float16>(f);
@@ -171,7 +157,7 @@ float LoadElem(const unsigned char* p, int64_t i, bnorm_dtype d) {
   }
   uint16_t h;
   std::memcpy(&h, p + 2 * i, 2);
-  return d == BNORM_DTYPE_BF16 ? Bf16ToFloat(h) : F16ToFloat(h);
+  return d == BNORM_DTYPE_BF16 ? RefBf16ToFloat(h) : F16ToFloat(h);
 }
 
 uint32_t LoadBits(const unsigned char* p, int64_t i, bnorm_dtype d) {
@@ -190,7 +176,7 @@ void StoreElem(unsigned char* p, int64_t i, bnorm_dtype d, float v) {
     std::memcpy(p + 4 * i, &v, 4);
     return;
   }
-  const uint16_t h = d == BNORM_DTYPE_BF16 ? FloatToBf16(v) : FloatToF16(v);
+  const uint16_t h = d == BNORM_DTYPE_BF16 ? RefFloatToBf16(v) : FloatToF16(v);
   std::memcpy(p + 2 * i, &h, 2);
 }
 
@@ -986,6 +972,32 @@ std::vector<float> ReadFloats(const Request& r, const unsigned char* arena, Slot
   return v;
 }
 
+// y = act(bn + z) of a forward call, element by element, with tolerance(bn,
+// channel) for the normalization plus the epilogue's and the storage's.
+template <class Tolerance>
+void CheckY(const Request& r, const Views& v, Checker& ck, const std::vector<LD>& bn,
+            const std::vector<float>& z, bool has_z, const Tolerance& tolerance) {
+  const Shape& s = r.s;
+  const unsigned char* y = v.after + r.Offset(kY);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        const int64_t e = s.Index(i, ch, sp);
+        const size_t ue = static_cast<size_t>(e);
+        LD want = bn[ue];
+        double tol = tolerance(bn[ue], ch);
+        if (has_z) {
+          want += z[ue];
+          tol += EpilogueTolerance(bn[ue], z[ue]);
+        }
+        if (r.act == BNORM_ACT_RELU && want < 0) want = 0;
+        tol += StorageTolerance(r.dtype, std::fabs(want) + tol);
+        if (!ck.Near(LoadElem(y, e, r.dtype), want, tol, "y", e)) return;
+      }
+    }
+  }
+}
+
 void CheckTraining(const Request& r, const Views& v, Checker& ck) {
   const Shape& s = r.s;
   const size_t C = static_cast<size_t>(s.c);
@@ -1028,24 +1040,9 @@ void CheckTraining(const Request& r, const Views& v, Checker& ck) {
   const auto bn = ReferenceNormalize(s, x, mean, invstd, g, b);
   const bool has_z = r.op == Op::kTrainEx && r.ptr[kZ] != nullptr;
   const auto z = has_z ? ReadTensor(r, v.before, kZ) : std::vector<float>();
-  const unsigned char* y = v.after + r.Offset(kY);
-  for (int64_t i = 0; i < s.n; ++i) {
-    for (int64_t ch = 0; ch < s.c; ++ch) {
-      for (int64_t sp = 0; sp < s.spatial; ++sp) {
-        const int64_t e = s.Index(i, ch, sp);
-        const size_t ue = static_cast<size_t>(e);
-        LD want = bn[ue];
-        double tol = TrainingYTolerance(bn[ue], At(b, ch, 0), At(g, ch, 1));
-        if (has_z) {
-          want += z[ue];
-          tol += EpilogueTolerance(bn[ue], z[ue]);
-        }
-        if (r.act == BNORM_ACT_RELU && want < 0) want = 0;
-        tol += StorageTolerance(r.dtype, std::fabs(want) + tol);
-        if (!ck.Near(LoadElem(y, e, r.dtype), want, tol, "y", e)) return;
-      }
-    }
-  }
+  CheckY(r, v, ck, bn, z, has_z, [&](LD bn_e, int64_t ch) {
+    return TrainingYTolerance(bn_e, At(b, ch, 0), At(g, ch, 1));
+  });
 }
 
 void CheckInference(const Request& r, const Views& v, Checker& ck) {
@@ -1066,24 +1063,8 @@ void CheckInference(const Request& r, const Views& v, Checker& ck) {
   const auto bn = ReferenceNormalize(s, x, mean, invstd, g, b);
   const bool has_z = r.op == Op::kInferEx && r.ptr[kZ] != nullptr;
   const auto z = has_z ? ReadTensor(r, v.before, kZ) : std::vector<float>();
-  const unsigned char* y = v.after + r.Offset(kY);
-  for (int64_t i = 0; i < s.n; ++i) {
-    for (int64_t ch = 0; ch < s.c; ++ch) {
-      for (int64_t sp = 0; sp < s.spatial; ++sp) {
-        const int64_t e = s.Index(i, ch, sp);
-        const size_t ue = static_cast<size_t>(e);
-        LD want = bn[ue];
-        double tol = InferenceYTolerance(bn[ue], At(b, ch, 0));
-        if (has_z) {
-          want += z[ue];
-          tol += EpilogueTolerance(bn[ue], z[ue]);
-        }
-        if (r.act == BNORM_ACT_RELU && want < 0) want = 0;
-        tol += StorageTolerance(r.dtype, std::fabs(want) + tol);
-        if (!ck.Near(LoadElem(y, e, r.dtype), want, tol, "y", e)) return;
-      }
-    }
-  }
+  CheckY(r, v, ck, bn, z, has_z,
+         [&](LD bn_e, int64_t ch) { return InferenceYTolerance(bn_e, At(b, ch, 0)); });
 }
 
 void CheckBackward(const Request& r, const Views& v, Checker& ck) {

@@ -225,6 +225,23 @@ std::vector<unsigned char> Bytes(const std::vector<T>& v) {
   return b;
 }
 
+// bf16 of a float, rounded to nearest even, NaN as PyTorch (0x7FC0): a
+// reference independent of the library's conversions.
+inline uint16_t RefFloatToBf16(float f) {
+  if (std::isnan(f)) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float RefBf16ToFloat(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 }  // namespace bnorm_test
 
 #endif  // BNORM_TESTS_TEST_SUPPORT_H_
