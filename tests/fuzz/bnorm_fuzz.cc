@@ -276,14 +276,9 @@ Globals& G() {
 
 constexpr double kU = 0x1.0p-24;       // float unit roundoff
 constexpr double kTolSum = 1e-5;       // error of a float reduction, relative to sum |terms|
-// Relative error allowed in the batch variance.
-// TODO(variance of a channel with one far outlier): should be kTolSum (the
-// tests' bar is 1e-6), but a channel of equal values with one outlier first
-// (31999 x -11051.02 and -1369.58; or 4000 x 1.0 and 10001) gets a variance
-// off by 1.4e-5..2e-5 on the 4-lane targets (SSE4, SSSE3, EMU128) and 6e-6
-// on AVX2: the block shifts follow the outlier-pulled running mean and the
-// "shift too far" recomputation does not trigger.
-constexpr double kTolVar = 1e-4;
+// Relative error allowed in the batch variance (the library meets 1e-6 on
+// its accuracy tests, equal values after one far outlier included).
+constexpr double kTolVar = kTolSum;
 constexpr double kTiny = 1e-37;        // absolute slack (denormal results)
 // A per-channel constant kept as a float (scale, shift, ...) may be denormal:
 // K * v is then off by up to half the smallest denormal times |v|.
@@ -1082,14 +1077,14 @@ void CheckValue(const Call& k, const char* what, int64_t idx, double got, double
 
 // A tensor output element (in the call's dtype): adds the rounding of the
 // 16-bit formats, f16 overflow to Inf, and checks NaN encodings.
-// TODO(16-bit NaN encoding on AVX2/AVX3): bnorm.h promises bf16 NaN 0x7FC0
-// and f16 NaN 0x7E00 | sign, but on the AVX2 and AVX3 targets NaN inputs
-// come out with their sign/payload (bf16 0xFFC0, 0x7FC1; f16 0x7E01): src/
-// convert-inl.h finds NaN lanes with hn::Ne(v, v), which Highway 1.0.3
-// implements with _CMP_NEQ_OQ on AVX2/AVX-512 (false for NaN). Remove this
-// exemption once the library uses hn::IsNaN.
+// TODO(16-bit NaN encoding of backward outputs on AVX2): bnorm.h promises
+// bf16 NaN 0x7FC0 and f16 NaN 0x7E00 | sign; since the IsNaN fix the
+// forwards give them on every target, but bnorm_backward, _frozen and _ex
+// on AVX2 still store dx and dz NaNs with their payload (bf16 0xFFC0,
+// 0x7FC1; f16 0x7E01). Remove this exemption once they are canonical.
 bool NanEncodingExempt(const Call& k) {
-  return G().targets[static_cast<size_t>(k.target)].rfind("AVX", 0) == 0;
+  const bool backward = k.op == kBwd || k.op == kBwdFrozen || k.op == kBwdEx;
+  return backward && G().targets[static_cast<size_t>(k.target)].rfind("AVX", 0) == 0;
 }
 
 void CheckElem(const Call& k, const char* what, int slot, int64_t e, double ref, double tol,
@@ -1256,17 +1251,10 @@ void CheckBackward(const Call& k) {
     const double gm = Opt(gamma, ch, 1);
     double sdy = 0, sdyxmu = 0, sabs = 0, sxabs = 0, gmax = 0, xmax = 0;
     bool g_nonfinite = false, x_nonfinite = false;
-    // TODO(ReLU mask of a NaN y): bnorm.h says g = dy where y > 0 and 0
-    // elsewhere, so a NaN y gives 0; the library passes dy there (PyTorch's
-    // threshold_backward: zero where y <= 0). Until the header or the code
-    // changes, a channel with a NaN y accepts either: dz is dy or 0 there and
-    // the channel's other gradients are not compared.
-    bool nan_mask = false;
     for (int64_t v = 0; v < m; ++v) {
       const int64_t e = k.Index(v / k.sp, ch, v % k.sp);
       double g = LoadElem(dy, e, k.dtype);
-      if (relu && std::isnan(LoadElem(ymask, e, k.dtype))) nan_mask = true;
-      if (relu && !(LoadElem(ymask, e, k.dtype) > 0)) g = 0;
+      if (relu && LoadElem(ymask, e, k.dtype) <= 0) g = 0;  // a NaN y passes dy (bnorm.h)
       const double xv = LoadElem(x, e, k.dtype);
       gs[static_cast<size_t>(v)] = g;
       xs[static_cast<size_t>(v)] = xv;
@@ -1283,7 +1271,7 @@ void CheckBackward(const Call& k) {
     // denormal per term (a product dy * (x - mean) may round in the denormals).
     const double dsdy = kTolSum * sabs + md * kDenorm;
     const double dsdyxmu = kTolSum * sxabs + md * kDenorm;
-    const bool beta_wild = g_nonfinite || gmax > kLarge || nan_mask;
+    const bool beta_wild = g_nonfinite || gmax > kLarge;
     const bool gamma_wild = beta_wild || x_nonfinite || !Finite(mean) || !Finite(is) ||
                             xmax > kLarge || std::fabs(mean) > kLarge || std::fabs(is) > kLarge ||
                             sxabs * std::fabs(is) > kHuge;
@@ -1309,11 +1297,7 @@ void CheckBackward(const Call& k) {
       const double g = gs[static_cast<size_t>(v)];
       if (!k.Null(4)) {  // dz = the masked dy, exactly
         const double got = LoadElem(k.Live(4), e, k.dtype);
-        bool ok = std::isnan(g) ? std::isnan(got) : got == g;
-        if (!ok && ymask && std::isnan(LoadElem(ymask, e, k.dtype))) {  // TODO(ReLU mask of a NaN y)
-          const double d = LoadElem(dy, e, k.dtype);
-          ok = std::isnan(d) ? std::isnan(got) : got == d;
-        }
+        const bool ok = std::isnan(g) ? std::isnan(got) : got == g;
         if (!ok) Fail(k, "dz[%" PRId64 "] = %.9g, expected %.9g (masked dy)", e, got, g);
         if (Valid16(k.dtype)) CheckElem(k, "dz", 4, e, g, 0, false, true);  // NaN encoding
       }
@@ -1456,12 +1440,7 @@ void RunMisc(Call& k) {
       return;
     }
     case 1: {  // status strings: never NULL or empty, also for unknown values
-      // TODO(bnorm_status_string UB): pass any int once src/api.cc reads the
-      // status without loading it as an enum. Today a value outside 0..15
-      // (the range of bnorm_status in C++) is a UBSan "load of value ... not
-      // a valid value for type 'bnorm_status'" in api.cc, though the header
-      // promises a string "also for unknown values" (any int from C).
-      const int v = static_cast<int>(raw & 15);
+      const int v = static_cast<int>(raw);
       const char* s = bnorm_status_string(static_cast<bnorm_status>(v));
       if (s == nullptr || s[0] == '\0') Fail(k, "bnorm_status_string(%d) empty", v);
       return;
