@@ -47,7 +47,7 @@ case "${1:-}" in
       -DBNORM_SANITIZE=thread -DBNORM_BUILD_BENCH=OFF \
       -DCMAKE_CXX_FLAGS="-fsanitize-ignorelist=$PWD/tools/tsan-ignorelist.txt"
     cmake --build build/tsan -j "$jobs" --target threads_test
-    (cd build/tsan && TSAN_OPTIONS="halt_on_error=1" \
+    (cd build/tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/../../tools/tsan-suppressions.txt" \
       ctest -j "$jobs" -R '^Concurrency\.' --no-tests=error --output-on-failure)
     # libFuzzer (clang, ASan + UBSan) on the whole C API, bounded.
     tools/fuzz.sh "${BNORM_FUZZ_SECONDS:-120}"
