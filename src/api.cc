@@ -74,16 +74,11 @@ bnorm_status CheckAliasing(const Region (&regions)[kCount]) {
 }
 
 bool ValidAct(const bnorm_activation& act) {
-  int value = 0;
-  std::memcpy(&value, &act, sizeof(value));
+  const int value = RawEnum(act);
   return value == BNORM_ACT_NONE || value == BNORM_ACT_RELU;
 }
 
-bool Relu(const bnorm_activation& act) {
-  int value = 0;
-  std::memcpy(&value, &act, sizeof(value));
-  return value == BNORM_ACT_RELU;
-}
+bool Relu(const bnorm_activation& act) { return RawEnum(act) == BNORM_ACT_RELU; }
 
 // Runs an entry point's body, turning any escaping exception into a status.
 template <typename Body>
@@ -121,11 +116,8 @@ void bnorm_context_destroy(bnorm_context* ctx) { bnorm::DeleteContext(ctx); }
 int bnorm_context_num_threads(const bnorm_context* ctx) { return bnorm::ContextThreads(ctx); }
 
 const char* bnorm_status_string(bnorm_status status) {
-  // Any int may arrive from C: read it as one (a C++ load of an enum outside
-  // its range is undefined).
-  int value = 0;
-  std::memcpy(&value, &status, sizeof(value));
-  switch (value) {
+  // Any int may arrive from C: read it as one (RawEnum).
+  switch (bnorm::RawEnum(status)) {
     case BNORM_OK:
       return "success";
     case BNORM_ERR_NULL_POINTER:
