@@ -1,5 +1,6 @@
 // The C API: validates every argument, then calls the drivers. Nothing is
 // written before validation has passed, and no exception leaves this file.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -8,6 +9,7 @@
 #include "batchnorm.h"
 #include "bnorm/bnorm.h"
 #include "context.h"
+#include "moments.h"
 #include "plan.h"
 #include "target.h"
 
@@ -23,7 +25,8 @@ constexpr const char kVersion[] = BNORM_STR(BNORM_VERSION_MAJOR) "." BNORM_STR(
 struct Tensor {
   Problem problem;
   size_t bytes = 0;          // of one tensor (x, y, dy or dx)
-  size_t channel_bytes = 0;  // of one per-channel array
+  size_t channel_bytes = 0;  // of one per-channel float array
+  size_t channel_doubles_bytes = 0;  // of one per-channel double array
   int dtype = BNORM_DTYPE_F32;
 };
 
@@ -37,16 +40,17 @@ int RawEnum(const Enum& field) {
   return value;
 }
 
-// Checks desc: NULL_POINTER, then BAD_SHAPE, then BAD_ARGUMENT.
-bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t) {
+// Checks desc: NULL_POINTER, then BAD_SHAPE, then BAD_ARGUMENT. allow_empty:
+// n == 0 is valid (the split-statistics functions).
+bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t, bool allow_empty = false) {
   if (desc == nullptr) return BNORM_ERR_NULL_POINTER;
   const int64_t n = desc->n, c = desc->c, spatial = desc->spatial;
-  if (n < 1 || c < 1 || spatial < 1) return BNORM_ERR_BAD_SHAPE;
+  if (n < (allow_empty ? 0 : 1) || c < 1 || spatial < 1) return BNORM_ERR_BAD_SHAPE;
   int64_t nc = 0, elements = 0, bytes = 0, channel_bytes = 0;
   // 4 bytes per element is the widest dtype; sizes must fit in ptrdiff_t.
   if (__builtin_mul_overflow(n, c, &nc) || __builtin_mul_overflow(nc, spatial, &elements) ||
       __builtin_mul_overflow(elements, int64_t{4}, &bytes) ||
-      __builtin_mul_overflow(c, int64_t{4}, &channel_bytes) ||
+      __builtin_mul_overflow(c, int64_t{8}, &channel_bytes) ||
       static_cast<uint64_t>(bytes) > static_cast<uint64_t>(PTRDIFF_MAX)) {
     return BNORM_ERR_BAD_SHAPE;
   }
@@ -60,7 +64,8 @@ bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t) {
   t->problem.dtype = static_cast<DType>(dtype);
   t->dtype = dtype;
   t->bytes = static_cast<size_t>(elements) * (dtype == BNORM_DTYPE_F32 ? 4 : 2);
-  t->channel_bytes = static_cast<size_t>(channel_bytes);
+  t->channel_bytes = static_cast<size_t>(channel_bytes) / 2;
+  t->channel_doubles_bytes = static_cast<size_t>(channel_bytes);
   return BNORM_OK;
 }
 
@@ -136,6 +141,12 @@ const char* bnorm_status_string(bnorm_status status) {
       return "out of memory";
     case BNORM_ERR_INTERNAL:
       return "internal error";
+    case BNORM_ERR_MISMATCH:
+      return "ranks disagree on the descriptor (c, spatial, layout, dtype), eps or momentum";
+    case BNORM_ERR_PEER:
+      return "another rank of the communicator reported an error";
+    case BNORM_ERR_COMM:
+      return "a communication (MPI) call failed";
     default:
       return "unknown status";
   }
@@ -285,6 +296,160 @@ bnorm_status bnorm_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc
   (void)beta;  // not needed by the gradients (documented)
   return BackwardEntry(ctx, desc, false, x, y, dy, dx, dz, &act, gamma, save_mean, save_invstd,
                        dgamma, dbeta);
+}
+
+// ---- Split statistics (synchronized batch norm) ----
+
+bnorm_status bnorm_stats(const bnorm_context* ctx, const bnorm_tensor_desc* desc, const void* x,
+                         double* mean, double* m2) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if ((x == nullptr && t.bytes != 0) || mean == nullptr || m2 == nullptr) {
+    return BNORM_ERR_NULL_POINTER;
+  }
+  const size_t db = t.channel_doubles_bytes;
+  const Region regions[] = {{x, t.bytes, false, -1}, {mean, db, true, -1}, {m2, db, true, -1}};
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  return bnorm::Guard([&] { return bnorm::Stats(ctx, t.problem, x, mean, m2); });
+}
+
+bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* counts, const double* means,
+                               const double* m2s, int64_t* count_out, double* mean_out,
+                               double* m2_out) {
+  if (counts == nullptr || means == nullptr || m2s == nullptr || count_out == nullptr ||
+      mean_out == nullptr || m2_out == nullptr) {
+    return BNORM_ERR_NULL_POINTER;
+  }
+  int64_t kc = 0, bytes = 0, row_bytes = 0, counts_bytes = 0;
+  if (c < 1 || k < 1 || __builtin_mul_overflow(k, c, &kc) ||
+      __builtin_mul_overflow(kc, int64_t{8}, &bytes) ||
+      __builtin_mul_overflow(k, int64_t{8}, &counts_bytes)) {
+    return BNORM_ERR_BAD_SHAPE;
+  }
+  row_bytes = c * 8;
+  // Counts must be exact as doubles, as must their running total.
+  constexpr int64_t kMaxExactCount = int64_t{1} << 53;
+  int64_t total = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    if (counts[j] < 0 || counts[j] > kMaxExactCount - total) return BNORM_ERR_BAD_ARGUMENT;
+    total += counts[j];
+  }
+  // Partial 0 may be overwritten in place: each channel's output is written
+  // after its partial-0 value was read, and later partials are other rows.
+  const size_t rb = static_cast<size_t>(row_bytes), rest = static_cast<size_t>(bytes - row_bytes);
+  const Region regions[] = {
+      {counts, static_cast<size_t>(counts_bytes), false, -1},
+      {means, rb, false, -1},
+      {means + c, rest, false, -1},
+      {m2s, rb, false, -1},
+      {m2s + c, rest, false, -1},
+      {count_out, sizeof(int64_t), true, -1},
+      {mean_out, rb, true, 1},
+      {m2_out, rb, true, 3},
+  };
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  double count = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    bnorm::MergeMomentsRow(count, mean_out, m2_out, static_cast<double>(counts[j]),
+                           means + j * c, m2s + j * c, c);
+    if (count == 0.0 && j + 1 == k) break;
+  }
+  if (count == 0.0) {
+    std::fill(mean_out, mean_out + c, 0.0);
+    std::fill(m2_out, m2_out + c, 0.0);
+  }
+  *count_out = total;
+  return BNORM_OK;
+}
+
+bnorm_status bnorm_forward_apply(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                 const void* x, void* y, const float* gamma, const float* beta,
+                                 int64_t total_count, const double* mean, const double* m2,
+                                 float eps, float momentum, float* running_mean,
+                                 float* running_var, float* save_mean, float* save_invstd) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if (!bnorm::ValidEps(eps) || !bnorm::ValidMomentum(momentum) ||
+      total_count < t.problem.n * t.problem.spatial) {
+    return BNORM_ERR_BAD_ARGUMENT;
+  }
+  if (((x == nullptr || y == nullptr) && t.bytes != 0) || mean == nullptr || m2 == nullptr) {
+    return BNORM_ERR_NULL_POINTER;
+  }
+  if (total_count < 2) return BNORM_ERR_TOO_FEW_VALUES;
+  const size_t cb = t.channel_bytes, db = t.channel_doubles_bytes;
+  const Region regions[] = {
+      {x, t.bytes, false, -1},     {y, t.bytes, true, 0},        {gamma, cb, false, -1},
+      {beta, cb, false, -1},       {running_mean, cb, true, -1}, {running_var, cb, true, -1},
+      {save_mean, cb, true, -1},   {save_invstd, cb, true, -1},  {mean, db, false, -1},
+      {m2, db, false, -1},
+  };
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  for (int64_t ch = 0; ch < t.problem.c; ++ch) {
+    if (m2[ch] < 0.0) return BNORM_ERR_BAD_ARGUMENT;
+  }
+  return bnorm::Guard([&] {
+    return bnorm::ForwardApply(ctx, t.problem, x, y, gamma, beta,
+                               static_cast<double>(total_count), mean, m2, eps, momentum,
+                               running_mean, running_var, save_mean, save_invstd);
+  });
+}
+
+bnorm_status bnorm_backward_reduce(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                   const void* x, const void* dy, const float* save_mean,
+                                   double* sum_dy, double* sum_dy_xmu) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if (((x == nullptr || dy == nullptr) && t.bytes != 0) || save_mean == nullptr ||
+      sum_dy == nullptr || sum_dy_xmu == nullptr) {
+    return BNORM_ERR_NULL_POINTER;
+  }
+  const size_t cb = t.channel_bytes, db = t.channel_doubles_bytes;
+  const Region regions[] = {
+      {x, t.bytes, false, -1},  {dy, t.bytes, false, -1},    {save_mean, cb, false, -1},
+      {sum_dy, db, true, -1},   {sum_dy_xmu, db, true, -1},
+  };
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  bnorm::GradSplit split;
+  split.sum_dy_out = sum_dy;
+  split.sum_dy_xmu_out = sum_dy_xmu;
+  // invstd is not read without dx/dgamma: any channel array does.
+  return bnorm::Guard([&] {
+    return bnorm::Backward(ctx, t.problem, false, x, dy, nullptr, nullptr, nullptr, nullptr,
+                           save_mean, save_mean, nullptr, nullptr, split);
+  });
+}
+
+bnorm_status bnorm_backward_apply(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                  const void* x, const void* dy, void* dx, const float* gamma,
+                                  const float* save_mean, const float* save_invstd,
+                                  int64_t total_count, const double* sum_dy,
+                                  const double* sum_dy_xmu, float* dgamma, float* dbeta) {
+  Tensor t;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if (total_count < 1 || total_count < t.problem.n * t.problem.spatial) {
+    return BNORM_ERR_BAD_ARGUMENT;
+  }
+  if (((x == nullptr || dy == nullptr) && t.bytes != 0) || save_mean == nullptr ||
+      save_invstd == nullptr || sum_dy == nullptr || sum_dy_xmu == nullptr) {
+    return BNORM_ERR_NULL_POINTER;
+  }
+  const size_t cb = t.channel_bytes, db = t.channel_doubles_bytes;
+  const Region regions[] = {
+      {x, t.bytes, false, -1},     {dy, t.bytes, false, -1},        {dx, t.bytes, true, 1},
+      {gamma, cb, false, -1},      {save_mean, cb, false, -1},      {save_invstd, cb, false, -1},
+      {dgamma, cb, true, -1},      {dbeta, cb, true, -1},           {sum_dy, db, false, -1},
+      {sum_dy_xmu, db, false, -1},
+  };
+  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
+  bnorm::GradSplit split;
+  split.sum_dy_in = sum_dy;
+  split.sum_dy_xmu_in = sum_dy_xmu;
+  split.count = static_cast<double>(total_count);
+  return bnorm::Guard([&] {
+    return bnorm::Backward(ctx, t.problem, false, x, dy, nullptr, dx, nullptr, gamma, save_mean,
+                           save_invstd, dgamma, dbeta, split);
+  });
 }
 
 }  // extern "C"

@@ -178,6 +178,97 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
   });
 }
 
+// The per-channel results of a training forward pass.
+struct ForwardOutputs {
+  const float* gamma;
+  const float* beta;
+  float eps;
+  float momentum;
+  float* running_mean;
+  float* running_var;
+  float* save_mean;
+  float* save_invstd;
+};
+
+// Finalizes channel ch from its mean and M2 over m values: writes the
+// per-channel outputs and, when consts is not null, the apply constants
+// (mean, scale, shift arrays of klen floats). The one definition of this
+// arithmetic, shared by bnorm_forward_training and bnorm_forward_apply.
+inline void FinalizeForwardChannel(const Problem& p, int64_t klen, float* consts,
+                                   const ForwardOutputs& o, double m, int64_t ch, double mean,
+                                   double m2) {
+  const double var_eps = m2 / m + static_cast<double>(o.eps);
+  const double invstd = var_eps == 0.0 ? 0.0 : 1.0 / std::sqrt(var_eps);
+  if (o.save_mean != nullptr) o.save_mean[ch] = static_cast<float>(mean);
+  if (o.save_invstd != nullptr) o.save_invstd[ch] = static_cast<float>(invstd);
+  const double mom = static_cast<double>(o.momentum);
+  if (o.running_mean != nullptr) {
+    o.running_mean[ch] =
+        static_cast<float>((1.0 - mom) * static_cast<double>(o.running_mean[ch]) + mom * mean);
+  }
+  if (o.running_var != nullptr) {
+    const double unbiased = m2 / (m - 1.0);
+    o.running_var[ch] =
+        static_cast<float>((1.0 - mom) * static_cast<double>(o.running_var[ch]) + mom * unbiased);
+  }
+  if (consts == nullptr) return;
+  // y = (x - mean_f) * scale + shift, with what the float mean misses of
+  // the double mean folded into shift.
+  const float mean_f = static_cast<float>(mean);
+  const double scale = invstd * (o.gamma != nullptr ? static_cast<double>(o.gamma[ch]) : 1.0);
+  const double b = o.beta != nullptr ? static_cast<double>(o.beta[ch]) : 0.0;
+  SetConstant(consts, p, klen, ch, mean_f);
+  SetConstant(consts + klen, p, klen, ch, static_cast<float>(scale));
+  SetConstant(consts + 2 * klen, p, klen, ch,
+              static_cast<float>(b - (mean - static_cast<double>(mean_f)) * scale));
+}
+
+// The statistics reduction of a forward pass: scratch for the partials and
+// pivots, and the prepare/reduce steps of RunReduceApply.
+struct StatsReduction {
+  const Problem& p;
+  const ReductionPlan& rp;
+  const ExecutionPlan& plan;
+  int64_t target;
+  const void* x;
+  Moments* partials;
+  float* pivots;
+
+  void Prepare(int64_t c0, int64_t c1) const {
+    ChannelPivots(p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
+  }
+  void Reduce(int64_t u) const {
+    if (!rp.nhwc) {
+      const NchwUnit unit = NchwUnitAt(p, rp, u);
+      partials[u] = StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin,
+                                  unit.end, pivots[unit.ch]);
+    } else {
+      const NhwcUnit unit = NhwcUnitAt(p, rp, u);
+      StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period,
+                    unit.row_begin, unit.row_end, pivots, plan.reduce_rows_at_once,
+                    partials + unit.row_unit * p.c + unit.c0);
+    }
+  }
+};
+
+// The elementwise pass y = act((x - mean) * scale + shift + z) over the whole
+// tensor, with the constants already set.
+void NormalizePass(const bnorm_context* ctx, const Problem& p, const ElementwisePlan& ep,
+                   int64_t target, const void* x, void* y, const AffineConstants& affine,
+                   const Epilogue& epi, bool stream, bool single) {
+  ParallelFor(
+      ctx, p.Elements(), ep.task_elems,
+      [&](int64_t begin, int64_t end) {
+        if (p.nhwc) {
+          NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, epi);
+        } else {
+          NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream,
+                        Lookahead(), epi);
+        }
+      },
+      single);
+}
+
 }  // namespace
 
 bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
@@ -198,57 +289,21 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const size_t consts_at = layout.Add<float>(3 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
-  Moments* partials = ScratchAt<Moments>(lease, partials_at);
   Moments* merged = ScratchAt<Moments>(lease, merged_at);
-  float* pivots = ScratchAt<float>(lease, pivots_at);
   float* consts = ScratchAt<float>(lease, consts_at);
+  const StatsReduction stats{p,      rp, plan, target, x, ScratchAt<Moments>(lease, partials_at),
+                             ScratchAt<float>(lease, pivots_at)};
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
+  const ForwardOutputs outputs{gamma,        beta,        eps,       momentum,
+                               running_mean, running_var, save_mean, save_invstd};
   const double m = static_cast<double>(p.Values());
 
-  const auto prepare = [&](int64_t c0, int64_t c1) {
-    ChannelPivots(p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
-  };
-  const auto reduce = [&](int64_t u) {
-    if (!rp.nhwc) {
-      const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] =
-          StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin, unit.end,
-                        pivots[unit.ch]);
-    } else {
-      const NhwcUnit unit = NhwcUnitAt(p, rp, u);
-      StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period, unit.row_begin,
-                    unit.row_end, pivots, plan.reduce_rows_at_once,
-                    partials + unit.row_unit * p.c + unit.c0);
-    }
-  };
+  const auto prepare = [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); };
+  const auto reduce = [&](int64_t u) { stats.Reduce(u); };
   const auto finalize = [&](int64_t c0, int64_t c1) {
-    MergeStats(p, rp, partials, c0, c1, merged + c0);
+    MergeStats(p, rp, stats.partials, c0, c1, merged + c0);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      const Moments& s = merged[ch];
-      const double mean = s.mean;
-      const double var_eps = s.m2 / m + static_cast<double>(eps);
-      const double invstd = var_eps == 0.0 ? 0.0 : 1.0 / std::sqrt(var_eps);
-      if (save_mean != nullptr) save_mean[ch] = static_cast<float>(mean);
-      if (save_invstd != nullptr) save_invstd[ch] = static_cast<float>(invstd);
-      const double mom = static_cast<double>(momentum);
-      if (running_mean != nullptr) {
-        running_mean[ch] =
-            static_cast<float>((1.0 - mom) * static_cast<double>(running_mean[ch]) + mom * mean);
-      }
-      if (running_var != nullptr) {
-        const double unbiased = s.m2 / (m - 1.0);
-        running_var[ch] =
-            static_cast<float>((1.0 - mom) * static_cast<double>(running_var[ch]) + mom * unbiased);
-      }
-      // y = (x - mean_f) * scale + shift, with what the float mean misses of
-      // the double mean folded into shift.
-      const float mean_f = static_cast<float>(mean);
-      const double scale = invstd * (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0);
-      const double b = beta != nullptr ? static_cast<double>(beta[ch]) : 0.0;
-      SetConstant(consts, p, klen, ch, mean_f);
-      SetConstant(consts + klen, p, klen, ch, static_cast<float>(scale));
-      SetConstant(consts + 2 * klen, p, klen, ch,
-                  static_cast<float>(b - (mean - static_cast<double>(mean_f)) * scale));
+      FinalizeForwardChannel(p, klen, consts, outputs, m, ch, merged[ch].mean, merged[ch].m2);
     }
   };
   const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
@@ -273,6 +328,75 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   };
   RunReduceApply(ctx, p, rp, plan, /*apply=*/true, prepare, reduce, finalize, apply_group,
                  apply_unit);
+  return BNORM_OK;
+}
+
+bnorm_status Stats(const bnorm_context* ctx, const Problem& p, const void* x, double* mean,
+                   double* m2) {
+  if (p.Elements() == 0) {
+    std::fill(mean, mean + p.c, 0.0);
+    std::fill(m2, m2 + p.c, 0.0);
+    return BNORM_OK;
+  }
+  const ReductionPlan rp = PlanReduction(p);
+  const ExecutionPlan plan =
+      PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes());
+  ScratchLayout layout;
+  const size_t partials_at = layout.Add<Moments>(rp.NumPartials(p));
+  const size_t merged_at = layout.Add<Moments>(p.c);
+  const size_t pivots_at = layout.Add<float>(p.c);
+  ScratchPool::Lease lease;
+  if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
+  Moments* merged = ScratchAt<Moments>(lease, merged_at);
+  const StatsReduction stats{p,       rp, plan, ActiveTargetBit(), x,
+                             ScratchAt<Moments>(lease, partials_at),
+                             ScratchAt<float>(lease, pivots_at)};
+  const auto finalize = [&](int64_t c0, int64_t c1) {
+    MergeStats(p, rp, stats.partials, c0, c1, merged + c0);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      mean[ch] = merged[ch].mean;
+      m2[ch] = merged[ch].m2;
+    }
+  };
+  const auto none = [](auto...) {};
+  RunReduceApply(
+      ctx, p, rp, plan, /*apply=*/false, [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); },
+      [&](int64_t u) { stats.Reduce(u); }, finalize, none, none);
+  return BNORM_OK;
+}
+
+bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
+                          const float* gamma, const float* beta, double count, const double* mean,
+                          const double* m2, float eps, float momentum, float* running_mean,
+                          float* running_var, float* save_mean, float* save_invstd) {
+  const ForwardOutputs outputs{gamma,        beta,        eps,       momentum,
+                               running_mean, running_var, save_mean, save_invstd};
+  if (p.Elements() == 0) {  // a part without samples: the per-channel outputs only
+    for (int64_t ch = 0; ch < p.c; ++ch) {
+      FinalizeForwardChannel(p, 0, nullptr, outputs, count, ch, mean[ch], m2[ch]);
+    }
+    return BNORM_OK;
+  }
+  const int64_t target = ActiveTargetBit();
+  const ElementwisePlan ep = PlanElementwise(p);
+  const int64_t klen = ConstantsLength(p, ep);
+  ScratchLayout layout;
+  const size_t consts_at = layout.Add<float>(3 * klen);
+  ScratchPool::Lease lease;
+  if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
+  float* consts = ScratchAt<float>(lease, consts_at);
+  const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
+  const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
+  ParallelFor(
+      ctx, p.c, kChannelsPerChunk,
+      [&](int64_t c0, int64_t c1) {
+        for (int64_t ch = c0; ch < c1; ++ch) {
+          FinalizeForwardChannel(p, klen, consts, outputs, count, ch, mean[ch], m2[ch]);
+        }
+      },
+      single);
+  const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes().llc);
+  NormalizePass(ctx, p, ep, target, x, y, affine, Epilogue(), stream, single);
   return BNORM_OK;
 }
 
@@ -319,45 +443,43 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
       },
       single);
 
-  ParallelFor(
-      ctx, p.Elements(), ep.task_elems,
-      [&](int64_t begin, int64_t end) {
-        if (p.nhwc) {
-          NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, epi);
-        } else {
-          NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream,
-                        Lookahead(), epi);
-        }
-      },
-      single);
+  NormalizePass(ctx, p, ep, target, x, y, affine, epi, stream, single);
   return BNORM_OK;
 }
 
 bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, const void* x,
                       const void* dy, const void* y, void* dx, void* dz, const float* gamma,
-                      const float* mean, const float* invstd, float* dgamma, float* dbeta) {
-  const bool need_sums = dgamma != nullptr || dbeta != nullptr || (dx != nullptr && !frozen);
+                      const float* mean, const float* invstd, float* dgamma, float* dbeta,
+                      const GradSplit& split) {
+  const bool given_sums = split.sum_dy_in != nullptr;
+  const bool sums_out = split.sum_dy_out != nullptr;
+  const bool need_sums =
+      sums_out || dgamma != nullptr || dbeta != nullptr || (dx != nullptr && !frozen);
   if (!need_sums && dx == nullptr && dz == nullptr) return BNORM_OK;
+  const bool empty = p.Elements() == 0;
+  if (empty) dx = dz = nullptr;  // a part without samples: per-channel outputs only
   const int64_t target = ActiveTargetBit();
-  const ReductionPlan rp = PlanReduction(p);
-  const ElementwisePlan ep = PlanElementwise(p);
+  const ReductionPlan rp = empty ? ReductionPlan() : PlanReduction(p);
+  const ElementwisePlan ep = empty ? ElementwisePlan() : PlanElementwise(p);
   const int tensors_read = y != nullptr ? 3 : 2;
   const ExecutionPlan plan =
-      PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes());
-  const int64_t klen = ConstantsLength(p, ep);
+      empty ? ExecutionPlan()
+            : PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes());
   const bool apply_pass = dx != nullptr || dz != nullptr;
+  const int64_t klen = apply_pass ? ConstantsLength(p, ep) : 0;
+  const bool reduce_pass = need_sums && !given_sums && !empty;
 
   ScratchLayout layout;
-  const size_t partials_at = layout.Add<GradSums>(need_sums ? rp.NumPartials(p) : 0);
-  const size_t merged_at = layout.Add<GradSums>(need_sums ? p.c : 0);
-  const size_t consts_at = layout.Add<float>(apply_pass ? 4 * klen : 0);
+  const size_t partials_at = layout.Add<GradSums>(reduce_pass ? rp.NumPartials(p) : 0);
+  const size_t merged_at = layout.Add<GradSums>(reduce_pass ? p.c : 0);
+  const size_t consts_at = layout.Add<float>(4 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   GradSums* partials = ScratchAt<GradSums>(lease, partials_at);
   GradSums* merged = ScratchAt<GradSums>(lease, merged_at);
   float* consts = ScratchAt<float>(lease, consts_at);
   const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
-  const double m = static_cast<double>(p.Values());
+  const double m = given_sums ? split.count : static_cast<double>(p.Values());
   // dz without dx: the gradient itself, g * 1, through the frozen kernel.
   const bool dz_only = dx == nullptr && dz != nullptr;
   // The apply pass: dx (and dz alongside), or dz alone.
@@ -365,10 +487,15 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
                                 : GradArgs{frozen ? nullptr : x, dy, y, frozen ? nullptr : dz};
   void* out = dz_only ? dz : dx;
 
-  // Per-channel outputs and the apply constants of channels [c0, c1).
-  const auto finalize_with = [&](int64_t c0, int64_t c1, const GradSums* sums) {
+  // Per-channel outputs and the apply constants of channels [c0, c1), with
+  // sum_at(ch) the channel's sums.
+  const auto finalize_with = [&](int64_t c0, int64_t c1, const auto& sum_at) {
     for (int64_t ch = c0; ch < c1; ++ch) {
-      const GradSums s = sums != nullptr ? sums[ch - c0] : GradSums{};
+      const GradSums s = sum_at(ch);
+      if (sums_out) {
+        split.sum_dy_out[ch] = s.sum_dy;
+        split.sum_dy_xmu_out[ch] = s.sum_dy_xmu;
+      }
       const double is = static_cast<double>(invstd[ch]);
       if (dbeta != nullptr) dbeta[ch] = static_cast<float>(s.sum_dy);
       if (dgamma != nullptr) dgamma[ch] = static_cast<float>(s.sum_dy_xmu * is);
@@ -383,15 +510,14 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     }
   };
 
-  // A pure elementwise pass (frozen dx, or dz only) after the sums if any.
-  const auto elementwise = [&](const GradSums* sums) {
+  // A pure elementwise pass (frozen dx, dz only, or given sums) after the
+  // per-channel finalize.
+  const auto elementwise = [&](const auto& sum_at) {
     const bool single = UsefulThreads(2 * p.Elements(), ContextThreads(ctx)) == 1;
     ParallelFor(
         ctx, p.c, kChannelsPerChunk,
-        [&](int64_t c0, int64_t c1) {
-          finalize_with(c0, c1, sums != nullptr ? sums + c0 : nullptr);
-        },
-        single);
+        [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, sum_at); }, single);
+    if (!apply_pass) return;
     const bool stream = ShouldStream(p, tensors_read, DetectedCacheSizes().llc);
     ParallelFor(
         ctx, p.Elements(), ep.task_elems,
@@ -404,8 +530,13 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
         },
         single);
   };
-  if (!need_sums) {
-    elementwise(nullptr);
+  const auto merged_at_ch = [&](int64_t ch) { return merged[ch]; };
+  if (given_sums) {
+    elementwise([&](int64_t ch) { return GradSums{split.sum_dy_in[ch], split.sum_dy_xmu_in[ch]}; });
+    return BNORM_OK;
+  }
+  if (!need_sums || empty) {
+    elementwise([](int64_t) { return GradSums{}; });
     return BNORM_OK;
   }
 
@@ -423,7 +554,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     MergeGradSums(p, rp, partials, c0, c1, merged + c0);
-    finalize_with(c0, c1, merged + c0);
+    finalize_with(c0, c1, merged_at_ch);
   };
   const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
     for (int64_t i = 0; i < p.n; ++i) {
@@ -450,7 +581,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   };
   RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize,
                  apply_group, apply_unit);
-  if (dz_only) elementwise(merged);
+  if (dz_only) elementwise(merged_at_ch);
   return BNORM_OK;
 }
 

@@ -29,6 +29,33 @@ inline void MergeMoments(Moments& a, const Moments& b) {
   a.count = count;
 }
 
+// Row merge: channels [0, width) of partial a (count_a values each, means
+// and M2s in arrays) <- a ∪ b, where every channel of b has count_b values.
+// The arithmetic of MergeMoments, channel by channel (the same bits), with
+// the coefficients shared. Used by bnorm_stats_merge and libbnorm_mpi's
+// reduction operator, so that both merge alike.
+inline void MergeMomentsRow(double& count_a, double* mean_a, double* m2_a, double count_b,
+                            const double* mean_b, const double* m2_b, long long width) {
+  if (count_b == 0.0) return;
+  if (count_a == 0.0) {
+    for (long long k = 0; k < width; ++k) {
+      mean_a[k] = mean_b[k];
+      m2_a[k] = m2_b[k];
+    }
+    count_a = count_b;
+    return;
+  }
+  const double count = count_a + count_b;
+  const double fraction_b = count_b / count;
+  const double cross = count_a * fraction_b;
+  for (long long k = 0; k < width; ++k) {
+    const double delta = mean_b[k] - mean_a[k];
+    mean_a[k] += delta * fraction_b;
+    m2_a[k] += m2_b[k] + delta * delta * cross;
+  }
+  count_a = count;
+}
+
 // Backward reductions: sum(dy) and sum(dy * (x - mean)).
 struct GradSums {
   double sum_dy = 0.0;

@@ -68,7 +68,13 @@ typedef enum bnorm_status {
   BNORM_ERR_UNSUPPORTED =
       6, /* a valid request this build or CPU cannot serve (bnorm_set_target) */
   BNORM_ERR_OUT_OF_MEMORY = 7,
-  BNORM_ERR_INTERNAL = 8
+  BNORM_ERR_INTERNAL = 8,
+  /* Returned by the collective functions of bnorm_mpi.h, on every rank: */
+  BNORM_ERR_MISMATCH = 9, /* ranks passed descriptors (c, spatial, layout, dtype), eps or
+                             momentum that disagree */
+  BNORM_ERR_PEER = 10,    /* another rank's arguments were invalid (that rank returns its own
+                             status) */
+  BNORM_ERR_COMM = 11     /* an MPI call failed */
 } bnorm_status;
 
 typedef enum bnorm_layout { BNORM_LAYOUT_NCHW = 0, BNORM_LAYOUT_NHWC = 1 } bnorm_layout;
@@ -291,6 +297,123 @@ BNORM_API bnorm_status bnorm_fold_into_weights(bnorm_weight_layout layout, int64
                                                float* bias_out, const float* gamma,
                                                const float* beta, const float* mean,
                                                const float* var, float eps);
+
+/* ---- Split statistics: building blocks for synchronized batch norm ----
+ * A batch spread over processes (or devices) is normalized with the
+ * statistics of the whole batch: each part computes exact mergeable
+ * statistics of its values, any transport combines them (MPI, NCCL, Gloo,
+ * a user's own), and each part normalizes with the combined result:
+ *
+ *   bnorm_stats(x_part)          -> per-channel mean, M2 in double (count = n*spatial)
+ *   combine the parts            -> bnorm_stats_merge (Chan's formula), or a
+ *                                   transport's reduction doing the same
+ *   bnorm_forward_apply(x_part)  -> y_part, save_*, running_* of the whole batch
+ * and backward:
+ *   bnorm_backward_reduce(x_part, dy_part) -> per-channel sum_dy, sum_dy_xmu (double)
+ *   sum them over the parts
+ *   bnorm_backward_apply(...)    -> dx_part, dgamma, dbeta of the whole batch
+ *
+ * bnorm_forward_training is bitwise bnorm_stats -> bnorm_stats_merge (k = 1)
+ * -> bnorm_forward_apply on the same tensor, and bnorm_backward is bitwise
+ * bnorm_backward_reduce -> bnorm_backward_apply (total_count = n*spatial).
+ * The split costs one more read of x than the fused calls, which keep a
+ * channel's slice in cache between their two passes.
+ *
+ * In these five functions desc->n may be 0 (a part holding no samples): its
+ * tensors may then be NULL, bnorm_stats gives mean = m2 = 0 (count 0) and
+ * bnorm_backward_reduce zero sums, and the apply functions write only the
+ * per-channel outputs. All other shape rules are those of the descriptor. */
+
+/* Per-channel mean and M2 (sum of squared deviations from the mean) of x, in
+ * double; the count is n*spatial. Computed as bnorm_forward_training computes
+ * its statistics (the same bits). NaN/Inf in a channel make its results NaN.
+ *   x         n*c*spatial elements; may be NULL when n == 0.
+ *   mean, m2  c doubles each, written, required; they must not overlap x or
+ *             each other.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
+ * BNORM_ERR_BAD_ARGUMENT (layout, dtype), BNORM_ERR_ALIAS,
+ * BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
+BNORM_API bnorm_status bnorm_stats(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
+                                   const void* x, double* mean, double* m2);
+
+/* Merges k partial statistics of the same c channels with Chan's formula,
+ * left to right in the order given: ((p0 + p1) + p2) + ...
+ *   counts    k counts (values per channel of each partial), each >= 0; a
+ *             partial with count 0 is skipped (its mean/m2 are not read as
+ *             numbers, so NaN there is harmless).
+ *   means, m2s  [k][c] doubles: partial j, channel ch at [j*c + ch].
+ *   count_out   the total count, written.
+ *   mean_out, m2_out  c doubles, written; the merged statistics (0 and 0 when
+ *             the total count is 0). mean_out == means and m2_out == m2s (in
+ *             place, over partial 0) are allowed; any other overlap is
+ *             BNORM_ERR_ALIAS.
+ * With k == 1 the outputs are the inputs, bit for bit.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE (c < 1, k < 1,
+ * or k*c doubles overflow), BNORM_ERR_BAD_ARGUMENT (a count < 0, or the total
+ * above 2^53, where double counts stop being exact), BNORM_ERR_ALIAS. */
+BNORM_API bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* counts,
+                                         const double* means, const double* m2s,
+                                         int64_t* count_out, double* mean_out, double* m2_out);
+
+/* The rest of a training forward pass once the statistics of the whole batch
+ * are known: per channel, with var = m2 / total_count,
+ *   invstd = 1/sqrt(var + eps) (0 where var + eps == 0),
+ *   y = (x - mean) * invstd * gamma + beta,
+ *   running_mean/running_var updated with mean and m2 / (total_count - 1),
+ *   save_mean = mean, save_invstd = invstd,
+ * exactly as bnorm_forward_training finalizes its own statistics.
+ *   x, y          this part's tensors (desc); y == x allowed; NULL when n == 0.
+ *   total_count   values per channel in the whole batch: >= 2 and >= n*spatial.
+ *   mean, m2      c doubles each, required (from bnorm_stats_merge); m2 must
+ *                 not be negative (NaN is allowed and propagates). Being a
+ *                 check of values, a negative m2 is reported after the
+ *                 pointer and aliasing checks.
+ *   gamma, beta, eps, momentum, running_*, save_*  as bnorm_forward_training.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
+ * BNORM_ERR_BAD_ARGUMENT (eps, momentum, layout, dtype, total_count below
+ * n*spatial, a negative m2), BNORM_ERR_TOO_FEW_VALUES (total_count < 2),
+ * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
+BNORM_API bnorm_status bnorm_forward_apply(const bnorm_context* ctx,
+                                           const bnorm_tensor_desc* desc, const void* x,
+                                           void* y, const float* gamma, const float* beta,
+                                           int64_t total_count, const double* mean,
+                                           const double* m2, float eps, float momentum,
+                                           float* running_mean, float* running_var,
+                                           float* save_mean, float* save_invstd);
+
+/* This part's backward reductions, in double, as bnorm_backward computes them:
+ *   sum_dy[ch] = sum(dy), sum_dy_xmu[ch] = sum(dy * (x - save_mean[ch])).
+ *   x, dy        this part's tensors; NULL when n == 0.
+ *   save_mean    c floats, required (the whole batch's mean).
+ *   sum_dy, sum_dy_xmu  c doubles each, written, required; no overlap.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
+ * BNORM_ERR_BAD_ARGUMENT, BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY,
+ * BNORM_ERR_INTERNAL. */
+BNORM_API bnorm_status bnorm_backward_reduce(const bnorm_context* ctx,
+                                             const bnorm_tensor_desc* desc, const void* x,
+                                             const void* dy, const float* save_mean,
+                                             double* sum_dy, double* sum_dy_xmu);
+
+/* The training-mode backward pass of this part given the sums of the whole
+ * batch (total_count values per channel):
+ *   dx = gamma*invstd*(dy - sum_dy/total_count
+ *                      - (x - save_mean)*invstd^2*sum_dy_xmu/total_count)
+ *   dgamma = sum_dy_xmu * invstd, dbeta = sum_dy (the whole batch's gradients)
+ *   x, dy, dx     this part's tensors; dx may be NULL; dx == dy allowed; NULL
+ *                 when n == 0.
+ *   total_count   >= 1 and >= n*spatial.
+ *   sum_dy, sum_dy_xmu  c doubles each, required.
+ *   gamma, save_mean, save_invstd, dgamma, dbeta  as bnorm_backward.
+ * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
+ * BNORM_ERR_BAD_ARGUMENT (also total_count < 1 or below n*spatial),
+ * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
+BNORM_API bnorm_status bnorm_backward_apply(const bnorm_context* ctx,
+                                            const bnorm_tensor_desc* desc, const void* x,
+                                            const void* dy, void* dx, const float* gamma,
+                                            const float* save_mean, const float* save_invstd,
+                                            int64_t total_count, const double* sum_dy,
+                                            const double* sum_dy_xmu, float* dgamma,
+                                            float* dbeta);
 
 #ifdef __cplusplus
 } /* extern "C" */
