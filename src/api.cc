@@ -5,85 +5,27 @@
 #include <cstring>
 #include <new>
 
-#include "aliasing.h"
 #include "batchnorm.h"
 #include "bnorm/bnorm.h"
 #include "context.h"
 #include "moments.h"
 #include "plan.h"
 #include "target.h"
+#include "validate.h"
 
 namespace bnorm {
 namespace {
+
+Problem ProblemOf(const Tensor& t) {
+  Problem p = Canonicalize(t.n, t.c, t.spatial, t.layout == BNORM_LAYOUT_NHWC);
+  p.dtype = static_cast<DType>(t.dtype);
+  return p;
+}
 
 #define BNORM_STR2(x) #x
 #define BNORM_STR(x) BNORM_STR2(x)
 constexpr const char kVersion[] = BNORM_STR(BNORM_VERSION_MAJOR) "." BNORM_STR(
     BNORM_VERSION_MINOR) "." BNORM_STR(BNORM_VERSION_PATCH);
-
-// A validated descriptor.
-struct Tensor {
-  Problem problem;
-  size_t bytes = 0;          // of one tensor (x, y, dy or dx)
-  size_t channel_bytes = 0;  // of one per-channel float array
-  size_t channel_doubles_bytes = 0;  // of one per-channel double array
-  int dtype = BNORM_DTYPE_F32;
-};
-
-// Reads an enum field as an int without trusting its value (a C caller may
-// pass anything; loading an out-of-range enum is undefined in C++).
-template <typename Enum>
-int RawEnum(const Enum& field) {
-  int value = 0;
-  static_assert(sizeof(Enum) == sizeof(int), "C enums are int-sized");
-  std::memcpy(&value, &field, sizeof(value));
-  return value;
-}
-
-// Checks desc: NULL_POINTER, then BAD_SHAPE, then BAD_ARGUMENT. allow_empty:
-// n == 0 is valid (the split-statistics functions).
-bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t, bool allow_empty = false) {
-  if (desc == nullptr) return BNORM_ERR_NULL_POINTER;
-  const int64_t n = desc->n, c = desc->c, spatial = desc->spatial;
-  if (n < (allow_empty ? 0 : 1) || c < 1 || spatial < 1) return BNORM_ERR_BAD_SHAPE;
-  int64_t nc = 0, elements = 0, bytes = 0, channel_bytes = 0;
-  // 4 bytes per element is the widest dtype; sizes must fit in ptrdiff_t.
-  if (__builtin_mul_overflow(n, c, &nc) || __builtin_mul_overflow(nc, spatial, &elements) ||
-      __builtin_mul_overflow(elements, int64_t{4}, &bytes) ||
-      __builtin_mul_overflow(c, int64_t{8}, &channel_bytes) ||
-      static_cast<uint64_t>(bytes) > static_cast<uint64_t>(PTRDIFF_MAX)) {
-    return BNORM_ERR_BAD_SHAPE;
-  }
-  const int layout = RawEnum(desc->layout);
-  const int dtype = RawEnum(desc->dtype);
-  if (layout != BNORM_LAYOUT_NCHW && layout != BNORM_LAYOUT_NHWC) return BNORM_ERR_BAD_ARGUMENT;
-  if (dtype != BNORM_DTYPE_F32 && dtype != BNORM_DTYPE_BF16 && dtype != BNORM_DTYPE_F16) {
-    return BNORM_ERR_BAD_ARGUMENT;
-  }
-  t->problem = Canonicalize(n, c, spatial, layout == BNORM_LAYOUT_NHWC);
-  t->problem.dtype = static_cast<DType>(dtype);
-  t->dtype = dtype;
-  t->bytes = static_cast<size_t>(elements) * (dtype == BNORM_DTYPE_F32 ? 4 : 2);
-  t->channel_bytes = static_cast<size_t>(channel_bytes) / 2;
-  t->channel_doubles_bytes = static_cast<size_t>(channel_bytes);
-  return BNORM_OK;
-}
-
-bool ValidEps(float eps) { return std::isfinite(eps) && eps >= 0.0f; }
-bool ValidMomentum(float momentum) { return momentum >= 0.0f && momentum <= 1.0f; }
-
-// BNORM_ERR_ALIAS if an output overlaps another buffer (aliasing.h).
-template <size_t kCount>
-bnorm_status CheckAliasing(const Region (&regions)[kCount]) {
-  return Aliased(regions) ? BNORM_ERR_ALIAS : BNORM_OK;
-}
-
-bool ValidAct(const bnorm_activation& act) {
-  const int value = RawEnum(act);
-  return value == BNORM_ACT_NONE || value == BNORM_ACT_RELU;
-}
-
-bool Relu(const bnorm_activation& act) { return RawEnum(act) == BNORM_ACT_RELU; }
 
 // Runs an entry point's body, turning any escaping exception into a status.
 template <typename Body>
@@ -186,7 +128,7 @@ bnorm_status bnorm_forward_training_ex(const bnorm_context* ctx, const bnorm_ten
     return BNORM_ERR_BAD_ARGUMENT;
   }
   if (x == nullptr || y == nullptr) return BNORM_ERR_NULL_POINTER;
-  if (t.problem.Values() < 2) return BNORM_ERR_TOO_FEW_VALUES;
+  if (t.n * t.spatial < 2) return BNORM_ERR_TOO_FEW_VALUES;
   const size_t cb = t.channel_bytes;
   // y may be exactly x or z; z may be x (both inputs).
   const Region regions[] = {
@@ -196,7 +138,7 @@ bnorm_status bnorm_forward_training_ex(const bnorm_context* ctx, const bnorm_ten
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
-    return bnorm::ForwardTraining(ctx, t.problem, x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
+    return bnorm::ForwardTraining(ctx, bnorm::ProblemOf(t), x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
                                   gamma, beta, eps, momentum, running_mean, running_var, save_mean,
                                   save_invstd);
   });
@@ -229,7 +171,7 @@ bnorm_status bnorm_forward_inference_ex(const bnorm_context* ctx, const bnorm_te
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
-    return bnorm::ForwardInference(ctx, t.problem, x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
+    return bnorm::ForwardInference(ctx, bnorm::ProblemOf(t), x, y, bnorm::Epilogue{z, bnorm::Relu(act)},
                                    gamma, beta, mean, var, eps);
   });
 }
@@ -266,7 +208,7 @@ bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* de
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
-    return bnorm::Backward(ctx, t.problem, frozen, x, dy, y, dx, dz, gamma, mean, invstd, dgamma,
+    return bnorm::Backward(ctx, bnorm::ProblemOf(t), frozen, x, dy, y, dx, dz, gamma, mean, invstd, dgamma,
                            dbeta);
   });
 }
@@ -310,7 +252,7 @@ bnorm_status bnorm_stats(const bnorm_context* ctx, const bnorm_tensor_desc* desc
   const size_t db = t.channel_doubles_bytes;
   const Region regions[] = {{x, t.bytes, false, -1}, {mean, db, true, -1}, {m2, db, true, -1}};
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
-  return bnorm::Guard([&] { return bnorm::Stats(ctx, t.problem, x, mean, m2); });
+  return bnorm::Guard([&] { return bnorm::Stats(ctx, bnorm::ProblemOf(t), x, mean, m2); });
 }
 
 bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* counts, const double* means,
@@ -368,28 +310,17 @@ bnorm_status bnorm_forward_apply(const bnorm_context* ctx, const bnorm_tensor_de
                                  float eps, float momentum, float* running_mean,
                                  float* running_var, float* save_mean, float* save_invstd) {
   Tensor t;
-  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
-  if (!bnorm::ValidEps(eps) || !bnorm::ValidMomentum(momentum) ||
-      total_count < t.problem.n * t.problem.spatial) {
-    return BNORM_ERR_BAD_ARGUMENT;
+  if (bnorm_status s =
+          bnorm::CheckForwardApply(desc, &t, x, y, gamma, beta, eps, momentum, running_mean,
+                                   running_var, save_mean, save_invstd, &total_count, mean, m2);
+      s != BNORM_OK) {
+    return s;
   }
-  if (((x == nullptr || y == nullptr) && t.bytes != 0) || mean == nullptr || m2 == nullptr) {
-    return BNORM_ERR_NULL_POINTER;
-  }
-  if (total_count < 2) return BNORM_ERR_TOO_FEW_VALUES;
-  const size_t cb = t.channel_bytes, db = t.channel_doubles_bytes;
-  const Region regions[] = {
-      {x, t.bytes, false, -1},     {y, t.bytes, true, 0},        {gamma, cb, false, -1},
-      {beta, cb, false, -1},       {running_mean, cb, true, -1}, {running_var, cb, true, -1},
-      {save_mean, cb, true, -1},   {save_invstd, cb, true, -1},  {mean, db, false, -1},
-      {m2, db, false, -1},
-  };
-  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
-  for (int64_t ch = 0; ch < t.problem.c; ++ch) {
+  for (int64_t ch = 0; ch < t.c; ++ch) {
     if (m2[ch] < 0.0) return BNORM_ERR_BAD_ARGUMENT;
   }
   return bnorm::Guard([&] {
-    return bnorm::ForwardApply(ctx, t.problem, x, y, gamma, beta,
+    return bnorm::ForwardApply(ctx, bnorm::ProblemOf(t), x, y, gamma, beta,
                                static_cast<double>(total_count), mean, m2, eps, momentum,
                                running_mean, running_var, save_mean, save_invstd);
   });
@@ -415,7 +346,7 @@ bnorm_status bnorm_backward_reduce(const bnorm_context* ctx, const bnorm_tensor_
   split.sum_dy_xmu_out = sum_dy_xmu;
   // invstd is not read without dx/dgamma: any channel array does.
   return bnorm::Guard([&] {
-    return bnorm::Backward(ctx, t.problem, false, x, dy, nullptr, nullptr, nullptr, nullptr,
+    return bnorm::Backward(ctx, bnorm::ProblemOf(t), false, x, dy, nullptr, nullptr, nullptr, nullptr,
                            save_mean, save_mean, nullptr, nullptr, split);
   });
 }
@@ -426,28 +357,18 @@ bnorm_status bnorm_backward_apply(const bnorm_context* ctx, const bnorm_tensor_d
                                   int64_t total_count, const double* sum_dy,
                                   const double* sum_dy_xmu, float* dgamma, float* dbeta) {
   Tensor t;
-  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
-  if (total_count < 1 || total_count < t.problem.n * t.problem.spatial) {
-    return BNORM_ERR_BAD_ARGUMENT;
+  if (bnorm_status s = bnorm::CheckBackwardApply(desc, &t, x, dy, dx, gamma, save_mean,
+                                                 save_invstd, dgamma, dbeta, &total_count, sum_dy,
+                                                 sum_dy_xmu);
+      s != BNORM_OK) {
+    return s;
   }
-  if (((x == nullptr || dy == nullptr) && t.bytes != 0) || save_mean == nullptr ||
-      save_invstd == nullptr || sum_dy == nullptr || sum_dy_xmu == nullptr) {
-    return BNORM_ERR_NULL_POINTER;
-  }
-  const size_t cb = t.channel_bytes, db = t.channel_doubles_bytes;
-  const Region regions[] = {
-      {x, t.bytes, false, -1},     {dy, t.bytes, false, -1},        {dx, t.bytes, true, 1},
-      {gamma, cb, false, -1},      {save_mean, cb, false, -1},      {save_invstd, cb, false, -1},
-      {dgamma, cb, true, -1},      {dbeta, cb, true, -1},           {sum_dy, db, false, -1},
-      {sum_dy_xmu, db, false, -1},
-  };
-  if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   bnorm::GradSplit split;
   split.sum_dy_in = sum_dy;
   split.sum_dy_xmu_in = sum_dy_xmu;
   split.count = static_cast<double>(total_count);
   return bnorm::Guard([&] {
-    return bnorm::Backward(ctx, t.problem, false, x, dy, nullptr, dx, nullptr, gamma, save_mean,
+    return bnorm::Backward(ctx, bnorm::ProblemOf(t), false, x, dy, nullptr, dx, nullptr, gamma, save_mean,
                            save_invstd, dgamma, dbeta, split);
   });
 }
