@@ -292,9 +292,8 @@ bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* counts, cons
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   double count = 0.0;
   for (int64_t j = 0; j < k; ++j) {
-    bnorm::MergeMomentsRow(count, mean_out, m2_out, static_cast<double>(counts[j]),
-                           means + j * c, m2s + j * c, c);
-    if (count == 0.0 && j + 1 == k) break;
+    count = bnorm::MergeMomentsRow(count, mean_out, m2_out, static_cast<double>(counts[j]),
+                                   means + j * c, m2s + j * c, c, mean_out, m2_out);
   }
   if (count == 0.0) {
     std::fill(mean_out, mean_out + c, 0.0);

@@ -29,31 +29,38 @@ inline void MergeMoments(Moments& a, const Moments& b) {
   a.count = count;
 }
 
-// Row merge: channels [0, width) of partial a (count_a values each, means
-// and M2s in arrays) <- a ∪ b, where every channel of b has count_b values.
-// The arithmetic of MergeMoments, channel by channel (the same bits), with
-// the coefficients shared. Used by bnorm_stats_merge and libbnorm_mpi's
-// reduction operator, so that both merge alike.
-inline void MergeMomentsRow(double& count_a, double* mean_a, double* m2_a, double count_b,
-                            const double* mean_b, const double* m2_b, long long width) {
-  if (count_b == 0.0) return;
-  if (count_a == 0.0) {
-    for (long long k = 0; k < width; ++k) {
-      mean_a[k] = mean_b[k];
-      m2_a[k] = m2_b[k];
+// Row merge of width channels: out = a ∪ b, where every channel of a has
+// count_a values and every channel of b count_b. The arithmetic of
+// MergeMoments, channel by channel (the same bits), with the coefficients
+// shared; out may be a's or b's arrays (each channel is read before it is
+// written). Returns the merged count. Used by bnorm_stats_merge and
+// libbnorm_mpi's reduction operator, so that both merge alike.
+inline double MergeMomentsRow(double count_a, const double* mean_a, const double* m2_a,
+                              double count_b, const double* mean_b, const double* m2_b,
+                              long long width, double* mean_out, double* m2_out) {
+  if (count_b == 0.0 || count_a == 0.0) {
+    const bool take_a = count_b == 0.0;
+    const double* mean = take_a ? mean_a : mean_b;
+    const double* m2 = take_a ? m2_a : m2_b;
+    if (mean != mean_out) {
+      for (long long k = 0; k < width; ++k) mean_out[k] = mean[k];
     }
-    count_a = count_b;
-    return;
+    if (m2 != m2_out) {
+      for (long long k = 0; k < width; ++k) m2_out[k] = m2[k];
+    }
+    return take_a ? count_a : count_b;
   }
   const double count = count_a + count_b;
   const double fraction_b = count_b / count;
   const double cross = count_a * fraction_b;
   for (long long k = 0; k < width; ++k) {
-    const double delta = mean_b[k] - mean_a[k];
-    mean_a[k] += delta * fraction_b;
-    m2_a[k] += m2_b[k] + delta * delta * cross;
+    const double ma = mean_a[k], mb = mean_b[k];
+    const double delta = mb - ma;
+    const double m2 = m2_a[k] + (m2_b[k] + delta * delta * cross);
+    mean_out[k] = ma + delta * fraction_b;
+    m2_out[k] = m2;
   }
-  count_a = count;
+  return count;
 }
 
 // Backward reductions: sum(dy) and sum(dy * (x - mean)).
