@@ -52,7 +52,11 @@ bool g_onednn = true;  // time oneDNN too when built with it (--no-onednn to ski
 bnorm_context* g_ctx = nullptr;
 tbb::task_arena* g_arena = nullptr;
 
-enum class Op { kTraining, kInference, kBackward };
+// kSplitTraining/kSplitBackward: the same passes through the split-statistics
+// API of synchronized batch norm (bnorm_stats -> bnorm_stats_merge ->
+// bnorm_forward_apply; bnorm_backward_reduce -> bnorm_backward_apply), with
+// no exchange in between: what the split costs over the fused call.
+enum class Op { kTraining, kInference, kBackward, kSplitTraining, kSplitBackward };
 
 // What runs: bnorm on a target, or oneDNN on its plain layout (what users with
 // NCHW/NHWC data get) or on its blocked nChw16c layout (its fastest path; the
@@ -220,7 +224,10 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   // The copy moves as many bytes as the operation must: 2 tensors for the
   // forward passes, 3 for backward (as a copy of 1.5 tensors).
   const size_t tensor_bytes = elems * esize;
-  const size_t moved = op == Op::kBackward ? 3 * tensor_bytes : 2 * tensor_bytes;
+  const bool backward = op == Op::kBackward || op == Op::kSplitBackward;
+  const size_t moved = backward ? 3 * tensor_bytes : 2 * tensor_bytes;
+  std::vector<double> stat_a(C), stat_b(C);  // mean/m2 or sum_dy/sum_dy_xmu
+  const int64_t values = desc.n * desc.spatial;
   const size_t copy_floats = moved / 2 / sizeof(float);
   std::vector<float> copy_src(copy_floats, 1.0f), copy_dst(copy_floats, 2.0f);
 
@@ -240,6 +247,26 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
       case Op::kInference:
         return bnorm_forward_inference(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
                                        rm.data(), rv.data(), 1e-5f);
+      case Op::kSplitTraining: {
+        bnorm_status st = bnorm_stats(g_ctx, &desc, x.data(), stat_a.data(), stat_b.data());
+        int64_t total = 0;
+        if (st == BNORM_OK) {
+          st = bnorm_stats_merge(desc.c, 1, &values, stat_a.data(), stat_b.data(), &total,
+                                 stat_a.data(), stat_b.data());
+        }
+        if (st != BNORM_OK) return st;
+        return bnorm_forward_apply(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
+                                   total, stat_a.data(), stat_b.data(), 1e-5f, 0.1f, rm.data(),
+                                   rv.data(), mean.data(), invstd.data());
+      }
+      case Op::kSplitBackward: {
+        const bnorm_status st = bnorm_backward_reduce(g_ctx, &desc, x.data(), dy.data(),
+                                                      mean.data(), stat_a.data(), stat_b.data());
+        if (st != BNORM_OK) return st;
+        return bnorm_backward_apply(g_ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(),
+                                    mean.data(), invstd.data(), values, stat_a.data(),
+                                    stat_b.data(), dgamma.data(), dbeta.data());
+      }
       default:
         return bnorm_backward(g_ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(),
                               mean.data(), invstd.data(), dgamma.data(), dbeta.data());
@@ -291,6 +318,10 @@ const char* OpName(Op op) {
       return "forward_training";
     case Op::kInference:
       return "forward_inference";
+    case Op::kSplitTraining:
+      return "forward_split";
+    case Op::kSplitBackward:
+      return "backward_split";
     default:
       return "backward";
   }
@@ -300,7 +331,8 @@ const char* OpName(Op op) {
 void RegisterAll(const std::vector<std::string>& targets) {
   for (const BenchShape& s : kShapes) {
     for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
-      for (Op op : {Op::kInference, Op::kTraining, Op::kBackward}) {
+      for (Op op : {Op::kInference, Op::kTraining, Op::kBackward, Op::kSplitTraining,
+                    Op::kSplitBackward}) {
         for (const std::string& target : targets) {
           for (bnorm_dtype dtype : g_dtypes) {
             const char* suffix =
@@ -317,7 +349,7 @@ void RegisterAll(const std::vector<std::string>& targets) {
           }
         }
 #ifdef BNORM_BENCH_HAVE_DNNL
-        if (g_onednn) {
+        if (g_onednn && op != Op::kSplitTraining && op != Op::kSplitBackward) {
           const std::string base = std::string(OpName(op)) + "/" + std::to_string(s.n) + "x" +
                                    std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
                                    std::to_string(s.w) +
