@@ -2,7 +2,8 @@
 # Sets up a Debian 12 machine and runs one of bnorm's jobs.
 #   tools/dev.sh bench   install dependencies, build, run the benchmark table
 #   tools/dev.sh test    install dependencies, build, run the whole test suite
-#                        (Release with -Werror, then AddressSanitizer+UBSan,
+#                        (Release with -Werror, including the MPI tests under
+#                        mpirun -np 1..4; then AddressSanitizer+UBSan,
 #                        ThreadSanitizer on the concurrency tests, and
 #                        BNORM_FUZZ_SECONDS (120) of libFuzzer)
 # Run as root, or as a user with sudo. Build trees go to build/.
@@ -18,7 +19,8 @@ install_deps() {
   $sudo apt-get install -y -qq --no-install-recommends \
     ca-certificates cmake ninja-build g++ make pkg-config binutils \
     libhwy-dev libtbb-dev libgtest-dev libgmock-dev libbenchmark-dev \
-    libdnnl-dev python3-matplotlib python3-numpy clang libclang-rt-dev >/dev/null
+    libdnnl-dev python3-matplotlib python3-numpy clang libclang-rt-dev \
+    libopenmpi-dev openmpi-bin >/dev/null
 }
 
 configure_and_build() {  # dir, extra cmake args...
