@@ -2,6 +2,7 @@
 // bnorm::Error with the status, size checks before any call, RAII contexts.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -57,6 +58,77 @@ TEST(CppWrapper, SameResultsAsTheCApi) {
                                   rm.data(), si.data(), nullptr, nullptr),
             BNORM_OK);
   EXPECT_EQ(dx, dx_c);
+}
+
+// The split-statistics wrappers: a batch in two parts (one of them empty
+// too) gives the whole batch's per-channel outputs, and one part gives the
+// fused call's bits.
+TEST(CppWrapper, SplitStatistics) {
+  const Shape s{5, 3, 40, BNORM_LAYOUT_NCHW};
+  const size_t C = 3, per_image = C * 40;
+  const auto x = NormalData(s, 11, 1e3, 2.0);
+  const auto dy = NormalData(s, 12);
+  const auto gamma = UniformVector(C, 13, 0.5f, 2.0f), beta = UniformVector(C, 14, -1.0f, 1.0f);
+  bnorm::Context ctx(2);
+  const bnorm::Desc whole(s.n, s.c, s.spatial);
+  std::vector<float> y(x.size()), rm(C, 0.0f), rv(C, 1.0f), sm(C), si(C);
+  bnorm::forward_training(ctx, whole, x, y, {gamma, beta}, 1e-5f, 0.1f, {rm, rv}, {sm, si});
+
+  // One part: bitwise the fused call.
+  std::vector<float> y1(x.size()), rm1(C, 0.0f), rv1(C, 1.0f), sm1(C), si1(C);
+  const bnorm::Statistics one = bnorm::merge({bnorm::stats(ctx, whole, x)});
+  EXPECT_EQ(one.count, s.Values());
+  bnorm::forward_apply(ctx, whole, x, y1, {gamma, beta}, one, 1e-5f, 0.1f, {rm1, rv1}, {sm1, si1});
+  EXPECT_EQ(y1, y);
+  EXPECT_EQ(sm1, sm);
+  EXPECT_EQ(si1, si);
+  EXPECT_EQ(rv1, rv);
+
+  // Parts of 2, 0 and 3 images.
+  const bnorm::Desc a(2, s.c, s.spatial), empty(0, s.c, s.spatial), b(3, s.c, s.spatial);
+  const float* xb = x.data() + 2 * per_image;
+  const bnorm::Statistics total = bnorm::merge(
+      {bnorm::stats(ctx, a, x.data()), bnorm::stats(ctx, empty, nullptr), bnorm::stats(ctx, b, xb)});
+  EXPECT_EQ(total.count, s.Values());
+  std::vector<float> yp(x.size()), smp(C), sip(C);
+  bnorm::forward_apply(ctx, a, x.data(), yp.data(), {gamma, beta}, total, 1e-5f, 0.1f, {},
+                       {smp, sip});
+  bnorm::forward_apply(ctx, b, xb, yp.data() + 2 * per_image, {gamma, beta}, total, 1e-5f, 0.1f);
+  for (size_t ch = 0; ch < C; ++ch) {
+    EXPECT_NEAR(smp[ch], sm[ch], 1e-6 * std::abs(sm[ch]));
+    EXPECT_NEAR(sip[ch], si[ch], 1e-5 * si[ch]);
+  }
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(yp[i], y[i], 1e-4) << i;
+
+  // Backward in the same parts; sums added in double.
+  std::vector<float> dx(x.size()), dg(C), db(C);
+  bnorm::backward(ctx, whole, x, dy, dx, gamma, {sm, si}, {dg, db});
+  bnorm::GradientSums sums = bnorm::backward_reduce(ctx, a, x.data(), dy.data(), sm);
+  const bnorm::GradientSums sums_b =
+      bnorm::backward_reduce(ctx, b, xb, dy.data() + 2 * per_image, sm);
+  for (size_t ch = 0; ch < C; ++ch) {
+    sums.sum_dy[ch] += sums_b.sum_dy[ch];
+    sums.sum_dy_xmu[ch] += sums_b.sum_dy_xmu[ch];
+  }
+  std::vector<float> dxp(x.size()), dgp(C), dbp(C);
+  bnorm::backward_apply(ctx, a, x.data(), dy.data(), dxp.data(), gamma, {sm, si}, s.Values(),
+                        sums, {dgp, dbp});
+  bnorm::backward_apply(ctx, b, xb, dy.data() + 2 * per_image, dxp.data() + 2 * per_image, gamma,
+                        {sm, si}, s.Values(), sums);
+  for (size_t ch = 0; ch < C; ++ch) {
+    EXPECT_NEAR(dgp[ch], dg[ch], 1e-4 * (1.0 + std::abs(dg[ch])));
+    EXPECT_NEAR(dbp[ch], db[ch], 1e-4 * (1.0 + std::abs(db[ch])));
+  }
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(dxp[i], dx[i], 1e-5) << i;
+
+  // Errors carry their status.
+  try {
+    bnorm::forward_apply(ctx, a, x.data(), yp.data(), {gamma, beta}, bnorm::Statistics{1, {0, 0, 0}, {0, 0, 0}},
+                         1e-5f, 0.1f);
+    ADD_FAILURE() << "no error";
+  } catch (const bnorm::Error& e) {
+    EXPECT_EQ(e.status(), BNORM_ERR_BAD_ARGUMENT);  // total count below this part's
+  }
 }
 
 TEST(CppWrapper, FusedVariants) {

@@ -283,6 +283,113 @@ inline void fold_into_weights(bnorm_weight_layout layout, int64_t out_channels,
   bias = std::move(bias_out);
 }
 
+// ---- Split statistics: synchronized batch norm over any transport ----
+// (bnorm.h, "Split statistics"; libbnorm_mpi does all of it over MPI.)
+
+// Per-channel statistics of a part of a batch: its count (n*spatial) and, per
+// channel, the mean and M2 (sum of squared deviations) in double.
+struct Statistics {
+  int64_t count = 0;
+  std::vector<double> mean, m2;
+};
+
+// Statistics of this part (desc.d.n may be 0; x may then be nullptr).
+inline Statistics stats(const Context& ctx, const Desc& desc, Buffer x) {
+  constexpr const char* kWhere = "bnorm_stats";
+  if (desc.d.c < 1) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+  Statistics s;
+  s.count = desc.d.n * desc.d.spatial;
+  s.mean.resize(static_cast<std::size_t>(desc.d.c));
+  s.m2.resize(static_cast<std::size_t>(desc.d.c));
+  detail::Check(bnorm_stats(ctx.get(), desc.get(), x.get(desc, kWhere), s.mean.data(),
+                            s.m2.data()),
+                kWhere);
+  return s;
+}
+
+// Chan's merge of parts, left to right in the order given (all with the same
+// channel count).
+inline Statistics merge(const std::vector<Statistics>& parts) {
+  constexpr const char* kWhere = "bnorm_stats_merge";
+  if (parts.empty() || parts[0].mean.empty()) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+  const std::size_t c = parts[0].mean.size();
+  std::vector<int64_t> counts;
+  std::vector<double> means, m2s;
+  for (const Statistics& part : parts) {
+    if (part.mean.size() != c || part.m2.size() != c) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+    counts.push_back(part.count);
+    means.insert(means.end(), part.mean.begin(), part.mean.end());
+    m2s.insert(m2s.end(), part.m2.begin(), part.m2.end());
+  }
+  Statistics total;
+  total.mean.resize(c);
+  total.m2.resize(c);
+  detail::Check(bnorm_stats_merge(static_cast<int64_t>(c), static_cast<int64_t>(parts.size()),
+                                  counts.data(), means.data(), m2s.data(), &total.count,
+                                  total.mean.data(), total.m2.data()),
+                kWhere);
+  return total;
+}
+
+// The forward pass of this part with the statistics of the whole batch.
+inline void forward_apply(const Context& ctx, const Desc& desc, Buffer x, Buffer y, Affine affine,
+                          const Statistics& total, float eps, float momentum,
+                          Running running = {}, Saved saved = {}) {
+  constexpr const char* kWhere = "bnorm_forward_apply";
+  const int64_t c = desc.d.c;
+  if (static_cast<int64_t>(total.mean.size()) < c || static_cast<int64_t>(total.m2.size()) < c) {
+    throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+  }
+  detail::Check(bnorm_forward_apply(ctx.get(), desc.get(), x.get(desc, kWhere),
+                                    y.get(desc, kWhere), affine.gamma.get(c, kWhere),
+                                    affine.beta.get(c, kWhere), total.count, total.mean.data(),
+                                    total.m2.data(), eps, momentum, running.mean.get(c, kWhere),
+                                    running.var.get(c, kWhere), saved.mean.get(c, kWhere),
+                                    saved.invstd.get(c, kWhere)),
+                kWhere);
+}
+
+// Backward sums of a part, per channel: sum(dy) and sum(dy * (x - mean)).
+// Sum them over the parts (elementwise) for backward_apply.
+struct GradientSums {
+  std::vector<double> sum_dy, sum_dy_xmu;
+};
+
+inline GradientSums backward_reduce(const Context& ctx, const Desc& desc, Buffer x, Buffer dy,
+                                    Channels save_mean) {
+  constexpr const char* kWhere = "bnorm_backward_reduce";
+  if (desc.d.c < 1) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+  GradientSums sums;
+  sums.sum_dy.resize(static_cast<std::size_t>(desc.d.c));
+  sums.sum_dy_xmu.resize(static_cast<std::size_t>(desc.d.c));
+  detail::Check(bnorm_backward_reduce(ctx.get(), desc.get(), x.get(desc, kWhere),
+                                      dy.get(desc, kWhere), save_mean.get(desc.d.c, kWhere),
+                                      sums.sum_dy.data(), sums.sum_dy_xmu.data()),
+                kWhere);
+  return sums;
+}
+
+// The backward pass of a part given the sums of the whole batch
+// (total_count values per channel); dgamma/dbeta are the whole batch's.
+inline void backward_apply(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, Buffer dx,
+                           Channels gamma, Saved saved, int64_t total_count,
+                           const GradientSums& total, Grads grads = {}) {
+  constexpr const char* kWhere = "bnorm_backward_apply";
+  const int64_t c = desc.d.c;
+  if (static_cast<int64_t>(total.sum_dy.size()) < c ||
+      static_cast<int64_t>(total.sum_dy_xmu.size()) < c) {
+    throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+  }
+  detail::Check(bnorm_backward_apply(ctx.get(), desc.get(), x.get(desc, kWhere),
+                                     dy.get(desc, kWhere), dx.get(desc, kWhere),
+                                     gamma.get(c, kWhere), saved.mean.get(c, kWhere),
+                                     saved.invstd.get(c, kWhere), total_count,
+                                     total.sum_dy.data(), total.sum_dy_xmu.data(),
+                                     grads.dgamma.get(c, kWhere), grads.dbeta.get(c, kWhere)),
+                kWhere);
+}
+
 }  // namespace bnorm
+
 
 #endif  // BNORM_BNORM_HPP_
