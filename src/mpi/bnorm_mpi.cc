@@ -54,9 +54,11 @@ struct Agreement {
   void Set(bool failed, Call call, const bnorm::Tensor& t, float eps, float momentum) {
     v[0] = failed ? 1 : 0;
     if (failed) return;  // fields unknown: the flag decides
+    // Compared by their bits; + 0.0f turns -0 into +0 (equal values agree).
+    const float eps_value = eps + 0.0f, momentum_value = momentum + 0.0f;
     uint32_t eps_bits = 0, momentum_bits = 0;
-    std::memcpy(&eps_bits, &eps, sizeof(eps_bits));
-    std::memcpy(&momentum_bits, &momentum, sizeof(momentum_bits));
+    std::memcpy(&eps_bits, &eps_value, sizeof(eps_bits));
+    std::memcpy(&momentum_bits, &momentum_value, sizeof(momentum_bits));
     const int64_t fields[kAgreeFields] = {static_cast<int64_t>(call), t.c, t.spatial, t.layout,
                                           t.dtype, eps_bits, momentum_bits};
     for (int f = 0; f < kAgreeFields; ++f) {

@@ -1049,6 +1049,22 @@ TEST_F(Mpi, Intercommunicator) {
   MPI_Comm_free(&half);
 }
 
+// eps and momentum agree by value: -0.0 on one rank and +0.0 elsewhere is
+// the same value, not a mismatch.
+TEST_F(Mpi, SignedZerosAgree) {
+  const int rank = Rank(MPI_COMM_WORLD), p = Size(MPI_COMM_WORLD);
+  const bnorm_tensor_desc desc{2, 3, 5, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
+  std::vector<float> x(30), y(30);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7 + rank) % 11);
+  std::vector<float> mean(3), invstd(3);
+  const float zero = rank == p - 1 ? -0.0f : 0.0f;
+  const bnorm_status s =
+      bnorm_mpi_forward_training(MPI_COMM_WORLD, nullptr, &desc, x.data(), y.data(), nullptr,
+                                 nullptr, zero, zero, nullptr, nullptr, mean.data(), invstd.data());
+  EXPECT_EQ(s, BNORM_OK) << bnorm_status_string(s);
+  EXPECT_TRUE(AllTrue(s == BNORM_OK, MPI_COMM_WORLD));
+}
+
 // 6: repeated calls give the first call's bits and do not grow memory.
 long ResidentKiB() {
   FILE* f = std::fopen("/proc/self/status", "r");
