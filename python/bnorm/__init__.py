@@ -11,10 +11,25 @@ numpy arrays. PyTorch semantics:
     dx, dgamma, dbeta = bnorm.batch_norm_backward(x, dy, mean, invstd)
 
 Tensors are float32, float16, or bfloat16 stored in uint16 arrays
-(``dtype="bfloat16"``); per-channel arrays are float32. Layout "NCHW" means
-x.shape == (N, C, *spatial), "NHWC" means (N, *spatial, C); a 2-D (N, C)
-array is the same in both. Errors raise bnorm.Error, whose ``status`` is the
+(``dtype="bfloat16"``); per-channel arrays are float32 (float64 for the
+statistics and gradient sums of the split functions below). Layout "NCHW"
+means x.shape == (N, C, *spatial), "NHWC" means (N, *spatial, C); a 2-D
+(N, C) array is the same in both. Errors raise bnorm.Error, whose ``status`` is the
 C status code; invalid calls change nothing.
+
+Synchronized batch norm (a batch split over processes or devices) uses the
+split functions, with any transport in between:
+
+    count, mean, m2 = bnorm.stats(x_part)                   # this part's statistics
+    # gather (count, mean, m2) of every part, then
+    count, mean, m2 = bnorm.stats_merge(counts, means, m2s)  # the whole batch's
+    y, save_mean, save_invstd = bnorm.forward_apply(x_part, w, b, count, mean, m2)
+    sum_dy, sum_dy_xmu = bnorm.backward_reduce(x_part, dy_part, save_mean)
+    # all_reduce(SUM) both sums over the parts, then
+    dx, dgamma, dbeta = bnorm.backward_apply(x_part, dy_part, w, save_mean, save_invstd,
+                                             count, sum_dy, sum_dy_xmu)
+
+A part may be empty (x.shape[0] == 0).
 
 The library is found through $BNORM_LIBRARY, next to this package, or on the
 system's library path (libbnorm.so.0).
@@ -22,13 +37,15 @@ system's library path (libbnorm.so.0).
 
 import ctypes
 import ctypes.util
+import operator
 import os
 
 import numpy as np
 
 __all__ = [
     "Error", "Context", "batch_norm", "batch_norm_training", "batch_norm_inference",
-    "batch_norm_backward", "fold", "fold_into_weights", "version", "active_target",
+    "batch_norm_backward", "fold", "fold_into_weights", "stats", "stats_merge", "forward_apply",
+    "backward_reduce", "backward_apply", "version", "active_target",
 ]
 
 # ---- the library ----
@@ -58,6 +75,8 @@ _i64 = ctypes.c_int64
 _f32 = ctypes.c_float
 _ptr = ctypes.c_void_p
 _fptr = ctypes.POINTER(ctypes.c_float)
+_dptr = ctypes.POINTER(ctypes.c_double)
+_i64ptr = ctypes.POINTER(_i64)
 
 
 class _Desc(ctypes.Structure):
@@ -104,6 +123,19 @@ _fold = _declare("bnorm_fold", [_i64, _fptr, _fptr, _fptr, _fptr, _f32, _fptr, _
 _fold_into_weights = _declare(
     "bnorm_fold_into_weights",
     [ctypes.c_int, _i64, _i64, _fptr, _fptr, _fptr, _fptr, _fptr, _fptr, _fptr, _fptr, _f32])
+_stats = _declare("bnorm_stats", [_ptr, ctypes.POINTER(_Desc), _ptr, _dptr, _dptr])
+_stats_merge = _declare("bnorm_stats_merge",
+                        [_i64, _i64, _i64ptr, _dptr, _dptr, _i64ptr, _dptr, _dptr])
+_forward_apply = _declare(
+    "bnorm_forward_apply",
+    [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _fptr, _fptr, _i64, _dptr, _dptr, _f32, _f32, _fptr,
+     _fptr, _fptr, _fptr])
+_backward_reduce = _declare(
+    "bnorm_backward_reduce", [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _fptr, _dptr, _dptr])
+_backward_apply = _declare(
+    "bnorm_backward_apply",
+    [_ptr, ctypes.POINTER(_Desc), _ptr, _ptr, _ptr, _fptr, _fptr, _fptr, _i64, _dptr, _dptr,
+     _fptr, _fptr])
 
 _LAYOUTS = {"NCHW": 0, "NHWC": 1}
 _ACTIVATIONS = {None: 0, "none": 0, "relu": 1}
@@ -218,28 +250,36 @@ def _desc(x, layout, code):
     return _Desc(n, c, spatial, _LAYOUTS[layout], code), int(c)
 
 
-def _channels(a, c, name, writable=False):
-    """A float32 per-channel array (or None) of c values, as a ctypes pointer."""
+_POINTERS = {np.dtype(np.float32): _fptr, np.dtype(np.float64): _dptr}
+
+
+def _channels(a, c, name, writable=False, dtype=np.float32):
+    """A per-channel array (or None) of c values (float32, or float64 for the
+    split statistics), as a ctypes pointer."""
     if a is None:
         return None, None
+    dtype = np.dtype(dtype)
     if writable:
-        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
+        if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
                 and a.flags.writeable):
-            raise TypeError(f"{name}: must be a writable contiguous float32 numpy array "
+            raise TypeError(f"{name}: must be a writable contiguous {dtype} numpy array "
                             "(it is updated in place)")
     else:
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        a = np.ascontiguousarray(a, dtype=dtype)
     if a.size != c:
         raise ValueError(f"{name}: expected {c} values, got {a.size}")
-    return a, a.ctypes.data_as(_fptr)
+    return a, a.ctypes.data_as(_POINTERS[dtype])
 
 
-def _new_channels(c):
-    a = np.empty(c, np.float32)
-    return a, a.ctypes.data_as(_fptr)
+def _new_channels(c, dtype=np.float32):
+    a = np.empty(c, dtype)
+    return a, a.ctypes.data_as(_POINTERS[np.dtype(dtype)])
 
 
 def _data(a):
+    """The data pointer of a tensor; NULL for None or an empty tensor (n == 0)."""
+    if a is None or a.size == 0:
+        return None
     return ctypes.c_void_p(a.ctypes.data)
 
 
@@ -251,13 +291,13 @@ def _activation(activation):
     return _ACTIVATIONS[activation]
 
 
-def _residual(z, x, code, dtype):
-    """z as a contiguous array like x, or None."""
+def _residual(z, x, code, dtype, name="z"):
+    """z (a residual, y or dy) as a contiguous array like x, or None."""
     if z is None:
         return None
-    z, zcode = _tensor(z, dtype, "z")
+    z, zcode = _tensor(z, dtype, name)
     if z.shape != x.shape or zcode != code:
-        raise ValueError(f"z must match x in shape and dtype ({z.shape} vs {x.shape})")
+        raise ValueError(f"{name} must match x in shape and dtype ({z.shape} vs {x.shape})")
     return z
 
 
@@ -287,7 +327,7 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
     save_invstd, si = _new_channels(c)
     y = np.empty_like(x)
     _check(_forward_training_ex(_context(ctx), ctypes.byref(desc), _data(x),
-                                _data(z) if z is not None else None, _data(y), act, w, b, eps,
+                                _data(z), _data(y), act, w, b, eps,
                                 momentum, rm, rv, sm, si), "bnorm_forward_training_ex")
     return y, save_mean, save_invstd
 
@@ -304,7 +344,7 @@ def batch_norm_inference(x, mean, var, weight=None, bias=None, eps=1e-5, layout=
     _, b = _channels(bias, c, "bias")
     y = np.empty_like(x)
     _check(_forward_inference_ex(_context(ctx), ctypes.byref(desc), _data(x),
-                                 _data(z) if z is not None else None, _data(y), act, w, b, m, v,
+                                 _data(z), _data(y), act, w, b, m, v,
                                  eps), "bnorm_forward_inference_ex")
     return y
 
@@ -326,6 +366,16 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 # ---- backward ----
 
+def _backward_args(x, dy, dtype, layout):
+    """x and dy (required, alike), their dtype code, descriptor and c."""
+    x, code = _tensor(x, dtype, "x")
+    if dy is None:
+        raise ValueError("dy is required")
+    dy = _residual(dy, x, code, dtype, "dy")
+    desc, c = _desc(x, layout, code)
+    return x, dy, code, desc, c
+
+
 def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW",
                         frozen=False, need_dx=True, dtype=None, ctx=None, y=None,
                         activation=None, need_dz=False):
@@ -341,15 +391,11 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
     """
     if frozen and (activation is not None or need_dz):
         raise ValueError("the fused backward is training-mode only (frozen=False)")
-    x, code = _tensor(x, dtype, "x")
-    dy, code_dy = _tensor(dy, dtype, "dy")
-    if dy.shape != x.shape or code_dy != code:
-        raise ValueError(f"dy must match x in shape and dtype ({dy.shape} vs {x.shape})")
+    x, dy, code, desc, c = _backward_args(x, dy, dtype, layout)
     act = _activation(activation)
     if act and y is None:
         raise ValueError("y (the forward output) is required with activation='relu'")
-    y = _residual(y, x, code, dtype) if act else None
-    desc, c = _desc(x, layout, code)
+    y = _residual(y, x, code, dtype, "y") if act else None
     _, w = _channels(weight, c, "weight")
     _, m = _channels(save_mean, c, "save_mean")
     _, s = _channels(save_invstd, c, "save_invstd")
@@ -359,13 +405,12 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
     dbeta, db = _new_channels(c)
     dx = np.empty_like(x) if need_dx else None
     dz = np.empty_like(x) if need_dz else None
-    data = lambda a: _data(a) if a is not None else None  # noqa: E731
     if frozen:
-        _check(_backward_frozen(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), data(dx),
+        _check(_backward_frozen(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx),
                                 w, m, s, dg, db), "bnorm_backward_frozen")
     else:  # bnorm_backward_ex with act NONE and no dz is bnorm_backward
-        _check(_backward_ex(_context(ctx), ctypes.byref(desc), _data(x), data(y), _data(dy),
-                            data(dx), data(dz), act, w, None, m, s, dg, db), "bnorm_backward_ex")
+        _check(_backward_ex(_context(ctx), ctypes.byref(desc), _data(x), _data(y), _data(dy),
+                            _data(dx), _data(dz), act, w, None, m, s, dg, db), "bnorm_backward_ex")
     return (dx, dgamma, dbeta, dz) if need_dz else (dx, dgamma, dbeta)
 
 
@@ -408,3 +453,146 @@ def fold_into_weights(weights, layer_bias, mean, var, weight=None, bias=None, ep
                               w_in.ctypes.data_as(_fptr), lb, w_out.ctypes.data_as(_fptr), bo, g,
                               b, m, v, eps), "bnorm_fold_into_weights")
     return w_out, b_out
+
+
+# ---- split statistics: synchronized batch norm (see the module docstring) ----
+# With one part, stats -> stats_merge -> forward_apply is bitwise
+# batch_norm_training, and backward_reduce -> backward_apply batch_norm_backward.
+
+def _count(v, name):
+    """A count as a Python int that fits int64_t."""
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(v).__name__}") from None
+    if not -2**63 <= v < 2**63:
+        raise OverflowError(f"{name}: {v} does not fit in int64")
+    return v
+
+
+def stats(x, layout="NCHW", dtype=None, ctx=None):
+    """This part's statistics for synchronized batch norm: (count, mean, m2).
+
+    count = n*spatial values per channel (a Python int); mean and m2 (the sum
+    of squared deviations from the mean) are float64 arrays of c, the same
+    bits batch_norm_training computes. An empty part (x.shape[0] == 0) gives
+    count 0 and zeros. Combine the parts' statistics with stats_merge() in the
+    same order on every rank, e.g. after ``comm.allgather((count, mean, m2))``
+    (mpi4py) or ``torch.distributed.all_gather_object``; then forward_apply().
+    """
+    x, code = _tensor(x, dtype, "x")
+    desc, c = _desc(x, layout, code)
+    mean, mp = _new_channels(c, np.float64)
+    m2, m2p = _new_channels(c, np.float64)
+    _check(_stats(_context(ctx), ctypes.byref(desc), _data(x), mp, m2p), "bnorm_stats")
+    return desc.n * desc.spatial, mean, m2
+
+
+def stats_merge(counts, means, m2s):
+    """Merges k parts' statistics (Chan's formula, left to right): (count, mean, m2).
+
+    counts: k integers >= 0 (a part with count 0 is skipped); means, m2s:
+    float64 arrays shaped [k, c], row j from stats() of part j. The result is
+    the statistics of the parts concatenated in that order; with k == 1 it is
+    the input, bit for bit. For synchronized batch norm, gather every part's
+    stats() (``comm.allgather`` with mpi4py, ``torch.distributed.all_gather``),
+    merge them in rank order on every rank (the same bits everywhere), and
+    pass the result to forward_apply().
+    """
+    counts = np.asarray(counts)
+    if counts.dtype.kind not in "iu":
+        raise TypeError(f"counts: expected integers, got {counts.dtype}")
+    counts = np.ascontiguousarray(counts, np.int64)
+    means = np.ascontiguousarray(means, np.float64)
+    m2s = np.ascontiguousarray(m2s, np.float64)
+    if counts.ndim != 1 or means.ndim != 2 or means.shape != m2s.shape or \
+            means.shape[0] != counts.size:
+        raise ValueError(f"expected counts of k and means, m2s of [k, c] (got counts "
+                         f"{counts.shape}, means {means.shape}, m2s {m2s.shape})")
+    k, c = means.shape
+    count = _i64()
+    mean, mp = _new_channels(c, np.float64)
+    m2, m2p = _new_channels(c, np.float64)
+    _check(_stats_merge(c, k, counts.ctypes.data_as(_i64ptr), means.ctypes.data_as(_dptr),
+                        m2s.ctypes.data_as(_dptr), ctypes.byref(count), mp, m2p),
+           "bnorm_stats_merge")
+    return count.value, mean, m2
+
+
+def forward_apply(x, weight, bias, count, mean, m2, eps=1e-5, momentum=0.1, running_mean=None,
+                  running_var=None, layout="NCHW", dtype=None, ctx=None):
+    """Training forward of one part with the whole batch's statistics: (y, save_mean, save_invstd).
+
+    count, mean, m2: the merged statistics of the whole batch (stats_merge());
+    count >= 2 and >= this part's n*spatial, m2 >= 0. weight/bias may be None
+    (1 and 0). running_mean/running_var (float32) are updated in place as
+    batch_norm_training does, with the whole batch's mean and unbiased
+    variance m2 / (count - 1): every rank keeps the same running statistics.
+    An empty part gives an empty y and the per-channel outputs.
+    """
+    x, code = _tensor(x, dtype, "x")
+    desc, c = _desc(x, layout, code)
+    count = _count(count, "count")
+    _, m = _channels(mean, c, "mean", dtype=np.float64)
+    _, v = _channels(m2, c, "m2", dtype=np.float64)
+    if m is None or v is None:
+        raise ValueError("mean and m2 are required")
+    _, w = _channels(weight, c, "weight")
+    _, b = _channels(bias, c, "bias")
+    _, rm = _channels(running_mean, c, "running_mean", writable=True)
+    _, rv = _channels(running_var, c, "running_var", writable=True)
+    save_mean, sm = _new_channels(c)
+    save_invstd, si = _new_channels(c)
+    y = np.empty_like(x)
+    _check(_forward_apply(_context(ctx), ctypes.byref(desc), _data(x), _data(y), w, b, count, m,
+                          v, eps, momentum, rm, rv, sm, si), "bnorm_forward_apply")
+    return y, save_mean, save_invstd
+
+
+def backward_reduce(x, dy, save_mean, layout="NCHW", dtype=None, ctx=None):
+    """This part's backward sums: (sum_dy, sum_dy_xmu), float64 arrays of c.
+
+    sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - save_mean)) over this part,
+    save_mean from forward_apply() (the whole batch's mean). For synchronized
+    batch norm, add them over the parts, e.g. with mpi4py
+    ``comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)`` or
+    ``torch.distributed.all_reduce(torch.from_numpy(sums))`` on
+    ``sums = np.stack([sum_dy, sum_dy_xmu])``, then call backward_apply().
+    An empty part gives zeros.
+    """
+    x, dy, _, desc, c = _backward_args(x, dy, dtype, layout)
+    _, m = _channels(save_mean, c, "save_mean")
+    if m is None:
+        raise ValueError("save_mean is required")
+    sum_dy, sp = _new_channels(c, np.float64)
+    sum_dy_xmu, sxp = _new_channels(c, np.float64)
+    _check(_backward_reduce(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), m, sp, sxp),
+           "bnorm_backward_reduce")
+    return sum_dy, sum_dy_xmu
+
+
+def backward_apply(x, dy, weight, save_mean, save_invstd, total_count, sum_dy, sum_dy_xmu,
+                   layout="NCHW", need_dx=True, dtype=None, ctx=None):
+    """Training backward of one part given the whole batch's sums: (dx, dgamma, dbeta).
+
+    total_count: values per channel of the whole batch (>= 1 and >= this
+    part's n*spatial; the count from stats_merge()); sum_dy, sum_dy_xmu: the
+    backward_reduce() sums added over all parts (float64). dx is this part's
+    gradient (None with need_dx=False); dgamma and dbeta are the whole batch's,
+    the same on every part. weight may be None (1).
+    """
+    x, dy, _, desc, c = _backward_args(x, dy, dtype, layout)
+    total_count = _count(total_count, "total_count")
+    _, w = _channels(weight, c, "weight")
+    _, m = _channels(save_mean, c, "save_mean")
+    _, s = _channels(save_invstd, c, "save_invstd")
+    _, sd = _channels(sum_dy, c, "sum_dy", dtype=np.float64)
+    _, sx = _channels(sum_dy_xmu, c, "sum_dy_xmu", dtype=np.float64)
+    if m is None or s is None or sd is None or sx is None:
+        raise ValueError("save_mean, save_invstd, sum_dy and sum_dy_xmu are required")
+    dgamma, dg = _new_channels(c)
+    dbeta, db = _new_channels(c)
+    dx = np.empty_like(x) if need_dx else None
+    _check(_backward_apply(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx), w,
+                           m, s, total_count, sd, sx, dg, db), "bnorm_backward_apply")
+    return dx, dgamma, dbeta
