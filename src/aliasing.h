@@ -19,7 +19,8 @@ struct Region {
 };
 
 inline bool Overlap(const Region& a, const Region& b) {
-  if (a.data == nullptr || b.data == nullptr) return false;
+  // An empty buffer (n == 0 in the split functions) holds no byte to share.
+  if (a.data == nullptr || b.data == nullptr || a.bytes == 0 || b.bytes == 0) return false;
   const uintptr_t a0 = reinterpret_cast<uintptr_t>(a.data);
   const uintptr_t b0 = reinterpret_cast<uintptr_t>(b.data);
   return a0 < b0 + b.bytes && b0 < a0 + a.bytes;

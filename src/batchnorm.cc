@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "backward_apply.h"
@@ -75,6 +76,18 @@ NhwcUnit NhwcUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
 // Merges the statistics partials of channels [c0, c1) into out[0, c1 - c0),
 // in unit order. NHWC units of one row range share a count, so the merge
 // coefficients are computed once per row unit and the channel loop vectorizes.
+// A channel holding Inf or NaN has undefined statistics: both NaN (the sums
+// alone would give Inf or NaN depending on where the Inf sits). Finite data
+// always give finite moments: M2 < 2^256 * 2^63 even for float's extremes.
+void PoisonNonFinite(int64_t width, Moments* out) {
+  for (int64_t k = 0; k < width; ++k) {
+    if (!std::isfinite(out[k].mean) || !std::isfinite(out[k].m2)) {
+      out[k].mean = std::numeric_limits<double>::quiet_NaN();
+      out[k].m2 = std::numeric_limits<double>::quiet_NaN();
+    }
+  }
+}
+
 void MergeStats(const Problem& p, const ReductionPlan& rp, const Moments* partials, int64_t c0,
                 int64_t c1, Moments* out) {
   const int64_t width = c1 - c0;
@@ -86,6 +99,7 @@ void MergeStats(const Problem& p, const ReductionPlan& rp, const Moments* partia
       }
       out[ch - c0] = total;
     }
+    PoisonNonFinite(width, out);
     return;
   }
   std::copy(partials + c0, partials + c1, out);  // row unit 0
@@ -104,6 +118,7 @@ void MergeStats(const Problem& p, const ReductionPlan& rp, const Moments* partia
     }
     count = total;
   }
+  PoisonNonFinite(width, out);
 }
 
 void MergeGradSums(const Problem& p, const ReductionPlan& rp, const GradSums* partials, int64_t c0,
