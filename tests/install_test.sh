@@ -10,7 +10,7 @@ cmake --install "$build_dir" --prefix "$work/prefix" >/dev/null
 libdir=$(find "$work/prefix" -name 'libbnorm.so*' -printf '%h\n' | head -n 1)
 
 cmake -S "$source_dir/tests/consumer" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$work/prefix" \
-  -DCMAKE_BUILD_TYPE=Release >/dev/null
+  -DCMAKE_BUILD_TYPE=Release -DBNORM_MPI_EXAMPLE="$source_dir/examples/mpi_example.c" >/dev/null
 cmake --build "$work/cmake-build" >/dev/null
 LD_LIBRARY_PATH="$libdir" "$work/cmake-build/consumer"
 
@@ -19,4 +19,19 @@ pkg-config --exists bnorm
 cc -std=c99 -pedantic -Wall -Werror "$source_dir/tests/consumer/main.c" -o "$work/pc-consumer" \
   $(pkg-config --cflags --libs bnorm) -lm
 LD_LIBRARY_PATH="$libdir" "$work/pc-consumer"
+
+# libbnorm_mpi, if this build made it: the MPI example through CMake and
+# through pkg-config, run on 2 ranks (shared memory only, as tests/mpi does).
+if [ -e "$libdir/pkgconfig/bnorm_mpi.pc" ]; then
+  test -x "$work/cmake-build/mpi_consumer"
+  cc -std=c99 -Wall -Werror "$source_dir/examples/mpi_example.c" -o "$work/pc-mpi-consumer" \
+    $(pkg-config --cflags --libs bnorm_mpi) -lm
+  for exe in "$work/cmake-build/mpi_consumer" "$work/pc-mpi-consumer"; do
+    OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none \
+      OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_hwloc_base_binding_policy=none \
+      LD_LIBRARY_PATH="$libdir" mpiexec --oversubscribe --allow-run-as-root -n 2 "$exe" |
+      grep -q "bitwise identical on all ranks: yes"
+  done
+  echo "install test: bnorm_mpi cmake and pkg-config consumers ok"
+fi
 echo "install test: cmake and pkg-config consumers ok"
