@@ -4,6 +4,7 @@
 // bind to it like any shared library's). Each entry point must then return
 // BNORM_ERR_OUT_OF_MEMORY, write no output byte, and leave the context usable:
 // the next call on it gives the same bits as a call that never failed.
+// bnorm_stats_merge takes no context and must never allocate.
 //
 // oneTBB allocates its own internals with malloc, not operator new; those are
 // outside this test (docs/reliability.md).
@@ -102,10 +103,16 @@ class FailAllocation {
 // Every buffer one call may write, as bytes, for "nothing changed" checks.
 struct Buffers {
   std::vector<float> y, dx, dz, save_mean, save_invstd, running_mean, running_var, dgamma, dbeta;
+  // Split statistics: bnorm_stats's mean/M2, bnorm_backward_reduce's sums.
+  std::vector<double> stats_mean, stats_m2, sum_dy, sum_dy_xmu;
   std::vector<unsigned char> AllBytes() const {
     std::vector<unsigned char> all;
     for (const auto* v : {&y, &dx, &dz, &save_mean, &save_invstd, &running_mean, &running_var,
                           &dgamma, &dbeta}) {
+      const auto b = Bytes(*v);
+      all.insert(all.end(), b.begin(), b.end());
+    }
+    for (const auto* v : {&stats_mean, &stats_m2, &sum_dy, &sum_dy_xmu}) {
       const auto b = Bytes(*v);
       all.insert(all.end(), b.begin(), b.end());
     }
@@ -126,6 +133,8 @@ std::vector<Call> Calls(const Shape& s, bnorm_dtype dtype) {
   // Inputs shared by the calls (static storage per shape: built once).
   struct In {
     std::vector<float> x, dy, z, gamma, beta, mean, var, invstd;
+    // The whole batch's statistics and sums given to the apply functions.
+    std::vector<double> batch_mean, batch_m2, sum_dy, sum_dy_xmu;
   };
   auto in = std::make_shared<In>();
   in->x = NormalData(s, 1, 50.0, 2.0);
@@ -136,6 +145,14 @@ std::vector<Call> Calls(const Shape& s, bnorm_dtype dtype) {
   in->mean = UniformVector(C, 6, 49.0f, 51.0f);
   in->var = UniformVector(C, 7, 3.0f, 5.0f);
   in->invstd = UniformVector(C, 8, 0.4f, 0.6f);
+  // This tensor is one of two equal parts of the batch.
+  const int64_t total = 2 * s.n * s.spatial;
+  for (size_t ch = 0; ch < C; ++ch) {
+    in->batch_mean.push_back(static_cast<double>(in->mean[ch]));
+    in->batch_m2.push_back(static_cast<double>(in->var[ch]) * static_cast<double>(total));
+    in->sum_dy.push_back(0.25 * static_cast<double>(in->beta[ch]) * static_cast<double>(total));
+    in->sum_dy_xmu.push_back(0.5 * static_cast<double>(in->gamma[ch]) * static_cast<double>(total));
+  }
   bnorm_tensor_desc desc = s.Desc();
   desc.dtype = dtype;
   (void)count;
@@ -179,6 +196,30 @@ std::vector<Call> Calls(const Shape& s, bnorm_dtype dtype) {
                                   nullptr, in->mean.data(), in->invstd.data(), b.dgamma.data(),
                                   b.dbeta.data());
        }},
+      {"stats",
+       [in, desc](const bnorm_context* ctx, Buffers& b) {
+         return bnorm_stats(ctx, &desc, in->x.data(), b.stats_mean.data(), b.stats_m2.data());
+       }},
+      {"forward_apply",
+       [in, desc, total](const bnorm_context* ctx, Buffers& b) {
+         return bnorm_forward_apply(ctx, &desc, in->x.data(), b.y.data(), in->gamma.data(),
+                                    in->beta.data(), total, in->batch_mean.data(),
+                                    in->batch_m2.data(), 1e-5f, 0.1f, b.running_mean.data(),
+                                    b.running_var.data(), b.save_mean.data(),
+                                    b.save_invstd.data());
+       }},
+      {"backward_reduce",
+       [in, desc](const bnorm_context* ctx, Buffers& b) {
+         return bnorm_backward_reduce(ctx, &desc, in->x.data(), in->dy.data(), in->mean.data(),
+                                      b.sum_dy.data(), b.sum_dy_xmu.data());
+       }},
+      {"backward_apply",
+       [in, desc, total](const bnorm_context* ctx, Buffers& b) {
+         return bnorm_backward_apply(ctx, &desc, in->x.data(), in->dy.data(), b.dx.data(),
+                                     in->gamma.data(), in->mean.data(), in->invstd.data(), total,
+                                     in->sum_dy.data(), in->sum_dy_xmu.data(), b.dgamma.data(),
+                                     b.dbeta.data());
+       }},
   };
 }
 
@@ -192,6 +233,7 @@ Buffers Fresh(const Shape& s) {
                   &b.dbeta}) {
     v->assign(C, 0.5f);
   }
+  for (auto* v : {&b.stats_mean, &b.stats_m2, &b.sum_dy, &b.sum_dy_xmu}) v->assign(C, -7.25);
   return b;
 }
 
@@ -303,6 +345,45 @@ TEST(AllocationFailure, WarmCallsDoNotAllocate) {
       EXPECT_EQ(g_failures.load(), failures_before) << call.name << " allocated when warm";
     }
     bnorm_context_destroy(ctx);
+  }
+}
+
+// bnorm_stats_merge takes no context and has no scratch: it never
+// allocates, so no allocation failure can reach it. Every allocation is
+// armed to fail (one at a time, each call) and none may be attempted; the
+// results are those of an unarmed call. In place over partial 0 as well.
+TEST(AllocationFailure, StatsMergeDoesNotAllocate) {
+  const int64_t c = 40, k = 3;
+  const std::vector<int64_t> counts = {1000, 0, 777};
+  std::vector<double> means(static_cast<size_t>(k * c)), m2s(means.size());
+  for (size_t i = 0; i < means.size(); ++i) {
+    means[i] = 50.0 + 0.01 * static_cast<double>(i % 17);
+    m2s[i] = 4.0 * static_cast<double>(counts[i / static_cast<size_t>(c)]) + 0.125 * static_cast<double>(i % 5);
+  }
+  std::vector<double> mean_ref(static_cast<size_t>(c)), m2_ref(mean_ref.size());
+  int64_t count_ref = 0;
+  ASSERT_EQ(bnorm_stats_merge(c, k, counts.data(), means.data(), m2s.data(), &count_ref,
+                              mean_ref.data(), m2_ref.data()),
+            BNORM_OK);
+  for (const bool in_place : {false, true}) {
+    SCOPED_TRACE(in_place ? "in place" : "separate outputs");
+    std::vector<double> means_io = means, m2s_io = m2s;
+    std::vector<double> mean_out(static_cast<size_t>(c), -7.25), m2_out(mean_out.size(), -7.25);
+    double* mo = in_place ? means_io.data() : mean_out.data();
+    double* m2o = in_place ? m2s_io.data() : m2_out.data();
+    int64_t count = -1;
+    const long failures_before = g_failures.load();
+    bnorm_status status;
+    {
+      FailAllocation arm(0);
+      status = bnorm_stats_merge(c, k, counts.data(), means_io.data(), m2s_io.data(), &count, mo,
+                                 m2o);
+    }
+    EXPECT_EQ(g_failures.load(), failures_before) << "bnorm_stats_merge allocated";
+    ASSERT_EQ(status, BNORM_OK);
+    EXPECT_EQ(count, count_ref);
+    EXPECT_EQ(Bytes(std::vector<double>(mo, mo + c)), Bytes(mean_ref));
+    EXPECT_EQ(Bytes(std::vector<double>(m2o, m2o + c)), Bytes(m2_ref));
   }
 }
 
