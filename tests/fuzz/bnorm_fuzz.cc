@@ -7,8 +7,11 @@
 // -0), which pointers are NULL, where each buffer lies (an exactly sized
 // allocation of its own, the same address as another buffer, a partial
 // overlap, or adjacent to another) and the data (sane distributions, or raw
-// bit patterns from the input). The call is then checked against the
-// header's contract:
+// bit patterns from the input). The split-statistics functions are decoded
+// the same way: their desc->n may be 0 (flag bit 3; tensors then empty or
+// NULL), total_count is picked by kActSel, and bnorm_stats_merge takes k = n
+// partials of c channels (its outputs may be placed over partial 0). The
+// call is then checked against the header's contract:
 //   - the status is a valid bnorm_status, and the one the contract's order of
 //     precedence gives (ExpectedStatus below models the documented checks);
 //   - on an error no byte of any buffer changed; on success no byte outside
@@ -58,9 +61,10 @@ enum : size_t {
   kSpatial = 8,
   kEpsSel = 9,      // see DecodeEps
   kMomSel = 10,     // see DecodeMomentum
-  kActSel = 11,     // < 240: value % 2; else raw. misc: the sub-call
+  kActSel = 11,     // < 240: value % 2; else raw. misc: the sub-call; apply: total_count
   kDataMode = 12,   // 4 bytes: x-like tensors, dy/z, the y mask, per-channel arrays
-  kFlags = 16,      // bit0 desc NULL, bit1 rerun on another context, bit2 misaligned arenas
+  kFlags = 16,      // bit0 desc NULL, bit1 rerun on another context, bit2 misaligned arenas,
+                    // bit3 n = 0 (split statistics)
   kRerunCtx = 17,
   kPlacement = 18,  // 2 bytes per slot (Place), kMaxSlots slots
   kRawA = 42,       // raw int64s (garbage shapes, misc arguments)
@@ -68,7 +72,7 @@ enum : size_t {
   kRawC = 58,
   kEpsBits = 66,    // raw float bits
   kMomBits = 70,
-  kRawEnum = 74,    // raw int32
+  kRawEnum = 74,    // raw int32 (also the total_count selectors' parameters)
   kSeed = 78,       // uint64 seed of the data generator
   kHeaderSize = 86,
 };
@@ -185,6 +189,17 @@ double LoadF(const uint8_t* p, int64_t i) {
   std::memcpy(&f, p + 4 * i, 4);
   return f;
 }
+double LoadD(const uint8_t* p, int64_t i) {
+  double d;
+  std::memcpy(&d, p + 8 * i, 8);
+  return d;
+}
+int64_t LoadI64(const uint8_t* p, int64_t i) {
+  int64_t v;
+  std::memcpy(&v, p + 8 * i, 8);
+  return v;
+}
+void StoreD(uint8_t* p, int64_t i, double v) { std::memcpy(p + 8 * i, &v, 8); }
 void StoreElem(uint8_t* p, int64_t i, int dtype, float v) {
   if (dtype == BNORM_DTYPE_F32) {
     std::memcpy(p + 4 * i, &v, 4);
@@ -207,15 +222,34 @@ enum Op {
   kFold,
   kFoldWeights,
   kMisc,
+  kStats,
+  kStatsMerge,
+  kFwdApply,
+  kBwdReduce,
+  kBwdApply,
   kNumOps
 };
 const char* const kOpNames[kNumOps] = {
     "bnorm_forward_training",   "bnorm_forward_inference", "bnorm_backward",
     "bnorm_backward_frozen",    "bnorm_forward_training_ex", "bnorm_forward_inference_ex",
     "bnorm_backward_ex",        "bnorm_fold",              "bnorm_fold_into_weights",
-    "misc"};
+    "misc",                     "bnorm_stats",             "bnorm_stats_merge",
+    "bnorm_forward_apply",      "bnorm_backward_reduce",   "bnorm_backward_apply"};
 
-enum Kind { kTensor, kChannel, kWeightsKind };
+// The split-statistics entry points that take a descriptor (n == 0 allowed).
+bool SplitTensorOp(int op) {
+  return op == kStats || op == kFwdApply || op == kBwdReduce || op == kBwdApply;
+}
+
+enum Kind {
+  kTensor,
+  kChannel,
+  kWeightsKind,
+  kChannelD,  // c doubles
+  kPartials,  // k*c doubles (stats_merge)
+  kCounts,    // k int64s (stats_merge)
+  kCountOut,  // one int64
+};
 enum Role {
   kRoleX,
   kRoleZ,
@@ -227,7 +261,9 @@ enum Role {
   kRolePositive,  // var, invstd
   kRoleOut,       // written only: starts as garbage
   kRoleWeights,
-  kRoleBias
+  kRoleBias,
+  kRoleCount,  // partial counts
+  kRoleSum     // sum_dy, sum_dy_xmu given to backward_apply
 };
 
 struct Slot {
@@ -240,6 +276,7 @@ struct Slot {
   bool required = false;  // NULL is NULL_POINTER
   bool ignored = false;   // accepted but unused (backward_ex beta; y without ReLU)
   int partner1 = -1, partner2 = -1;  // slots this output may equal exactly
+  bool prefix_partner = false;  // ... or start where partner1 starts, over its first bytes
   size_t bytes = 0;
   int arena = -1;  // -1: NULL
   int64_t offset = 0;
@@ -298,6 +335,7 @@ struct Call {
   int64_t n = 0, c = 0, sp = 0;  // desc values (fold: c; fold_into_weights: c, sp = per_output)
   int layout = 0, dtype = 0, act = 0;  // raw values as passed
   float eps = 1e-5f, momentum = 0.1f;
+  int64_t total = 0;  // total_count of the apply functions
   Slot slots[kMaxSlots];
   std::vector<Arena> arenas;
   bool allocatable = false;  // valid and small enough to back with memory
@@ -333,6 +371,14 @@ std::string Describe(const Call& k) {
                 k.desc_null ? "NULL" : "", k.n, k.c, k.sp, k.layout, k.dtype, k.act,
                 static_cast<double>(k.eps), eb, static_cast<double>(k.momentum), mb);
   std::string s = buf;
+  if (k.op == kFwdApply || k.op == kBwdApply) {
+    std::snprintf(buf, sizeof(buf), "  total_count=%" PRId64 "\n", k.total);
+    s += buf;
+  } else if (k.op == kStatsMerge) {
+    std::snprintf(buf, sizeof(buf), "  (stats_merge: k = n = %" PRId64 ", c = %" PRId64 ")\n", k.n,
+                  k.c);
+    s += buf;
+  }
   for (const Slot& sl : k.slots) {
     if (!sl.present) continue;
     std::snprintf(buf, sizeof(buf), "  %-12s %s", sl.name,
@@ -523,6 +569,36 @@ float DecodeMomentum(const Input& in) {
   }
 }
 
+// total_count of bnorm_forward_apply and bnorm_backward_apply, from the
+// part's own n*spatial (shape valid: it cannot overflow then).
+int64_t DecodeTotal(const Call& k) {
+  const Input& in = k.in;
+  int64_t m = 0;
+  if (__builtin_mul_overflow(k.n, k.sp, &m) || m < 0) m = 0;
+  const int64_t p = in.U8(kRawEnum);
+  auto clamp = [](__int128 v) {
+    return static_cast<int64_t>(std::min<__int128>(v, std::numeric_limits<int64_t>::max()));
+  };
+  switch (in.U8(kActSel) % 8) {
+    default:
+      return m;  // the part is the whole batch
+    case 1:
+      return clamp(static_cast<__int128>(m) + 1 + p);  // one part of a larger batch
+    case 2:
+      return clamp(static_cast<__int128>(m) * (2 + p % 7));  // equal parts
+    case 3:
+      return m - 1;
+    case 4:
+      return 0;
+    case 5:
+      return 1;
+    case 6:
+      return 2;
+    case 7:
+      return Interesting(static_cast<uint8_t>(p), static_cast<int64_t>(in.U64(kRawC)));
+  }
+}
+
 int DecodeEnum(const Input& in, size_t off, int valid_count, int raw_shift) {
   const uint8_t v = in.U8(off);
   const uint32_t r = in.U32(kRawEnum);
@@ -533,7 +609,7 @@ int DecodeEnum(const Input& in, size_t off, int valid_count, int raw_shift) {
 // Slots of each entry point, inputs before outputs where it matters little.
 void DefineSlots(Call& k) {
   auto def = [&](int i, const char* name, Kind kind, Role role, bool input, bool output,
-                 bool required, int p1 = -1, int p2 = -1) {
+                 bool required, int p1 = -1, int p2 = -1) -> Slot& {
     Slot& s = k.slots[i];
     s.name = name;
     s.present = true;
@@ -544,7 +620,10 @@ void DefineSlots(Call& k) {
     s.required = required;
     s.partner1 = p1;
     s.partner2 = p2;
+    return s;
   };
+  // Split statistics: a part without samples (n == 0) may pass NULL tensors.
+  const bool tensors_required = k.n != 0;
   const bool ex = k.op == kFwdTrainEx || k.op == kFwdInferEx || k.op == kBwdEx;
   switch (k.op) {
     case kFwdTrain:
@@ -603,6 +682,50 @@ void DefineSlots(Call& k) {
       def(6, "weights_out", kWeightsKind, kRoleOut, false, true, true, 0);
       def(7, "bias_out", kChannel, kRoleOut, false, true, true, 1);
       break;
+    case kStats:
+      def(0, "x", kTensor, kRoleX, true, false, tensors_required);
+      def(1, "mean", kChannelD, kRoleOut, false, true, true);
+      def(2, "m2", kChannelD, kRoleOut, false, true, true);
+      break;
+    case kStatsMerge:  // k = n partials of c channels
+      def(0, "counts", kCounts, kRoleCount, true, false, true);
+      def(1, "means", kPartials, kRoleMean, true, false, true);
+      def(2, "m2s", kPartials, kRolePositive, true, false, true);
+      def(3, "count_out", kCountOut, kRoleOut, false, true, true);
+      def(4, "mean_out", kChannelD, kRoleOut, false, true, true, 1).prefix_partner = true;
+      def(5, "m2_out", kChannelD, kRoleOut, false, true, true, 2).prefix_partner = true;
+      break;
+    case kFwdApply:
+      def(0, "x", kTensor, kRoleX, true, false, tensors_required);
+      def(2, "y", kTensor, kRoleOut, false, true, tensors_required, 0);
+      def(3, "gamma", kChannel, kRoleGamma, true, false, false);
+      def(4, "beta", kChannel, kRoleBeta, true, false, false);
+      def(5, "running_mean", kChannel, kRoleMean, true, true, false);
+      def(6, "running_var", kChannel, kRolePositive, true, true, false);
+      def(7, "save_mean", kChannel, kRoleOut, false, true, false);
+      def(8, "save_invstd", kChannel, kRoleOut, false, true, false);
+      def(9, "mean", kChannelD, kRoleMean, true, false, true);
+      def(10, "m2", kChannelD, kRolePositive, true, false, true);
+      break;
+    case kBwdReduce:
+      def(0, "x", kTensor, kRoleX, true, false, tensors_required);
+      def(2, "dy", kTensor, kRoleDy, true, false, tensors_required);
+      def(7, "save_mean", kChannel, kRoleMean, true, false, true);
+      def(9, "sum_dy", kChannelD, kRoleOut, false, true, true);
+      def(10, "sum_dy_xmu", kChannelD, kRoleOut, false, true, true);
+      break;
+    case kBwdApply:
+      def(0, "x", kTensor, kRoleX, true, false, tensors_required);
+      def(1, "sum_dy_xmu", kChannelD, kRoleSum, true, false, true);
+      def(2, "dy", kTensor, kRoleDy, true, false, tensors_required);
+      def(3, "dx", kTensor, kRoleOut, false, true, false, 2);
+      def(5, "gamma", kChannel, kRoleGamma, true, false, false);
+      def(7, "save_mean", kChannel, kRoleMean, true, false, true);
+      def(8, "save_invstd", kChannel, kRolePositive, true, false, true);
+      def(9, "dgamma", kChannel, kRoleOut, false, true, false);
+      def(10, "dbeta", kChannel, kRoleOut, false, true, false);
+      def(11, "sum_dy", kChannelD, kRoleSum, true, false, true);
+      break;
     default:
       break;
   }
@@ -617,21 +740,45 @@ void DefineSlots(Call& k) {
 
 bool MulOk(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
 
-// Tensor shape: BAD_SHAPE unless n, c, spatial >= 1 and the byte size fits in
-// int64 (the widest dtype, 4 bytes, decides; with 2-byte elements a size that
-// only overflows at 4 bytes may go either way: *ambiguous).
+// Tensor shape: BAD_SHAPE unless n, c, spatial >= 1 (n >= 0 for the split
+// statistics) and the byte size fits in int64 (the widest dtype, 4 bytes,
+// decides; with 2-byte elements a size that only overflows at 4 bytes may go
+// either way: *ambiguous). The split statistics also take c doubles per
+// channel array: their byte size overflowing is BAD_SHAPE.
+// TODO(c doubles for every entry point): the shared descriptor check
+// (src/validate.h CheckDesc) rejects c * 8 overflowing int64 for every
+// entry point, so bnorm_forward_training on {n=1, c=2^61-1, spatial=1}
+// returns BAD_SHAPE although none of its buffers' byte sizes overflows
+// (its per-channel arrays are floats: 2^63-4 bytes). Until the header says
+// so or the check moves to the split functions, that case is ambiguous.
 bool TensorShapeOk(const Call& k, bool* ambiguous) {
   *ambiguous = false;
-  int64_t nc = 0, el = 0, b4 = 0, b2 = 0;
-  if (k.n < 1 || k.c < 1 || k.sp < 1) return false;
+  int64_t nc = 0, el = 0, b4 = 0, b2 = 0, c8 = 0;
+  const bool split = SplitTensorOp(k.op);
+  if (k.n < (split ? 0 : 1) || k.c < 1 || k.sp < 1) return false;
   if (!MulOk(k.n, k.c, &nc) || !MulOk(nc, k.sp, &el)) return false;
   const bool fits4 = MulOk(el, 4, &b4), fits2 = MulOk(el, 2, &b2);
   if (!fits4 && fits2) *ambiguous = true;
+  if (!MulOk(k.c, 8, &c8)) {
+    if (split) {
+      *ambiguous = false;
+      return false;
+    }
+    if (fits4 || fits2) *ambiguous = true;
+    return false;
+  }
   return fits4;
 }
 
+// stats_merge: BAD_SHAPE unless c, k >= 1 and k*c doubles fit in int64.
+bool MergeShapeOk(const Call& k) {
+  int64_t kc = 0, bytes = 0;
+  return k.c >= 1 && k.n >= 1 && MulOk(k.n, k.c, &kc) && MulOk(kc, 8, &bytes);
+}
+
+// An empty buffer (n == 0: a zero-size tensor) holds no byte to share.
 bool Overlap(const Call& k, int a, int b) {
-  if (k.Null(a) || k.Null(b)) return false;
+  if (k.Null(a) || k.Null(b) || k.slots[a].bytes == 0 || k.slots[b].bytes == 0) return false;
   const uintptr_t a0 = reinterpret_cast<uintptr_t>(k.Live(a));
   const uintptr_t b0 = reinterpret_cast<uintptr_t>(k.Live(b));
   return a0 < b0 + k.slots[b].bytes && b0 < a0 + k.slots[a].bytes;
@@ -647,7 +794,9 @@ bool AliasModel(const Call& k, bool with_ignored) {
       if (j == i || k.Null(j) || (k.slots[j].ignored && !with_ignored)) continue;
       if (!Overlap(k, i, j)) continue;
       const bool named = j == o.partner1 || j == o.partner2;
-      const bool exact = k.Live(i) == k.Live(j) && o.bytes == k.slots[j].bytes;
+      const bool exact = k.Live(i) == k.Live(j) &&
+                         (o.bytes == k.slots[j].bytes ||
+                          (o.prefix_partner && j == o.partner1 && o.bytes <= k.slots[j].bytes));
       if (!(named && exact)) return true;
     }
   }
@@ -679,6 +828,19 @@ bool AnyRequiredNull(const Call& k) {
   return false;
 }
 
+// stats_merge: every count >= 0 and their total at most 2^53 (counts readable:
+// pointers and shape valid).
+bool MergeCountsOk(const Call& k) {
+  const uint8_t* counts = k.Before(0);
+  __int128 total = 0;
+  for (int64_t j = 0; j < k.n; ++j) {
+    const int64_t v = LoadI64(counts, j);
+    if (v < 0) return false;
+    total += v;
+  }
+  return total <= (static_cast<__int128>(1) << 53);
+}
+
 // The status before the alias check (BNORM_OK: it comes down to ALIAS or OK).
 // shape_bad_if_ambiguous picks one reading of an ambiguous byte-size overflow.
 bnorm_status PreAliasStatus(const Call& k, bool shape_bad_if_ambiguous) {
@@ -700,6 +862,11 @@ bnorm_status PreAliasStatus(const Call& k, bool shape_bad_if_ambiguous) {
     if (AnyRequiredNull(k)) return BNORM_ERR_NULL_POINTER;
     return BNORM_OK;
   }
+  if (k.op == kStatsMerge) {  // the counts and the order: ExpectedStatus
+    if (!MergeShapeOk(k)) return BNORM_ERR_BAD_SHAPE;
+    if (AnyRequiredNull(k)) return BNORM_ERR_NULL_POINTER;
+    return BNORM_OK;
+  }
   if (k.desc_null) return BNORM_ERR_NULL_POINTER;
   bool ambiguous = false;
   const bool shape_ok = TensorShapeOk(k, &ambiguous);
@@ -709,22 +876,54 @@ bnorm_status PreAliasStatus(const Call& k, bool shape_bad_if_ambiguous) {
   const bool ex = k.op == kFwdTrainEx || k.op == kFwdInferEx || k.op == kBwdEx;
   const bool act_ok = !ex || k.act == BNORM_ACT_NONE || k.act == BNORM_ACT_RELU;
   bool args_ok = layout_ok && dtype_ok && act_ok;
-  if (k.op == kFwdTrain || k.op == kFwdTrainEx || k.op == kFwdInfer || k.op == kFwdInferEx) {
+  if (k.op == kFwdTrain || k.op == kFwdTrainEx || k.op == kFwdInfer || k.op == kFwdInferEx ||
+      k.op == kFwdApply) {
     args_ok = args_ok && ValidEps(k.eps);
   }
-  if (k.op == kFwdTrain || k.op == kFwdTrainEx) args_ok = args_ok && ValidMomentum(k.momentum);
+  if (k.op == kFwdTrain || k.op == kFwdTrainEx || k.op == kFwdApply) {
+    args_ok = args_ok && ValidMomentum(k.momentum);
+  }
+  // n*spatial cannot overflow once the shape is valid.
+  int64_t values = 0;
+  const bool values_ok = MulOk(k.n, k.sp, &values);
+  if (k.op == kFwdApply && values_ok && k.total < values) args_ok = false;
+  if (k.op == kBwdApply && values_ok && (k.total < 1 || k.total < values)) args_ok = false;
   if (!args_ok) return BNORM_ERR_BAD_ARGUMENT;
   if (AnyRequiredNull(k)) return BNORM_ERR_NULL_POINTER;
   if ((k.op == kFwdTrain || k.op == kFwdTrainEx)) {
-    int64_t values = 0;
-    // n*spatial cannot overflow once the shape is valid.
-    if (MulOk(k.n, k.sp, &values) && values < 2) return BNORM_ERR_TOO_FEW_VALUES;
+    if (values_ok && values < 2) return BNORM_ERR_TOO_FEW_VALUES;
   }
+  if (k.op == kFwdApply && k.total < 2) return BNORM_ERR_TOO_FEW_VALUES;
   return BNORM_OK;
+}
+
+// forward_apply: a negative m2 (a check of values, after the aliasing check).
+bool NegativeM2(const Call& k) {
+  const uint8_t* m2 = k.Before(10);
+  for (int64_t ch = 0; ch < k.c; ++ch) {
+    if (LoadD(m2, ch) < 0.0) return true;
+  }
+  return false;
 }
 
 Expect ExpectedStatus(const Call& k) {
   Expect e;
+  if (k.op == kStatsMerge) {
+    // No descriptor, so the header's order of precedence does not bind:
+    // the library checks the pointers first; the general order (as
+    // bnorm_fold follows it) puts BAD_SHAPE and BAD_ARGUMENT first. Counts
+    // are only read when the pointers and the shape are valid.
+    const bool null = AnyRequiredNull(k), shape_ok = MergeShapeOk(k);
+    if (null) e.Add(BNORM_ERR_NULL_POINTER);
+    if (!shape_ok) e.Add(BNORM_ERR_BAD_SHAPE);
+    if (!shape_ok || null) return e;
+    if (!MergeCountsOk(k)) {
+      e.Add(BNORM_ERR_BAD_ARGUMENT);
+      return e;
+    }
+    e.Add(AliasModel(k, true) ? BNORM_ERR_ALIAS : BNORM_OK);
+    return e;
+  }
   for (bool bad : {true, false}) {
     const bnorm_status pre = PreAliasStatus(k, bad);
     if (pre != BNORM_OK) {
@@ -732,7 +931,12 @@ Expect ExpectedStatus(const Call& k) {
       continue;
     }
     for (bool with_ignored : {true, false}) {
-      e.Add(AliasModel(k, with_ignored) ? BNORM_ERR_ALIAS : BNORM_OK);
+      const bool alias = AliasModel(k, with_ignored);
+      if (!alias && k.op == kFwdApply && NegativeM2(k)) {
+        e.Add(BNORM_ERR_BAD_ARGUMENT);
+        continue;
+      }
+      e.Add(alias ? BNORM_ERR_ALIAS : BNORM_OK);
     }
   }
   return e;
@@ -749,8 +953,29 @@ size_t SlotBytes(const Call& k, const Slot& s) {
       return static_cast<size_t>(k.c) * 4;
     case kWeightsKind:
       return static_cast<size_t>(k.c * k.sp) * 4;
+    case kChannelD:
+      return static_cast<size_t>(k.c) * 8;
+    case kPartials:
+      return static_cast<size_t>(k.n * k.c) * 8;
+    case kCounts:
+      return static_cast<size_t>(k.n) * 8;
+    case kCountOut:
+      return 8;
   }
   return kDummyBytes;
+}
+
+// Bytes per element of a slot, and its alignment.
+int64_t ElemBytes(const Call& k, const Slot& s) {
+  switch (s.kind) {
+    case kTensor:
+      return ElemSize(k.dtype);
+    case kChannel:
+    case kWeightsKind:
+      return 4;
+    default:
+      return 8;
+  }
 }
 
 int64_t FloorTo(int64_t v, int64_t a) { return (v >= 0 ? v : v - (a - 1)) / a * a; }
@@ -768,7 +993,7 @@ void Place(Call& k) {
     s.bytes = SlotBytes(k, s);
     const uint8_t p0 = k.in.U8(kPlacement + 2 * static_cast<size_t>(i));
     const uint8_t p1 = k.in.U8(kPlacement + 2 * static_cast<size_t>(i) + 1);
-    const int64_t align = s.kind == kTensor && Valid16(k.dtype) ? 2 : 4;
+    const int64_t align = ElemBytes(k, s);
     int kind = p0 % 16;
     if (kind == 15 && s.required) kind = 0;
     if (kind == 9 || kind == 15) {
@@ -817,14 +1042,19 @@ void Place(Call& k) {
     e.lo = std::min(e.lo, s.offset);
     e.hi = std::max(e.hi, s.offset + static_cast<int64_t>(s.bytes));
   }
-  // Arena starts keep every float 4-byte aligned (16-bit tensors may sit at
-  // any even offset).
-  for (Pending& e : extent) e.lo = FloorTo(e.lo, 4);
+  // Arena starts keep every float 4-byte aligned and every double or int64
+  // 8-byte aligned (16-bit tensors may sit at any even offset).
+  for (Pending& e : extent) e.lo = FloorTo(e.lo, 8);
   const bool pad = k.in.U8(kFlags) & 4;
+  std::vector<bool> align8(extent.size(), false);
+  for (const Slot& s : k.slots) {
+    if (s.present && s.arena >= 0 && ElemBytes(k, s) == 8) align8[static_cast<size_t>(s.arena)] = true;
+  }
   k.arenas.resize(extent.size());
   for (size_t a = 0; a < extent.size(); ++a) {
     Arena& ar = k.arenas[a];
     ar.pad = pad ? 4 * (1 + k.rng.Below(3)) : 0;
+    if (align8[a]) ar.pad = (ar.pad + 7) / 8 * 8;
     ar.size = ar.pad + static_cast<size_t>(extent[a].hi - extent[a].lo);
     ar.mem.reset(new uint8_t[ar.size]);
     for (size_t b = 0; b < ar.size; ++b) ar.mem[b] = static_cast<uint8_t>(k.rng.Next());
@@ -951,6 +1181,74 @@ float ChannelValue(int mode, Role role, Rng& r) {
   return positive ? std::fabs(v) : v;
 }
 
+const double kSpecialDoubles[] = {
+    std::numeric_limits<double>::quiet_NaN(),
+    -std::numeric_limits<double>::quiet_NaN(),
+    std::numeric_limits<double>::infinity(),
+    -std::numeric_limits<double>::infinity(),
+    std::numeric_limits<double>::denorm_min(),
+    -std::numeric_limits<double>::denorm_min(),
+    std::numeric_limits<double>::min(),
+    -0.0,
+    0.0,
+    std::numeric_limits<double>::max(),
+    -std::numeric_limits<double>::max(),
+    1e300,
+    -1.0,  // a negative m2 (BAD_ARGUMENT in forward_apply)
+    1e-300,
+    7e38,  // beyond float
+};
+
+// A per-channel double (mean, M2, sums): m2s are not negative, except specials.
+double DoubleValue(int mode, Role role, Rng& r) {
+  const bool positive = role == kRolePositive;
+  double v = 0;
+  switch (mode) {
+    default:
+      v = role == kRolePositive ? 0.25 + 2.0 * r.Unit()
+          : role == kRoleSum    ? 10.0 * r.Normalish()
+                                : r.Normalish();
+      break;
+    case 1:
+      v = std::pow(10.0, 2.0 + 3.0 * r.Unit()) * (r.Below(2) ? 1 : -1);
+      break;
+    case 2:
+      v = std::pow(10.0, 600.0 * r.Unit() - 300.0) * r.Sym();
+      break;
+    case 3:
+      v = static_cast<double>(static_cast<int>(r.Below(9)) - 4);
+      break;
+    case 7:
+      if (r.Below(4) == 0) return kSpecialDoubles[r.Below(sizeof(kSpecialDoubles) / sizeof(double))];
+      v = r.Normalish();
+      break;
+    case 8:
+      return r.Below(2) ? 0.0 : -0.0;
+    case 10:
+      v = std::pow(10.0, 30.0 + 270.0 * r.Unit()) * (r.Below(2) ? 1 : -1);
+      break;
+  }
+  return positive ? std::fabs(v) : v;
+}
+
+// A partial's count (stats_merge).
+int64_t CountValue(int mode, Rng& r) {
+  switch (mode) {
+    default:
+      return r.Below(4) == 0 ? 0 : 1 + r.Below(1000);
+    case 1:
+      return r.Below(3) == 0 ? 0 : static_cast<int64_t>(r.Next() % (uint64_t{1} << 40));
+    case 2:
+      return 0;
+    case 3:
+      return r.Below(8) == 0 ? -1 - static_cast<int64_t>(r.Below(3)) : r.Below(5);
+    case 4:  // around the 2^53 limit of the total
+      return r.Below(2) ? (int64_t{1} << 53) - r.Below(3) : r.Below(3);
+    case 7:
+      return Interesting(static_cast<uint8_t>(r.Below(256)), static_cast<int64_t>(r.Next()));
+  }
+}
+
 void FillSlot(Call& k, int i) {
   Slot& s = k.slots[i];
   uint8_t* p = k.Live(i);
@@ -960,14 +1258,28 @@ void FillSlot(Call& k, int i) {
     for (size_t b = 0; b < s.bytes; ++b) p[b] = static_cast<uint8_t>(r.Next());
     return;
   }
-  const size_t mode_byte =
-      s.kind != kTensor ? 3 : s.role == kRoleX || s.role == kRoleWeights ? 0 : s.role == kRoleYMask ? 2 : 1;
+  const size_t mode_byte = s.kind == kCounts ? 1
+                           : s.kind != kTensor ? 3
+                           : s.role == kRoleX || s.role == kRoleWeights ? 0
+                           : s.role == kRoleYMask ? 2
+                                                  : 1;
   const int mode = k.in.U8(kDataMode + mode_byte) % 16;
   if (mode == 6) {  // raw bits from the input's tail
     for (size_t b = 0; b < s.bytes; ++b) p[b] = k.in.TailByte();
     return;
   }
   const int m = mode > 10 ? 0 : mode;
+  if (s.kind == kCounts) {
+    for (int64_t e = 0; e < static_cast<int64_t>(s.bytes) / 8; ++e) {
+      const int64_t v = CountValue(m, r);
+      std::memcpy(p + 8 * e, &v, 8);
+    }
+    return;
+  }
+  if (s.kind == kChannelD || s.kind == kPartials) {
+    for (int64_t e = 0; e < static_cast<int64_t>(s.bytes) / 8; ++e) StoreD(p, e, DoubleValue(m, s.role, r));
+    return;
+  }
   if (s.kind == kTensor) {
     const int dt = Valid16(k.dtype) ? k.dtype : BNORM_DTYPE_F32;
     std::vector<ChannelDist> dist(static_cast<size_t>(k.c));
@@ -1002,6 +1314,56 @@ void Fill(Call& k) {
   }
 }
 
+// Sane defaults of the split statistics (per-channel data mode 0): the
+// statistics and sums given to the apply functions are those of this part's
+// data scaled to total_count values, and each partial's M2 of
+// stats_merge grows with its count.
+void DeriveDefaults(Call& k) {
+  if (!k.allocatable || k.in.U8(kDataMode + 3) % 16 != 0) return;
+  const int64_t m = k.Values();
+  const double scale = m > 0 && k.total >= m ? static_cast<double>(k.total) / static_cast<double>(m) : 1.0;
+  if (k.op == kStatsMerge) {
+    if (k.Null(0) || k.Null(2)) return;
+    for (int64_t j = 0; j < k.n; ++j) {
+      const int64_t count = LoadI64(k.Live(0), j);
+      if (count < 0 || count > (int64_t{1} << 53)) continue;
+      for (int64_t ch = 0; ch < k.c; ++ch) {
+        StoreD(k.Live(2), j * k.c + ch, LoadD(k.Live(2), j * k.c + ch) * static_cast<double>(count));
+      }
+    }
+    return;
+  }
+  const bool fwd = k.op == kFwdApply, bwd = k.op == kBwdApply;
+  if ((!fwd && !bwd) || m == 0 || k.Null(0)) return;
+  for (int64_t ch = 0; ch < k.c; ++ch) {
+    double sx = 0, sdy = 0, sq = 0, sdyxmu = 0;
+    const double smean = bwd && !k.Null(7) ? LoadF(k.Live(7), ch) : 0.0;
+    for (int64_t v = 0; v < m; ++v) {
+      const int64_t e = k.Index(v / k.sp, ch, v % k.sp);
+      const double xv = LoadElem(k.Live(0), e, k.dtype);
+      sx += xv;
+      if (bwd && !k.Null(2)) {
+        const double g = LoadElem(k.Live(2), e, k.dtype);
+        sdy += g;
+        sdyxmu += g * (xv - smean);
+      }
+    }
+    const double mu = sx / static_cast<double>(m);
+    for (int64_t v = 0; v < m && fwd; ++v) {
+      const double d = LoadElem(k.Live(0), k.Index(v / k.sp, ch, v % k.sp), k.dtype) - mu;
+      sq += d * d;
+    }
+    if (fwd && !k.Null(9) && !k.Null(10)) {
+      StoreD(k.Live(9), ch, mu);
+      StoreD(k.Live(10), ch, sq * scale);
+    }
+    if (bwd && !k.Null(11) && !k.Null(1)) {
+      StoreD(k.Live(11), ch, sdy * scale);
+      StoreD(k.Live(1), ch, sdyxmu * scale);
+    }
+  }
+}
+
 void Snapshot(Call& k) {
   for (Arena& a : k.arenas) a.before.assign(a.mem.get(), a.mem.get() + a.size);
 }
@@ -1013,6 +1375,8 @@ bnorm_status Invoke(const Call& k, int ctx_index) {
   const bnorm_tensor_desc* d = k.desc_null ? nullptr : &k.desc;
   auto F = [&](int i) { return reinterpret_cast<float*>(k.Live(i)); };
   auto V = [&](int i) { return static_cast<void*>(k.Live(i)); };
+  auto D = [&](int i) { return reinterpret_cast<double*>(k.Live(i)); };
+  auto I = [&](int i) { return reinterpret_cast<int64_t*>(k.Live(i)); };
   // Out-of-range enum values are passed as a C caller would. They are cast
   // in the argument list itself: a load from an enum-typed variable holding
   // one would be undefined here (UBSan's enum check); the library reads them
@@ -1043,6 +1407,18 @@ bnorm_status Invoke(const Call& k, int ctx_index) {
     case kFoldWeights:
       return bnorm_fold_into_weights(wl, k.c, k.sp, F(0), F(1), F(6), F(7), F(2), F(3), F(4), F(5),
                                      k.eps);
+    case kStats:
+      return bnorm_stats(ctx, d, V(0), D(1), D(2));
+    case kStatsMerge:
+      return bnorm_stats_merge(k.c, k.n, I(0), D(1), D(2), I(3), D(4), D(5));
+    case kFwdApply:
+      return bnorm_forward_apply(ctx, d, V(0), V(2), F(3), F(4), k.total, D(9), D(10), k.eps,
+                                 k.momentum, F(5), F(6), F(7), F(8));
+    case kBwdReduce:
+      return bnorm_backward_reduce(ctx, d, V(0), V(2), F(7), D(9), D(10));
+    case kBwdApply:
+      return bnorm_backward_apply(ctx, d, V(0), V(2), V(3), F(5), F(7), F(8), k.total, D(11), D(1),
+                                  F(9), F(10));
     default:
       return BNORM_ERR_INTERNAL;
   }
@@ -1081,9 +1457,10 @@ void CheckValue(const Call& k, const char* what, int64_t idx, double got, double
 // bf16 NaN 0x7FC0 and f16 NaN 0x7E00 | sign; since the IsNaN fix the
 // forwards give them on every target, but bnorm_backward, _frozen and _ex
 // on AVX2 still store dx and dz NaNs with their payload (bf16 0xFFC0,
-// 0x7FC1; f16 0x7E01). Remove this exemption once they are canonical.
+// 0x7FC1; f16 0x7E01), and so does bnorm_backward_apply (the same kernels:
+// f16 dx 0xFFFF). Remove this exemption once they are canonical.
 bool NanEncodingExempt(const Call& k) {
-  const bool backward = k.op == kBwd || k.op == kBwdFrozen || k.op == kBwdEx;
+  const bool backward = k.op == kBwd || k.op == kBwdFrozen || k.op == kBwdEx || k.op == kBwdApply;
   return backward && G().targets[static_cast<size_t>(k.target)].rfind("AVX", 0) == 0;
 }
 
@@ -1144,6 +1521,7 @@ double Opt(const uint8_t* p, int64_t i, double fallback) { return p ? LoadF(p, i
 
 void CheckForward(const Call& k) {
   const bool training = k.op == kFwdTrain || k.op == kFwdTrainEx;
+  const bool apply = k.op == kFwdApply;  // training outputs from the given statistics
   const bool ex = k.op == kFwdTrainEx || k.op == kFwdInferEx;
   const uint8_t* x = k.Before(0);
   const uint8_t* z = ex ? k.Before(1) : nullptr;
@@ -1204,6 +1582,33 @@ void CheckForward(const Call& k) {
         CheckValue(k, "running_var", ch, LoadF(k.Live(6), ch), ref, tol, !wild, wild);
       }
       stat_wild = stat_wild || is > kHuge;
+    } else if (apply) {
+      // As bnorm_forward_training finalizes: double arithmetic, one rounding.
+      const double mean_d = LoadD(k.Before(9), ch), m2_d = LoadD(k.Before(10), ch);
+      const double total = static_cast<double>(k.total);
+      const double var_eps = m2_d / total + eps;
+      mu = mean_d;
+      is = var_eps == 0 ? 0 : 1 / std::sqrt(var_eps);
+      if (!k.Null(7)) {
+        CheckRounded(k, "save_mean", ch, static_cast<float>(LoadF(k.Live(7), ch)), mean_d, 0,
+                     !std::isnan(mean_d), std::isnan(mean_d));
+      }
+      if (!k.Null(8)) {
+        CheckRounded(k, "save_invstd", ch, static_cast<float>(LoadF(k.Live(8), ch)), is, 0,
+                     !std::isnan(is), std::isnan(is));
+      }
+      const double unbiased = m2_d / (total - 1);
+      for (int slot : {5, 6}) {
+        if (k.Null(slot)) continue;
+        const double old = LoadF(k.Before(slot), ch), st = slot == 5 ? mean_d : unbiased;
+        const double ref = (1 - mom) * old + mom * st;
+        const bool finite = Finite(old) && Finite(st);
+        CheckRounded(k, slot == 5 ? "running_mean" : "running_var", ch,
+                     static_cast<float>(LoadF(k.Live(slot), ch)), ref,
+                     4 * 0x1.0p-53 * (std::fabs((1 - mom) * old) + std::fabs(mom * st)) + 1.5e-45,
+                     finite, !finite);
+      }
+      stat_wild = !Finite(mean_d) || !Finite(m2_d) || std::fabs(mean_d) > kLarge || is > kHuge;
     } else {
       const double mean = LoadF(k.Before(5), ch), vr = LoadF(k.Before(6), ch);
       const double s = vr + eps;
@@ -1238,16 +1643,18 @@ void CheckForward(const Call& k) {
 
 void CheckBackward(const Call& k) {
   const bool frozen = k.op == kBwdFrozen;
+  const bool reduce = k.op == kBwdReduce;  // the sums only, in double
+  const bool apply = k.op == kBwdApply;    // from the given sums of total_count values
   const bool relu = k.op == kBwdEx && k.Relu();
   const uint8_t* x = k.Before(0);
   const uint8_t* ymask = relu ? k.Before(1) : nullptr;
   const uint8_t* dy = k.Before(2);
   const uint8_t* gamma = k.Before(5);
   const int64_t m = k.Values();
-  const double md = static_cast<double>(m);
+  const double md = static_cast<double>(apply ? k.total : m);
   std::vector<double> gs(static_cast<size_t>(m)), xs(static_cast<size_t>(m));
   for (int64_t ch = 0; ch < k.c; ++ch) {
-    const double mean = LoadF(k.Before(7), ch), is = LoadF(k.Before(8), ch);
+    const double mean = LoadF(k.Before(7), ch), is = reduce ? 0.0 : LoadF(k.Before(8), ch);
     const double gm = Opt(gamma, ch, 1);
     double sdy = 0, sdyxmu = 0, sabs = 0, sxabs = 0, gmax = 0, xmax = 0;
     bool g_nonfinite = false, x_nonfinite = false;
@@ -1269,22 +1676,44 @@ void CheckBackward(const Call& k) {
     }
     // Errors of the float sums: kTolSum of the terms' magnitudes, plus half a
     // denormal per term (a product dy * (x - mean) may round in the denormals).
-    const double dsdy = kTolSum * sabs + md * kDenorm;
-    const double dsdyxmu = kTolSum * sxabs + md * kDenorm;
-    const bool beta_wild = g_nonfinite || gmax > kLarge;
-    const bool gamma_wild = beta_wild || x_nonfinite || !Finite(mean) || !Finite(is) ||
-                            xmax > kLarge || std::fabs(mean) > kLarge || std::fabs(is) > kLarge ||
-                            sxabs * std::fabs(is) > kHuge;
+    double dsdy = kTolSum * sabs + static_cast<double>(m) * kDenorm;
+    double dsdyxmu = kTolSum * sxabs + static_cast<double>(m) * kDenorm;
+    bool beta_wild = g_nonfinite || gmax > kLarge;
+    bool gamma_wild = beta_wild || x_nonfinite || !Finite(mean) || !Finite(is) ||
+                      xmax > kLarge || std::fabs(mean) > kLarge || std::fabs(is) > kLarge ||
+                      sxabs * std::fabs(is) > kHuge;
+    bool dgamma_wild = gamma_wild;
+    if (reduce) {
+      const double got_dy = LoadD(k.Live(9), ch), got_dyxmu = LoadD(k.Live(10), ch);
+      if (m == 0 && (got_dy != 0 || got_dyxmu != 0)) {
+        Fail(k, "n == 0: sums of channel %" PRId64 " are %.9g and %.9g, not 0", ch, got_dy,
+             got_dyxmu);
+      }
+      const bool xmu_wild = gamma_wild || sxabs > kHuge;
+      CheckValue(k, "sum_dy", ch, got_dy, sdy, dsdy + kTiny, !beta_wild, beta_wild);
+      CheckValue(k, "sum_dy_xmu", ch, got_dyxmu, sdyxmu, dsdyxmu + kTiny, !xmu_wild, xmu_wild);
+      continue;
+    }
+    if (apply) {  // the given sums are exact; the data decides dx alone
+      sdy = LoadD(k.Before(11), ch);
+      sdyxmu = LoadD(k.Before(1), ch);
+      dsdy = dsdyxmu = sabs = sxabs = 0;
+      // (sum_dy / total_count is a float constant of dx: it must not overflow)
+      gamma_wild = gamma_wild || !Finite(sdy) || !Finite(sdyxmu) || std::fabs(sdy) / md > kHuge;
+      beta_wild = !Finite(sdy) || std::fabs(sdy) > kHuge;
+      dgamma_wild = !Finite(sdyxmu) || !Finite(is) || std::fabs(sdyxmu * is) > kHuge;
+    }
     if (!k.Null(10)) {
-      CheckValue(k, "dbeta", ch, LoadF(k.Live(10), ch), sdy, dsdy + kTiny, !beta_wild,
-                 beta_wild);
+      CheckValue(k, "dbeta", ch, LoadF(k.Live(10), ch), sdy,
+                 dsdy + (apply ? 4 * kU * std::fabs(sdy) : 0) + kTiny, !beta_wild, beta_wild);
     }
     if (!k.Null(9)) {
       const double ref = sdyxmu * is;
       const double tol = std::fabs(is) * dsdyxmu + 4 * kU * std::fabs(ref) + kTiny;
-      CheckValue(k, "dgamma", ch, LoadF(k.Live(9), ch), ref, tol, !gamma_wild, gamma_wild);
+      CheckValue(k, "dgamma", ch, LoadF(k.Live(9), ch), ref, tol, !dgamma_wild, dgamma_wild);
     }
-    // dx = a * g - c - b * (x - mean) with per-channel float constants
+    // dx = a * g - c - b * (x - mean) with per-channel float constants (sum_dy / m
+    // is one of them: denormal, it is off by up to half a denormal, times a)
     // a = gamma * invstd, c = a * sum_dy / m, b = a * invstd^2 * sum_dy_xmu / m:
     // none of them may overflow.
     const double a = gm * is;
@@ -1318,9 +1747,119 @@ void CheckBackward(const Call& k) {
       const double tol = std::fabs(a) * dsdy / md +
                          std::fabs(a) * is * is * std::fabs(xmu) * dsdyxmu / md +
                          8 * kU * (t1 + t2 + std::fabs(ref)) +
-                         4 * kDenorm * (std::fabs(xmu) + std::fabs(g) + 1) + kTiny;
+                         4 * kDenorm * (std::fabs(xmu) + std::fabs(g) + std::fabs(a) + 1) + kTiny;
       CheckElem(k, "dx", 3, e, ref, tol, !wild, wild);
     }
+  }
+}
+
+// ---- split statistics: bnorm_stats and bnorm_stats_merge
+
+void CheckStats(const Call& k) {
+  const uint8_t* x = k.Before(0);
+  const int64_t m = k.Values();
+  for (int64_t ch = 0; ch < k.c; ++ch) {
+    const double got_mean = LoadD(k.Live(1), ch), got_m2 = LoadD(k.Live(2), ch);
+    if (m == 0) {  // a part without samples: mean = m2 = 0
+      if (got_mean != 0 || got_m2 != 0) {
+        Fail(k, "n == 0: channel %" PRId64 " has mean %.17g, m2 %.17g, not 0", ch, got_mean, got_m2);
+      }
+      continue;
+    }
+    bool nonfinite = false;
+    double amax = 0, sum = 0;
+    for (int64_t v = 0; v < m; ++v) {
+      const double xv = LoadElem(x, k.Index(v / k.sp, ch, v % k.sp), k.dtype);
+      nonfinite = nonfinite || !Finite(xv);
+      amax = std::max(amax, std::fabs(xv));
+      sum += xv;
+    }
+    if (nonfinite) {  // documented: NaN/Inf in a channel make its results NaN
+      if (!std::isnan(got_mean) || !std::isnan(got_m2)) {
+        Fail(k, "channel %" PRId64 " holds NaN/Inf but its mean is %.17g and m2 %.17g, not NaN",
+             ch, got_mean, got_m2);
+      }
+      continue;
+    }
+    const double mu = sum / static_cast<double>(m);
+    double m2 = 0;
+    for (int64_t v = 0; v < m; ++v) {
+      const double d = LoadElem(x, k.Index(v / k.sp, ch, v % k.sp), k.dtype) - mu;
+      m2 += d * d;
+    }
+    // The tolerances of bnorm_forward_training's statistics (the same bits).
+    const double var = m2 / static_cast<double>(m);
+    const bool wild = amax > kLarge;
+    CheckValue(k, "mean", ch, got_mean, mu, 4 * kU * std::fabs(mu) + kTolSum * std::sqrt(var) + kTiny,
+               !wild, wild);
+    CheckValue(k, "m2", ch, got_m2, m2, kTolVar * m2 + kTiny, !wild, wild);
+  }
+}
+
+// A long double merge of the partials with a nonzero count (Chan's formula,
+// left to right), with a bound of the double algorithm's error grown step
+// by step: e_mean for the mean, e_m2 for M2.
+void CheckMerge(const Call& k) {
+  const uint8_t* counts = k.Before(0);
+  const uint8_t* means = k.Before(1);
+  const uint8_t* m2s = k.Before(2);
+  const int64_t parts = k.n;
+  int64_t total = 0;
+  for (int64_t j = 0; j < parts; ++j) total += LoadI64(counts, j);
+  const int64_t got_count = LoadI64(k.Live(3), 0);
+  if (got_count != total) Fail(k, "count_out = %" PRId64 ", expected %" PRId64, got_count, total);
+  constexpr long double kU53 = 0x1.0p-53L;
+  for (int64_t ch = 0; ch < k.c; ++ch) {
+    const double got_mean = LoadD(k.Live(4), ch), got_m2 = LoadD(k.Live(5), ch);
+    if (parts == 1) {  // documented: the outputs are the inputs, bit for bit
+      const double in_mean = total == 0 ? 0.0 : LoadD(means, ch);
+      const double in_m2 = total == 0 ? 0.0 : LoadD(m2s, ch);
+      if (std::memcmp(&got_mean, &in_mean, 8) != 0 || std::memcmp(&got_m2, &in_m2, 8) != 0) {
+        Fail(k, "k == 1: channel %" PRId64 " gives mean %.17g, m2 %.17g for inputs %.17g, %.17g "
+                "(count %" PRId64 "): not the same bits",
+             ch, got_mean, got_m2, in_mean, in_m2, total);
+      }
+      continue;
+    }
+    long double count = 0, mean = 0, m2 = 0, e_mean = 0, e_m2 = 0;
+    bool wild = false;  // an included input is NaN/Inf, or a square may overflow
+    for (int64_t j = 0; j < parts; ++j) {
+      const int64_t cj = LoadI64(counts, j);
+      if (cj == 0) continue;  // skipped: its numbers are not read
+      const long double mb = LoadD(means, j * k.c + ch), m2b = LoadD(m2s, j * k.c + ch);
+      wild = wild || !std::isfinite(static_cast<double>(mb)) ||
+             !std::isfinite(static_cast<double>(m2b)) || std::fabs(mb) > 1e150L ||
+             std::fabs(m2b) > 1e300L;
+      if (count == 0) {  // the first included partial is taken as it is
+        count = static_cast<long double>(cj);
+        mean = mb;
+        m2 = m2b;
+        continue;
+      }
+      const long double n = count + static_cast<long double>(cj);
+      const long double f = static_cast<long double>(cj) / n;
+      const long double cross = count * f;
+      const long double delta = mb - mean;
+      const long double mean_new = mean + delta * f;
+      e_m2 += (2 * std::fabs(delta) * e_mean + e_mean * e_mean) * cross +
+              8 * kU53 * (std::fabs(m2) + std::fabs(m2b) + delta * delta * cross);
+      e_mean += 4 * kU53 * (std::fabs(mean) + std::fabs(delta) * f + std::fabs(mean_new));
+      m2 += m2b + delta * delta * cross;
+      mean = mean_new;
+      count = n;
+    }
+    if (count == 0) {  // the total count is 0: 0 and 0
+      if (got_mean != 0 || got_m2 != 0) {
+        Fail(k, "total count 0: channel %" PRId64 " gives mean %.17g, m2 %.17g, not 0", ch,
+             got_mean, got_m2);
+      }
+      continue;
+    }
+    const double slack = 16 * std::numeric_limits<double>::denorm_min() * static_cast<double>(parts);
+    CheckValue(k, "mean_out", ch, got_mean, static_cast<double>(mean),
+               static_cast<double>(2 * e_mean) + slack, !wild, wild);
+    CheckValue(k, "m2_out", ch, got_m2, static_cast<double>(m2), static_cast<double>(2 * e_m2) + slack,
+               !wild, wild);
   }
 }
 
@@ -1376,7 +1915,7 @@ void CheckUnchanged(const Call& k, bool outputs_may_change, bnorm_status st) {
     std::vector<uint8_t> writable(ar.size, 0);
     if (outputs_may_change) {
       for (const Slot& s : k.slots) {
-        if (!s.present || s.arena != static_cast<int>(a) || !s.output) continue;
+        if (!s.present || s.arena != static_cast<int>(a) || !s.output || s.bytes == 0) continue;
         std::memset(writable.data() + ar.pad + s.offset, 1, s.bytes);
       }
     }
@@ -1524,6 +2063,8 @@ void Run(const uint8_t* data, size_t size) {
     return;
   }
   DecodeShape(k);
+  if (SplitTensorOp(k.op) && (k.in.U8(kFlags) & 8)) k.n = 0;  // a part without samples
+  if (k.op == kFwdApply || k.op == kBwdApply) k.total = DecodeTotal(k);
   k.layout = DecodeEnum(k.in, kLayout, k.op == kFoldWeights ? 5 : 2, 0);
   k.dtype = DecodeEnum(k.in, kDtype, 3, 8);
   k.act = DecodeEnum(k.in, kActSel, 2, 16);
@@ -1545,17 +2086,22 @@ void Run(const uint8_t* data, size_t size) {
   } else if (k.op == kFoldWeights) {
     int64_t count = 0;
     k.allocatable = k.c >= 1 && k.sp >= 1 && MulOk(k.c, k.sp, &count) && count <= kMaxAllocElems;
+  } else if (k.op == kStatsMerge) {
+    k.allocatable = MergeShapeOk(k) && k.n * k.c <= kMaxAllocElems;
   } else {
-    k.allocatable = TensorShapeOk(k, &ambiguous) && k.Elements() <= kMaxAllocElems;
+    k.allocatable = TensorShapeOk(k, &ambiguous) && k.Elements() <= kMaxAllocElems &&
+                    k.c <= kMaxAllocElems;
   }
   Place(k);
-  const int first_required = k.op == kFold ? 2 : 0;
+  int first_required = 0;
+  while (!k.slots[first_required].present || !k.slots[first_required].required) ++first_required;
   if (!k.allocatable &&
       (PreAliasStatus(k, true) == BNORM_OK || PreAliasStatus(k, false) == BNORM_OK)) {
     k.slots[first_required].arena = -1;
     k.slots[first_required].how = "NULL (shape too large to allocate)";
   }
   Fill(k);
+  DeriveDefaults(k);
   Snapshot(k);
   const Expect want = ExpectedStatus(k);
 
@@ -1585,6 +2131,19 @@ void Run(const uint8_t* data, size_t size) {
     case kBwdEx:
       CheckBackward(k);
       break;
+    case kFwdApply:
+      CheckForward(k);
+      break;
+    case kBwdReduce:
+    case kBwdApply:
+      CheckBackward(k);
+      break;
+    case kStats:
+      CheckStats(k);
+      break;
+    case kStatsMerge:
+      CheckMerge(k);
+      break;
     default:
       CheckFold(k);
       break;
@@ -1592,17 +2151,18 @@ void Run(const uint8_t* data, size_t size) {
 
   if (verbose) std::fprintf(stderr, "value checks so far: %" PRId64 "\n", g_value_checks);
   // Results never depend on the thread count: rerun on another context.
-  if ((k.in.U8(kFlags) & 2) && k.op != kFold && k.op != kFoldWeights) {
+  if ((k.in.U8(kFlags) & 2) && k.op != kFold && k.op != kFoldWeights && k.op != kStatsMerge) {
     int other = k.in.U8(kRerunCtx) % 4;
     if (other == k.ctx_index) other = (other + 1) % 4;
     for (Arena& a : k.arenas) {
       a.after.assign(a.mem.get(), a.mem.get() + a.size);
-      std::memcpy(a.mem.get(), a.before.data(), a.size);
+      if (a.size != 0) std::memcpy(a.mem.get(), a.before.data(), a.size);  // (empty tensors)
     }
     const bnorm_status st2 = Invoke(k, other);
     if (st2 != st) Fail(k, "status %d on context %d, %d on context %d", st, k.ctx_index, st2, other);
     for (size_t a = 0; a < k.arenas.size(); ++a) {
-      if (std::memcmp(k.arenas[a].after.data(), k.arenas[a].mem.get(), k.arenas[a].size) != 0) {
+      if (k.arenas[a].size != 0 &&
+          std::memcmp(k.arenas[a].after.data(), k.arenas[a].mem.get(), k.arenas[a].size) != 0) {
         Fail(k, "results on context %d (%d threads) differ from context %d", other,
              bnorm_context_num_threads(G().ctx[other]), k.ctx_index);
       }

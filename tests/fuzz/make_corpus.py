@@ -21,10 +21,14 @@ HEADER_SIZE = 86
 OPS = {
     "fwd_train": 0, "fwd_infer": 1, "bwd": 2, "bwd_frozen": 3, "fwd_train_ex": 4,
     "fwd_infer_ex": 5, "bwd_ex": 6, "fold": 7, "fold_weights": 8, "misc": 9,
+    "stats": 10, "stats_merge": 11, "fwd_apply": 12, "bwd_reduce": 13, "bwd_apply": 14,
 }
 # Placement kinds (first byte of a slot's pair).
 OWN, NULL, SAME, INSIDE, ADJ_AFTER, ADJ_BEFORE, BEFORE = 0, 9, 10, 11, 12, 13, 14
-FLAG_DESC_NULL, FLAG_RERUN, FLAG_PAD = 1, 2, 4
+FLAG_DESC_NULL, FLAG_RERUN, FLAG_PAD, FLAG_EMPTY = 1, 2, 4, 8  # EMPTY: n = 0 (split statistics)
+# total_count of the apply functions (ACT_SEL): n*spatial, n*spatial + 1 + raw_enum's
+# low byte, n*spatial * (2 + that byte % 7), n*spatial - 1, 0, 1, 2, interesting.
+TOTAL_WHOLE, TOTAL_PLUS, TOTAL_PARTS, TOTAL_BELOW = 0, 1, 2, 3
 
 
 def seed(name, op, tail=48, **f):
@@ -103,6 +107,39 @@ def seeds():
     out.append(seed("train_specials", "fwd_train", data=(7, 7, 7, 7), c=5))
     out.append(seed("train_raw_bits_f16", "fwd_train", data=(6, 0, 0, 6), dtype=2, tail=400))
     out.append(seed("train_constant_channels", "fwd_train", data=(4, 0, 0, 0), eps=2))
+    # Split statistics. stats_merge takes k = n partials (small shapes: n byte 9 gives k = 1,
+    # 11 gives k = 3, 2 gives k = 6); its outputs may lie over partial 0.
+    out.append(seed("stats_nchw_f32", "stats", c=4))
+    out.append(seed("stats_nhwc_bf16_rerun", "stats", layout=1, dtype=1, n=5, c=9,
+                    flags=FLAG_RERUN, rerun_ctx=2))
+    out.append(seed("stats_many_values_f16", "stats", shape_mode=11, dtype=2, raw_a=20000))
+    out.append(seed("stats_empty_x_null", "stats", flags=FLAG_EMPTY, place={0: (NULL, 0)}))
+    out.append(seed("stats_specials", "stats", data=(7, 0, 0, 0), c=6))
+    out.append(seed("merge_k3", "stats_merge", n=11, c=5))
+    out.append(seed("merge_k1_bits", "stats_merge", n=9, c=7, data=(0, 0, 0, 7)))
+    out.append(seed("merge_in_place", "stats_merge", n=2, c=3,
+                    place={4: (SAME, 1), 5: (SAME, 2)}))  # mean_out == means, m2_out == m2s
+    out.append(seed("merge_zero_counts", "stats_merge", n=11, data=(0, 2, 0, 0)))
+    out.append(seed("merge_count_limit", "stats_merge", n=11, data=(0, 4, 0, 1)))
+    out.append(seed("merge_specials", "stats_merge", n=2, data=(0, 3, 0, 7)))
+    out.append(seed("fwd_apply_part", "fwd_apply", act=TOTAL_PLUS, raw_enum=40))
+    out.append(seed("fwd_apply_nhwc_f16_parts", "fwd_apply", layout=1, dtype=2, n=4, c=10,
+                    act=TOTAL_PARTS, raw_enum=3, flags=FLAG_RERUN, rerun_ctx=1))
+    out.append(seed("fwd_apply_in_place", "fwd_apply", act=TOTAL_WHOLE, place={2: (SAME, 0)}))
+    out.append(seed("fwd_apply_empty", "fwd_apply", act=TOTAL_PLUS, raw_enum=5, flags=FLAG_EMPTY,
+                    place={0: (NULL, 0), 2: (NULL, 0)}))
+    out.append(seed("fwd_apply_total_below", "fwd_apply", act=TOTAL_BELOW))
+    out.append(seed("fwd_apply_m2_specials", "fwd_apply", data=(0, 0, 0, 7), c=8))
+    out.append(seed("bwd_reduce_nchw_f32", "bwd_reduce", c=6))
+    out.append(seed("bwd_reduce_nhwc_bf16", "bwd_reduce", layout=1, dtype=1, n=7, c=3,
+                    flags=FLAG_RERUN, rerun_ctx=3))
+    out.append(seed("bwd_reduce_empty", "bwd_reduce", flags=FLAG_EMPTY,
+                    place={0: (NULL, 0), 2: (NULL, 0)}))
+    out.append(seed("bwd_apply_parts", "bwd_apply", act=TOTAL_PARTS, raw_enum=1))
+    out.append(seed("bwd_apply_dx_is_dy_nhwc", "bwd_apply", layout=1, act=TOTAL_PLUS, raw_enum=9,
+                    place={3: (SAME, 2)}))
+    out.append(seed("bwd_apply_empty", "bwd_apply", act=TOTAL_PLUS, raw_enum=2, flags=FLAG_EMPTY,
+                    place={0: (NULL, 0), 2: (NULL, 0), 3: (NULL, 0)}))
     # The other entry points: contexts and their thread counts, target names.
     out.append(seed("misc_context_create", "misc", act=0, n=0, c=12))
     out.append(seed("misc_set_target", "misc", act=3, n=4, c=1, spatial=1))
