@@ -114,24 +114,24 @@ HWY_INLINE hn::Vec<DF> LoadF32(DF df, const Elem<kT>* HWY_RESTRICT p) {
   }
 }
 
-// f32 lanes with each NaN made the canonical quiet NaN of its sign, so that
-// F16C's conversion gives PyTorch's 0x7E00 | sign.
-template <class DF>
-HWY_INLINE hn::Vec<DF> QuietNaNs(DF df, hn::Vec<DF> v) {
-  const hn::RebindToUnsigned<DF> du;
-  const auto quiet = hn::BitCast(
-      df, hn::Or(hn::And(hn::BitCast(du, v), hn::Set(du, 0x80000000u)), hn::Set(du, 0x7FC00000u)));
-  return hn::IfThenElse(hn::IsNaN(v), quiet, v);
-}
-
 // 16-bit patterns (in 16-bit lanes, half a vector) of f32 lanes.
 template <DType kT, class DF>
 HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> F32ToNarrow(DF df, hn::Vec<DF> v) {
   const hn::Rebind<uint16_t, DF> d16;
 #if BNORM_HAVE_F16C
   if constexpr (kT == DType::kF16) {
+    // F16C keeps a NaN's payload. PyTorch's NaN is 0x7E00 | sign: fixed on
+    // the 16-bit result, where a compiler cannot drop it. (A fix-up on the
+    // f32 input is not enough: LLVM treats the payload of a NaN entering the
+    // conversion as unspecified and may remove it, and clang did.)
     const hn::Rebind<hwy::float16_t, DF> dh;
-    return hn::BitCast(d16, hn::DemoteTo(dh, QuietNaNs(df, v)));
+    const hn::Rebind<int16_t, DF> di16;
+    const auto h = hn::BitCast(di16, hn::DemoteTo(dh, v));
+    const auto magnitude = hn::And(h, hn::Set(di16, 0x7FFF));
+    const auto nan = hn::Gt(magnitude, hn::Set(di16, 0x7C00));
+    const auto canonical =
+        hn::Or(hn::And(h, hn::Set(di16, static_cast<int16_t>(0x8000))), hn::Set(di16, 0x7E00));
+    return hn::BitCast(d16, hn::IfThenElse(nan, canonical, h));
   }
 #endif
   const hn::RebindToSigned<DF> di;

@@ -1453,30 +1453,18 @@ void CheckValue(const Call& k, const char* what, int64_t idx, double got, double
 
 // A tensor output element (in the call's dtype): adds the rounding of the
 // 16-bit formats, f16 overflow to Inf, and checks NaN encodings.
-// TODO(16-bit NaN encoding of backward outputs on AVX2): bnorm.h promises
-// bf16 NaN 0x7FC0 and f16 NaN 0x7E00 | sign; since the IsNaN fix the
-// forwards give them on every target, but bnorm_backward, _frozen and _ex
-// on AVX2 still store dx and dz NaNs with their payload (bf16 0xFFC0,
-// 0x7FC1; f16 0x7E01), and so does bnorm_backward_apply (the same kernels:
-// f16 dx 0xFFFF). Remove this exemption once they are canonical.
-bool NanEncodingExempt(const Call& k) {
-  const bool backward = k.op == kBwd || k.op == kBwdFrozen || k.op == kBwdEx || k.op == kBwdApply;
-  return backward && G().targets[static_cast<size_t>(k.target)].rfind("AVX", 0) == 0;
-}
-
 void CheckElem(const Call& k, const char* what, int slot, int64_t e, double ref, double tol,
                bool check, bool nan_ok) {
   const uint8_t* p = k.Live(slot);
   const double got = LoadElem(p, e, k.dtype);
-  const bool exempt = NanEncodingExempt(k);
   if (k.dtype == BNORM_DTYPE_BF16) {
     tol += std::fabs(ref) * 0x1.0p-8 + 1e-40;
-    if (std::isnan(got) && !exempt && LoadBits16(p, e) != 0x7FC0) {
+    if (std::isnan(got) && LoadBits16(p, e) != 0x7FC0) {
       Fail(k, "%s[%" PRId64 "]: bf16 NaN is 0x%04x, not 0x7FC0", what, e, LoadBits16(p, e));
     }
   } else if (k.dtype == BNORM_DTYPE_F16) {
     tol += std::fabs(ref) * 0x1.0p-11 + 0x1.0p-25;
-    if (std::isnan(got) && !exempt && (LoadBits16(p, e) & 0x7FFF) != 0x7E00) {
+    if (std::isnan(got) && (LoadBits16(p, e) & 0x7FFF) != 0x7E00) {
       Fail(k, "%s[%" PRId64 "]: f16 NaN is 0x%04x, not 0x7E00 with a sign", what, e,
            LoadBits16(p, e));
     }

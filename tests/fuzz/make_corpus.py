@@ -140,6 +140,13 @@ def seeds():
                     place={3: (SAME, 2)}))
     out.append(seed("bwd_apply_empty", "bwd_apply", act=TOTAL_PLUS, raw_enum=2, flags=FLAG_EMPTY,
                     place={0: (NULL, 0), 2: (NULL, 0), 3: (NULL, 0)}))
+    # NaN payloads through the 16-bit backward kernels on the best target: their dx
+    # and dz NaNs must come out canonical (clang once kept the payload).
+    out.append(seed("bwd_specials_f16", "bwd", data=(7, 7, 0, 0), dtype=2, c=5, n=6, spatial=9))
+    out.append(seed("bwd_ex_specials_bf16_nhwc", "bwd_ex", data=(7, 7, 0, 0), dtype=1, layout=1,
+                    c=5, n=6, spatial=9))
+    out.append(seed("bwd_apply_specials_f16_nhwc", "bwd_apply", data=(7, 7, 0, 0), dtype=2,
+                    layout=1, c=42, n=8, spatial=1, act=TOTAL_WHOLE))
     # The other entry points: contexts and their thread counts, target names.
     out.append(seed("misc_context_create", "misc", act=0, n=0, c=12))
     out.append(seed("misc_set_target", "misc", act=3, n=4, c=1, spatial=1))
