@@ -245,7 +245,7 @@ bnorm_status bnorm_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc
 bnorm_status bnorm_stats(const bnorm_context* ctx, const bnorm_tensor_desc* desc, const void* x,
                          double* mean, double* m2) {
   Tensor t;
-  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*split=*/true); s != BNORM_OK) return s;
   if ((x == nullptr && t.bytes != 0) || mean == nullptr || m2 == nullptr) {
     return BNORM_ERR_NULL_POINTER;
   }
@@ -329,7 +329,7 @@ bnorm_status bnorm_backward_reduce(const bnorm_context* ctx, const bnorm_tensor_
                                    const void* x, const void* dy, const float* save_mean,
                                    double* sum_dy, double* sum_dy_xmu) {
   Tensor t;
-  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if (bnorm_status s = bnorm::CheckDesc(desc, &t, /*split=*/true); s != BNORM_OK) return s;
   if (((x == nullptr || dy == nullptr) && t.bytes != 0) || save_mean == nullptr ||
       sum_dy == nullptr || sum_dy_xmu == nullptr) {
     return BNORM_ERR_NULL_POINTER;

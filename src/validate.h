@@ -35,20 +35,24 @@ inline int RawEnum(const Enum& field) {
   return value;
 }
 
-// Checks desc: NULL_POINTER, then BAD_SHAPE, then BAD_ARGUMENT. allow_empty:
-// n == 0 is valid (the split-statistics functions).
-inline bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t, bool allow_empty = false) {
+// Checks desc: NULL_POINTER, then BAD_SHAPE, then BAD_ARGUMENT. split: the
+// rules of the split-statistics functions (n == 0 is valid; their
+// per-channel arrays hold doubles, so c doubles must fit too).
+inline bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t, bool split = false) {
   if (desc == nullptr) return BNORM_ERR_NULL_POINTER;
   const int64_t n = desc->n, c = desc->c, spatial = desc->spatial;
-  if (n < (allow_empty ? 0 : 1) || c < 1 || spatial < 1) return BNORM_ERR_BAD_SHAPE;
-  int64_t nc = 0, elements = 0, bytes = 0, channel_bytes = 0;
-  // 4 bytes per element is the widest dtype; sizes must fit in ptrdiff_t;
-  // per-channel arrays may hold doubles.
+  if (n < (split ? 0 : 1) || c < 1 || spatial < 1) return BNORM_ERR_BAD_SHAPE;
+  int64_t nc = 0, elements = 0, bytes = 0, channel_bytes = 0, channel_doubles_bytes = 0;
+  // 4 bytes per element is the widest dtype; sizes must fit in ptrdiff_t.
   if (__builtin_mul_overflow(n, c, &nc) || __builtin_mul_overflow(nc, spatial, &elements) ||
       __builtin_mul_overflow(elements, int64_t{4}, &bytes) ||
-      __builtin_mul_overflow(c, int64_t{8}, &channel_bytes) ||
+      __builtin_mul_overflow(c, int64_t{4}, &channel_bytes) ||
       static_cast<uint64_t>(bytes) > static_cast<uint64_t>(PTRDIFF_MAX)) {
     return BNORM_ERR_BAD_SHAPE;
+  }
+  if (__builtin_mul_overflow(c, int64_t{8}, &channel_doubles_bytes)) {
+    if (split) return BNORM_ERR_BAD_SHAPE;
+    channel_doubles_bytes = 0;  // not used outside the split functions
   }
   const int layout = RawEnum(desc->layout);
   const int dtype = RawEnum(desc->dtype);
@@ -62,8 +66,8 @@ inline bnorm_status CheckDesc(const bnorm_tensor_desc* desc, Tensor* t, bool all
   t->layout = layout;
   t->dtype = dtype;
   t->bytes = static_cast<size_t>(elements) * (dtype == BNORM_DTYPE_F32 ? 4 : 2);
-  t->channel_bytes = static_cast<size_t>(channel_bytes) / 2;
-  t->channel_doubles_bytes = static_cast<size_t>(channel_bytes);
+  t->channel_bytes = static_cast<size_t>(channel_bytes);
+  t->channel_doubles_bytes = static_cast<size_t>(channel_doubles_bytes);
   return BNORM_OK;
 }
 
@@ -92,7 +96,7 @@ inline bnorm_status CheckForwardApply(const bnorm_tensor_desc* desc, Tensor* t, 
                                       const float* running_var, const float* save_mean,
                                       const float* save_invstd, const int64_t* total_count,
                                       const double* mean, const double* m2) {
-  if (bnorm_status s = CheckDesc(desc, t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if (bnorm_status s = CheckDesc(desc, t, /*split=*/true); s != BNORM_OK) return s;
   if (!ValidEps(eps) || !ValidMomentum(momentum) ||
       (total_count != nullptr && *total_count < t->n * t->spatial)) {
     return BNORM_ERR_BAD_ARGUMENT;
@@ -120,7 +124,7 @@ inline bnorm_status CheckBackwardApply(const bnorm_tensor_desc* desc, Tensor* t,
                                        const float* dgamma, const float* dbeta,
                                        const int64_t* total_count, const double* sum_dy,
                                        const double* sum_dy_xmu) {
-  if (bnorm_status s = CheckDesc(desc, t, /*allow_empty=*/true); s != BNORM_OK) return s;
+  if (bnorm_status s = CheckDesc(desc, t, /*split=*/true); s != BNORM_OK) return s;
   const bool sums = total_count != nullptr;
   if (sums && (*total_count < 1 || *total_count < t->n * t->spatial)) {
     return BNORM_ERR_BAD_ARGUMENT;

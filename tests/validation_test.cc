@@ -386,5 +386,21 @@ TEST(Validation, Targets) {
   (void)best;
 }
 
+// c floats per channel array is the limit for the functions that take float
+// per-channel arrays: c = 2^61 - 1 fits (2^63 - 4 bytes), even though c
+// doubles would not (that limit is the split functions' only). The checks
+// stop before any buffer is read.
+TEST(Validation, HugeChannelCountIsAShapeOnlyWhereItOverflows) {
+  const bnorm_tensor_desc d{1, (int64_t{1} << 61) - 1, 1, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
+  float x = 0.0f, y = 0.0f;
+  EXPECT_EQ(bnorm_forward_training(nullptr, &d, &x, &y, nullptr, nullptr, 1e-5f, 0.1f, nullptr,
+                                   nullptr, nullptr, nullptr),
+            BNORM_ERR_TOO_FEW_VALUES);
+  bnorm_tensor_desc empty = d;
+  empty.n = 0;
+  double mean = 0.0, m2 = 0.0;
+  EXPECT_EQ(bnorm_stats(nullptr, &empty, nullptr, &mean, &m2), BNORM_ERR_BAD_SHAPE);
+}
+
 }  // namespace
 }  // namespace bnorm_test

@@ -745,12 +745,6 @@ bool MulOk(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(
 // decides; with 2-byte elements a size that only overflows at 4 bytes may go
 // either way: *ambiguous). The split statistics also take c doubles per
 // channel array: their byte size overflowing is BAD_SHAPE.
-// TODO(c doubles for every entry point): the shared descriptor check
-// (src/validate.h CheckDesc) rejects c * 8 overflowing int64 for every
-// entry point, so bnorm_forward_training on {n=1, c=2^61-1, spatial=1}
-// returns BAD_SHAPE although none of its buffers' byte sizes overflows
-// (its per-channel arrays are floats: 2^63-4 bytes). Until the header says
-// so or the check moves to the split functions, that case is ambiguous.
 bool TensorShapeOk(const Call& k, bool* ambiguous) {
   *ambiguous = false;
   int64_t nc = 0, el = 0, b4 = 0, b2 = 0, c8 = 0;
@@ -759,12 +753,8 @@ bool TensorShapeOk(const Call& k, bool* ambiguous) {
   if (!MulOk(k.n, k.c, &nc) || !MulOk(nc, k.sp, &el)) return false;
   const bool fits4 = MulOk(el, 4, &b4), fits2 = MulOk(el, 2, &b2);
   if (!fits4 && fits2) *ambiguous = true;
-  if (!MulOk(k.c, 8, &c8)) {
-    if (split) {
-      *ambiguous = false;
-      return false;
-    }
-    if (fits4 || fits2) *ambiguous = true;
+  if (split && !MulOk(k.c, 8, &c8)) {
+    *ambiguous = false;
     return false;
   }
   return fits4;
