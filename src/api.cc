@@ -27,18 +27,6 @@ Problem ProblemOf(const Tensor& t) {
 constexpr const char kVersion[] = BNORM_STR(BNORM_VERSION_MAJOR) "." BNORM_STR(
     BNORM_VERSION_MINOR) "." BNORM_STR(BNORM_VERSION_PATCH);
 
-// Runs an entry point's body, turning any escaping exception into a status.
-template <typename Body>
-bnorm_status Guard(const Body& body) noexcept {
-  try {
-    return body();
-  } catch (const std::bad_alloc&) {
-    return BNORM_ERR_OUT_OF_MEMORY;
-  } catch (...) {
-    return BNORM_ERR_INTERNAL;
-  }
-}
-
 }  // namespace
 }  // namespace bnorm
 

@@ -266,6 +266,16 @@ struct StatsReduction {
   }
 };
 
+// Scratch for `count` floats of apply constants: false when out of memory.
+bool AcquireConstants(const bnorm_context* ctx, int64_t count, ScratchPool::Lease* lease,
+                      float** consts) {
+  ScratchLayout layout;
+  const size_t at = layout.Add<float>(count);
+  if (!ContextScratch(ctx).Acquire(layout.bytes(), lease)) return false;
+  *consts = ScratchAt<float>(*lease, at);
+  return true;
+}
+
 // The elementwise pass y = act((x - mean) * scale + shift + z) over the whole
 // tensor, with the constants already set.
 void NormalizePass(const bnorm_context* ctx, const Problem& p, const ElementwisePlan& ep,
@@ -395,11 +405,9 @@ bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void
   const int64_t target = ActiveTargetBit();
   const ElementwisePlan ep = PlanElementwise(p);
   const int64_t klen = ConstantsLength(p, ep);
-  ScratchLayout layout;
-  const size_t consts_at = layout.Add<float>(3 * klen);
   ScratchPool::Lease lease;
-  if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
-  float* consts = ScratchAt<float>(lease, consts_at);
+  float* consts = nullptr;
+  if (!AcquireConstants(ctx, 3 * klen, &lease, &consts)) return BNORM_ERR_OUT_OF_MEMORY;
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
   ParallelFor(
@@ -421,11 +429,9 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
   const int64_t target = ActiveTargetBit();
   const ElementwisePlan ep = PlanElementwise(p);
   const int64_t klen = ConstantsLength(p, ep);
-  ScratchLayout layout;
-  const size_t consts_at = layout.Add<float>(3 * klen);
   ScratchPool::Lease lease;
-  if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
-  float* consts = ScratchAt<float>(lease, consts_at);
+  float* consts = nullptr;
+  if (!AcquireConstants(ctx, 3 * klen, &lease, &consts)) return BNORM_ERR_OUT_OF_MEMORY;
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
   const bool stream =

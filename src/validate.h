@@ -1,5 +1,5 @@
-// Argument validation of the C API, shared by libbnorm (api.cc) and
-// libbnorm_mpi, which must reject exactly what the core rejects before it
+// Argument validation of the C API (and the exception guard of its entry
+// points), shared by libbnorm (api.cc) and libbnorm_mpi, which must reject exactly what the core rejects before it
 // enters a collective. Header-only plain C++ (each library compiles its own
 // copy; nothing here is exported).
 #ifndef BNORM_SRC_VALIDATE_H_
@@ -9,11 +9,24 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 #include "aliasing.h"
 #include "bnorm/bnorm.h"
 
 namespace bnorm {
+
+// Runs an entry point's body, turning any escaping exception into a status.
+template <typename Body>
+bnorm_status Guard(const Body& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return BNORM_ERR_OUT_OF_MEMORY;
+  } catch (...) {
+    return BNORM_ERR_INTERNAL;
+  }
+}
 
 // A validated descriptor.
 struct Tensor {

@@ -276,6 +276,19 @@ def _new_channels(c, dtype=np.float32):
     return a, a.ctypes.data_as(_POINTERS[np.dtype(dtype)])
 
 
+def _training_channels(weight, bias, running_mean, running_var, c):
+    """The per-channel arguments of a training forward pass: weight and bias,
+    the running statistics (updated in place), and new save_mean/save_invstd
+    arrays, each with its C pointer."""
+    _, w = _channels(weight, c, "weight")
+    _, b = _channels(bias, c, "bias")
+    _, rm = _channels(running_mean, c, "running_mean", writable=True)
+    _, rv = _channels(running_var, c, "running_var", writable=True)
+    save_mean, sm = _new_channels(c)
+    save_invstd, si = _new_channels(c)
+    return w, b, rm, rv, save_mean, sm, save_invstd, si
+
+
 def _data(a):
     """The data pointer of a tensor; NULL for None or an empty tensor (n == 0)."""
     if a is None or a.size == 0:
@@ -319,12 +332,8 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
     activation None or "relu" (in the same pass over memory).
     """
     x, desc, c, z, act = _forward_args(x, dtype, layout, z, activation)
-    _, w = _channels(weight, c, "weight")
-    _, b = _channels(bias, c, "bias")
-    _, rm = _channels(running_mean, c, "running_mean", writable=True)
-    _, rv = _channels(running_var, c, "running_var", writable=True)
-    save_mean, sm = _new_channels(c)
-    save_invstd, si = _new_channels(c)
+    w, b, rm, rv, save_mean, sm, save_invstd, si = _training_channels(
+        weight, bias, running_mean, running_var, c)
     y = np.empty_like(x)
     _check(_forward_training_ex(_context(ctx), ctypes.byref(desc), _data(x),
                                 _data(z), _data(y), act, w, b, eps,
@@ -537,12 +546,8 @@ def forward_apply(x, weight, bias, count, mean, m2, eps=1e-5, momentum=0.1, runn
     _, v = _channels(m2, c, "m2", dtype=np.float64)
     if m is None or v is None:
         raise ValueError("mean and m2 are required")
-    _, w = _channels(weight, c, "weight")
-    _, b = _channels(bias, c, "bias")
-    _, rm = _channels(running_mean, c, "running_mean", writable=True)
-    _, rv = _channels(running_var, c, "running_var", writable=True)
-    save_mean, sm = _new_channels(c)
-    save_invstd, si = _new_channels(c)
+    w, b, rm, rv, save_mean, sm, save_invstd, si = _training_channels(
+        weight, bias, running_mean, running_var, c)
     y = np.empty_like(x)
     _check(_forward_apply(_context(ctx), ctypes.byref(desc), _data(x), _data(y), w, b, count, m,
                           v, eps, momentum, rm, rv, sm, si), "bnorm_forward_apply")

@@ -186,18 +186,6 @@ bnorm_status Exchange(MPI_Comm comm, Call call, bnorm_status local, const bnorm:
   return BNORM_OK;
 }
 
-// Runs a body, turning an escaping exception into a status.
-template <typename Body>
-bnorm_status Guard(const Body& body) noexcept {
-  try {
-    return body();
-  } catch (const std::bad_alloc&) {
-    return BNORM_ERR_OUT_OF_MEMORY;
-  } catch (...) {
-    return BNORM_ERR_INTERNAL;
-  }
-}
-
 }  // namespace
 }  // namespace bnorm_mpi
 
@@ -210,7 +198,7 @@ bnorm_status bnorm_mpi_forward_training(MPI_Comm comm, const bnorm_context* ctx,
                                         float* save_mean, float* save_invstd) {
   using namespace bnorm_mpi;
   if (bnorm_status s = CheckComm(comm); s != BNORM_OK) return s;
-  return Guard([&] {
+  return bnorm::Guard([&] {
     bnorm::Tensor t;
     const bnorm_status local =
         bnorm::CheckForwardApply(desc, &t, x, y, gamma, beta, eps, momentum, running_mean,
@@ -236,7 +224,7 @@ bnorm_status bnorm_mpi_backward(MPI_Comm comm, const bnorm_context* ctx,
                                 const float* save_invstd, float* dgamma, float* dbeta) {
   using namespace bnorm_mpi;
   if (bnorm_status s = CheckComm(comm); s != BNORM_OK) return s;
-  return Guard([&] {
+  return bnorm::Guard([&] {
     bnorm::Tensor t;
     const bnorm_status local =
         bnorm::CheckBackwardApply(desc, &t, x, dy, dx, gamma, save_mean, save_invstd, dgamma,
