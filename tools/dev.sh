@@ -44,6 +44,11 @@ case "${1:-}" in
     configure_and_build build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_WERROR=ON \
       -DBNORM_SANITIZE=address,undefined -DBNORM_BUILD_BENCH=OFF
     (cd build/asan && ctest -j "$jobs" -L unit --output-on-failure)
+    # libbnorm_mpi under ASan + UBSan too; LeakSanitizer off there, since Open
+    # MPI itself keeps allocations to exit (bnorm's leaks: the unit tests above).
+    if [ -e build/asan/tests/mpi/CTestTestfile.cmake ]; then
+      (cd build/asan && ASAN_OPTIONS=detect_leaks=0 ctest -L mpi --output-on-failure)
+    fi
     # ThreadSanitizer (clang) on the concurrency tests, each in its own process.
     CC=clang CXX=clang++ cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DBNORM_SANITIZE=thread -DBNORM_BUILD_BENCH=OFF \

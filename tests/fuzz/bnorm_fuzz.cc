@@ -1310,8 +1310,6 @@ void Fill(Call& k) {
 // stats_merge grows with its count.
 void DeriveDefaults(Call& k) {
   if (!k.allocatable || k.in.U8(kDataMode + 3) % 16 != 0) return;
-  const int64_t m = k.Values();
-  const double scale = m > 0 && k.total >= m ? static_cast<double>(k.total) / static_cast<double>(m) : 1.0;
   if (k.op == kStatsMerge) {
     if (k.Null(0) || k.Null(2)) return;
     for (int64_t j = 0; j < k.n; ++j) {
@@ -1324,7 +1322,11 @@ void DeriveDefaults(Call& k) {
     return;
   }
   const bool fwd = k.op == kFwdApply, bwd = k.op == kBwdApply;
-  if ((!fwd && !bwd) || m == 0 || k.Null(0)) return;
+  if (!fwd && !bwd) return;  // (other ops' n and sp need not make a tensor)
+  const int64_t m = k.Values();
+  if (m == 0 || k.Null(0)) return;
+  const double scale =
+      k.total >= m ? static_cast<double>(k.total) / static_cast<double>(m) : 1.0;
   for (int64_t ch = 0; ch < k.c; ++ch) {
     double sx = 0, sdy = 0, sq = 0, sdyxmu = 0;
     const double smean = bwd && !k.Null(7) ? LoadF(k.Live(7), ch) : 0.0;
