@@ -15,7 +15,6 @@
 #include <stdint.h>
 
 #include <algorithm>
-#include <type_traits>
 
 #include "convert-inl.h"
 #include "hwy/cache_control.h"
@@ -44,18 +43,18 @@ HWY_INLINE void StoreSpan(Elem<kT>* out, size_t len, const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t U = StoreUnitLanes<kT>(df);
+  constexpr size_t N = hn::MaxLanes(df);
+  constexpr size_t kVecs = U / N;  // f32 vectors per store
   size_t j = 0;
-  const auto unit = [&](auto stream) HWY_ATTR {
-    StoreUnit<kT, decltype(stream)::value>(
-        df, out + j, [&](auto d, size_t o) HWY_ATTR { return value(d, j + o); });
-  };
   if (kStream) {
     for (const size_t peel = PeelToAlignment(out, U, len); j < peel; ++j) {
       StoreF32<kT, false>(d1, value(d1, j), out + j);
     }
-    for (; j + U <= len; j += U) unit(std::true_type());
-  } else {
-    for (; j + U <= len; j += U) unit(std::false_type());
+  }
+  for (; j + U <= len; j += U) {
+    hn::Vec<decltype(df)> v[kVecs];
+    for (size_t h = 0; h < kVecs; ++h) v[h] = value(df, j + h * N);
+    StoreUnit<kT, kStream>(df, out + j, [&](auto, size_t o) HWY_ATTR { return v[o / N]; });
   }
   for (; j < len; ++j) StoreF32<kT, false>(d1, value(d1, j), out + j);
 }
@@ -86,7 +85,9 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
   // rows go one at a time: four rows of 2 KiB (f16 C = 1024) share 4 KiB
   // pages, which the hardware prefetcher follows badly (64x1024x14x14 f16
   // 2.98 -> 1.61x a copy with one row at a time).
-  if (q0 == 0 && period % U == 0 && period * sizeof(Elem<kT>) % 4096 == 0 && rows_aligned) {
+  const size_t row_bytes = period * sizeof(Elem<kT>);
+  if (q0 == 0 && period % U == 0 && (row_bytes % 4096 == 0 || 4 * row_bytes <= 4096) &&
+      rows_aligned) {
     constexpr size_t kRows = 4;
     const size_t groups = len / period / kRows;
     for (size_t g = 0; g < groups; ++g, i += kRows * period) {
@@ -121,13 +122,17 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
     }
   }
   // period >= N (plan.h), so the second vector of a pair starts within one
-  // period of q.
+  // period of q. The vectors are computed into plain locals first: a
+  // lambda capturing i and q kept them in memory (f32 NHWC inference of
+  // 4x64x7x7 2.5x slower).
   while (i + U <= len) {
-    StoreUnit<kT, kStream>(df, out + i, [&](auto d, size_t o) HWY_ATTR {
-      size_t qo = q + o;
-      if (qo >= period) qo -= period;
-      return value(d, i + o, constants(d, qo));
-    });
+    hn::Vec<decltype(df)> v[kVecs];
+    for (size_t h = 0; h < kVecs; ++h) {
+      size_t qh = q + h * N;
+      if (qh >= period) qh -= period;
+      v[h] = value(df, i + h * N, constants(df, qh));
+    }
+    StoreUnit<kT, kStream>(df, out + i, [&](auto, size_t o) HWY_ATTR { return v[o / N]; });
     advance(U);
   }
   while (i < len) {
@@ -180,33 +185,7 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   int64_t ahead_left = ahead.input[0] != nullptr ? ahead.elems : 0;  // not yet fetched
   int64_t line_left = 0;  // output elements until the next prefetch
   auto k = constants(df, ch);
-  bool k_stale = false;  // k is still the previous channel's
-  // The values of the vector at e, which advances e's run. A vector that
-  // ends its run exactly leaves the next channel's constants unread until a
-  // vector needs them: they may lie beyond this range, where another thread
-  // may still be writing them (channel-fused plans).
-  const auto next_vector = [&]() HWY_ATTR {
-    if (k_stale) {
-      k = constants(df, ch);
-      k_stale = false;
-    }
-    auto v = value(df, e, k);
-    if (left > N) {
-      left -= N;
-    } else if (left == N) {
-      ch = next_channel(ch);
-      left = spatial;
-      k_stale = true;
-    } else {  // the vector reaches into the next run
-      ch = next_channel(ch);
-      const auto next = constants(df, ch);
-      v = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v, value(df, e, next));
-      left += spatial - N;
-      k = next;
-    }
-    e += N;
-    return v;
-  };
+  constexpr int64_t kVecs = U / N;  // f32 vectors per store
   while (e + U <= end) {
     if (ahead_left > 0 && (line_left -= U) <= 0) {
       line_left += kLineElems;
@@ -223,7 +202,33 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
       }
     }
     Elem<kT>* p = out + (e - begin);
-    StoreUnit<kT, kStream>(df, p, [&](auto, size_t) HWY_ATTR { return next_vector(); });
+    // The vectors of this store, each advancing e's run. Plain locals, no
+    // lambda holding the run state: it stays in registers (a capturing
+    // lambda made f32 inference of 4x256x7x7 2.7x slower). The next
+    // channel's constants are read only once an element of it lies in this
+    // range: beyond it, another thread may still be writing them
+    // (channel-fused plans); a vector that ends both its run and the range
+    // leaves k stale, and no vector follows it.
+    hn::Vec<decltype(df)> v[kVecs];
+    for (int64_t h = 0; h < kVecs; ++h) {
+      v[h] = value(df, e, k);
+      if (left > N) {
+        left -= N;
+      } else {  // the vector ends this run (and may reach into the next)
+        ch = next_channel(ch);
+        if (left < N) {
+          const auto next = constants(df, ch);
+          v[h] = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v[h],
+                                value(df, e, next));
+          k = next;
+        } else if (e + N < end) {
+          k = constants(df, ch);
+        }
+        left += spatial - N;
+      }
+      e += N;
+    }
+    StoreUnit<kT, kStream>(df, p, [&](auto, size_t o) HWY_ATTR { return v[o / N]; });
   }
   while (e < end) store_one();
 }
