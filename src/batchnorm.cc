@@ -157,11 +157,14 @@ struct NoPrepare {
 //   apply_group(c0, c1, c2): applies to channels [c0, c1) and prefetches the
 //                       inputs of [c1, c2), the group reduced next (fused NCHW)
 //   apply_unit(a):      applies to unit a of the apply pass (two-phase)
-template <class Prepare, class Reduce, class Finalize, class ApplyGroup, class ApplyUnit>
+//   apply_flat(b, e):   applies to flat elements [b, e) (two-phase, flat_apply)
+template <class Prepare, class Reduce, class Finalize, class ApplyGroup, class ApplyUnit,
+          class ApplyFlat>
 void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionPlan& rp,
-                    const ExecutionPlan& plan, bool apply, const Prepare& prepare,
-                    const Reduce& reduce, const Finalize& finalize, const ApplyGroup& apply_group,
-                    const ApplyUnit& apply_unit) {
+                    const ExecutionPlan& plan, const ElementwisePlan& ep, bool apply,
+                    const Prepare& prepare, const Reduce& reduce, const Finalize& finalize,
+                    const ApplyGroup& apply_group, const ApplyUnit& apply_unit,
+                    const ApplyFlat& apply_flat) {
   const bool single = plan.threads == 1;
   if (plan.strategy == Strategy::kChannelFused) {
     // A static partition: each thread knows the group it does next.
@@ -187,6 +190,10 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
   });
   ParallelFor(ctx, p.c, kChannelsPerChunk, finalize, single);
   if (!apply) return;
+  if (plan.flat_apply) {
+    ParallelFor(ctx, p.Elements(), ep.task_elems, apply_flat, single);
+    return;
+  }
   // Each thread takes back its own units, most recently reduced first.
   ParallelForStatic(ctx, plan.apply_units, single, [&](int64_t a0, int64_t a1) {
     for (int64_t a = a1; a-- > a0;) apply_unit(a);
@@ -276,20 +283,27 @@ bool AcquireConstants(const bnorm_context* ctx, int64_t count, ScratchPool::Leas
   return true;
 }
 
-// The elementwise pass y = act((x - mean) * scale + shift + z) over the whole
-// tensor, with the constants already set.
+// y = act((x - mean) * scale + shift + z) for flat elements [begin, end),
+// with the constants already set.
+void NormalizeRange(const Problem& p, const ElementwisePlan& ep, int64_t target, const void* x,
+                    void* y, const AffineConstants& affine, const Epilogue& epi, bool stream,
+                    int64_t begin, int64_t end) {
+  if (p.nhwc) {
+    NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, epi);
+  } else {
+    NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream, Lookahead(),
+                  epi);
+  }
+}
+
+// The elementwise pass over the whole tensor.
 void NormalizePass(const bnorm_context* ctx, const Problem& p, const ElementwisePlan& ep,
                    int64_t target, const void* x, void* y, const AffineConstants& affine,
                    const Epilogue& epi, bool stream, bool single) {
   ParallelFor(
       ctx, p.Elements(), ep.task_elems,
       [&](int64_t begin, int64_t end) {
-        if (p.nhwc) {
-          NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, epi);
-        } else {
-          NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream,
-                        Lookahead(), epi);
-        }
+        NormalizeRange(p, ep, target, x, y, affine, epi, stream, begin, end);
       },
       single);
 }
@@ -351,8 +365,11 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
                     plan.stream_output, epi);
     }
   };
-  RunReduceApply(ctx, p, rp, plan, /*apply=*/true, prepare, reduce, finalize, apply_group,
-                 apply_unit);
+  const auto apply_flat = [&](int64_t begin, int64_t end) {
+    NormalizeRange(p, ep, target, x, y, affine, epi, plan.stream_output, begin, end);
+  };
+  RunReduceApply(ctx, p, rp, plan, ep, /*apply=*/true, prepare, reduce, finalize, apply_group,
+                 apply_unit, apply_flat);
   return BNORM_OK;
 }
 
@@ -385,8 +402,8 @@ bnorm_status Stats(const bnorm_context* ctx, const Problem& p, const void* x, do
   };
   const auto none = [](auto...) {};
   RunReduceApply(
-      ctx, p, rp, plan, /*apply=*/false, [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); },
-      [&](int64_t u) { stats.Reduce(u); }, finalize, none, none);
+      ctx, p, rp, plan, ElementwisePlan(), /*apply=*/false, [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); },
+      [&](int64_t u) { stats.Reduce(u); }, finalize, none, none, none);
   return BNORM_OK;
 }
 
@@ -531,6 +548,14 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     }
   };
 
+  // The apply pass over flat elements [begin, end).
+  const auto apply_range = [&](int64_t begin, int64_t end, bool stream) {
+    if (p.nhwc) {
+      GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream);
+    } else {
+      GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, begin, end, grad, stream);
+    }
+  };
   // A pure elementwise pass (frozen dx, dz only, or given sums) after the
   // per-channel finalize.
   const auto elementwise = [&](const auto& sum_at) {
@@ -542,14 +567,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     const bool stream = ShouldStream(p, tensors_read, DetectedCacheSizes().llc);
     ParallelFor(
         ctx, p.Elements(), ep.task_elems,
-        [&](int64_t begin, int64_t end) {
-          if (p.nhwc) {
-            GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream);
-          } else {
-            GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, begin, end, grad, stream);
-          }
-        },
-        single);
+        [&](int64_t begin, int64_t end) { apply_range(begin, end, stream); }, single);
   };
   const auto merged_at_ch = [&](int64_t ch) { return merged[ch]; };
   if (given_sums) {
@@ -600,8 +618,10 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
                     plan.stream_output);
     }
   };
-  RunReduceApply(ctx, p, rp, plan, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize,
-                 apply_group, apply_unit);
+  RunReduceApply(ctx, p, rp, plan, ep, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize,
+                 apply_group, apply_unit, [&](int64_t begin, int64_t end) {
+                   apply_range(begin, end, plan.stream_output);
+                 });
   if (dz_only) elementwise(merged_at_ch);
   return BNORM_OK;
 }

@@ -120,10 +120,12 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   plan.apply_units = rp.nhwc ? rp.row_units : rp.num_units;
   const int64_t read_bytes = p.Elements() * tensors_read * p.ElemBytes();
   plan.reduce_rows_at_once = read_bytes > caches.llc ? 1 : 4;
-  // NCHW two-phase applies one channel's runs at a time: stream only when the
-  // runs are long enough that their partial edge lines do not matter.
+  plan.flat_apply = read_bytes > caches.llc;
+  // NCHW units apply one channel's runs at a time: stream only when the runs
+  // are long enough that their partial edge lines do not matter (flat tasks
+  // store whole lines across channel boundaries).
   plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc / 2) &&
-                       (p.nhwc || p.spatial * p.ElemBytes() >= 4096);
+                       (p.nhwc || plan.flat_apply || p.spatial * p.ElemBytes() >= 4096);
   return plan;
 }
 

@@ -111,6 +111,12 @@ struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;
   int64_t channels_per_task = 1;  // kChannelFused: channels per group
   int64_t apply_units = 0;        // kTwoPhase: units of the apply pass
+  // kTwoPhase with inputs beyond the LLC: the apply pass re-reads them from
+  // DRAM whichever thread runs it, so it goes over the flat tensor in
+  // contiguous tasks (ElementwisePlan) instead of unit by unit in reverse.
+  // NCHW units are runs `c * spatial` apart; contiguous tasks keep each
+  // stream on a few pages (measured with bnorm_bench: docs/performance.md).
+  bool flat_apply = false;
   bool stream_output = false;     // non-temporal stores: see ShouldStream
   // NHWC reductions: vector rows added per load of the per-position sums.
   // Four save state traffic from cache; one row at a time keeps a single

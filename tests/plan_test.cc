@@ -137,5 +137,33 @@ TEST(Plan, TasksAreBalancedAndLargeEnough) {
   }
 }
 
+// Reduce-then-apply strategies: channel-fused where a channel's slice fits
+// half of L2; two-phase otherwise, whose apply pass goes over the flat tensor
+// exactly when the reduce pass's inputs overflow the LLC (it re-reads DRAM
+// then, whichever thread applies), and unit by unit in reverse otherwise.
+TEST(Plan, StrategyAndApplyOrder) {
+  const CacheSizes caches;  // 1 MiB L2, 8 MiB LLC
+  for (const Problem& p : BenchProblems()) {
+    for (int tensors : {1, 2}) {
+      for (int threads : {1, 2, 16}) {
+        SCOPED_TRACE(testing::Message() << p.n << "x" << p.c << "x" << p.spatial
+                                        << " nhwc=" << p.nhwc << " tensors=" << tensors
+                                        << " threads=" << threads);
+        const ExecutionPlan plan = PlanExecution(p, PlanReduction(p), tensors, threads, caches);
+        const int64_t slice = p.Values() * tensors * p.ElemBytes();
+        const int64_t read = p.Elements() * tensors * p.ElemBytes();
+        const bool fused = !p.nhwc && slice <= caches.l2 / 2 && p.c >= plan.threads;
+        EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
+        EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
+        // Outputs bypass the caches only where inputs and output overflow
+        // half the LLC.
+        if (plan.stream_output) {
+          EXPECT_GT(read + p.Elements() * p.ElemBytes(), caches.llc / 2);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace bnorm
