@@ -245,8 +245,18 @@ inline void FinalizeForwardChannel(const Problem& p, int64_t klen, float* consts
               static_cast<float>(b - (mean - static_cast<double>(mean_f)) * scale));
 }
 
-// The statistics reduction of a forward pass: scratch for the partials and
-// pivots, and the prepare/reduce steps of RunReduceApply.
+// Where a forward pass's statistics scratch (unit partials, merged
+// per-channel moments, pivots) lies in the call's scratch layout.
+struct StatsScratch {
+  size_t partials_at, merged_at, pivots_at;
+  StatsScratch(const Problem& p, const ReductionPlan& rp, ScratchLayout* layout)
+      : partials_at(layout->Add<Moments>(rp.NumPartials(p))),
+        merged_at(layout->Add<Moments>(p.c)),
+        pivots_at(layout->Add<float>(p.c)) {}
+};
+
+// The statistics reduction of a forward pass over its scratch: the
+// prepare/reduce steps of RunReduceApply, and the merge of a channel range.
 struct StatsReduction {
   const Problem& p;
   const ReductionPlan& rp;
@@ -254,7 +264,20 @@ struct StatsReduction {
   int64_t target;
   const void* x;
   Moments* partials;
+  Moments* merged;
   float* pivots;
+
+  StatsReduction(const Problem& p_, const ReductionPlan& rp_, const ExecutionPlan& plan_,
+                 int64_t target_, const void* x_, const ScratchPool::Lease& lease,
+                 const StatsScratch& at)
+      : p(p_),
+        rp(rp_),
+        plan(plan_),
+        target(target_),
+        x(x_),
+        partials(ScratchAt<Moments>(lease, at.partials_at)),
+        merged(ScratchAt<Moments>(lease, at.merged_at)),
+        pivots(ScratchAt<float>(lease, at.pivots_at)) {}
 
   void Prepare(int64_t c0, int64_t c1) const {
     ChannelPivots(p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
@@ -271,6 +294,8 @@ struct StatsReduction {
                     partials + unit.row_unit * p.c + unit.c0);
     }
   }
+  // Merges the partials of channels [c0, c1) into merged[c0, c1).
+  void Merge(int64_t c0, int64_t c1) const { MergeStats(p, rp, partials, c0, c1, merged + c0); }
 };
 
 // Scratch for `count` floats of apply constants: false when out of memory.
@@ -322,16 +347,13 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const int64_t klen = ConstantsLength(p, ep);
 
   ScratchLayout layout;
-  const size_t partials_at = layout.Add<Moments>(rp.NumPartials(p));
-  const size_t merged_at = layout.Add<Moments>(p.c);
-  const size_t pivots_at = layout.Add<float>(p.c);
+  const StatsScratch stats_at(p, rp, &layout);
   const size_t consts_at = layout.Add<float>(3 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
-  Moments* merged = ScratchAt<Moments>(lease, merged_at);
   float* consts = ScratchAt<float>(lease, consts_at);
-  const StatsReduction stats{p,      rp, plan, target, x, ScratchAt<Moments>(lease, partials_at),
-                             ScratchAt<float>(lease, pivots_at)};
+  const StatsReduction stats(p, rp, plan, target, x, lease, stats_at);
+  const Moments* merged = stats.merged;
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const ForwardOutputs outputs{gamma,        beta,        eps,       momentum,
                                running_mean, running_var, save_mean, save_invstd};
@@ -340,7 +362,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const auto prepare = [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); };
   const auto reduce = [&](int64_t u) { stats.Reduce(u); };
   const auto finalize = [&](int64_t c0, int64_t c1) {
-    MergeStats(p, rp, stats.partials, c0, c1, merged + c0);
+    stats.Merge(c0, c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
       FinalizeForwardChannel(p, klen, consts, outputs, m, ch, merged[ch].mean, merged[ch].m2);
     }
@@ -384,17 +406,13 @@ bnorm_status Stats(const bnorm_context* ctx, const Problem& p, const void* x, do
   const ExecutionPlan plan =
       PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes());
   ScratchLayout layout;
-  const size_t partials_at = layout.Add<Moments>(rp.NumPartials(p));
-  const size_t merged_at = layout.Add<Moments>(p.c);
-  const size_t pivots_at = layout.Add<float>(p.c);
+  const StatsScratch stats_at(p, rp, &layout);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
-  Moments* merged = ScratchAt<Moments>(lease, merged_at);
-  const StatsReduction stats{p,       rp, plan, ActiveTargetBit(), x,
-                             ScratchAt<Moments>(lease, partials_at),
-                             ScratchAt<float>(lease, pivots_at)};
+  const StatsReduction stats(p, rp, plan, ActiveTargetBit(), x, lease, stats_at);
+  const Moments* merged = stats.merged;
   const auto finalize = [&](int64_t c0, int64_t c1) {
-    MergeStats(p, rp, stats.partials, c0, c1, merged + c0);
+    stats.Merge(c0, c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
       mean[ch] = merged[ch].mean;
       m2[ch] = merged[ch].m2;
