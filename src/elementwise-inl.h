@@ -126,7 +126,7 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
   // period >= N (plan.h), so the second vector of a pair starts within one
   // period of q. The vectors are computed into plain locals first: a
   // lambda capturing i and q kept them in memory (f32 NHWC inference of
-  // 4x64x7x7 2.5x slower).
+  // 4x64x7x7 rows one at a time, from L2: 4.8 -> 4.0 us without it).
   while (i + U <= len) {
     hn::Vec<decltype(df)> v[kVecs];
     for (size_t h = 0; h < kVecs; ++h) {
@@ -206,7 +206,7 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
     Elem<kT>* p = out + (e - begin);
     // The vectors of this store, each advancing e's run. Plain locals, no
     // lambda holding the run state: it stays in registers (a capturing
-    // lambda made f32 inference of 4x256x7x7 2.7x slower). The next
+    // lambda made f32 inference of 4x256x7x7 from L2 16.5 us, not 7.7). The next
     // channel's constants are read only once an element of it lies in this
     // range: beyond it, another thread may still be writing them
     // (channel-fused plans); a vector that ends both its run and the range
