@@ -420,8 +420,9 @@ bnorm_status Stats(const bnorm_context* ctx, const Problem& p, const void* x, do
   };
   const auto none = [](auto...) {};
   RunReduceApply(
-      ctx, p, rp, plan, ElementwisePlan(), /*apply=*/false, [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); },
-      [&](int64_t u) { stats.Reduce(u); }, finalize, none, none, none);
+      ctx, p, rp, plan, ElementwisePlan(), /*apply=*/false,
+      [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); }, [&](int64_t u) { stats.Reduce(u); },
+      finalize, none, none, none);
   return BNORM_OK;
 }
 

@@ -101,7 +101,8 @@ struct CacheSizes {
 //  kTwoPhase: every unit is reduced (in parallel), all channels finalized,
 //    then the same units are applied, each thread taking the units it reduced
 //    in reverse order, so the most recently read data (still in L2/LLC) goes
-//    first. Used when channels are fewer than threads or larger than L2, and
+//    first; beyond the LLC the apply pass goes over the flat tensor instead
+//    (flat_apply). Used when channels are fewer than threads or larger than L2, and
 //    for NHWC.
 // The reduction units and their merge order are the same in both: the
 // strategy never changes a result bit.
