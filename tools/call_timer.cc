@@ -1,0 +1,84 @@
+// Single-thread timer of one bnorm call, for A/B comparisons of two builds
+// of libbnorm where bnorm_bench's ratios are too noisy (a tensor that fits
+// L2, one-thread context, no copy baseline). Not built by CMake:
+//   g++ -O2 tools/call_timer.cc -Iinclude -Lbuild/release -lbnorm -o /tmp/call_timer
+//   LD_LIBRARY_PATH=build/release /tmp/call_timer N C SPATIAL NHWC OP [THREADS [DTYPE]]
+// OP: train | inf | back; NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
+// Prints the best of 15 repetitions of the mean µs per call. Machines are
+// noisy: alternate the two builds over several processes, compare minima.
+#include <bnorm/bnorm.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+int main(int argc, char** argv) {
+  if (argc < 6) {
+    std::fprintf(stderr, "usage: %s N C SPATIAL NHWC train|inf|back [THREADS [DTYPE]]\n", argv[0]);
+    return 2;
+  }
+  const int64_t n = std::atoll(argv[1]), c = std::atoll(argv[2]), sp = std::atoll(argv[3]);
+  const bool nhwc = std::atoi(argv[4]) != 0;
+  const char* op = argv[5];
+  const int threads = argc > 6 ? std::atoi(argv[6]) : 1;
+  const int dtype = argc > 7 ? std::atoi(argv[7]) : 0;
+  const bnorm_tensor_desc d{n, c, sp, nhwc ? BNORM_LAYOUT_NHWC : BNORM_LAYOUT_NCHW,
+                            static_cast<bnorm_dtype>(dtype)};
+  const size_t count = static_cast<size_t>(n * c * sp);
+  // f32 buffers; 16-bit tensors use the first half of each as their elements.
+  std::vector<float> x(count), y(count), dy(count), dx(count);
+  std::vector<float> gamma(c, 1.1f), beta(c, 0.1f), rmean(c), rvar(c, 1.0f), smean(c), sinv(c),
+      dgamma(c), dbeta(c);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = 3.0f + normal(rng);
+  for (float& v : dy) v = normal(rng);
+  if (dtype != 0) {
+    for (std::vector<float>* t : {&x, &dy}) {
+      auto* h = reinterpret_cast<uint16_t*>(t->data());
+      for (size_t i = 0; i < count; ++i) {
+        uint32_t u;
+        std::memcpy(&u, &(*t)[i], 4);
+        h[i] = dtype == 1 ? static_cast<uint16_t>(u >> 16)  // bf16 (truncated: fine here)
+                          : static_cast<uint16_t>(0x3C00 ^ ((u >> 20) & 0x3FF));  // f16 in [1, 2)
+      }
+    }
+  }
+  bnorm_context* ctx = nullptr;
+  if (bnorm_context_create(threads, &ctx) != BNORM_OK) return 1;
+  const auto call = [&] {
+    if (!std::strcmp(op, "train")) {
+      return bnorm_forward_training(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f,
+                                    0.1f, rmean.data(), rvar.data(), smean.data(), sinv.data());
+    }
+    if (!std::strcmp(op, "inf")) {
+      return bnorm_forward_inference(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(),
+                                     smean.data(), rvar.data(), 1e-5f);
+    }
+    return bnorm_backward(ctx, &d, x.data(), dy.data(), dx.data(), gamma.data(), smean.data(),
+                          sinv.data(), dgamma.data(), dbeta.data());
+  };
+  // Statistics for inference and backward, and a warm context.
+  if (bnorm_forward_training(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
+                             rmean.data(), rvar.data(), smean.data(), sinv.data()) != BNORM_OK ||
+      call() != BNORM_OK) {
+    std::fprintf(stderr, "bnorm call failed\n");
+    return 1;
+  }
+  const int calls = static_cast<int>(std::max<int64_t>(1, 20000000 / static_cast<int64_t>(count)));
+  double best = 1e30;
+  for (int rep = 0; rep < 15; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int k = 0; k < calls; ++k) call();
+    const std::chrono::duration<double, std::micro> t = std::chrono::steady_clock::now() - t0;
+    best = std::min(best, t.count() / calls);
+  }
+  std::printf("%.2f\n", best);
+  bnorm_context_destroy(ctx);
+  return 0;
+}
