@@ -40,6 +40,20 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
   for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(bp + b);
 }
 
+// Adds the lanes of v (float) into a double.
+template <class D>
+HWY_INLINE double SumLanes(D d, hn::Vec<D> v) {
+  HWY_ALIGN float lanes[hn::MaxLanes(D())];
+  hn::Store(v, d, lanes);
+  double total = 0.0;
+  for (size_t l = 0; l < hn::MaxLanes(D()); ++l) total += static_cast<double>(lanes[l]);
+  return total;
+}
+
+// Vector accumulators of the NCHW sums: enough independent adds to hide
+// their latency.
+constexpr size_t kAcc = 4;
+
 // Vector steps (per lane) of float accumulation before a fold into double.
 // Equal shifted values round the same way at every step, so the error of a
 // block's Q grows with its length, not its square root: 128 steps gave
@@ -83,6 +97,34 @@ constexpr double kMaxShiftedRatio = 4.0;
 
 HWY_INLINE bool ShiftTrusted(double shifted, const Moments& m) {
   return shifted <= kMaxShiftedRatio * m.m2;
+}
+
+// Runs of at most this many values take the short-run kernels
+// (StatsShortRunsT, GradSumsShortRunsT) when a unit holds whole runs: a
+// channel of 7x7 or 14x14 images is 49- or 196-value runs c * spatial apart,
+// and the general kernels' per-run control flow (lengths, bounds, block
+// checks per loop) cost as much as the sums themselves.
+constexpr int64_t kShortRun = 512;
+
+// Whether a unit [begin, end) of a channel takes the short-run kernels: whole
+// runs of at most kShortRun values, each at most kBlockSteps steps of the
+// accumulators (SCALAR: 128 values) and at least a vector long (the last
+// values of a run are summed from the run's last vector, see ShortRunTail).
+HWY_INLINE bool ShortRuns(int64_t spatial, int64_t begin, int64_t end) {
+  constexpr int64_t kLanes = static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()));
+  constexpr int64_t kMaxRun = static_cast<int64_t>(kBlockSteps * kAcc) * kLanes;
+  return spatial >= kLanes && spatial <= std::min(kShortRun, kMaxRun) && begin % spatial == 0 &&
+         end % spatial == 0;
+}
+
+// The lanes of a run's last vector that hold its last `tail` values (those
+// after its whole vectors): the short-run kernels load the vector that ends
+// the run, which lies within it (no read beyond the run, for any type and
+// target), and keep these lanes. A masked load would do for f32 on AVX2 only,
+// and 16-bit and f32 tensors of the same values must sum alike (dtype_test).
+template <class DF>
+HWY_INLINE hn::Mask<DF> ShortRunTail(DF df, size_t tail) {
+  return hn::Not(hn::FirstN(df, hn::MaxLanes(df) - tail));
 }
 
 // kAcc vector accumulators of sum(dy) and sum(dy * (x - mean)), folded into

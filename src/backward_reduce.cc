@@ -27,7 +27,6 @@ GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
-  constexpr size_t kAcc = 4;
   GradSumRegisters<decltype(df), kAcc> main(df);
   GradSumRegisters<decltype(df), 1> rest(df);
   GradSumRegisters<decltype(d1), 1> one(d1);
@@ -60,6 +59,85 @@ GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>
   main.AddTo(sums);
   rest.AddTo(sums);
   one.AddTo(sums);
+  return sums;
+}
+
+// Sums of `runs` whole runs of `spatial` values, from image i0 on, of channel
+// ch: the sums of GradSumsNchwUnitT with a loop shape fixed for all runs, as
+// StatsShortRunsT does for the statistics (short runs, ShortRuns()).
+template <DType kT, bool kMask>
+GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
+                            int64_t spatial, int64_t ch, int64_t i0, int64_t runs, float mean) {
+  const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
+  constexpr size_t N = hn::MaxLanes(df);
+  static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
+  const size_t len = static_cast<size_t>(spatial);
+  const size_t groups = len / (kAcc * N);
+  const size_t leftover = (len % (kAcc * N)) / N;
+  const size_t tail = len % N;
+  const size_t steps_per_run = groups + (leftover != 0 ? 1 : 0);
+  const size_t runs_per_block = kBlockSteps / std::max<size_t>(steps_per_run, 1);
+  HWY_DASSERT(runs_per_block >= 1);  // ShortRuns
+  const auto tail_mask = ShortRunTail(df, tail);
+  const V vmean = hn::Set(df, mean);
+  const int64_t stride = c * spatial;
+  const int64_t first = (i0 * c + ch) * spatial;
+  const Elem<kT>* xs = x + first;
+  const Elem<kT>* gs = dy + first;
+  const Elem<kT>* ys = kMask ? y + first : nullptr;
+  GradSums sums;
+  for (int64_t r = 0; r < runs;) {
+    const int64_t block_runs = std::min<int64_t>(static_cast<int64_t>(runs_per_block), runs - r);
+    V s_dy[kAcc], s_xmu[kAcc];
+    for (size_t a = 0; a < kAcc; ++a) s_dy[a] = s_xmu[a] = hn::Zero(df);
+    V t_dy = hn::Zero(df), t_xmu = hn::Zero(df);
+    for (int64_t k = 0; k < block_runs; ++k) {
+      if (r + k + 1 < runs) {  // the next image's run (see StatsShortRunsT)
+        PrefetchRun(xs + stride, spatial, sizeof(Elem<kT>));
+        PrefetchRun(gs + stride, spatial, sizeof(Elem<kT>));
+      }
+      size_t j = 0;
+      for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
+        for (size_t a = 0; a < kAcc; ++a) {
+          const size_t at = j + a * N;
+          const V gv = MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr);
+          const V xmu = hn::Sub(LoadF32<kT>(df, xs + at), vmean);
+          s_dy[a] = hn::Add(s_dy[a], gv);
+          s_xmu[a] = hn::MulAdd(gv, xmu, s_xmu[a]);
+        }
+      }
+      // The leftover vectors one per accumulator (constant indices).
+      for (size_t a = 0; a < 3; ++a) {
+        if (a >= leftover) break;
+        const size_t at = j + a * N;
+        const V gv = MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr);
+        const V xmu = hn::Sub(LoadF32<kT>(df, xs + at), vmean);
+        s_dy[a] = hn::Add(s_dy[a], gv);
+        s_xmu[a] = hn::MulAdd(gv, xmu, s_xmu[a]);
+      }
+      if (tail != 0) {  // from the run's last vector (ShortRunTail)
+        const size_t at = len - N;
+        const V gv = hn::IfThenElseZero(
+            tail_mask, MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr));
+        // Both masked: an Inf or NaN among the values already summed would
+        // make 0 * xmu NaN.
+        const V xmu = hn::IfThenElseZero(tail_mask, hn::Sub(LoadF32<kT>(df, xs + at), vmean));
+        t_dy = hn::Add(t_dy, gv);
+        t_xmu = hn::MulAdd(gv, xmu, t_xmu);
+      }
+      xs += stride;
+      gs += stride;
+      if (kMask) ys += stride;
+    }
+    r += block_runs;
+    for (size_t a = 1; a < kAcc; ++a) {
+      s_dy[0] = hn::Add(s_dy[0], s_dy[a]);
+      s_xmu[0] = hn::Add(s_xmu[0], s_xmu[a]);
+    }
+    sums.sum_dy += SumLanes(df, hn::Add(s_dy[0], t_dy));
+    sums.sum_dy_xmu += SumLanes(df, hn::Add(s_xmu[0], t_xmu));
+  }
   return sums;
 }
 
@@ -163,8 +241,13 @@ GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void
   ForDType(dtype, [&](auto t) HWY_ATTR {
     ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
       constexpr DType kT = decltype(t)::value;
-      g = GradSumsNchwUnitT<kT, decltype(mask)::value>(BNORM_TYPED_ARGS(kT), c, spatial, ch,
-                                                       begin, end, mean);
+      constexpr bool kMask = decltype(mask)::value;
+      if (ShortRuns(spatial, begin, end)) {
+        g = GradSumsShortRunsT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin / spatial,
+                                          (end - begin) / spatial, mean);
+      } else {
+        g = GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean);
+      }
     });
   });
   return g;

@@ -28,16 +28,6 @@ HWY_INLINE Moments Untrusted() {
   return Moments{0.0, std::numeric_limits<double>::quiet_NaN(), 0.0};
 }
 
-// Adds the lanes of v (float) into a double.
-template <class D>
-HWY_INLINE double SumLanes(D d, hn::Vec<D> v) {
-  HWY_ALIGN float lanes[hn::MaxLanes(D())];
-  hn::Store(v, d, lanes);
-  double total = 0.0;
-  for (size_t l = 0; l < hn::MaxLanes(D()); ++l) total += static_cast<double>(lanes[l]);
-  return total;
-}
-
 // The sums are plain locals of this function, updated only by code in its
 // body (no lambda or object holds their address), so they stay in registers
 // across runs: with short NCHW runs (7x7 images) a store and reload of the
@@ -48,7 +38,6 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   constexpr size_t N = hn::MaxLanes(df);
-  constexpr size_t kAcc = 4;
   Moments unit;
   double shifted = 0.0;
   float shift = pivot;
@@ -61,11 +50,12 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
   bool more = true;
   while (more) {  // one block per iteration
     const V vshift = hn::Set(df, shift);
-    V sum[kAcc], sum_sq[kAcc];             // groups of kAcc vectors
-    V rest_sum = hn::Zero(df), rest_sq = hn::Zero(df);  // single vectors
+    V sum[kAcc], sum_sq[kAcc];
     float tail_sum = 0.0f, tail_sq = 0.0f;  // single values
     for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
-    size_t steps = 0, rest_steps = 0, tail_count = 0;
+    // steps: adds into sum[0], the most of any accumulator (the bound of a
+    // block); vectors: full vectors summed; tail_count: single values.
+    size_t steps = 0, vectors = 0, tail_count = 0;
     for (;;) {
       if (j == len) {  // next run
         pos += static_cast<int64_t>(len);
@@ -90,28 +80,131 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
           sum[a] = hn::Add(sum[a], e);
           sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
         }
+        vectors += kAcc;
       }
       if (steps == kBlockSteps) break;
-      for (; j + N <= len; j += N, ++rest_steps) {
-        const V e = hn::Sub(LoadF32<kT>(df, p + j), vshift);
-        rest_sum = hn::Add(rest_sum, e);
-        rest_sq = hn::MulAdd(e, e, rest_sq);
+      // The run's last full vectors (fewer than kAcc) go one per accumulator,
+      // as one more step: with short runs (7x7 images) one accumulator of
+      // their own was a chain of dependent adds through every run. Constant
+      // indices (no loop) keep the accumulators in registers.
+      static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
+      const size_t leftover = (len - j) / N;
+      if (leftover != 0) {
+        const V e0 = hn::Sub(LoadF32<kT>(df, p + j), vshift);
+        sum[0] = hn::Add(sum[0], e0);
+        sum_sq[0] = hn::MulAdd(e0, e0, sum_sq[0]);
+        if (leftover >= 2) {
+          const V e1 = hn::Sub(LoadF32<kT>(df, p + j + N), vshift);
+          sum[1] = hn::Add(sum[1], e1);
+          sum_sq[1] = hn::MulAdd(e1, e1, sum_sq[1]);
+        }
+        if (leftover == 3) {
+          const V e2 = hn::Sub(LoadF32<kT>(df, p + j + 2 * N), vshift);
+          sum[2] = hn::Add(sum[2], e2);
+          sum_sq[2] = hn::MulAdd(e2, e2, sum_sq[2]);
+        }
+        j += leftover * N;
+        vectors += leftover;
+        ++steps;
       }
       for (; j < len; ++j, ++tail_count) {
         const float e = ScalarF32<kT>(p[j]) - shift;
         tail_sum += e;
         tail_sq += e * e;
       }
-      if (rest_steps >= kBlockSteps || tail_count >= kBlockSteps) break;
+      if (steps == kBlockSteps || tail_count >= kBlockSteps) break;
     }
     // Close the block and re-centre on the mean so far.
-    for (size_t a = 0; a < kAcc; ++a) {
-      rest_sum = hn::Add(rest_sum, sum[a]);
-      rest_sq = hn::Add(rest_sq, sum_sq[a]);
+    for (size_t a = 1; a < kAcc; ++a) {
+      sum[0] = hn::Add(sum[0], sum[a]);
+      sum_sq[0] = hn::Add(sum_sq[0], sum_sq[a]);
     }
-    const ShiftedBlock b{static_cast<double>((steps * kAcc + rest_steps) * N + tail_count),
-                         SumLanes(df, rest_sum) + static_cast<double>(tail_sum),
-                         SumLanes(df, rest_sq) + static_cast<double>(tail_sq)};
+    const ShiftedBlock b{static_cast<double>(vectors * N + tail_count),
+                         SumLanes(df, sum[0]) + static_cast<double>(tail_sum),
+                         SumLanes(df, sum_sq[0]) + static_cast<double>(tail_sq)};
+    CloseBlock(b, shift, unit, &shifted);
+    shift = static_cast<float>(unit.mean);
+  }
+  return ShiftTrusted(shifted, unit) ? unit : Untrusted();
+}
+
+// Moments of `runs` whole runs of `spatial` values, from image i0 on, of
+// channel ch: the sums of StatsNchwUnitT with a loop shape fixed for all runs
+// (groups of kAcc vectors, the leftover vectors one per accumulator, the last
+// values of a run in a vector of their own), and blocks of whole runs.
+template <DType kT>
+Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch, int64_t i0,
+                        int64_t runs, float pivot) {
+  const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
+  constexpr size_t N = hn::MaxLanes(df);
+  static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
+  const size_t len = static_cast<size_t>(spatial);
+  const size_t groups = len / (kAcc * N);
+  const size_t leftover = (len % (kAcc * N)) / N;
+  const size_t tail = len % N;
+  // Adds per lane of the busiest accumulator in a run: at most kBlockSteps
+  // per block (the tail's accumulators take one per run).
+  const size_t steps_per_run = groups + (leftover != 0 ? 1 : 0);
+  const size_t runs_per_block = kBlockSteps / std::max<size_t>(steps_per_run, 1);
+  HWY_DASSERT(runs_per_block >= 1);  // ShortRuns
+  const auto tail_mask = ShortRunTail(df, tail);
+  const int64_t stride = c * spatial;
+  const Elem<kT>* p = x + (i0 * c + ch) * spatial;
+  Moments unit;
+  double shifted = 0.0;
+  float shift = pivot;
+  for (int64_t r = 0; r < runs;) {
+    const int64_t block_runs = std::min<int64_t>(static_cast<int64_t>(runs_per_block), runs - r);
+    const V vshift = hn::Set(df, shift);
+    V sum[kAcc], sum_sq[kAcc];
+    for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
+    V tail_sum = hn::Zero(df), tail_sq = hn::Zero(df);
+    for (int64_t k = 0; k < block_runs; ++k) {
+      // The next run is c * spatial values away: no hardware prefetcher
+      // follows it (StatsNchwUnitT).
+      if (r + k + 1 < runs) PrefetchRun(p + stride, spatial, sizeof(Elem<kT>));
+      size_t j = 0;
+      for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
+        for (size_t a = 0; a < kAcc; ++a) {
+          const V e = hn::Sub(LoadF32<kT>(df, p + j + a * N), vshift);
+          sum[a] = hn::Add(sum[a], e);
+          sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
+        }
+      }
+      if (leftover != 0) {
+        const V e0 = hn::Sub(LoadF32<kT>(df, p + j), vshift);
+        sum[0] = hn::Add(sum[0], e0);
+        sum_sq[0] = hn::MulAdd(e0, e0, sum_sq[0]);
+        if (leftover >= 2) {
+          const V e1 = hn::Sub(LoadF32<kT>(df, p + j + N), vshift);
+          sum[1] = hn::Add(sum[1], e1);
+          sum_sq[1] = hn::MulAdd(e1, e1, sum_sq[1]);
+        }
+        if (leftover == 3) {
+          const V e2 = hn::Sub(LoadF32<kT>(df, p + j + 2 * N), vshift);
+          sum[2] = hn::Add(sum[2], e2);
+          sum_sq[2] = hn::MulAdd(e2, e2, sum_sq[2]);
+        }
+      }
+      if (tail != 0) {
+        const V v = LoadF32<kT>(df, p + len - N);
+        const V e = hn::IfThenElseZero(tail_mask, hn::Sub(v, vshift));
+        tail_sum = hn::Add(tail_sum, e);
+        tail_sq = hn::MulAdd(e, e, tail_sq);
+      }
+      p += stride;
+    }
+    r += block_runs;
+    // Close the block and re-centre on the mean so far.
+    for (size_t a = 1; a < kAcc; ++a) {
+      sum[0] = hn::Add(sum[0], sum[a]);
+      sum_sq[0] = hn::Add(sum_sq[0], sum_sq[a]);
+    }
+    sum[0] = hn::Add(sum[0], tail_sum);
+    sum_sq[0] = hn::Add(sum_sq[0], tail_sq);
+    const ShiftedBlock b{static_cast<double>(block_runs) * static_cast<double>(len),
+                         SumLanes(df, sum[0]), SumLanes(df, sum_sq[0])};
     CloseBlock(b, shift, unit, &shifted);
     shift = static_cast<float>(unit.mean);
   }
@@ -240,7 +333,12 @@ Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, in
   Moments m;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    m = StatsNchwUnitT<kT>(static_cast<const Elem<kT>*>(x), c, spatial, ch, begin, end, pivot);
+    const auto* xt = static_cast<const Elem<kT>*>(x);
+    if (ShortRuns(spatial, begin, end)) {
+      m = StatsShortRunsT<kT>(xt, c, spatial, ch, begin / spatial, (end - begin) / spatial, pivot);
+    } else {
+      m = StatsNchwUnitT<kT>(xt, c, spatial, ch, begin, end, pivot);
+    }
   });
   return m;
 }

@@ -208,7 +208,7 @@ class DTypeTest : public testing::TestWithParam<Case> {
     return {MakeShape(1, 1, 2),    MakeShape(3, 5, 7),     MakeShape(2, 3, 1000),
             MakeShape(8, 16, 49),  MakeShape(17, 33, 1),   MakeShape(1, 64, 257),
             MakeShape(64, 24, 40), MakeShape(4, 1, 3001),  MakeShape(5, 100, 17),
-            MakeShape(2, 2048, 9)};
+            MakeShape(2, 2048, 9), MakeShape(3, 6, 196),   MakeShape(6, 5, 13)};
   }
 
  private:

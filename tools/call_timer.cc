@@ -3,7 +3,7 @@
 // L2, one-thread context, no copy baseline). Not built by CMake:
 //   g++ -O2 tools/call_timer.cc -Iinclude -Lbuild/release -lbnorm -o /tmp/call_timer
 //   LD_LIBRARY_PATH=build/release /tmp/call_timer N C SPATIAL NHWC OP [THREADS [DTYPE]]
-// OP: train | inf | back; NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
+// OP: train | inf | back | stats; NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
 // Prints the best of 15 repetitions of the mean µs per call. Machines are
 // noisy: alternate the two builds over several processes, compare minima.
 #include <bnorm/bnorm.h>
@@ -19,7 +19,7 @@
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::fprintf(stderr, "usage: %s N C SPATIAL NHWC train|inf|back [THREADS [DTYPE]]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s N C SPATIAL NHWC train|inf|back|stats [THREADS [DTYPE]]\n", argv[0]);
     return 2;
   }
   const int64_t n = std::atoll(argv[1]), c = std::atoll(argv[2]), sp = std::atoll(argv[3]);
@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   std::vector<float> x(count), y(count), dy(count), dx(count);
   std::vector<float> gamma(c, 1.1f), beta(c, 0.1f), rmean(c), rvar(c, 1.0f), smean(c), sinv(c),
       dgamma(c), dbeta(c);
+  std::vector<double> mean(c), m2(c);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   for (float& v : x) v = 3.0f + normal(rng);
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
       return bnorm_forward_training(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f,
                                     0.1f, rmean.data(), rvar.data(), smean.data(), sinv.data());
     }
+    if (!std::strcmp(op, "stats")) return bnorm_stats(ctx, &d, x.data(), mean.data(), m2.data());
     if (!std::strcmp(op, "inf")) {
       return bnorm_forward_inference(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(),
                                      smean.data(), rvar.data(), 1e-5f);
