@@ -82,10 +82,13 @@ template <DType kT, bool kStream, class V>
 void GradApplyNchwT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, int64_t spatial,
                     int64_t begin, int64_t end, const GradConstants& k, const Lookahead& ahead) {
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
+    // Copies captured by value (KeepInRegisters).
+    const GradTensors<kT> tv = t;
+    const GradConstants kv = k;
     StoreChannelRuns<kT, kStream>(
         dx + begin, begin, end, c, spatial, ahead,
-        [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); },
-        [&](auto d, int64_t e, const auto& kv) HWY_ATTR { return Grad<kT, V>(d, t, e, kv); });
+        [kv](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, kv, ch); },
+        [tv](auto d, int64_t e, const auto& kch) HWY_ATTR { return Grad<kT, V>(d, tv, e, kch); });
     return;
   }
   // Runs shorter than a vector: one run at a time, through the caches.
@@ -114,15 +117,17 @@ void GradApplyNchwChannelT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, in
 template <DType kT, bool kStream, class V>
 void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int64_t begin,
                     int64_t end, const GradConstants& k) {
+  // Copies captured by value (KeepInRegisters).
   const GradTensors<kT> ts = t.At(begin);
+  const GradConstants kc = k;
   StorePeriodic<kT, kStream>(
       dx + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
       static_cast<size_t>(period),
-      [&](auto d, size_t q) HWY_ATTR {
-        return GradVectors<decltype(d)>{hn::LoadU(d, k.mean + q), hn::LoadU(d, k.mean_dy + q),
-                                        hn::LoadU(d, k.a + q), hn::LoadU(d, k.b + q)};
+      [kc](auto d, size_t q) HWY_ATTR {
+        return GradVectors<decltype(d)>{hn::LoadU(d, kc.mean + q), hn::LoadU(d, kc.mean_dy + q),
+                                        hn::LoadU(d, kc.a + q), hn::LoadU(d, kc.b + q)};
       },
-      [&](auto d, size_t i, const auto& kv)
+      [ts](auto d, size_t i, const auto& kv)
           HWY_ATTR { return Grad<kT, V>(d, ts, static_cast<int64_t>(i), kv); });
 }
 

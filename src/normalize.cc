@@ -108,14 +108,15 @@ void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t p
                     int64_t begin, int64_t end, const AffineConstants& k) {
   const Elem<kT>* xs = x + begin;
   const Elem<kT>* zs = Offset<F>(z, begin);
+  const AffineConstants kc = k;  // captured by value (KeepInRegisters)
   StorePeriodic<kT, kStream>(
       y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
       static_cast<size_t>(period),
-      [&](auto d, size_t q) HWY_ATTR {
-        return ChannelVectors<decltype(d)>{hn::LoadU(d, k.mean + q), hn::LoadU(d, k.scale + q),
-                                           hn::LoadU(d, k.shift + q)};
+      [kc](auto d, size_t q) HWY_ATTR {
+        return ChannelVectors<decltype(d)>{hn::LoadU(d, kc.mean + q), hn::LoadU(d, kc.scale + q),
+                                           hn::LoadU(d, kc.shift + q)};
       },
-      [&](auto d, size_t i, const auto& kv) HWY_ATTR {
+      [xs, zs](auto d, size_t i, const auto& kv) HWY_ATTR {
         return Normalized<kT, F>(d, xs + i, Offset<F>(zs, static_cast<int64_t>(i)), kv.mean,
                                  kv.scale, kv.shift);
       });
