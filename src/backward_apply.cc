@@ -82,7 +82,8 @@ template <DType kT, bool kStream, class V>
 void GradApplyNchwT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, int64_t spatial,
                     int64_t begin, int64_t end, const GradConstants& k, const Lookahead& ahead) {
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
-    // Copies captured by value (KeepInRegisters).
+    // Copies captured by value: through a reference the compiler reloads the
+    // pointers after every store (intrinsic stores may alias anything).
     const GradTensors<kT> tv = t;
     const GradConstants kv = k;
     StoreChannelRuns<kT, kStream>(
@@ -117,7 +118,8 @@ void GradApplyNchwChannelT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, in
 template <DType kT, bool kStream, class V>
 void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int64_t begin,
                     int64_t end, const GradConstants& k) {
-  // Copies captured by value (KeepInRegisters).
+  // Copies captured by value: through a reference the compiler reloads the
+  // pointers after every store (intrinsic stores may alias anything).
   const GradTensors<kT> ts = t.At(begin);
   const GradConstants kc = k;
   StorePeriodic<kT, kStream>(

@@ -108,7 +108,9 @@ void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t p
                     int64_t begin, int64_t end, const AffineConstants& k) {
   const Elem<kT>* xs = x + begin;
   const Elem<kT>* zs = Offset<F>(z, begin);
-  const AffineConstants kc = k;  // captured by value (KeepInRegisters)
+  // Captured by value: through a reference the compiler reloads the pointers
+  // after every store (intrinsic stores may alias anything).
+  const AffineConstants kc = k;
   StorePeriodic<kT, kStream>(
       y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
       static_cast<size_t>(period),
