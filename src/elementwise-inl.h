@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "convert-inl.h"
 #include "hwy/cache_control.h"
@@ -78,7 +79,7 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
   size_t q = q0;
   const bool rows_aligned =
       !kStream || reinterpret_cast<uintptr_t>(out) % (U * sizeof(Elem<kT>)) == 0;
-  // Rows a multiple of 4 KiB long (f32 C = 1024, 2048) go four at a time
+  // Rows a multiple of 4 KiB long (f32 C = 1024, 2048) go several at a time
   // with one load of the constants: one row at a time was faster from L2
   // (C = 1024: 19.5 -> 14.4 us) but slower from DRAM (NHWC inference
   // 32x2048x7x7 1.20 -> 1.91x a copy, 64x1024x14x14 1.13 -> 1.42x). Shorter
@@ -90,26 +91,44 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
   const size_t row_bytes = period * sizeof(Elem<kT>);
   if (q0 == 0 && period % U == 0 && (row_bytes % 4096 == 0 || 4 * row_bytes <= 4096) &&
       rows_aligned) {
-    constexpr size_t kRows = 4;
-    const size_t groups = len / period / kRows;
-    for (size_t g = 0; g < groups; ++g, i += kRows * period) {
-      for (size_t j = 0; j < period; j += U) {
-        decltype(constants(df, j)) k[kVecs];
-        for (size_t h = 0; h < kVecs; ++h) k[h] = constants(df, j + h * N);
-        // All loads before the stores: rows a multiple of 4 KiB apart (C =
-        // 1024) would otherwise put each load right behind a store with the
-        // same low 12 address bits when y - x is too, and the CPU holds the
-        // load back as if it depended on the store (4K aliasing, 3x slower).
-        // Also what makes in-place calls safe here.
-        hn::Vec<decltype(df)> v[kRows][kVecs];
-        for (size_t r = 0; r < kRows; ++r) {
-          for (size_t h = 0; h < kVecs; ++h) v[r][h] = value(df, i + r * period + j + h * N, k[h]);
-        }
-        for (size_t r = 0; r < kRows; ++r) {
-          StoreUnit<kT, kStream>(df, out + i + r * period + j,
-                                 [&](auto, size_t o) HWY_ATTR { return v[r][o / N]; });
+    // Streamed rows a multiple of 4 KiB long go two at a time: four rows
+    // and their outputs, all 4 KiB apart, contend for the same L1 sets and
+    // write-combining buffers (f32 NHWC training of 32x2048x7x7 3.0-3.3 ->
+    // 2.3x a copy, 64x1024x14x14 3.2-3.4 -> 2.4-3.1x; inference, which does
+    // not stream these, measured better with four).
+    // Returns the elements done (i is 0 here); the loop index is the
+    // lambda's own, not a captured reference (see the loop below).
+    const auto rows_at_once = [&](auto rows) HWY_ATTR {
+      constexpr size_t kRows = decltype(rows)::value;
+      const size_t groups = len / period / kRows;
+      size_t i = 0;
+      for (size_t g = 0; g < groups; ++g, i += kRows * period) {
+        for (size_t j = 0; j < period; j += U) {
+          decltype(constants(df, j)) k[kVecs];
+          for (size_t h = 0; h < kVecs; ++h) k[h] = constants(df, j + h * N);
+          // All loads before the stores: rows a multiple of 4 KiB apart (C =
+          // 1024) would otherwise put each load right behind a store with the
+          // same low 12 address bits when y - x is too, and the CPU holds the
+          // load back as if it depended on the store (4K aliasing, 3x slower).
+          // Also what makes in-place calls safe here.
+          hn::Vec<decltype(df)> v[kRows][kVecs];
+          for (size_t r = 0; r < kRows; ++r) {
+            for (size_t h = 0; h < kVecs; ++h) {
+              v[r][h] = value(df, i + r * period + j + h * N, k[h]);
+            }
+          }
+          for (size_t r = 0; r < kRows; ++r) {
+            StoreUnit<kT, kStream>(df, out + i + r * period + j,
+                                   [&](auto, size_t o) HWY_ATTR { return v[r][o / N]; });
+          }
         }
       }
+      return i;
+    };
+    if (kStream && row_bytes % 4096 == 0) {
+      i = rows_at_once(std::integral_constant<size_t, 2>());
+    } else {
+      i = rows_at_once(std::integral_constant<size_t, 4>());
     }
   }
   const auto advance = [&](size_t step) {
