@@ -5,6 +5,8 @@
 #ifndef BNORM_SRC_MOMENTS_H_
 #define BNORM_SRC_MOMENTS_H_
 
+#include <cmath>
+
 namespace bnorm {
 
 struct Moments {
@@ -12,6 +14,8 @@ struct Moments {
   double mean = 0.0;
   double m2 = 0.0;
 };
+
+inline bool Finite(const Moments& m) { return std::isfinite(m.mean) && std::isfinite(m.m2); }
 
 // a <- a ∪ b. Exact in exact arithmetic; in floating point the delta^2 term is
 // the only cross term, so no cancellation between large sums occurs.

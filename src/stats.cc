@@ -243,8 +243,10 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
   }
 }
 
+// Returns whether every channel's moments came out finite (else the caller
+// redoes the others in double), checked as they are written.
 template <DType kT>
-void StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
+bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
                     int64_t rows_per_period, int64_t row_begin, int64_t row_end,
                     const float* pivots, int64_t rows_at_once, Moments* out) {
   const hn::ScalableTag<float> df;
@@ -303,12 +305,14 @@ void StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     if (steps == kBlockSteps) close();
   }
   if (steps != 0) close();
+  bool finite = true;
   if (rows_per_period == 1 && r == row_end) {  // one position per channel (the same
     for (int64_t ch = 0; ch < width; ++ch) {    // bits as the general merge below)
       const Moments m{count, mean[ch], m2[ch]};
       out[ch] = ShiftTrusted(shifted[ch], m) ? m : Untrusted();
+      finite &= Finite(out[ch]);
     }
-    return;
+    return finite;
   }
   // Positions p, p + width, ... hold the same channel: merge them in order.
   for (int64_t ch = 0; ch < width; ++ch) {
@@ -325,7 +329,9 @@ void StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
       MergeMoments(m, Moments{1.0, static_cast<double>(ScalarF32<kT>(x[rr * c + c0 + ch])), 0.0});
     }
     out[ch] = ShiftTrusted(ch_shifted, m) ? m : Untrusted();
+    finite &= Finite(out[ch]);
   }
+  return finite;
 }
 
 Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, int64_t ch,
@@ -343,14 +349,16 @@ Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, in
   return m;
 }
 
-void StatsNhwcUnit(DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
+bool StatsNhwcUnit(DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
                    int64_t rows_at_once, Moments* out) {
+  bool finite = true;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    StatsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), c, c0, width, rows_per_period, row_begin,
+    finite = StatsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), c, c0, width, rows_per_period, row_begin,
                        row_end, pivots, rows_at_once, out);
   });
+  return finite;
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -377,7 +385,6 @@ Moments ExactMoments(int64_t count, const ValueAt& value_at) {
   return m;
 }
 
-bool Finite(const Moments& m) { return std::isfinite(m.mean) && std::isfinite(m.m2); }
 
 }  // namespace
 
@@ -433,8 +440,10 @@ Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
                    int64_t rows_at_once, Moments* out) {
-  BNORM_DISPATCH(StatsNhwcUnit, target)
-  (dtype, x, c, c0, width, rows_per_period, row_begin, row_end, pivots, rows_at_once, out);
+  if (BNORM_DISPATCH(StatsNhwcUnit, target)(dtype, x, c, c0, width, rows_per_period, row_begin,
+                                            row_end, pivots, rows_at_once, out)) {
+    return;
+  }
   for (int64_t ch = 0; ch < width; ++ch) {
     if (Finite(out[ch])) continue;
     out[ch] = ExactMoments(row_end - row_begin, [&](int64_t k) {
