@@ -117,6 +117,24 @@ HWY_INLINE bool ShortRuns(int64_t spatial, int64_t begin, int64_t end) {
          end % spatial == 0;
 }
 
+// How the short-run kernels cut every run of a unit: `groups` groups of kAcc
+// vectors, `leftover` (< kAcc) more vectors, one per accumulator, and `tail`
+// (< lanes) values; blocks of `runs_per_block` whole runs, so that no
+// accumulator lane adds more than kBlockSteps values per block (the tail's
+// accumulators take one per run).
+struct ShortRunShape {
+  template <class DF>
+  ShortRunShape(DF df, int64_t spatial)
+      : len(static_cast<size_t>(spatial)),
+        groups(len / (kAcc * hn::MaxLanes(df))),
+        leftover(len % (kAcc * hn::MaxLanes(df)) / hn::MaxLanes(df)),
+        tail(len % hn::MaxLanes(df)),
+        runs_per_block(kBlockSteps / std::max<size_t>(groups + (leftover != 0 ? 1 : 0), 1)) {
+    HWY_DASSERT(runs_per_block >= 1);  // ShortRuns
+  }
+  size_t len, groups, leftover, tail, runs_per_block;
+};
+
 // The lanes of a run's last vector that hold its last `tail` values (those
 // after its whole vectors): the short-run kernels load the vector that ends
 // the run, which lies within it (no read beyond the run, for any type and

@@ -71,14 +71,9 @@ GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   constexpr size_t N = hn::MaxLanes(df);
-  static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
-  const size_t len = static_cast<size_t>(spatial);
-  const size_t groups = len / (kAcc * N);
-  const size_t leftover = (len % (kAcc * N)) / N;
-  const size_t tail = len % N;
-  const size_t steps_per_run = groups + (leftover != 0 ? 1 : 0);
-  const size_t runs_per_block = kBlockSteps / std::max<size_t>(steps_per_run, 1);
-  HWY_DASSERT(runs_per_block >= 1);  // ShortRuns
+  const ShortRunShape shape(df, spatial);
+  const size_t len = shape.len, groups = shape.groups, leftover = shape.leftover;
+  const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
   const auto tail_mask = ShortRunTail(df, tail);
   const V vmean = hn::Set(df, mean);
   const int64_t stride = c * spatial;

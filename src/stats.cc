@@ -50,12 +50,11 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
   bool more = true;
   while (more) {  // one block per iteration
     const V vshift = hn::Set(df, shift);
-    V sum[kAcc], sum_sq[kAcc];
+    V sum[kAcc], sum_sq[kAcc];             // groups of kAcc vectors
+    V rest_sum = hn::Zero(df), rest_sq = hn::Zero(df);  // single vectors
     float tail_sum = 0.0f, tail_sq = 0.0f;  // single values
     for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
-    // steps: adds into sum[0], the most of any accumulator (the bound of a
-    // block); vectors: full vectors summed; tail_count: single values.
-    size_t steps = 0, vectors = 0, tail_count = 0;
+    size_t steps = 0, rest_steps = 0, tail_count = 0;
     for (;;) {
       if (j == len) {  // next run
         pos += static_cast<int64_t>(len);
@@ -80,48 +79,28 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
           sum[a] = hn::Add(sum[a], e);
           sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
         }
-        vectors += kAcc;
       }
       if (steps == kBlockSteps) break;
-      // The run's last full vectors (fewer than kAcc) go one per accumulator,
-      // as one more step: with short runs (7x7 images) one accumulator of
-      // their own was a chain of dependent adds through every run. Constant
-      // indices (no loop) keep the accumulators in registers.
-      static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
-      const size_t leftover = (len - j) / N;
-      if (leftover != 0) {
-        const V e0 = hn::Sub(LoadF32<kT>(df, p + j), vshift);
-        sum[0] = hn::Add(sum[0], e0);
-        sum_sq[0] = hn::MulAdd(e0, e0, sum_sq[0]);
-        if (leftover >= 2) {
-          const V e1 = hn::Sub(LoadF32<kT>(df, p + j + N), vshift);
-          sum[1] = hn::Add(sum[1], e1);
-          sum_sq[1] = hn::MulAdd(e1, e1, sum_sq[1]);
-        }
-        if (leftover == 3) {
-          const V e2 = hn::Sub(LoadF32<kT>(df, p + j + 2 * N), vshift);
-          sum[2] = hn::Add(sum[2], e2);
-          sum_sq[2] = hn::MulAdd(e2, e2, sum_sq[2]);
-        }
-        j += leftover * N;
-        vectors += leftover;
-        ++steps;
+      for (; j + N <= len; j += N, ++rest_steps) {
+        const V e = hn::Sub(LoadF32<kT>(df, p + j), vshift);
+        rest_sum = hn::Add(rest_sum, e);
+        rest_sq = hn::MulAdd(e, e, rest_sq);
       }
       for (; j < len; ++j, ++tail_count) {
         const float e = ScalarF32<kT>(p[j]) - shift;
         tail_sum += e;
         tail_sq += e * e;
       }
-      if (steps == kBlockSteps || tail_count >= kBlockSteps) break;
+      if (rest_steps >= kBlockSteps || tail_count >= kBlockSteps) break;
     }
     // Close the block and re-centre on the mean so far.
-    for (size_t a = 1; a < kAcc; ++a) {
-      sum[0] = hn::Add(sum[0], sum[a]);
-      sum_sq[0] = hn::Add(sum_sq[0], sum_sq[a]);
+    for (size_t a = 0; a < kAcc; ++a) {
+      rest_sum = hn::Add(rest_sum, sum[a]);
+      rest_sq = hn::Add(rest_sq, sum_sq[a]);
     }
-    const ShiftedBlock b{static_cast<double>(vectors * N + tail_count),
-                         SumLanes(df, sum[0]) + static_cast<double>(tail_sum),
-                         SumLanes(df, sum_sq[0]) + static_cast<double>(tail_sq)};
+    const ShiftedBlock b{static_cast<double>((steps * kAcc + rest_steps) * N + tail_count),
+                         SumLanes(df, rest_sum) + static_cast<double>(tail_sum),
+                         SumLanes(df, rest_sq) + static_cast<double>(tail_sq)};
     CloseBlock(b, shift, unit, &shifted);
     shift = static_cast<float>(unit.mean);
   }
@@ -139,15 +118,9 @@ Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t c
   using V = hn::Vec<decltype(df)>;
   constexpr size_t N = hn::MaxLanes(df);
   static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
-  const size_t len = static_cast<size_t>(spatial);
-  const size_t groups = len / (kAcc * N);
-  const size_t leftover = (len % (kAcc * N)) / N;
-  const size_t tail = len % N;
-  // Adds per lane of the busiest accumulator in a run: at most kBlockSteps
-  // per block (the tail's accumulators take one per run).
-  const size_t steps_per_run = groups + (leftover != 0 ? 1 : 0);
-  const size_t runs_per_block = kBlockSteps / std::max<size_t>(steps_per_run, 1);
-  HWY_DASSERT(runs_per_block >= 1);  // ShortRuns
+  const ShortRunShape shape(df, spatial);
+  const size_t len = shape.len, groups = shape.groups, leftover = shape.leftover;
+  const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
   const auto tail_mask = ShortRunTail(df, tail);
   const int64_t stride = c * spatial;
   const Elem<kT>* p = x + (i0 * c + ch) * spatial;
