@@ -81,7 +81,7 @@ NhwcUnit NhwcUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
 // always give finite moments: M2 < 2^256 * 2^63 even for float's extremes.
 void PoisonNonFinite(int64_t width, Moments* out) {
   for (int64_t k = 0; k < width; ++k) {
-    if (!std::isfinite(out[k].mean) || !std::isfinite(out[k].m2)) {
+    if (!Finite(out[k])) {
       out[k].mean = std::numeric_limits<double>::quiet_NaN();
       out[k].m2 = std::numeric_limits<double>::quiet_NaN();
     }
