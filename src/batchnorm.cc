@@ -299,12 +299,12 @@ struct StatsReduction {
 };
 
 // Scratch for `count` floats of apply constants: false when out of memory.
-bool AcquireConstants(const bnorm_context* ctx, int64_t count, ScratchPool::Lease* lease,
-                      float** consts) {
+bool AcquireConstants(const bnorm_context* ctx, int64_t count, const void* y,
+                      ScratchPool::Lease* lease, float** consts) {
   ScratchLayout layout;
-  const size_t at = layout.Add<float>(count);
+  const size_t at = layout.AddReadAlongside<float>(count);
   if (!ContextScratch(ctx).Acquire(layout.bytes(), lease)) return false;
-  *consts = ScratchAt<float>(*lease, at);
+  *consts = ScratchAt<float>(*lease, at, y);
   return true;
 }
 
@@ -348,10 +348,10 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
 
   ScratchLayout layout;
   const StatsScratch stats_at(p, rp, &layout);
-  const size_t consts_at = layout.Add<float>(3 * klen);
+  const size_t consts_at = layout.AddReadAlongside<float>(3 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
-  float* consts = ScratchAt<float>(lease, consts_at);
+  float* consts = ScratchAt<float>(lease, consts_at, y);
   const StatsReduction stats(p, rp, plan, target, x, lease, stats_at);
   const Moments* merged = stats.merged;
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
@@ -443,7 +443,7 @@ bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void
   const int64_t klen = ConstantsLength(p, ep);
   ScratchPool::Lease lease;
   float* consts = nullptr;
-  if (!AcquireConstants(ctx, 3 * klen, &lease, &consts)) return BNORM_ERR_OUT_OF_MEMORY;
+  if (!AcquireConstants(ctx, 3 * klen, y, &lease, &consts)) return BNORM_ERR_OUT_OF_MEMORY;
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
   ParallelFor(
@@ -467,7 +467,7 @@ bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const 
   const int64_t klen = ConstantsLength(p, ep);
   ScratchPool::Lease lease;
   float* consts = nullptr;
-  if (!AcquireConstants(ctx, 3 * klen, &lease, &consts)) return BNORM_ERR_OUT_OF_MEMORY;
+  if (!AcquireConstants(ctx, 3 * klen, y, &lease, &consts)) return BNORM_ERR_OUT_OF_MEMORY;
   const AffineConstants affine{consts, consts + klen, consts + 2 * klen};
   const bool single = UsefulThreads(p.Elements(), ContextThreads(ctx)) == 1;
   const bool stream =
@@ -529,20 +529,20 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   ScratchLayout layout;
   const size_t partials_at = layout.Add<GradSums>(reduce_pass ? rp.NumPartials(p) : 0);
   const size_t merged_at = layout.Add<GradSums>(reduce_pass ? p.c : 0);
-  const size_t consts_at = layout.Add<float>(4 * klen);
+  const size_t consts_at = layout.AddReadAlongside<float>(4 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   GradSums* partials = ScratchAt<GradSums>(lease, partials_at);
   GradSums* merged = ScratchAt<GradSums>(lease, merged_at);
-  float* consts = ScratchAt<float>(lease, consts_at);
-  const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
-  const double m = given_sums ? split.count : static_cast<double>(p.Values());
   // dz without dx: the gradient itself, g * 1, through the frozen kernel.
   const bool dz_only = dx == nullptr && dz != nullptr;
   // The apply pass: dx (and dz alongside), or dz alone.
   const GradArgs args = dz_only ? GradArgs{nullptr, dy, y, nullptr}
                                 : GradArgs{frozen ? nullptr : x, dy, y, frozen ? nullptr : dz};
   void* out = dz_only ? dz : dx;
+  float* consts = ScratchAt<float>(lease, consts_at, out);
+  const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
+  const double m = given_sums ? split.count : static_cast<double>(p.Values());
 
   // Per-channel outputs and the apply constants of channels [c0, c1), with
   // sum_at(ch) the channel's sums.
