@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "bnorm/bnorm.h"
+#include "plan.h"
 
 namespace bnorm {
 
@@ -67,14 +68,12 @@ class ScratchLayout {
     return offset;
   }
   // An array that a kernel reads in step with its stores to an output: a
-  // page more, for the placement of ScratchAt's away_from.
+  // page more, for ScratchAt's placement.
   template <typename T>
   size_t AddReadAlongside(int64_t count) {
     return Add<char>(count * static_cast<int64_t>(sizeof(T)) + kPageBytes);
   }
   size_t bytes() const { return bytes_; }
-
-  static constexpr int64_t kPageBytes = 4096;
 
  private:
   size_t bytes_ = 0;
@@ -85,20 +84,15 @@ T* ScratchAt(const ScratchPool::Lease& lease, size_t offset) {
   return reinterpret_cast<T*>(static_cast<char*>(lease.data()) + offset);
 }
 
-// The array at offset (from AddReadAlongside), moved on by less than a page so
-// that it starts half a page after away_from, modulo a page (to 64 bytes).
-// Read in step with stores to away_from's tensor, it then never shares the
-// low 12 address bits of a store still in flight: x86 cores hold such a load
-// back as if it depended on the store (4K aliasing). NHWC inference of
-// 100x1024 from L2 took 18 us with the constants half a page from y and
-// 33-38 us with them up to 600 bytes behind it.
+// The array at offset (from AddReadAlongside), placed half a page from
+// away_from modulo a page (PageMove in plan.h): read in step with the stores
+// to away_from's tensor, it never waits behind them (4K aliasing). NHWC
+// inference of 100x1024 from L2: 33-38 us with the constants up to 600 bytes
+// behind y, 18 us half a page from it.
 template <typename T>
 T* ScratchAt(const ScratchPool::Lease& lease, size_t offset, const void* away_from) {
-  constexpr uintptr_t kPage = ScratchLayout::kPageBytes;
-  char* base = static_cast<char*>(lease.data()) + offset;  // 64-byte aligned
-  const uintptr_t want = (reinterpret_cast<uintptr_t>(away_from) + kPage / 2) % kPage;
-  const uintptr_t move = (want - reinterpret_cast<uintptr_t>(base) % kPage + kPage) % kPage;
-  return reinterpret_cast<T*>(base + move / 64 * 64);
+  char* at = static_cast<char*>(lease.data()) + offset;
+  return reinterpret_cast<T*>(at + PageMove(at, away_from, kPageBytes / 2));
 }
 
 // Creates a context (nullptr when out of memory); num_threads 0 = all cores.

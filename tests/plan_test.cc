@@ -165,5 +165,27 @@ TEST(Plan, StrategyAndApplyOrder) {
   }
 }
 
+// Scratch placement against 4K aliasing: the move stays within the page of
+// slack the caller reserves, keeps 64-byte alignment, and lands within 64
+// bytes below the wanted distance modulo a page, for every relative
+// alignment of array and anchor.
+TEST(Plan, PageMovePlacesArraysAtADistanceModuloAPage) {
+  for (uintptr_t at = 0x100000; at < 0x100000 + 2 * kPageBytes; at += 64) {
+    for (uintptr_t anchor = 0x7f0000; anchor < 0x7f0000 + kPageBytes; anchor += 4 * 37) {
+      for (int64_t distance : {int64_t{0}, kPageBytes / 4, kPageBytes / 2, kPageBytes - 4}) {
+        const int64_t move = PageMove(reinterpret_cast<const void*>(at),
+                                      reinterpret_cast<const void*>(anchor), distance);
+        ASSERT_GE(move, 0);
+        ASSERT_LT(move, kPageBytes);
+        ASSERT_EQ(move % 64, 0);
+        const int64_t placed = static_cast<int64_t>((at + static_cast<uintptr_t>(move)) % kPageBytes);
+        const int64_t wanted = static_cast<int64_t>((anchor + static_cast<uintptr_t>(distance)) % kPageBytes);
+        const int64_t short_by = ((wanted - placed) % kPageBytes + kPageBytes) % kPageBytes;
+        ASSERT_LT(short_by, 64) << "at " << at << " anchor " << anchor << " distance " << distance;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace bnorm
