@@ -138,7 +138,7 @@ TEST(Plan, TasksAreBalancedAndLargeEnough) {
 }
 
 // Reduce-then-apply strategies: channel-fused where a channel's slice fits
-// half of L2; two-phase otherwise, whose apply pass goes over the flat tensor
+// L2; two-phase otherwise, whose apply pass goes over the flat tensor
 // exactly when the reduce pass's inputs overflow the LLC (it re-reads DRAM
 // then, whichever thread applies), and unit by unit in reverse otherwise.
 TEST(Plan, StrategyAndApplyOrder) {
@@ -152,7 +152,7 @@ TEST(Plan, StrategyAndApplyOrder) {
         const ExecutionPlan plan = PlanExecution(p, PlanReduction(p), tensors, threads, caches);
         const int64_t slice = p.Values() * tensors * p.ElemBytes();
         const int64_t read = p.Elements() * tensors * p.ElemBytes();
-        const bool fused = !p.nhwc && slice <= caches.l2 / 2 && p.c >= plan.threads;
+        const bool fused = !p.nhwc && slice <= caches.l2 && p.c >= plan.threads;
         EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
         EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
         // Outputs bypass the caches only where inputs and output overflow
