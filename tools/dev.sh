@@ -19,7 +19,7 @@ install_deps() {
   $sudo apt-get install -y -qq --no-install-recommends \
     ca-certificates cmake ninja-build g++ make pkg-config binutils \
     libhwy-dev libtbb-dev libgtest-dev libgmock-dev libbenchmark-dev \
-    libdnnl-dev python3-matplotlib python3-numpy clang libclang-rt-dev \
+    libdnnl-dev ocl-icd-opencl-dev python3-matplotlib python3-numpy clang libclang-rt-dev \
     libopenmpi-dev openmpi-bin >/dev/null
 }
 
