@@ -131,10 +131,12 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
       i = rows_at_once(std::integral_constant<size_t, 4>());
     }
   }
+  // A step of U lanes may span two periods: on AVX3 a 16-bit store unit is
+  // 32 lanes and the period of C = 16 or C = 4 is 16.
   const auto advance = [&](size_t step) {
     i += step;
     q += step;
-    if (q >= period) q -= period;
+    while (q >= period) q -= period;
   };
   if (kStream) {
     for (size_t peel = PeelToAlignment(out + i, U, len - i); peel > 0; --peel) {
