@@ -7,19 +7,51 @@
 namespace bnorm {
 namespace {
 
-// Reads "32K", "1024K", "32M" style sizes; 0 if absent.
+// Parses "32K", "1024K", "32M", "65536" style sizes (sysfs's format, also
+// accepted in the environment); 0 if it is not one, or not in [4 KiB, 1 TiB].
+int64_t ParseSize(const char* text) {
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  if (end == text || value <= 0 || value > (1LL << 40)) return 0;
+  int64_t bytes = value;
+  if (*end == 'K' || *end == 'k') {
+    bytes <<= 10;
+    ++end;
+  } else if (*end == 'M' || *end == 'm') {
+    bytes <<= 20;
+    ++end;
+  } else if (*end == 'G' || *end == 'g') {
+    bytes <<= 30;
+    ++end;
+  }
+  while (*end == '\n' || *end == ' ') ++end;
+  if (*end != '\0' || bytes < (int64_t{4} << 10) || bytes > (int64_t{1} << 40)) return 0;
+  return bytes;
+}
+
+// Reads a sysfs size file; 0 if absent.
 int64_t ReadSize(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "r");
   if (f == nullptr) return 0;
   char buf[64] = {0};
   const bool ok = std::fgets(buf, sizeof(buf), f) != nullptr;
   std::fclose(f);
-  if (!ok) return 0;
-  char* end = nullptr;
-  int64_t value = std::strtoll(buf, &end, 10);
-  if (end != nullptr && (*end == 'K' || *end == 'k')) value <<= 10;
-  if (end != nullptr && (*end == 'M' || *end == 'm')) value <<= 20;
-  return value > 0 ? value : 0;
+  return ok ? ParseSize(buf) : 0;
+}
+
+// The environment's override of a detected size: BNORM_L2_SIZE or
+// BNORM_LLC_SIZE (a guest VM reports its host's whole L3, most of which other
+// guests use). A value that is not a size is reported once and ignored.
+int64_t Override(const char* name, int64_t detected) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || env[0] == '\0') return detected;
+  const int64_t bytes = ParseSize(env);
+  if (bytes == 0) {
+    std::fprintf(stderr, "bnorm: %s=%s is not a size (like 2M or 512K); using %lld bytes\n", name,
+                 env, static_cast<long long>(detected));
+    return detected;
+  }
+  return bytes;
 }
 
 int ReadInt(const std::string& path) {
@@ -31,10 +63,33 @@ int ReadInt(const std::string& path) {
   return value;
 }
 
+// CPUs in a sysfs list such as "0-3,8-11" (0 if absent or malformed).
+int CountCpuList(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return 0;
+  int count = 0;
+  int first = 0;
+  while (std::fscanf(f, "%d", &first) == 1) {
+    int last = first;
+    const int sep = std::fgetc(f);
+    if (sep == '-') {
+      if (std::fscanf(f, "%d", &last) != 1 || last < first) {
+        count = 0;
+        break;
+      }
+      std::fgetc(f);  // ',' or the end
+    }
+    count += last - first + 1;
+  }
+  std::fclose(f);
+  return count;
+}
+
 CacheSizes Detect() {
   CacheSizes sizes;  // defaults from plan.h
   int64_t l2 = 0, llc = 0;
   int llc_level = 0;
+  int llc_cpus = 0;
   for (int index = 0; index < 8; ++index) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
     const int level = ReadInt(dir + "/level");
@@ -44,10 +99,13 @@ CacheSizes Detect() {
     if (level >= 2 && level >= llc_level && size > 0) {
       llc_level = level;
       llc = size;
+      llc_cpus = CountCpuList(dir + "/shared_cpu_list");
     }
   }
   if (l2 > 0) sizes.l2 = l2;
-  if (llc > 0) sizes.llc = llc;
+  if (llc > 0) sizes.llc = UsableLlc(llc, llc_cpus);
+  sizes.l2 = Override("BNORM_L2_SIZE", sizes.l2);
+  sizes.llc = Override("BNORM_LLC_SIZE", sizes.llc);
   return sizes;
 }
 

@@ -15,14 +15,17 @@
 
 #include <strings.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "bnorm/bnorm.h"
@@ -86,20 +89,47 @@ int Probe() {
   return 0;
 }
 
+// The bits probe: prints a hash of every output of Train on the default
+// context and on a 1-thread context (the plan may change with the cache sizes
+// in the environment; the bits may not).
+int ProbeBits() {
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a over the outputs' bytes
+  const auto mix = [&hash](const std::vector<float>& v) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
+    for (size_t i = 0; i < v.size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  };
+  bnorm_context* one = nullptr;
+  if (bnorm_context_create(1, &one) != BNORM_OK) return 1;
+  for (const bnorm_context* ctx : {static_cast<const bnorm_context*>(nullptr),
+                                   static_cast<const bnorm_context*>(one)}) {
+    const Result r = Train(ctx);
+    if (r.status != BNORM_OK) return 1;
+    mix(r.y);
+    mix(r.mean);
+    mix(r.invstd);
+  }
+  bnorm_context_destroy(one);
+  std::printf("bits=%016llx\n", static_cast<unsigned long long>(hash));
+  return 0;
+}
+
 struct ProbeRun {
   int exit_code = -1;  // -1: killed by a signal or timed out
   int signal = 0;
   std::string out, err;
 };
 
-// Runs `this_binary --probe` with BNORM_TARGET set to value (unset for
-// nullptr), collecting stdout and stderr; kills it after 60 s.
-ProbeRun RunProbe(const char* value) {
+// Runs `this_binary <flag>` (--probe or --probe-bits) with the variable
+// `name` set to value (unset for nullptr), collecting stdout and stderr;
+// kills it after 60 s.
+ProbeRun RunProbe(const char* value, const char* name = "BNORM_TARGET",
+                  const char* flag = "--probe") {
+  const std::string prefix = std::string(name) + "=";
   std::vector<std::string> env_storage;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "BNORM_TARGET=", 13) != 0) env_storage.emplace_back(*e);
+    if (std::strncmp(*e, prefix.c_str(), prefix.size()) != 0) env_storage.emplace_back(*e);
   }
-  if (value != nullptr) env_storage.push_back(std::string("BNORM_TARGET=") + value);
+  if (value != nullptr) env_storage.push_back(prefix + value);
   std::vector<char*> envp;
   for (std::string& s : env_storage) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -117,8 +147,8 @@ ProbeRun RunProbe(const char* value) {
   const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (len <= 0) return run;
   self[len] = '\0';
-  char probe_flag[] = "--probe";
-  char* argv[] = {self, probe_flag, nullptr};
+  std::string probe_flag = flag;
+  char* argv[] = {self, probe_flag.data(), nullptr};
   pid_t pid = 0;
   const int spawned = posix_spawn(&pid, self, &actions, nullptr, argv, envp.data());
   posix_spawn_file_actions_destroy(&actions);
@@ -224,6 +254,47 @@ TEST(TargetEnvironment, UnsupportedTargetFallsBackWithoutSigill) {
   if (tried == 0) GTEST_SKIP() << "this CPU runs every target bnorm builds";
 }
 
+// Cache sizes from the environment (BNORM_L2_SIZE, BNORM_LLC_SIZE) change the
+// plan (fused or two-phase, streamed stores or not), never the bits.
+TEST(CacheEnvironment, SizesChangeThePlanNotTheBits) {
+  const ProbeRun plain = RunProbe(nullptr, "BNORM_LLC_SIZE", "--probe-bits");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
+  ASSERT_EQ(plain.out.rfind("bits=", 0), 0u) << plain.out;
+  EXPECT_EQ(plain.err, "");
+  // Train's channel slices are 96 KB and its tensors 4.6 MB: a 64 KiB L2 makes
+  // its plan two-phase, a 4 KiB LLC streams every output, 1 GiB none.
+  for (const auto& [name, value] :
+       {std::pair<const char*, const char*>{"BNORM_L2_SIZE", "64K"},
+        {"BNORM_L2_SIZE", "64M"},
+        {"BNORM_LLC_SIZE", "4K"},
+        {"BNORM_LLC_SIZE", "1G"},
+        {"BNORM_LLC_SIZE", "1048576"}}) {
+    const ProbeRun run = RunProbe(value, name, "--probe-bits");
+    EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
+    EXPECT_EQ(run.out, plain.out) << name << "=" << value;
+    EXPECT_EQ(run.err, "") << name << "=" << value;
+  }
+}
+
+TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
+  const ProbeRun plain = RunProbe(nullptr, "BNORM_L2_SIZE", "--probe-bits");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
+  for (const char* name : {"BNORM_L2_SIZE", "BNORM_LLC_SIZE"}) {
+    for (const std::string& value :
+         {std::string("garbage"), std::string("-2M"), std::string("0"), std::string("12Q"),
+          std::string("1K"), std::string("99999999999999999999"), std::string("2T"),
+          std::string(10000, '9'), std::string("%s%n")}) {
+      const ProbeRun run = RunProbe(value.c_str(), name, "--probe-bits");
+      EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
+      EXPECT_EQ(run.signal, 0);
+      EXPECT_EQ(run.out, plain.out) << name << "=" << value;
+      const std::string start = std::string("bnorm: ") + name + "=" + value + " is not a size";
+      EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
+      EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
+    }
+  }
+}
+
 // Waits for a child for up to 60 s; its exit code, or -1 (signal, timeout).
 int WaitChild(pid_t pid) {
   for (int i = 0; i < 600; ++i) {
@@ -287,6 +358,7 @@ TEST(Fork, ChildOfAChildStillComputes) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--probe") == 0) return Probe();
+  if (argc > 1 && std::strcmp(argv[1], "--probe-bits") == 0) return ProbeBits();
   testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

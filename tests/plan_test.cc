@@ -187,5 +187,22 @@ TEST(Plan, PageMovePlacesArraysAtADistanceModuloAPage) {
   }
 }
 
+// A guest VM reports its host's whole L3; the planner counts on at most
+// kLlcPerCpu of it per CPU that shares it, and on all of a real part's.
+TEST(Plan, UsableLlcCapsTheShareOfAGuest) {
+  const int64_t MiB = int64_t{1} << 20;
+  EXPECT_EQ(UsableLlc(260 * MiB, 2), 2 * kLlcPerCpu);  // 2-vCPU guest on a 260 MiB L3
+  EXPECT_EQ(UsableLlc(32 * MiB, 16), 32 * MiB);         // 8-core Zen 3 CCD, SMT on
+  EXPECT_EQ(UsableLlc(105 * MiB, 112), 105 * MiB);      // 56-core Sapphire Rapids
+  EXPECT_EQ(UsableLlc(8 * MiB, 1), kLlcPerCpu);         // one CPU of a shared L3
+  EXPECT_EQ(UsableLlc(48 * MiB, 0), 48 * MiB);          // sharing unknown: as reported
+  // The cap never shrinks an L3 that the CPUs sharing it could each own a
+  // typical part's share of (1.25-4 MiB per CPU).
+  for (int cpus = 1; cpus <= 256; cpus *= 2) {
+    EXPECT_EQ(UsableLlc(cpus * kLlcPerCpu, cpus), cpus * kLlcPerCpu);
+    EXPECT_LE(UsableLlc(int64_t{1} << 40, cpus), cpus * kLlcPerCpu);
+  }
+}
+
 }  // namespace
 }  // namespace bnorm
