@@ -1,5 +1,8 @@
 #include "cpu_info.h"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -13,20 +16,16 @@ int64_t ParseSize(const char* text) {
   char* end = nullptr;
   const long long value = std::strtoll(text, &end, 10);
   if (end == text || value <= 0 || value > (1LL << 40)) return 0;
-  int64_t bytes = value;
-  if (*end == 'K' || *end == 'k') {
-    bytes <<= 10;
-    ++end;
-  } else if (*end == 'M' || *end == 'm') {
-    bytes <<= 20;
-    ++end;
-  } else if (*end == 'G' || *end == 'g') {
-    bytes <<= 30;
-    ++end;
-  }
+  int shift = 0;
+  if (*end == 'K' || *end == 'k') shift = 10;
+  if (*end == 'M' || *end == 'm') shift = 20;
+  if (*end == 'G' || *end == 'g') shift = 30;
+  if (shift > 0) ++end;
   while (*end == '\n' || *end == ' ') ++end;
-  if (*end != '\0' || bytes < (int64_t{4} << 10) || bytes > (int64_t{1} << 40)) return 0;
-  return bytes;
+  constexpr int64_t kMin = int64_t{4} << 10, kMax = int64_t{1} << 40;
+  if (*end != '\0' || value > (kMax >> shift)) return 0;
+  const int64_t bytes = static_cast<int64_t>(value) << shift;
+  return bytes >= kMin ? bytes : 0;
 }
 
 // Reads a sysfs size file; 0 if absent.
@@ -103,6 +102,12 @@ CacheSizes Detect() {
     }
   }
   if (l2 > 0) sizes.l2 = l2;
+  // The CPUs this process may run on, if fewer share the LLC: a container
+  // given 2 CPUs of a 128-CPU host sees the host's whole list.
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) > 0) {
+    llc_cpus = llc_cpus > 0 ? std::min(llc_cpus, CPU_COUNT(&allowed)) : CPU_COUNT(&allowed);
+  }
   if (llc > 0) sizes.llc = UsableLlc(llc, llc_cpus);
   sizes.l2 = Override("BNORM_L2_SIZE", sizes.l2);
   sizes.llc = Override("BNORM_LLC_SIZE", sizes.llc);

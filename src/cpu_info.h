@@ -7,8 +7,10 @@
 
 namespace bnorm {
 
-// Per-core L2 and the last-level cache (shared), in bytes. Cached after the
-// first call; thread-safe.
+// Per-core L2 and the usable part of the last-level cache (UsableLlc in
+// plan.h over the CPUs that share it and that this process may run on), in
+// bytes; BNORM_L2_SIZE and BNORM_LLC_SIZE in the environment override them.
+// Cached after the first call; thread-safe.
 const CacheSizes& DetectedCacheSizes();
 
 }  // namespace bnorm
