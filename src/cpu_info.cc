@@ -15,7 +15,7 @@ namespace {
 int64_t ParseSize(const char* text) {
   char* end = nullptr;
   const long long value = std::strtoll(text, &end, 10);
-  if (end == text || value <= 0 || value > (1LL << 40)) return 0;
+  if (end == text || value <= 0) return 0;
   int shift = 0;
   if (*end == 'K' || *end == 'k') shift = 10;
   if (*end == 'M' || *end == 'm') shift = 20;
