@@ -6,6 +6,7 @@ by a short tail of bytes for the raw-bits data mode. A header of zeros is a
 sane forward_training call on a 4x3x5 NCHW f32 tensor; each seed sets only
 the fields it is about. Run from anywhere: python3 tests/fuzz/make_corpus.py
 """
+import base64
 import os
 import random
 import struct
@@ -153,6 +154,17 @@ def seeds():
     return out
 
 
+# Inputs that once failed, kept as the fuzzer wrote them (base64).
+REGRESSIONS = {
+    # stats_merge whose exact m2 is beyond DBL_MAX: the library's Inf is right;
+    # the checker once took |Inf - Inf| (NaN) as a mismatch.
+    "regress_merge_m2_overflow":
+        "CwCVs5JyjohRI9ByAIE+YiAAvAAAAAAAAAAAAAAAAAAAAAALAJWzknKOiFEj0HIAgT5iIAC8AAAAAAAAAAAAAAAAAAAA"
+        "AAAAAAAAAAAAAAOgA4bWTXZJ2pWzknKOiFEj0HKOiGAiUGEOW+4eAvMmL6RXzp4BAGBgAA0WKgAAAAAAAAAAAAOgA4bW"
+        "TXZJ2pWzknKOiFEj0HKOiGAiUGEOW+4eAvMmL6RXzp4BAGBgAA0WKuhgIlDQ",
+}
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     corpus = os.path.join(here, "corpus")
@@ -162,6 +174,9 @@ def main():
     for name, data in seeds():
         with open(os.path.join(corpus, name), "wb") as f:
             f.write(data)
+    for name, text in REGRESSIONS.items():
+        with open(os.path.join(corpus, name), "wb") as f:
+            f.write(base64.b64decode(text))
 
 
 if __name__ == "__main__":
