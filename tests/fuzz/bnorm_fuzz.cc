@@ -1707,7 +1707,8 @@ void CheckBackward(const Call& k) {
     // dx = a * g - c - b * (x - mean) with per-channel float constants (sum_dy / m
     // is one of them: denormal, it is off by up to half a denormal, times a)
     // a = gamma * invstd, c = a * sum_dy / m, b = a * invstd^2 * sum_dy_xmu / m:
-    // none of them may overflow.
+    // none of them may overflow. Each may round in the denormals, or to 0: a
+    // by half a denormal times |g - sum_dy / m|, b times |x - mean|.
     const double a = gm * is;
     const bool a_wild = !Finite(gm) || !Finite(is) || std::fabs(gm) > kLarge ||
                         std::fabs(is) > kLarge;
@@ -1739,7 +1740,9 @@ void CheckBackward(const Call& k) {
       const double tol = std::fabs(a) * dsdy / md +
                          std::fabs(a) * is * is * std::fabs(xmu) * dsdyxmu / md +
                          8 * kU * (t1 + t2 + std::fabs(ref)) +
-                         4 * kDenorm * (std::fabs(xmu) + std::fabs(g) + std::fabs(a) + 1) + kTiny;
+                         4 * kDenorm * (std::fabs(xmu) + std::fabs(g) + std::fabs(sdy) / md +
+                                        std::fabs(a) + 1) +
+                         kTiny;
       CheckElem(k, "dx", 3, e, ref, tol, !wild, wild);
     }
   }
