@@ -117,14 +117,14 @@ void GradApplyNchwChannelT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, in
 
 template <DType kT, bool kStream, class V>
 void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int64_t begin,
-                    int64_t end, const GradConstants& k) {
+                    int64_t end, const GradConstants& k, bool grouped_rows) {
   // Copies captured by value: through a reference the compiler reloads the
   // pointers after every store (intrinsic stores may alias anything).
   const GradTensors<kT> ts = t.At(begin);
   const GradConstants kc = k;
   StorePeriodic<kT, kStream>(
       dx + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
-      static_cast<size_t>(period),
+      static_cast<size_t>(period), grouped_rows,
       [kc](auto d, size_t q) HWY_ATTR {
         return GradVectors<decltype(d)>{hn::LoadU(d, kc.mean + q), hn::LoadU(d, kc.mean_dy + q),
                                         hn::LoadU(d, kc.a + q), hn::LoadU(d, kc.b + q)};
@@ -183,11 +183,11 @@ void GradApplyNchwChannel(DType dtype, const GradArgs& a, void* dx, int64_t c, i
 }
 
 void GradApplyNhwc(DType dtype, const GradArgs& a, void* dx, int64_t period, int64_t begin,
-                   int64_t end, const GradConstants& k, bool stream) {
+                   int64_t end, const GradConstants& k, bool stream, bool grouped_rows) {
   Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     GradApplyNhwcT<kT, decltype(st)::value, decltype(v)>(Typed<kT>(a), static_cast<Elem<kT>*>(dx),
-                                                         period, begin, end, k);
+                                                         period, begin, end, k, grouped_rows);
   });
 }
 
@@ -218,8 +218,10 @@ void GradApplyNchwChannel(int64_t target, DType dtype, const GradArgs& a, void* 
 }
 
 void GradApplyNhwc(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t period,
-                   int64_t begin, int64_t end, const GradConstants& k, bool stream) {
-  BNORM_DISPATCH(GradApplyNhwc, target)(dtype, a, dx, period, begin, end, k, stream);
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream,
+                   bool grouped_rows) {
+  BNORM_DISPATCH(GradApplyNhwc, target)
+  (dtype, a, dx, period, begin, end, k, stream, grouped_rows);
 }
 
 }  // namespace bnorm

@@ -43,9 +43,11 @@ void GradApplyNchwChannel(int64_t target, DType dtype, const GradArgs& a, void* 
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end,
                           const GradConstants& k, bool stream);
 // NHWC: elements [begin, end); constants per position e % period, each array
-// holding period + kMaxLanes entries (see StorePeriodic).
+// holding period + kMaxLanes entries (see StorePeriodic); grouped_rows as
+// for NormalizeNhwc.
 void GradApplyNhwc(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t period,
-                   int64_t begin, int64_t end, const GradConstants& k, bool stream);
+                   int64_t begin, int64_t end, const GradConstants& k, bool stream,
+                   bool grouped_rows);
 
 }  // namespace bnorm
 

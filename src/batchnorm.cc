@@ -298,6 +298,10 @@ struct StatsReduction {
   void Merge(int64_t c0, int64_t c1) const { MergeStats(p, rp, partials, c0, c1, merged + c0); }
 };
 
+// Whether NHWC elementwise passes store several rows per load of their
+// constants (RowStores in plan.h).
+bool GroupedRows() { return DetectedRowStores() == RowStores::kGrouped; }
+
 // Scratch for `count` floats of apply constants: false when out of memory.
 bool AcquireConstants(const bnorm_context* ctx, int64_t count, const void* y,
                       ScratchPool::Lease* lease, float** consts) {
@@ -314,7 +318,8 @@ void NormalizeRange(const Problem& p, const ElementwisePlan& ep, int64_t target,
                     void* y, const AffineConstants& affine, const Epilogue& epi, bool stream,
                     int64_t begin, int64_t end) {
   if (p.nhwc) {
-    NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, epi);
+    NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, GroupedRows(),
+                  epi);
   } else {
     NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream, Lookahead(),
                   epi);
@@ -384,7 +389,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
     } else {
       const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
       NormalizeNhwc(target, p.dtype, x, y, ep.period, r0 * p.c, r1 * p.c, affine,
-                    plan.stream_output, epi);
+                    plan.stream_output, GroupedRows(), epi);
     }
   };
   const auto apply_flat = [&](int64_t begin, int64_t end) {
@@ -570,7 +575,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   // The apply pass over flat elements [begin, end).
   const auto apply_range = [&](int64_t begin, int64_t end, bool stream) {
     if (p.nhwc) {
-      GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream);
+      GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream,
+                    GroupedRows());
     } else {
       GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, begin, end, grad, stream);
     }
@@ -634,7 +640,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     } else {
       const int64_t r0 = a * rp.unit_rows, r1 = std::min(p.Values(), r0 + rp.unit_rows);
       GradApplyNhwc(target, p.dtype, args, out, ep.period, r0 * p.c, r1 * p.c, grad,
-                    plan.stream_output);
+                    plan.stream_output, GroupedRows());
     }
   };
   RunReduceApply(ctx, p, rp, plan, ep, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize,

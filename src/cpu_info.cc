@@ -1,10 +1,14 @@
 #include "cpu_info.h"
 
 #include <sched.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace bnorm {
@@ -114,11 +118,45 @@ CacheSizes Detect() {
   return sizes;
 }
 
+// The CPU vendor string from CPUID leaf 0 ("GenuineIntel", "AuthenticAMD");
+// empty off x86.
+std::string CpuVendor() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return std::string();
+  char vendor[12];
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  return std::string(vendor, sizeof(vendor));
+#else
+  return std::string();
+#endif
+}
+
+RowStores DetectRowStores() {
+  const RowStores detected =
+      CpuVendor() == "GenuineIntel" ? RowStores::kSequential : RowStores::kGrouped;
+  const char* env = std::getenv("BNORM_NHWC_ROW_STORES");
+  if (env == nullptr || env[0] == '\0') return detected;
+  if (std::strcmp(env, "grouped") == 0) return RowStores::kGrouped;
+  if (std::strcmp(env, "sequential") == 0) return RowStores::kSequential;
+  std::fprintf(stderr,
+               "bnorm: BNORM_NHWC_ROW_STORES=%s is not grouped or sequential; using %s\n", env,
+               detected == RowStores::kGrouped ? "grouped" : "sequential");
+  return detected;
+}
+
 }  // namespace
 
 const CacheSizes& DetectedCacheSizes() {
   static const CacheSizes sizes = Detect();
   return sizes;
+}
+
+RowStores DetectedRowStores() {
+  static const RowStores stores = DetectRowStores();
+  return stores;
 }
 
 }  // namespace bnorm

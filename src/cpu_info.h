@@ -1,5 +1,6 @@
-// Cache sizes of the machine, read once from the OS (Linux sysfs), with
-// conservative defaults where the OS does not say.
+// What the planner needs to know of the machine: cache sizes, read once from
+// the OS (Linux sysfs) with conservative defaults where the OS does not say,
+// and the CPU's preferred store order for NHWC rows.
 #ifndef BNORM_SRC_CPU_INFO_H_
 #define BNORM_SRC_CPU_INFO_H_
 
@@ -12,6 +13,11 @@ namespace bnorm {
 // bytes; BNORM_L2_SIZE and BNORM_LLC_SIZE in the environment override them.
 // Cached after the first call; thread-safe.
 const CacheSizes& DetectedCacheSizes();
+
+// How this CPU's NHWC elementwise passes store rows: kSequential on Intel
+// CPUs, kGrouped on others; BNORM_NHWC_ROW_STORES=grouped|sequential in the
+// environment overrides it. Cached after the first call; thread-safe.
+RowStores DetectedRowStores();
 
 }  // namespace bnorm
 

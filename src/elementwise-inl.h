@@ -66,9 +66,13 @@ HWY_INLINE void StoreSpan(Elem<kT>* out, size_t len, const Value& value) {
 // a vector starting at any q < period reads valid constants even where it
 // crosses the end of the period; this keeps every vector store aligned and
 // whole whatever the period (NHWC rows of any width). Where the period is a
-// whole number of vectors, four rows are done per load of the constants.
+// whole number of store units and out starts a row, rows go through a nested
+// loop (no position wrapping per vector): with `grouped` (RowStores in
+// plan.h), two or four rows per load of the constants where the row width
+// suits it; otherwise one row after another. The values are the same either
+// way.
 template <DType kT, bool kStream, class Constants, class Value>
-HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t period,
+HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t period, bool grouped,
                               const Constants& constants, const Value& value) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
@@ -79,18 +83,21 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
   size_t q = q0;
   const bool rows_aligned =
       !kStream || reinterpret_cast<uintptr_t>(out) % (U * sizeof(Elem<kT>)) == 0;
-  // Rows a multiple of 4 KiB long (f32 C = 1024, 2048) go several at a time
-  // with one load of the constants: one row at a time was faster from L2
-  // (C = 1024: 19.5 -> 14.4 us) but slower from DRAM (NHWC inference
-  // 32x2048x7x7 1.20 -> 1.91x a copy, 64x1024x14x14 1.13 -> 1.42x). Shorter
-  // rows go one at a time: four rows of 2 KiB (f16 C = 1024) share 4 KiB
-  // pages, which the hardware prefetcher follows badly (64x1024x14x14 f16
-  // 2.98 -> 1.61x a copy with one row at a time). Four rows within 4 KiB
-  // (f32 C <= 64) are one short stream: four at a time saves the per-vector
-  // constant loads (f32 4x64x7x7 inference from L2: 4.0 -> 1.8 us).
+  // Grouped (Zen 3's measurements): rows a multiple of 4 KiB long (f32 C =
+  // 1024, 2048) go several at a time with one load of the constants: one row
+  // at a time was faster from L2 (C = 1024: 19.5 -> 14.4 us) but slower from
+  // DRAM (NHWC inference 32x2048x7x7 1.20 -> 1.91x a copy, 64x1024x14x14
+  // 1.13 -> 1.42x). Other rows go one at a time: four rows of 2 KiB (f16
+  // C = 1024) share 4 KiB pages, which the hardware prefetcher follows badly
+  // (64x1024x14x14 f16 2.98 -> 1.61x a copy with one row at a time), except
+  // four rows within 4 KiB (f32 C <= 64), one short stream: four at a time
+  // saves the per-vector constant loads (f32 4x64x7x7 inference from L2:
+  // 4.0 -> 1.8 us). Sequential: one row at a time always (an Intel Xeon's
+  // measurements are at RowStores). The nested loop beats the wrapping loop
+  // below even for one row at a time (f32 C = 16, 64K elements from L2,
+  // inference: SSE4 30.0 -> 12.8 us, AVX2 11.2 -> 8.4 us).
   const size_t row_bytes = period * sizeof(Elem<kT>);
-  if (q0 == 0 && period % U == 0 && (row_bytes % 4096 == 0 || 4 * row_bytes <= 4096) &&
-      rows_aligned) {
+  if (q0 == 0 && period % U == 0 && rows_aligned) {
     // Streamed rows a multiple of 4 KiB long go two at a time: four rows
     // and their outputs, all 4 KiB apart, contend for the same L1 sets and
     // write-combining buffers (f32 NHWC training of 32x2048x7x7 3.0-3.3 ->
@@ -125,7 +132,9 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
       }
       return i;
     };
-    if (kStream && row_bytes % 4096 == 0) {
+    if (!grouped || (row_bytes % 4096 != 0 && 4 * row_bytes > 4096)) {
+      i = rows_at_once(std::integral_constant<size_t, 1>());
+    } else if (kStream && row_bytes % 4096 == 0) {
       i = rows_at_once(std::integral_constant<size_t, 2>());
     } else {
       i = rows_at_once(std::integral_constant<size_t, 4>());

@@ -105,7 +105,7 @@ void NormalizeNchwChannelT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, in
 
 template <DType kT, bool kStream, class F>
 void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t period,
-                    int64_t begin, int64_t end, const AffineConstants& k) {
+                    int64_t begin, int64_t end, const AffineConstants& k, bool grouped_rows) {
   const Elem<kT>* xs = x + begin;
   const Elem<kT>* zs = Offset<F>(z, begin);
   // Captured by value: through a reference the compiler reloads the pointers
@@ -113,7 +113,7 @@ void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t p
   const AffineConstants kc = k;
   StorePeriodic<kT, kStream>(
       y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
-      static_cast<size_t>(period),
+      static_cast<size_t>(period), grouped_rows,
       [kc](auto d, size_t q) HWY_ATTR {
         return ChannelVectors<decltype(d)>{hn::LoadU(d, kc.mean + q), hn::LoadU(d, kc.scale + q),
                                            hn::LoadU(d, kc.shift + q)};
@@ -165,11 +165,12 @@ void NormalizeNchwChannel(DType dtype, const void* x, void* y, int64_t c, int64_
 }
 
 void NormalizeNhwc(DType dtype, const void* x, void* y, int64_t period, int64_t begin, int64_t end,
-                   const AffineConstants& k, bool stream, const Epilogue& epi) {
+                   const AffineConstants& k, bool stream, bool grouped_rows,
+                   const Epilogue& epi) {
   Variants(dtype, stream, epi, [&](auto t, auto st, auto f) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     NormalizeNhwcT<kT, decltype(st)::value, decltype(f)>(BNORM_TYPED_ARGS(kT), period, begin, end,
-                                                         k);
+                                                         k, grouped_rows);
   });
 }
 
@@ -205,8 +206,9 @@ void NormalizeNchwChannel(int64_t target, DType dtype, const void* x, void* y, i
 
 void NormalizeNhwc(int64_t target, DType dtype, const void* x, void* y, int64_t period,
                    int64_t begin, int64_t end, const AffineConstants& k, bool stream,
-                   const Epilogue& epi) {
-  BNORM_DISPATCH(NormalizeNhwc, target)(dtype, x, y, period, begin, end, k, stream, epi);
+                   bool grouped_rows, const Epilogue& epi) {
+  BNORM_DISPATCH(NormalizeNhwc, target)
+  (dtype, x, y, period, begin, end, k, stream, grouped_rows, epi);
 }
 
 }  // namespace bnorm

@@ -44,10 +44,12 @@ void NormalizeNchwChannel(int64_t target, DType dtype, const void* x, void* y, i
 
 // NHWC: elements [begin, end) of the flat tensor; constants indexed by
 // position within the period (element e has position e % period), each array
-// holding period + kMaxLanes entries (see StorePeriodic).
+// holding period + kMaxLanes entries (see StorePeriodic). grouped_rows:
+// several rows per load of the constants where their width allows
+// (RowStores::kGrouped in plan.h); the values are the same either way.
 void NormalizeNhwc(int64_t target, DType dtype, const void* x, void* y, int64_t period,
                    int64_t begin, int64_t end, const AffineConstants& k, bool stream,
-                   const Epilogue& epi = Epilogue());
+                   bool grouped_rows, const Epilogue& epi = Epilogue());
 
 }  // namespace bnorm
 

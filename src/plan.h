@@ -105,6 +105,21 @@ inline int64_t UsableLlc(int64_t reported, int cpus) {
   return cpus > 0 ? std::min(reported, cpus * kLlcPerCpu) : reported;
 }
 
+// How the NHWC elementwise passes (normalize, backward apply) store rows,
+// whose per-position constants repeat every row (StorePeriodic in
+// elementwise-inl.h). Same values either way; a property of the CPU.
+//  kGrouped: where rows are a whole number of vectors and either a multiple
+//    of 4 KiB long or four to 4 KiB, two or four rows per load of the
+//    constants: fewer loads, several store streams. Faster on Zen 3 (f32
+//    NHWC inference of 4x64x7x7 from L2: 4.0 -> 1.8 us; from DRAM,
+//    32x2048x7x7 1.91 -> 1.20x a copy).
+//  kSequential: one row after another, the constants loaded per vector: one
+//    store stream. Faster on an Intel Xeon (Emerald Rapids, AVX3 and AVX2)
+//    from L2: f32 NHWC inference of 64K elements 2.4x faster with C = 64,
+//    training 1.8x; batch-1 NHWC inference of 1x1024x14x14 1.65 -> 0.90x a
+//    copy. From DRAM the two measured alike there (docs/performance.md).
+enum class RowStores { kGrouped, kSequential };
+
 // How a reduce-then-apply operation (training forward, backward) runs.
 //  kChannelFused (NCHW): a task owns a group of whole channels; it reduces
 //    their units, finalizes them, and applies to the group (per image one

@@ -89,14 +89,75 @@ int Probe() {
   return 0;
 }
 
-// The bits probe: prints a hash of every output of Train on the default
-// context and on a 1-thread context (the plan may change with the cache sizes
-// in the environment; the bits may not).
+// NHWC training, inference and backward of an n x c x spatial tensor of
+// `dtype` (bytes per element: elem); every output is passed to mix. Shapes
+// with C = 64 (f32 rows of 256 bytes: four to 4 KiB) and C = 1024 (4 KiB
+// rows) take the grouped row stores (RowStores in src/plan.h) where enabled.
+template <class Mix>
+bool NhwcCalls(const bnorm_context* ctx, int64_t n, int64_t c, int64_t spatial, bnorm_dtype dtype,
+               size_t elem, const Mix& mix) {
+  const bnorm_tensor_desc desc{n, c, spatial, BNORM_LAYOUT_NHWC, dtype};
+  const size_t count = static_cast<size_t>(n * c * spatial);
+  std::vector<unsigned char> x(count * elem), dy(count * elem), y(count * elem), dx(count * elem);
+  uint32_t state = 12345u;
+  const auto next = [&state]() {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<float>(state >> 8) / 16777216.0f - 0.5f;  // [-0.5, 0.5)
+  };
+  const auto fill = [&](std::vector<unsigned char>& t, float offset) {
+    for (size_t i = 0; i < count; ++i) {
+      const float v = offset + next();
+      if (elem == 4) {
+        std::memcpy(t.data() + 4 * i, &v, 4);
+      } else {  // bf16: the high half of the float (a valid bf16 value)
+        uint32_t bits = 0;
+        std::memcpy(&bits, &v, 4);
+        const uint16_t half = static_cast<uint16_t>(bits >> 16);
+        std::memcpy(t.data() + 2 * i, &half, 2);
+      }
+    }
+  };
+  fill(x, 7.0f);
+  fill(dy, 0.0f);
+  const size_t cs = static_cast<size_t>(c);
+  std::vector<float> gamma(cs), beta(cs), mean(cs), invstd(cs), var(cs, 2.0f), dgamma(cs),
+      dbeta(cs);
+  for (size_t i = 0; i < cs; ++i) {
+    gamma[i] = 1.0f + next();
+    beta[i] = next();
+  }
+  if (bnorm_forward_training(ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f,
+                             0.1f, nullptr, nullptr, mean.data(), invstd.data()) != BNORM_OK ||
+      bnorm_backward(ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(), mean.data(),
+                     invstd.data(), dgamma.data(), dbeta.data()) != BNORM_OK) {
+    return false;
+  }
+  mix(y.data(), y.size());
+  mix(dx.data(), dx.size());
+  mix(mean.data(), 4 * cs);
+  mix(invstd.data(), 4 * cs);
+  mix(dgamma.data(), 4 * cs);
+  mix(dbeta.data(), 4 * cs);
+  if (bnorm_forward_inference(ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
+                              mean.data(), var.data(), 1e-5f) != BNORM_OK) {
+    return false;
+  }
+  mix(y.data(), y.size());
+  return true;
+}
+
+// The bits probe: prints a hash of every output of Train and of NhwcCalls on
+// the default context and on a 1-thread context (the plan may change with the
+// cache sizes in the environment, the kernels with the NHWC row order; the
+// bits may not).
 int ProbeBits() {
   uint64_t hash = 1469598103934665603ull;  // FNV-1a over the outputs' bytes
-  const auto mix = [&hash](const std::vector<float>& v) {
-    const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
-    for (size_t i = 0; i < v.size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  const auto mix_bytes = [&hash](const void* data, size_t size) {
+    const auto* bytes = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  };
+  const auto mix = [&mix_bytes](const std::vector<float>& v) {
+    mix_bytes(v.data(), v.size() * sizeof(float));
   };
   bnorm_context* one = nullptr;
   if (bnorm_context_create(1, &one) != BNORM_OK) return 1;
@@ -107,6 +168,11 @@ int ProbeBits() {
     mix(r.y);
     mix(r.mean);
     mix(r.invstd);
+    if (!NhwcCalls(ctx, 37, 64, 5, BNORM_DTYPE_F32, 4, mix_bytes) ||
+        !NhwcCalls(ctx, 3, 1024, 7, BNORM_DTYPE_F32, 4, mix_bytes) ||
+        !NhwcCalls(ctx, 29, 32, 9, BNORM_DTYPE_BF16, 2, mix_bytes)) {
+      return 1;
+    }
   }
   bnorm_context_destroy(one);
   std::printf("bits=%016llx\n", static_cast<unsigned long long>(hash));
@@ -292,6 +358,34 @@ TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
       EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
       EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
     }
+  }
+}
+
+// The NHWC row order (BNORM_NHWC_ROW_STORES, detected from the CPU by
+// default) changes how rows are stored, never the bits.
+TEST(RowStoresEnvironment, OrderChangesNotTheBits) {
+  const ProbeRun plain = RunProbe(nullptr, "BNORM_NHWC_ROW_STORES", "--probe-bits");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
+  ASSERT_EQ(plain.out.rfind("bits=", 0), 0u) << plain.out;
+  for (const char* value : {"grouped", "sequential"}) {
+    const ProbeRun run = RunProbe(value, "BNORM_NHWC_ROW_STORES", "--probe-bits");
+    EXPECT_EQ(run.exit_code, 0) << value << run.err;
+    EXPECT_EQ(run.out, plain.out) << value;
+    EXPECT_EQ(run.err, "") << value;
+  }
+}
+
+TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
+  const ProbeRun plain = RunProbe(nullptr, "BNORM_NHWC_ROW_STORES", "--probe-bits");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
+  for (const char* value : {"Grouped", "seq", "1", "%s%n"}) {
+    const ProbeRun run = RunProbe(value, "BNORM_NHWC_ROW_STORES", "--probe-bits");
+    EXPECT_EQ(run.exit_code, 0) << value << run.err;
+    EXPECT_EQ(run.out, plain.out) << value;
+    const std::string start = std::string("bnorm: BNORM_NHWC_ROW_STORES=") + value +
+                              " is not grouped or sequential";
+    EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
+    EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
   }
 }
 
