@@ -3,7 +3,11 @@
 // (interleaved, same thread count), and reports the ratio.
 //
 //   bnorm_bench [--threads=N] [--target=AVX2 | --all-targets] [--no-onednn]
-//               [--dtypes=f32,bf16,f16 | --dtypes=all] [google benchmark flags]
+//               [--dtypes=f32,bf16,f16 | --dtypes=all]
+//               [--shapes=NxCxHxW,...] [google benchmark flags]
+//
+// --shapes replaces the suite's shapes (kShapes) with your own, e.g. the
+// batch-1 activations of an inference engine: --shapes=1x256x14x14,1x64x56x56.
 //
 // bnorm rows are named bnorm_<target> for f32 and bnorm_<target>_bf16 /
 // bnorm_<target>_f16 for 16-bit storage (their copy moves the same, halved,
@@ -29,6 +33,7 @@
 #include <cstring>
 
 #include <unistd.h>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <string>
@@ -71,6 +76,31 @@ const BenchShape kShapes[] = {
     {32, 64, 56, 56},  {32, 256, 56, 56},  {32, 2048, 7, 7}, {1, 64, 112, 112},  {256, 3, 224, 224},
     {8, 32, 128, 128}, {64, 1024, 14, 14}, {2, 8, 512, 512}, {4096, 1024, 1, 1},
 };
+std::vector<BenchShape> g_shapes(std::begin(kShapes), std::end(kShapes));
+
+// Parses "NxCxHxW[,NxCxHxW...]" into shapes; false if any is malformed or
+// has a dimension outside [1, 2^20] or more than 2^31 elements.
+bool ParseShapes(const char* text, std::vector<BenchShape>* out) {
+  out->clear();
+  const std::string list = std::string(text) + ",";
+  for (size_t at = 0, comma; (comma = list.find(',', at)) != std::string::npos; at = comma + 1) {
+    const std::string item = list.substr(at, comma - at);
+    long long d[4];
+    int used = 0;
+    if (std::sscanf(item.c_str(), "%lldx%lldx%lldx%lld%n", &d[0], &d[1], &d[2], &d[3], &used) != 4 ||
+        used != static_cast<int>(item.size())) {
+      return false;
+    }
+    long long elements = 1;
+    for (long long v : d) {
+      if (v < 1 || v > (1 << 20)) return false;
+      elements *= v;
+      if (elements > (1ll << 31)) return false;
+    }
+    out->push_back(BenchShape{d[0], d[1], d[2], d[3]});
+  }
+  return !out->empty();
+}
 
 // A copy split over the benchmark's threads (one contiguous piece each): the
 // floor bnorm is measured against. streaming: Highway non-temporal copy;
@@ -329,7 +359,7 @@ const char* OpName(Op op) {
 
 // Names: op/NxCxHxW/layout/impl, impl = bnorm_<target>.
 void RegisterAll(const std::vector<std::string>& targets) {
-  for (const BenchShape& s : kShapes) {
+  for (const BenchShape& s : g_shapes) {
     for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
       for (Op op : {Op::kInference, Op::kTraining, Op::kBackward, Op::kSplitTraining,
                     Op::kSplitBackward}) {
@@ -405,6 +435,12 @@ int main(int argc, char** argv) {
           std::fprintf(stderr, "bnorm_bench: unknown dtype %s (f32, bf16, f16, all)\n", d.c_str());
           return 2;
         }
+      }
+    } else if (std::strncmp(argv[i], "--shapes=", 9) == 0) {
+      if (!ParseShapes(argv[i] + 9, &g_shapes)) {
+        std::fprintf(stderr, "bnorm_bench: --shapes=%s: expected NxCxHxW[,NxCxHxW...]\n",
+                     argv[i] + 9);
+        return 2;
       }
     } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       g_threads = std::atoi(argv[i] + 10);
