@@ -384,15 +384,18 @@ void ChannelPivots(DType dtype, const void* x, int64_t c, int64_t spatial, bool 
     }
     return;
   }
-  for (int64_t ch = c0; ch < c1; ++ch) {  // run by run (no division per value)
-    double sum = 0.0;
+  // Run by run (no division per value), into four sums: one chain of
+  // dependent adds per channel was a fifth of the statistics time of 49-value
+  // channels (1x2048x7x7) from L2.
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    double sums[4] = {0.0, 0.0, 0.0, 0.0};
     for (int64_t i = 0, v = 0; v < count; ++i) {
       const int64_t run = (i * c + ch) * spatial;
       for (int64_t s = 0; s < spatial && v < count; ++s, ++v) {
-        sum += static_cast<double>(LoadAsFloat(x, run + s, dtype));
+        sums[v & 3] += static_cast<double>(LoadAsFloat(x, run + s, dtype));
       }
     }
-    pivots[ch] = static_cast<float>(sum / n);
+    pivots[ch] = static_cast<float>(((sums[0] + sums[1]) + (sums[2] + sums[3])) / n);
   }
 }
 
