@@ -280,7 +280,7 @@ struct StatsReduction {
         pivots(ScratchAt<float>(lease, at.pivots_at)) {}
 
   void Prepare(int64_t c0, int64_t c1) const {
-    ChannelPivots(p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
+    ChannelPivots(target, p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
   }
   void Reduce(int64_t u) const {
     if (!rp.nhwc) {

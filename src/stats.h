@@ -23,8 +23,8 @@ constexpr int64_t kPivotChunk = 256;
 // sample. Every unit of the channel starts from the same pivot.
 // Writes the pivots of channels [c0, c1) to pivots[c0, c1). NHWC sums the
 // first rows across the channel range (contiguous), NCHW each channel's run.
-void ChannelPivots(DType dtype, const void* x, int64_t c, int64_t spatial, bool nhwc,
-                   int64_t values, int64_t c0, int64_t c1, float* pivots);
+void ChannelPivots(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
+                   bool nhwc, int64_t values, int64_t c0, int64_t c1, float* pivots);
 
 // NCHW: moments of channel ch over its values [begin, end) in (i, s) order.
 // The mean is absolute (not shifted).
