@@ -78,19 +78,26 @@ const BenchShape kShapes[] = {
 };
 std::vector<BenchShape> g_shapes(std::begin(kShapes), std::end(kShapes));
 
+// The comma-separated items of a flag's value ("a,b,,c": a, b, "", c).
+std::vector<std::string> SplitCommas(const char* text) {
+  std::vector<std::string> items;
+  const std::string list = std::string(text) + ",";
+  for (size_t at = 0, comma; (comma = list.find(',', at)) != std::string::npos; at = comma + 1) {
+    items.push_back(list.substr(at, comma - at));
+  }
+  return items;
+}
+
 // Parses "NxCxHxW[,NxCxHxW...]" into shapes; false if any is malformed or
 // has a dimension outside [1, 2^20] or more than 2^31 elements.
 bool ParseShapes(const char* text, std::vector<BenchShape>* out) {
   out->clear();
-  const std::string list = std::string(text) + ",";
-  for (size_t at = 0, comma; (comma = list.find(',', at)) != std::string::npos; at = comma + 1) {
-    const std::string item = list.substr(at, comma - at);
+  for (const std::string& item : SplitCommas(text)) {
     long long d[4];
     int used = 0;
-    if (std::sscanf(item.c_str(), "%lldx%lldx%lldx%lld%n", &d[0], &d[1], &d[2], &d[3], &used) != 4 ||
-        used != static_cast<int>(item.size())) {
-      return false;
-    }
+    const int got =
+        std::sscanf(item.c_str(), "%lldx%lldx%lldx%lld%n", &d[0], &d[1], &d[2], &d[3], &used);
+    if (got != 4 || used != static_cast<int>(item.size())) return false;
     long long elements = 1;
     for (long long v : d) {
       if (v < 1 || v > (1 << 20)) return false;
@@ -423,11 +430,8 @@ int main(int argc, char** argv) {
       targets.clear();
       for (int t = 0; t < bnorm_target_count(); ++t) targets.emplace_back(bnorm_target_name(t));
     } else if (std::strncmp(argv[i], "--dtypes=", 9) == 0) {
-      const std::string list = std::string(argv[i] + 9) + ",";
       g_dtypes.clear();
-      for (size_t at = 0, comma; (comma = list.find(',', at)) != std::string::npos;
-           at = comma + 1) {
-        const std::string d = list.substr(at, comma - at);
+      for (const std::string& d : SplitCommas(argv[i] + 9)) {
         if (d == "f32" || d == "all") g_dtypes.push_back(BNORM_DTYPE_F32);
         if (d == "bf16" || d == "all") g_dtypes.push_back(BNORM_DTYPE_BF16);
         if (d == "f16" || d == "all") g_dtypes.push_back(BNORM_DTYPE_F16);

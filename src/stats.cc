@@ -366,7 +366,9 @@ void ChannelPivotsT(const Elem<kT>* x, int64_t c, int64_t spatial, bool nhwc, in
 #endif
         for (; k < width; ++k) sums[k] += static_cast<double>(ScalarF32<kT>(row[k]));
       }
-      for (size_t k = 0; k < width; ++k) pivots[b + static_cast<int64_t>(k)] = static_cast<float>(sums[k] / n);
+      for (size_t k = 0; k < width; ++k) {
+        pivots[b + static_cast<int64_t>(k)] = static_cast<float>(sums[k] / n);
+      }
     }
     return;
   }
