@@ -11,6 +11,11 @@ target, oneDNN's plain and blocked paths) divided by the time of a parallel
 copy of the same bytes measured in the same loop, per shape and layout. Lower
 is better; 1.0 is the memory roofline. Several JSON files (several CPUs) give
 one bar per file and implementation. Uses Debian's python3-matplotlib.
+
+The table adds, per layout, bnorm's time over the time of oneDNN's fastest
+path for the same data in the same run (for NCHW data the faster of its plain
+and nChw16c rows): below 1 bnorm is faster. It compares times directly, so it
+does not depend on the copies of the two rows measuring alike.
 """
 import argparse
 import collections
@@ -21,8 +26,8 @@ import sys
 OPS = ["forward_inference", "forward_training", "backward"]
 
 
-def load(path):
-    """Returns {(op, shape, layout, impl): ratio} (median when repeated) and a label."""
+def load(path, field="ratio_to_copy"):
+    """Returns {(op, shape, layout, impl): field} (median when repeated) and a label."""
     with open(path) as f:
         data = json.load(f)
     ratios = {}
@@ -31,13 +36,13 @@ def load(path):
         if b.get("error_occurred"):
             continue
         parts = b["name"].split("/")
-        if len(parts) < 4 or "ratio_to_copy" not in b:
+        if len(parts) < 4 or field not in b:
             continue
         key = tuple(parts[:4])
         if b.get("aggregate_name") == "median":
-            medians[key] = b["ratio_to_copy"]
+            medians[key] = b[field]
         elif b.get("run_type", "iteration") == "iteration":
-            ratios.setdefault(key, b["ratio_to_copy"])
+            ratios.setdefault(key, b[field])
     ratios.update(medians)
     ctx = data.get("context", {})
     label = "%s, %s threads" % (ctx.get("host_name", os.path.basename(path)),
@@ -45,19 +50,39 @@ def load(path):
     return ratios, label
 
 
-def table(ratios):
+def versus_onednn(times, op, shape, layout):
+    """bnorm's (fastest target's) time over oneDNN's fastest path for the same data, or None."""
+    def best(prefix):
+        found = [t for (o, s, l, impl), t in times.items()
+                 if o == op and s == shape and l == layout and impl.startswith(prefix)]
+        return min(found) if found else None
+    ours, theirs = best("bnorm_"), best("onednn_")
+    return ours / theirs if ours and theirs else None
+
+
+def table(ratios, times):
     """Markdown: one row per op and shape, one column per layout x implementation."""
     impls = sorted({k[3] for k in ratios})
-    cols = [(layout, impl) for layout in ("NCHW", "NHWC") for impl in impls
-            if any(k[2] == layout and k[3] == impl for k in ratios)]
-    lines = ["| op | shape | " + " | ".join("%s %s" % c for c in cols) + " |",
+    layouts = [l for l in ("NCHW", "NHWC") if any(k[2] == l for k in ratios)]
+    versus = {l: any(k[2] == l and k[3].startswith("onednn_") for k in times) for l in layouts}
+    cols = []
+    for layout in layouts:
+        cols += [(layout, impl) for impl in impls
+                 if any(k[2] == layout and k[3] == impl for k in ratios)]
+        if versus[layout]:
+            cols.append((layout, None))
+    lines = ["| op | shape | " + " | ".join(
+        "%s %s" % (layout, impl or "bnorm / oneDNN best (time)") for layout, impl in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     shapes = list(collections.OrderedDict.fromkeys(k[1] for k in ratios))
     for op in OPS:
         for shape in shapes:
             cells = []
             for layout, impl in cols:
-                r = ratios.get((op, shape, layout, impl))
+                if impl is None:
+                    r = versus_onednn(times, op, shape, layout)
+                else:
+                    r = ratios.get((op, shape, layout, impl))
                 cells.append("%.2f" % r if r is not None else "")
             if any(cells):
                 lines.append("| %s | %s | %s |" % (op, shape, " | ".join(cells)))
@@ -111,8 +136,9 @@ def main():
     args = parser.parse_args()
     runs = [load(p) for p in args.json]
     if args.table:
-        for ratios, label in runs:
-            print("### " + label + "\n\n" + table(ratios) + "\n")
+        for path, (ratios, label) in zip(args.json, runs):
+            times, _ = load(path, "real_time")
+            print("### " + label + "\n\n" + table(ratios, times) + "\n")
         return 0
     chart(runs, args.out)
     return 0
