@@ -20,6 +20,7 @@
 
 #include <type_traits>
 
+#include "cpu_info.h"
 #include "dtype.h"
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
@@ -175,6 +176,31 @@ constexpr size_t StoreUnitLanes(DF df) {
   return (kStorePairs<kT> ? 2 : 1) * hn::MaxLanes(df);
 }
 
+#if (HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL) && \
+    (defined(__GNUC__) || defined(__clang__))
+#define BNORM_BF16_INSTRUCTION 1
+// The bf16 patterns of 32 f32 lanes (lo: elements 0..15, hi: 16..31) by
+// AVX512_BF16's VCVTNE2PS2BF16, which rounds to nearest even like the
+// integer steps but flushes denormal inputs to zero and keeps a NaN's
+// payload: false (and *bits untouched) when a lane is a NaN or a denormal,
+// which the caller then converts the integer way. Inline assembly, because
+// Highway 1.0.3's targets do not enable AVX512_BF16 for the compiler; run
+// only where Bf16InstructionEnabled() (cpu_info.h) says the CPU has it.
+HWY_INLINE bool Bf16PairByInstruction(__m512 lo, __m512 hi, __m512i* bits) {
+  constexpr int kNanOrDenormal = 0x01 | 0x20 | 0x80;  // quiet NaN, denormal, signaling NaN
+  if ((_mm512_fpclass_ps_mask(lo, kNanOrDenormal) | _mm512_fpclass_ps_mask(hi, kNanOrDenormal)) !=
+      0) {
+    return false;
+  }
+  __m512i out;
+  asm("vcvtne2ps2bf16 %2, %1, %0" : "=v"(out) : "v"(hi), "v"(lo));
+  *bits = out;
+  return true;
+}
+#else
+#define BNORM_BF16_INSTRUCTION 0
+#endif
+
 #if HWY_TARGET != HWY_SCALAR
 // Stores v0 then v1 (f32 lanes) as elements of kStorePairs<kT> at p, in one
 // full vector: unaligned, or non-temporal with kStream (p then aligned to
@@ -190,9 +216,18 @@ HWY_INLINE void StoreF32Pair(DF df, hn::Vec<DF> v0, hn::Vec<DF> v1, Elem<kT>* HW
   } else  // NOLINT(readability/braces)
 #endif
   {
-    // The patterns sit in the low halves of 32-bit lanes: one pack.
-    bits = hn::ConcatEven(dw, hn::BitCast(dw, F32ToNarrowBits<kT>(df, v1)),
-                          hn::BitCast(dw, F32ToNarrowBits<kT>(df, v0)));
+    bool done = false;
+#if BNORM_BF16_INSTRUCTION
+    // About 40 % of a bf16 inference from L2 was the integer rounding.
+    if constexpr (kT == DType::kBF16 && hn::MaxLanes(df) == 16) {
+      if (Bf16InstructionEnabled()) done = Bf16PairByInstruction(v0.raw, v1.raw, &bits.raw);
+    }
+#endif
+    if (!done) {
+      // The patterns sit in the low halves of 32-bit lanes: one pack.
+      bits = hn::ConcatEven(dw, hn::BitCast(dw, F32ToNarrowBits<kT>(df, v1)),
+                            hn::BitCast(dw, F32ToNarrowBits<kT>(df, v0)));
+    }
   }
   if (kStream) {
     hn::Stream(bits, dw, p);
@@ -261,6 +296,7 @@ HWY_INLINE void ForFlag(bool flag, const Body& body) {
 }
 
 #undef BNORM_HAVE_F16C
+#undef BNORM_BF16_INSTRUCTION
 
 }  // namespace HWY_NAMESPACE
 }  // namespace bnorm

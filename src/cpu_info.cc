@@ -147,7 +147,35 @@ RowStores DetectRowStores() {
   return detected;
 }
 
+// AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5. Only the AVX-512 kernels
+// use it, and those run only where the OS saves the AVX-512 state.
+bool CpuHasAvx512Bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 1, eax, ebx, ecx, edx);
+  return (eax >> 5) & 1u;
+#else
+  return false;
+#endif
+}
+
+bool DetectBf16Instruction() {
+  const bool has = CpuHasAvx512Bf16();
+  const char* env = std::getenv("BNORM_BF16_ROUNDING");
+  if (env == nullptr || env[0] == '\0') return has;
+  if (std::strcmp(env, "instruction") == 0) return has;
+  if (std::strcmp(env, "integer") == 0) return false;
+  std::fprintf(stderr, "bnorm: BNORM_BF16_ROUNDING=%s is not instruction or integer; using %s\n",
+               env, has ? "instruction" : "integer");
+  return has;
+}
+
 }  // namespace
+
+namespace internal {
+const bool g_bf16_instruction = DetectBf16Instruction();
+}  // namespace internal
 
 const CacheSizes& DetectedCacheSizes() {
   static const CacheSizes sizes = Detect();

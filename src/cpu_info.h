@@ -1,6 +1,7 @@
-// What the planner needs to know of the machine: cache sizes, read once from
-// the OS (Linux sysfs) with conservative defaults where the OS does not say,
-// and the CPU's preferred store order for NHWC rows.
+// What the planner and kernels need to know of the machine: cache sizes, read
+// once from the OS (Linux sysfs) with conservative defaults where the OS does
+// not say, the CPU's preferred store order for NHWC rows, and whether it
+// converts to bf16 in hardware.
 #ifndef BNORM_SRC_CPU_INFO_H_
 #define BNORM_SRC_CPU_INFO_H_
 
@@ -18,6 +19,20 @@ const CacheSizes& DetectedCacheSizes();
 // CPUs, kGrouped on others; BNORM_NHWC_ROW_STORES=grouped|sequential in the
 // environment overrides it. Cached after the first call; thread-safe.
 RowStores DetectedRowStores();
+
+namespace internal {
+extern const bool g_bf16_instruction;  // set once, when the library loads
+}  // namespace internal
+
+// Whether the AVX-512 kernels store bf16 with the CPU's conversion
+// instruction (VCVTNE2PS2BF16, AVX512_BF16), falling back to integer steps
+// for the NaN and denormal lanes it would convert differently from PyTorch;
+// otherwise all lanes take the integer steps. The results are the same bits
+// either way. On where the CPU has AVX512_BF16;
+// BNORM_BF16_ROUNDING=instruction|integer in the environment (read when the
+// library loads) overrides it, and "instruction" cannot enable it on a CPU
+// without it. Inline: read once per stored vector pair in the kernels.
+inline bool Bf16InstructionEnabled() { return internal::g_bf16_instruction; }
 
 }  // namespace bnorm
 

@@ -148,8 +148,8 @@ bool NhwcCalls(const bnorm_context* ctx, int64_t n, int64_t c, int64_t spatial, 
 
 // The bits probe: prints a hash of every output of Train and of NhwcCalls on
 // the default context and on a 1-thread context (the plan may change with the
-// cache sizes in the environment, the kernels with the NHWC row order; the
-// bits may not).
+// cache sizes in the environment, the kernels with the NHWC row order and
+// the bf16 rounding; the bits may not).
 int ProbeBits() {
   uint64_t hash = 1469598103934665603ull;  // FNV-1a over the outputs' bytes
   const auto mix_bytes = [&hash](const void* data, size_t size) {
@@ -384,6 +384,34 @@ TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
     EXPECT_EQ(run.out, plain.out) << value;
     const std::string start = std::string("bnorm: BNORM_NHWC_ROW_STORES=") + value +
                               " is not grouped or sequential";
+    EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
+    EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
+  }
+}
+
+// bf16 stores by instruction or by integer steps (BNORM_BF16_ROUNDING, the
+// instruction by default where the CPU has AVX512_BF16) give the same bits.
+TEST(Bf16RoundingEnvironment, ChangesNotTheBits) {
+  const ProbeRun plain = RunProbe(nullptr, "BNORM_BF16_ROUNDING", "--probe-bits");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
+  ASSERT_EQ(plain.out.rfind("bits=", 0), 0u) << plain.out;
+  for (const char* value : {"instruction", "integer"}) {
+    const ProbeRun run = RunProbe(value, "BNORM_BF16_ROUNDING", "--probe-bits");
+    EXPECT_EQ(run.exit_code, 0) << value << run.err;
+    EXPECT_EQ(run.out, plain.out) << value;
+    EXPECT_EQ(run.err, "") << value;
+  }
+}
+
+TEST(Bf16RoundingEnvironment, GarbageWarnsOnceAndIsIgnored) {
+  const ProbeRun plain = RunProbe(nullptr, "BNORM_BF16_ROUNDING", "--probe-bits");
+  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
+  for (const char* value : {"Integer", "avx512", "0", "%s%n"}) {
+    const ProbeRun run = RunProbe(value, "BNORM_BF16_ROUNDING", "--probe-bits");
+    EXPECT_EQ(run.exit_code, 0) << value << run.err;
+    EXPECT_EQ(run.out, plain.out) << value;
+    const std::string start = std::string("bnorm: BNORM_BF16_ROUNDING=") + value +
+                              " is not instruction or integer";
     EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
     EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
   }
