@@ -212,7 +212,16 @@ HWY_INLINE void StoreF32Pair(DF df, hn::Vec<DF> v0, hn::Vec<DF> v1, Elem<kT>* HW
   hn::Vec<decltype(dw)> bits;
 #if BNORM_HAVE_F16C
   if constexpr (kT == DType::kF16) {
-    bits = hn::Combine(dw, F32ToNarrow<kT>(df, v1), F32ToNarrow<kT>(df, v0));
+    // Only a vector pair holding a NaN needs the canonical-NaN fix-up: the
+    // check costs less than the fix-up (f16 inference from L2 21.6 -> 18.0 us).
+    if (hn::AllFalse(df, hn::Or(hn::IsNaN(v0), hn::IsNaN(v1)))) {
+      const hn::Rebind<hwy::float16_t, DF> dh;
+      const hn::Rebind<uint16_t, DF> d16;
+      bits = hn::Combine(dw, hn::BitCast(d16, hn::DemoteTo(dh, v1)),
+                         hn::BitCast(d16, hn::DemoteTo(dh, v0)));
+    } else {
+      bits = hn::Combine(dw, F32ToNarrow<kT>(df, v1), F32ToNarrow<kT>(df, v0));
+    }
   } else  // NOLINT(readability/braces)
 #endif
   {
