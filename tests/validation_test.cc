@@ -58,16 +58,16 @@ struct Case {
 std::vector<Case> DescCases() {
   using D = bnorm_tensor_desc;
   auto set = [](std::function<void(D&)> f) { return [f](Arena&, D*&, D& d) { f(d); }; };
-  const int64_t big = std::numeric_limits<int64_t>::max();
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
   std::vector<Case> cases = {
       {"desc_null", BNORM_ERR_NULL_POINTER, [](Arena&, D*& p, D&) { p = nullptr; }},
       {"n_zero", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.n = 0; })},
       {"c_zero", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.c = 0; })},
       {"spatial_zero", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.spatial = 0; })},
       {"n_negative", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.n = -2; })},
-      {"c_min", BNORM_ERR_BAD_SHAPE, set([big](D& d) { d.c = -big - 1; })},
+      {"c_min", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.c = -big - 1; })},
       {"spatial_negative", BNORM_ERR_BAD_SHAPE, set([](D& d) { d.spatial = -1; })},
-      {"n_times_c_overflows", BNORM_ERR_BAD_SHAPE, set([big](D& d) {
+      {"n_times_c_overflows", BNORM_ERR_BAD_SHAPE, set([](D& d) {
          d.n = big;
          d.c = 2;
        })},
