@@ -26,9 +26,9 @@ extern const bool g_bf16_instruction;  // set once, when the library loads
 
 // Whether the AVX-512 kernels store bf16 with the CPU's conversion
 // instruction (VCVTNE2PS2BF16, AVX512_BF16), falling back to integer steps
-// for the NaN and denormal lanes it would convert differently from PyTorch;
-// otherwise all lanes take the integer steps. The results are the same bits
-// either way. On where the CPU has AVX512_BF16;
+// for vectors with NaN or denormal lanes, which it converts differently from
+// PyTorch; when false, every vector takes the integer steps. The bits are the
+// same either way. True by default where the CPU has AVX512_BF16;
 // BNORM_BF16_ROUNDING=instruction|integer in the environment (read when the
 // library loads) overrides it, and "instruction" cannot enable it on a CPU
 // without it. Inline: read once per stored vector pair in the kernels.
