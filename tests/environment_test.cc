@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <thread>
 #include <utility>
@@ -361,60 +362,57 @@ TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
   }
 }
 
-// The NHWC row order (BNORM_NHWC_ROW_STORES, detected from the CPU by
-// default) changes how rows are stored, never the bits.
-TEST(RowStoresEnvironment, OrderChangesNotTheBits) {
-  const ProbeRun plain = RunProbe(nullptr, "BNORM_NHWC_ROW_STORES", "--probe-bits");
+// A choice of kernel made from the CPU and overridable by the environment
+// variable `name`: each of `values` runs silently and gives the bits of the
+// default.
+void ExpectChoicesKeepTheBits(const char* name, std::initializer_list<const char*> values) {
+  const ProbeRun plain = RunProbe(nullptr, name, "--probe-bits");
   ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
   ASSERT_EQ(plain.out.rfind("bits=", 0), 0u) << plain.out;
-  for (const char* value : {"grouped", "sequential"}) {
-    const ProbeRun run = RunProbe(value, "BNORM_NHWC_ROW_STORES", "--probe-bits");
-    EXPECT_EQ(run.exit_code, 0) << value << run.err;
-    EXPECT_EQ(run.out, plain.out) << value;
-    EXPECT_EQ(run.err, "") << value;
+  for (const char* value : values) {
+    const ProbeRun run = RunProbe(value, name, "--probe-bits");
+    EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
+    EXPECT_EQ(run.out, plain.out) << name << "=" << value;
+    EXPECT_EQ(run.err, "") << name << "=" << value;
   }
 }
 
-TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
-  const ProbeRun plain = RunProbe(nullptr, "BNORM_NHWC_ROW_STORES", "--probe-bits");
+// Each of `garbage` in `name` prints one line starting "bnorm: name=value
+// <complaint>" and leaves the default's bits.
+void ExpectGarbageWarnsOnce(const char* name, std::initializer_list<const char*> garbage,
+                            const std::string& complaint) {
+  const ProbeRun plain = RunProbe(nullptr, name, "--probe-bits");
   ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
-  for (const char* value : {"Grouped", "seq", "1", "%s%n"}) {
-    const ProbeRun run = RunProbe(value, "BNORM_NHWC_ROW_STORES", "--probe-bits");
-    EXPECT_EQ(run.exit_code, 0) << value << run.err;
-    EXPECT_EQ(run.out, plain.out) << value;
-    const std::string start = std::string("bnorm: BNORM_NHWC_ROW_STORES=") + value +
-                              " is not grouped or sequential";
+  for (const char* value : garbage) {
+    const ProbeRun run = RunProbe(value, name, "--probe-bits");
+    EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
+    EXPECT_EQ(run.out, plain.out) << name << "=" << value;
+    const std::string start = std::string("bnorm: ") + name + "=" + value + " " + complaint;
     EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
     EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
   }
+}
+
+// The NHWC row order (BNORM_NHWC_ROW_STORES, detected from the CPU by
+// default) changes how rows are stored, never the bits.
+TEST(RowStoresEnvironment, OrderChangesNotTheBits) {
+  ExpectChoicesKeepTheBits("BNORM_NHWC_ROW_STORES", {"grouped", "sequential"});
+}
+
+TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
+  ExpectGarbageWarnsOnce("BNORM_NHWC_ROW_STORES", {"Grouped", "seq", "1", "%s%n"},
+                         "is not grouped or sequential");
 }
 
 // bf16 stores by instruction or by integer steps (BNORM_BF16_ROUNDING, the
 // instruction by default where the CPU has AVX512_BF16) give the same bits.
 TEST(Bf16RoundingEnvironment, ChangesNotTheBits) {
-  const ProbeRun plain = RunProbe(nullptr, "BNORM_BF16_ROUNDING", "--probe-bits");
-  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
-  ASSERT_EQ(plain.out.rfind("bits=", 0), 0u) << plain.out;
-  for (const char* value : {"instruction", "integer"}) {
-    const ProbeRun run = RunProbe(value, "BNORM_BF16_ROUNDING", "--probe-bits");
-    EXPECT_EQ(run.exit_code, 0) << value << run.err;
-    EXPECT_EQ(run.out, plain.out) << value;
-    EXPECT_EQ(run.err, "") << value;
-  }
+  ExpectChoicesKeepTheBits("BNORM_BF16_ROUNDING", {"instruction", "integer"});
 }
 
 TEST(Bf16RoundingEnvironment, GarbageWarnsOnceAndIsIgnored) {
-  const ProbeRun plain = RunProbe(nullptr, "BNORM_BF16_ROUNDING", "--probe-bits");
-  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
-  for (const char* value : {"Integer", "avx512", "0", "%s%n"}) {
-    const ProbeRun run = RunProbe(value, "BNORM_BF16_ROUNDING", "--probe-bits");
-    EXPECT_EQ(run.exit_code, 0) << value << run.err;
-    EXPECT_EQ(run.out, plain.out) << value;
-    const std::string start = std::string("bnorm: BNORM_BF16_ROUNDING=") + value +
-                              " is not instruction or integer";
-    EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
-    EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
-  }
+  ExpectGarbageWarnsOnce("BNORM_BF16_ROUNDING", {"Integer", "avx512", "0", "%s%n"},
+                         "is not instruction or integer");
 }
 
 // Waits for a child for up to 60 s; its exit code, or -1 (signal, timeout).
