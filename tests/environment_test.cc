@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
 #include <string>
 #include <thread>
 #include <utility>
@@ -321,56 +320,15 @@ TEST(TargetEnvironment, UnsupportedTargetFallsBackWithoutSigill) {
   if (tried == 0) GTEST_SKIP() << "this CPU runs every target bnorm builds";
 }
 
-// Cache sizes from the environment (BNORM_L2_SIZE, BNORM_LLC_SIZE) change the
-// plan (fused or two-phase, streamed stores or not), never the bits.
-TEST(CacheEnvironment, SizesChangeThePlanNotTheBits) {
-  const ProbeRun plain = RunProbe(nullptr, "BNORM_LLC_SIZE", "--probe-bits");
-  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
-  ASSERT_EQ(plain.out.rfind("bits=", 0), 0u) << plain.out;
-  EXPECT_EQ(plain.err, "");
-  // Train's channel slices are 96 KB and its tensors 4.6 MB: a 64 KiB L2 makes
-  // its plan two-phase, a 4 KiB LLC streams every output, 1 GiB none.
-  for (const auto& [name, value] :
-       {std::pair<const char*, const char*>{"BNORM_L2_SIZE", "64K"},
-        {"BNORM_L2_SIZE", "64M"},
-        {"BNORM_LLC_SIZE", "4K"},
-        {"BNORM_LLC_SIZE", "1G"},
-        {"BNORM_LLC_SIZE", "1048576"}}) {
-    const ProbeRun run = RunProbe(value, name, "--probe-bits");
-    EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
-    EXPECT_EQ(run.out, plain.out) << name << "=" << value;
-    EXPECT_EQ(run.err, "") << name << "=" << value;
-  }
-}
-
-TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
-  const ProbeRun plain = RunProbe(nullptr, "BNORM_L2_SIZE", "--probe-bits");
-  ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
-  for (const char* name : {"BNORM_L2_SIZE", "BNORM_LLC_SIZE"}) {
-    for (const std::string& value :
-         {std::string("garbage"), std::string("-2M"), std::string("0"), std::string("12Q"),
-          std::string("1K"), std::string("99999999999999999999"), std::string("2T"),
-          std::string(10000, '9'), std::string("%s%n")}) {
-      const ProbeRun run = RunProbe(value.c_str(), name, "--probe-bits");
-      EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
-      EXPECT_EQ(run.signal, 0);
-      EXPECT_EQ(run.out, plain.out) << name << "=" << value;
-      const std::string start = std::string("bnorm: ") + name + "=" + value + " is not a size";
-      EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
-      EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
-    }
-  }
-}
-
-// A choice of kernel made from the CPU and overridable by the environment
-// variable `name`: each of `values` runs silently and gives the bits of the
-// default.
-void ExpectChoicesKeepTheBits(const char* name, std::initializer_list<const char*> values) {
+// A setting read from the environment variable `name`: each of `values`
+// runs silently and gives the bits of the run without it.
+void ExpectSettingsKeepTheBits(const char* name, const std::vector<std::string>& values) {
   const ProbeRun plain = RunProbe(nullptr, name, "--probe-bits");
   ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
   ASSERT_EQ(plain.out.rfind("bits=", 0), 0u) << plain.out;
-  for (const char* value : values) {
-    const ProbeRun run = RunProbe(value, name, "--probe-bits");
+  EXPECT_EQ(plain.err, "");
+  for (const std::string& value : values) {
+    const ProbeRun run = RunProbe(value.c_str(), name, "--probe-bits");
     EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
     EXPECT_EQ(run.out, plain.out) << name << "=" << value;
     EXPECT_EQ(run.err, "") << name << "=" << value;
@@ -378,14 +336,15 @@ void ExpectChoicesKeepTheBits(const char* name, std::initializer_list<const char
 }
 
 // Each of `garbage` in `name` prints one line starting "bnorm: name=value
-// <complaint>" and leaves the default's bits.
-void ExpectGarbageWarnsOnce(const char* name, std::initializer_list<const char*> garbage,
+// <complaint>" and gives the bits of the run without it.
+void ExpectGarbageWarnsOnce(const char* name, const std::vector<std::string>& garbage,
                             const std::string& complaint) {
   const ProbeRun plain = RunProbe(nullptr, name, "--probe-bits");
   ASSERT_EQ(plain.exit_code, 0) << plain.out << plain.err;
-  for (const char* value : garbage) {
-    const ProbeRun run = RunProbe(value, name, "--probe-bits");
+  for (const std::string& value : garbage) {
+    const ProbeRun run = RunProbe(value.c_str(), name, "--probe-bits");
     EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
+    EXPECT_EQ(run.signal, 0);
     EXPECT_EQ(run.out, plain.out) << name << "=" << value;
     const std::string start = std::string("bnorm: ") + name + "=" + value + " " + complaint;
     EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
@@ -393,10 +352,28 @@ void ExpectGarbageWarnsOnce(const char* name, std::initializer_list<const char*>
   }
 }
 
+// Cache sizes from the environment (BNORM_L2_SIZE, BNORM_LLC_SIZE) change the
+// plan (fused or two-phase, streamed stores or not), never the bits.
+TEST(CacheEnvironment, SizesChangeThePlanNotTheBits) {
+  // Train's channel slices are 96 KB and its tensors 4.6 MB: a 64 KiB L2 makes
+  // its plan two-phase, a 4 KiB LLC streams every output, 1 GiB none.
+  ExpectSettingsKeepTheBits("BNORM_L2_SIZE", {"64K", "64M"});
+  ExpectSettingsKeepTheBits("BNORM_LLC_SIZE", {"4K", "1G", "1048576"});
+}
+
+TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
+  for (const char* name : {"BNORM_L2_SIZE", "BNORM_LLC_SIZE"}) {
+    ExpectGarbageWarnsOnce(name,
+                           {"garbage", "-2M", "0", "12Q", "1K", "99999999999999999999", "2T",
+                            std::string(10000, '9'), "%s%n"},
+                           "is not a size");
+  }
+}
+
 // The NHWC row order (BNORM_NHWC_ROW_STORES, detected from the CPU by
 // default) changes how rows are stored, never the bits.
 TEST(RowStoresEnvironment, OrderChangesNotTheBits) {
-  ExpectChoicesKeepTheBits("BNORM_NHWC_ROW_STORES", {"grouped", "sequential"});
+  ExpectSettingsKeepTheBits("BNORM_NHWC_ROW_STORES", {"grouped", "sequential"});
 }
 
 TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
@@ -407,7 +384,7 @@ TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
 // bf16 stores by instruction or by integer steps (BNORM_BF16_ROUNDING, the
 // instruction by default where the CPU has AVX512_BF16) give the same bits.
 TEST(Bf16RoundingEnvironment, ChangesNotTheBits) {
-  ExpectChoicesKeepTheBits("BNORM_BF16_ROUNDING", {"instruction", "integer"});
+  ExpectSettingsKeepTheBits("BNORM_BF16_ROUNDING", {"instruction", "integer"});
 }
 
 TEST(Bf16RoundingEnvironment, GarbageWarnsOnceAndIsIgnored) {
