@@ -27,7 +27,7 @@ GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
-  GradSumRegisters<decltype(df), kAcc> main(df);
+  GradSumRegisters<decltype(df), kLongAcc> main(df);
   GradSumRegisters<decltype(df), 1> rest(df);
   GradSumRegisters<decltype(d1), 1> one(d1);
   const auto vmean = hn::Set(df, mean);
@@ -48,9 +48,9 @@ GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>
     const Elem<kT>* ys = kMask ? y + offset : nullptr;
     const auto at = [&](size_t j) { return kMask ? ys + j : nullptr; };
     size_t j = 0;
-    const size_t groups = len / (kAcc * N);
+    const size_t groups = len / (kLongAcc * N);
     main.template Add<kT, kMask>(xs, gs, ys, groups, vmean);
-    j = groups * kAcc * N;
+    j = groups * kLongAcc * N;
     for (; j + N <= len; j += N) rest.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean);
     for (; j < len; ++j) one.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean1);
     pos += static_cast<int64_t>(len);

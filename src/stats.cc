@@ -50,10 +50,10 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
   bool more = true;
   while (more) {  // one block per iteration
     const V vshift = hn::Set(df, shift);
-    V sum[kAcc], sum_sq[kAcc];             // groups of kAcc vectors
+    V sum[kLongAcc], sum_sq[kLongAcc];  // groups of kLongAcc vectors
     V rest_sum = hn::Zero(df), rest_sq = hn::Zero(df);  // single vectors
     float tail_sum = 0.0f, tail_sq = 0.0f;  // single values
-    for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
+    for (size_t a = 0; a < kLongAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
     size_t steps = 0, rest_steps = 0, tail_count = 0;
     for (;;) {
       if (j == len) {  // next run
@@ -73,8 +73,8 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
                       std::min(spatial, end - pos - static_cast<int64_t>(len)), sizeof(Elem<kT>));
         }
       }
-      for (; j + kAcc * N <= len && steps < kBlockSteps; j += kAcc * N, ++steps) {
-        for (size_t a = 0; a < kAcc; ++a) {
+      for (; j + kLongAcc * N <= len && steps < kBlockSteps; j += kLongAcc * N, ++steps) {
+        for (size_t a = 0; a < kLongAcc; ++a) {
           const V e = hn::Sub(LoadF32<kT>(df, p + j + a * N), vshift);
           sum[a] = hn::Add(sum[a], e);
           sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
@@ -94,11 +94,11 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
       if (rest_steps >= kBlockSteps || tail_count >= kBlockSteps) break;
     }
     // Close the block and re-centre on the mean so far.
-    for (size_t a = 0; a < kAcc; ++a) {
+    for (size_t a = 0; a < kLongAcc; ++a) {
       rest_sum = hn::Add(rest_sum, sum[a]);
       rest_sq = hn::Add(rest_sq, sum_sq[a]);
     }
-    const ShiftedBlock b{static_cast<double>((steps * kAcc + rest_steps) * N + tail_count),
+    const ShiftedBlock b{static_cast<double>((steps * kLongAcc + rest_steps) * N + tail_count),
                          SumLanes(df, rest_sum) + static_cast<double>(tail_sum),
                          SumLanes(df, rest_sq) + static_cast<double>(tail_sq)};
     CloseBlock(b, shift, unit, &shifted);
