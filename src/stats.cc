@@ -94,7 +94,15 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
       if (rest_steps >= kBlockSteps || tail_count >= kBlockSteps) break;
     }
     // Close the block and re-centre on the mean so far.
-    for (size_t a = 0; a < kLongAcc; ++a) {
+    for (size_t a = 0; a < kLongAcc / 2; ++a) {  // a tree: short dependency chains
+      sum[a] = hn::Add(sum[a], sum[a + kLongAcc / 2]);
+      sum_sq[a] = hn::Add(sum_sq[a], sum_sq[a + kLongAcc / 2]);
+    }
+    for (size_t a = 0; a < kLongAcc / 4; ++a) {
+      sum[a] = hn::Add(sum[a], sum[a + kLongAcc / 4]);
+      sum_sq[a] = hn::Add(sum_sq[a], sum_sq[a + kLongAcc / 4]);
+    }
+    for (size_t a = 0; a < kLongAcc / 4; ++a) {
       rest_sum = hn::Add(rest_sum, sum[a]);
       rest_sq = hn::Add(rest_sq, sum_sq[a]);
     }
