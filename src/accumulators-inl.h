@@ -40,32 +40,11 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
   for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(bp + b);
 }
 
-// Adds the lanes of v (float) into a double: exact conversions, then a tree
-// of double adds (a chain of 16 dependent adds per AVX3 vector was most of
-// the time of a 49-value NCHW channel from L2).
-template <class D>
-HWY_INLINE double SumLanes(D d, hn::Vec<D> v) {
-#if HWY_HAVE_FLOAT64 && HWY_TARGET != HWY_SCALAR
-  if constexpr (hn::MaxLanes(D()) >= 2) {
-    const hn::Half<D> dh;
-    const hn::Rebind<double, decltype(dh)> dd;
-    const auto halves = hn::Add(hn::PromoteTo(dd, hn::LowerHalf(dh, v)),
-                                hn::PromoteTo(dd, hn::UpperHalf(dh, v)));
-    return hn::GetLane(hn::SumOfLanes(dd, halves));
-  }
-#endif
-  HWY_ALIGN float lanes[hn::MaxLanes(D())];
-  hn::Store(v, d, lanes);
-  double total = 0.0;
-  for (size_t l = 0; l < hn::MaxLanes(D()); ++l) total += static_cast<double>(lanes[l]);
-  return total;
-}
-
 // Adds the lanes of v[0, kCount) into a double: exact conversions, vector
-// adds in double, one horizontal sum at the end. Folding the backward sums
-// lane by lane was a chain of 64 dependent double adds per accumulator set
-// and block (backward sums of a 200K-value channel from L2, one AVX3
-// thread: 8.3 -> 10.3 values/ns with this and kLongAcc).
+// adds in double, one horizontal sum at the end (a chain of 16 dependent
+// adds per AVX3 vector was most of the time of a 49-value NCHW channel from
+// L2; folding the backward sums lane by lane, a chain of 64 per accumulator
+// set and block: docs/performance.md, "the long-run reductions").
 template <class D, size_t kCount>
 HWY_INLINE double SumLanesOf(D d, const hn::Vec<D> (&v)[kCount]) {
 #if HWY_HAVE_FLOAT64 && HWY_TARGET != HWY_SCALAR
@@ -81,17 +60,28 @@ HWY_INLINE double SumLanesOf(D d, const hn::Vec<D> (&v)[kCount]) {
     return hn::GetLane(hn::SumOfLanes(dd, hn::Add(lo, hi)));
   }
 #endif
+  HWY_ALIGN float lanes[hn::MaxLanes(D())];
   double total = 0.0;
-  for (size_t a = 0; a < kCount; ++a) total += SumLanes(d, v[a]);
+  for (size_t a = 0; a < kCount; ++a) {
+    hn::Store(v[a], d, lanes);
+    for (size_t l = 0; l < hn::MaxLanes(D()); ++l) total += static_cast<double>(lanes[l]);
+  }
   return total;
 }
 
-// Returns v, kept in a register: a value used twice (dy in sum(dy) and in
-// sum(dy * (x - mean))) is otherwise loaded by each use, since GCC folds a
-// load into every instruction that reads it. That third load per vector cost
-// the backward sums a fifth of their speed from L1/L2 on an AVX-512 Xeon
-// (tools/loop_ceiling_probe.cc: 13.8 values/ns with the folded loads, 17.1
-// without).
+// The lanes of one vector (SumLanesOf).
+template <class D>
+HWY_INLINE double SumLanes(D d, hn::Vec<D> v) {
+  const hn::Vec<D> one[1] = {v};
+  return SumLanesOf(d, one);
+}
+
+// Returns the vector v, kept in a register: a value used twice (dy in
+// sum(dy) and in sum(dy * (x - mean))) is otherwise loaded by each use, since
+// GCC folds a load into every instruction that reads it. That third load per
+// vector cost the backward sums a fifth of their speed from L1/L2 on an
+// AVX-512 Xeon (tools/loop_ceiling_probe.cc: 13.8 values/ns with the folded
+// loads, 17.1 without). Vectors only: a mask's raw is not a vector register.
 template <class V>
 HWY_INLINE V InRegister(V v) {
 #if HWY_ARCH_X86 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128 && \
@@ -101,16 +91,24 @@ HWY_INLINE V InRegister(V v) {
   return v;
 }
 
-// Vector accumulators of the NCHW sums: enough independent adds to hide
-// their latency.
+// dy (masked by y with kMask: MaskedGrad) for the backward sums, loaded once
+// (InRegister).
+template <DType kT, bool kMask, class D>
+HWY_INLINE hn::Vec<D> SumsGrad(D d, const Elem<kT>* dy, const Elem<kT>* y) {
+  return InRegister(MaskedGrad<kT, kMask>(d, dy, y));
+}
+
+// Vector accumulators of the NCHW short-run kernels (StatsShortRunsT,
+// GradSumsShortRunsT): enough independent adds to hide their latency.
 constexpr size_t kAcc = 4;
 
 // Vector accumulators of the NCHW kernels over long runs (StatsNchwUnitT,
-// GradSumsNchwUnitT): eight where the target has 32 vector registers, so a
-// block, still kBlockSteps values per lane, holds twice the values and its
-// close (horizontal sums, the merge in double, the new shift) costs half as
-// much per value (single-thread statistics of a 200K-value channel from L2,
-// AVX3: 19.0 -> 22.3 values/ns).
+// GradSumsNchwUnitT): eight on the AVX-512 targets (AVX3, AVX3_DL; 32
+// vector registers), so a block, still kBlockSteps values per lane, holds
+// twice the values and its close (horizontal sums, the merge in double, the
+// new shift) costs half as much per value (statistics of one 200K-value
+// channel from L2, one AVX3 thread: docs/performance.md, "the long-run
+// reductions"). A multiple of 4 (StatsNchwUnitT's close).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 constexpr size_t kLongAcc = 8;
 #else
@@ -239,8 +237,7 @@ class GradSumRegisters {
       for (size_t k = 0; k < take; ++k, x += kAcc * kLanes, dy += kAcc * kLanes) {
         const Elem<kT>* yk = kMask ? y + k * kAcc * kLanes : nullptr;
         for (size_t a = 0; a < kAcc; ++a) {
-          const V g = InRegister(
-              MaskedGrad<kT, kMask>(d_, dy + a * kLanes, kMask ? yk + a * kLanes : nullptr));
+          const V g = SumsGrad<kT, kMask>(d_, dy + a * kLanes, kMask ? yk + a * kLanes : nullptr);
           const V xmu = hn::Sub(LoadF32<kT>(d_, x + a * kLanes), mean);
           s_dy[a] = hn::Add(s_dy[a], g);
           s_xmu[a] = hn::MulAdd(g, xmu, s_xmu[a]);

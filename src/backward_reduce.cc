@@ -63,8 +63,9 @@ GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>
 }
 
 // Sums of `runs` whole runs of `spatial` values, from image i0 on, of channel
-// ch: the sums of GradSumsNchwUnitT with a loop shape fixed for all runs, as
-// StatsShortRunsT does for the statistics (short runs, ShortRuns()).
+// ch: the sums of GradSumsNchwUnitT (the same sums, not the same bits) with a
+// loop shape fixed for all runs, in groups of kAcc vectors, as StatsShortRunsT
+// does for the statistics (short runs, ShortRuns()).
 template <DType kT, bool kMask>
 GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
                             int64_t spatial, int64_t ch, int64_t i0, int64_t runs, float mean) {
@@ -96,7 +97,7 @@ GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT
       for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
         for (size_t a = 0; a < kAcc; ++a) {
           const size_t at = j + a * N;
-          const V gv = InRegister(MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr));
+          const V gv = SumsGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr);
           const V xmu = hn::Sub(LoadF32<kT>(df, xs + at), vmean);
           s_dy[a] = hn::Add(s_dy[a], gv);
           s_xmu[a] = hn::MulAdd(gv, xmu, s_xmu[a]);
@@ -106,15 +107,15 @@ GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT
       for (size_t a = 0; a < 3; ++a) {
         if (a >= leftover) break;
         const size_t at = j + a * N;
-        const V gv = InRegister(MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr));
+        const V gv = SumsGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr);
         const V xmu = hn::Sub(LoadF32<kT>(df, xs + at), vmean);
         s_dy[a] = hn::Add(s_dy[a], gv);
         s_xmu[a] = hn::MulAdd(gv, xmu, s_xmu[a]);
       }
       if (tail != 0) {  // from the run's last vector (ShortRunTail)
         const size_t at = len - N;
-        const V gv = InRegister(hn::IfThenElseZero(
-            tail_mask, MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr)));
+        const V gv = hn::IfThenElseZero(
+            tail_mask, MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr));
         // Both masked: an Inf or NaN among the values already summed would
         // make 0 * xmu NaN.
         const V xmu = hn::IfThenElseZero(tail_mask, hn::Sub(LoadF32<kT>(df, xs + at), vmean));
@@ -176,8 +177,8 @@ void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
       auto s_dy = load(d, sum_dy + p);
       auto s_xmu = load(d, sum_dy_xmu + p);
       for (size_t k = 0; k < rows; ++k) {
-        const auto g = InRegister(
-            MaskedGrad<kT, kMask>(d, gr + k * stride + p, kMask ? yr + k * stride + p : nullptr));
+        const auto g =
+            SumsGrad<kT, kMask>(d, gr + k * stride + p, kMask ? yr + k * stride + p : nullptr);
         s_dy = hn::Add(s_dy, g);
         s_xmu = hn::MulAdd(g, hn::Sub(LoadF32<kT>(d, xr + k * stride + p), mu), s_xmu);
       }

@@ -94,6 +94,7 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
       if (rest_steps >= kBlockSteps || tail_count >= kBlockSteps) break;
     }
     // Close the block and re-centre on the mean so far.
+    static_assert(kLongAcc % 4 == 0, "the tree below halves the accumulators twice");
     for (size_t a = 0; a < kLongAcc / 2; ++a) {  // a tree: short dependency chains
       sum[a] = hn::Add(sum[a], sum[a + kLongAcc / 2]);
       sum_sq[a] = hn::Add(sum_sq[a], sum_sq[a + kLongAcc / 2]);
@@ -116,9 +117,10 @@ Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch
 }
 
 // Moments of `runs` whole runs of `spatial` values, from image i0 on, of
-// channel ch: the sums of StatsNchwUnitT with a loop shape fixed for all runs
-// (groups of kAcc vectors, the leftover vectors one per accumulator, the last
-// values of a run in a vector of their own), and blocks of whole runs.
+// channel ch: the sums of StatsNchwUnitT (the same moments, not the same
+// bits) with a loop shape fixed for all runs (groups of kAcc vectors, the
+// leftover vectors one per accumulator, the last values of a run in a vector
+// of their own), and blocks of whole runs.
 template <DType kT>
 Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch, int64_t i0,
                         int64_t runs, float pivot) {
