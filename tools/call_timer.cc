@@ -2,12 +2,12 @@
 // of libbnorm where bnorm_bench's ratios are too noisy (a tensor that fits
 // L2, one-thread context, no copy baseline). Not built by CMake:
 //   g++ -O2 tools/call_timer.cc -Iinclude -Lbuild/release -lbnorm -o /tmp/call_timer
-//   LD_LIBRARY_PATH=build/release /tmp/call_timer N C SPATIAL NHWC OP [THREADS [DTYPE]]
+//   LD_LIBRARY_PATH=build/release /tmp/call_timer N C SPATIAL NHWC OP [THREADS [DTYPE [OFFSET]]]
 // OP: train | inf | back | stats | sums (backward with dx = NULL: the
 // gradient sums alone); NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
-// Tensors start on a 64-byte boundary, as framework tensors do (16-byte
-// aligned data made the statistics of a channel from L2 25 % slower on an
-// AVX-512 Xeon: every vector load split across two lines).
+// Tensors start on a 64-byte boundary, as framework tensors do, or OFFSET
+// floats after one (OFFSET 4: the 16-byte alignment of std::vector, which
+// splits every AVX-512 load across two lines; docs/performance.md).
 // Prints the best of 15 repetitions of the mean µs per call. Machines are
 // noisy: alternate the two builds over several processes, compare minima.
 #include <bnorm/bnorm.h>
@@ -21,16 +21,18 @@
 #include <random>
 #include <vector>
 
-// A tensor's f32 buffer on a 64-byte boundary (std::vector's is 16-byte).
+// A tensor's f32 buffer, `offset` floats after a 64-byte boundary.
 class AlignedFloats {
  public:
-  explicit AlignedFloats(size_t count)
+  AlignedFloats(size_t count, size_t offset)
       : count_(count),
-        data_(static_cast<float*>(std::aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64))) {
-    if (data_ == nullptr) std::abort();
+        base_(static_cast<float*>(
+            std::aligned_alloc(64, ((count + offset) * sizeof(float) + 63) / 64 * 64))),
+        data_(base_ + offset) {
+    if (base_ == nullptr) std::abort();
     std::fill(data_, data_ + count_, 0.0f);
   }
-  ~AlignedFloats() { std::free(data_); }
+  ~AlignedFloats() { std::free(base_); }
   AlignedFloats(const AlignedFloats&) = delete;
   AlignedFloats& operator=(const AlignedFloats&) = delete;
   float* data() { return data_; }
@@ -40,12 +42,13 @@ class AlignedFloats {
 
  private:
   size_t count_;
+  float* base_;
   float* data_;
 };
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::fprintf(stderr, "usage: %s N C SPATIAL NHWC train|inf|back|stats|sums [THREADS [DTYPE]]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s N C SPATIAL NHWC train|inf|back|stats|sums [THREADS [DTYPE [OFFSET]]]\n", argv[0]);
     return 2;
   }
   const int64_t n = std::atoll(argv[1]), c = std::atoll(argv[2]), sp = std::atoll(argv[3]);
@@ -57,7 +60,8 @@ int main(int argc, char** argv) {
                             static_cast<bnorm_dtype>(dtype)};
   const size_t count = static_cast<size_t>(n * c * sp);
   // f32 buffers; 16-bit tensors use the first half of each as their elements.
-  AlignedFloats x(count), y(count), dy(count), dx(count);
+  const size_t offset = argc > 8 ? static_cast<size_t>(std::atoll(argv[8])) : 0;
+  AlignedFloats x(count, offset), y(count, offset), dy(count, offset), dx(count, offset);
   std::vector<float> gamma(c, 1.1f), beta(c, 0.1f), rmean(c), rvar(c, 1.0f), smean(c), sinv(c),
       dgamma(c), dbeta(c);
   std::vector<double> mean(c), m2(c);
