@@ -12,6 +12,7 @@
 #include "moments.h"
 #include "normalize.h"
 #include "stats.h"
+#include "stats_apply.h"
 #include "target.h"
 
 namespace bnorm {
@@ -149,6 +150,11 @@ struct NoPrepare {
   void operator()(int64_t, int64_t) const {}
 };
 
+// No reduction interleaved with an apply: the two run one after the other.
+struct NoReduceWhileApplying {
+  bool operator()(int64_t, int64_t, int64_t, int64_t) const { return false; }
+};
+
 // The skeleton of the reduce-then-apply operations (see Strategy in plan.h).
 //   prepare(c0, c1):    per-channel set-up the reduction needs (pivots)
 //   reduce(u):          computes the partials of reduction unit u
@@ -158,26 +164,42 @@ struct NoPrepare {
 //                       inputs of [c1, c2), the group reduced next (fused NCHW)
 //   apply_unit(a):      applies to unit a of the apply pass (two-phase)
 //   apply_flat(b, e):   applies to flat elements [b, e) (two-phase, flat_apply)
+//   reduce_while_applying(c1, c2, c0, c1): reduces the units of channels
+//                       [c1, c2) while applying to [c0, c1) (fused NCHW),
+//                       false if it cannot (then reduce and apply_group do)
 template <class Prepare, class Reduce, class Finalize, class ApplyGroup, class ApplyUnit,
-          class ApplyFlat>
+          class ApplyFlat, class ReduceWhileApplying = NoReduceWhileApplying>
 void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionPlan& rp,
                     const ExecutionPlan& plan, const ElementwisePlan& ep, bool apply,
                     const Prepare& prepare, const Reduce& reduce, const Finalize& finalize,
                     const ApplyGroup& apply_group, const ApplyUnit& apply_unit,
-                    const ApplyFlat& apply_flat) {
+                    const ApplyFlat& apply_flat,
+                    const ReduceWhileApplying& reduce_while_applying = ReduceWhileApplying()) {
   const bool single = plan.threads == 1;
   if (plan.strategy == Strategy::kChannelFused) {
     // A static partition: each thread knows the group it does next.
     const int64_t cpt = plan.channels_per_task;
     ParallelForStatic(ctx, (p.c + cpt - 1) / cpt, single, [&](int64_t g0, int64_t g1) {
+      bool prepared = false, reduced = false;  // group g's pivots, and its units
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t c0 = g * cpt, c1 = std::min(p.c, c0 + cpt);
-        prepare(c0, c1);
-        for (int64_t u = c0 * rp.units_per_channel; u < c1 * rp.units_per_channel; ++u) {
-          reduce(u);
+        if (!prepared) prepare(c0, c1);
+        if (!reduced) {
+          for (int64_t u = c0 * rp.units_per_channel; u < c1 * rp.units_per_channel; ++u) {
+            reduce(u);
+          }
         }
         finalize(c0, c1);
-        if (apply) apply_group(c0, c1, g + 1 < g1 ? std::min(p.c, c1 + cpt) : c1);
+        prepared = reduced = false;
+        if (!apply) continue;
+        const bool next = g + 1 < g1;
+        const int64_t c2 = next ? std::min(p.c, c1 + cpt) : c1;
+        if (next) {  // the next group's units while this group is written
+          prepare(c1, c2);
+          prepared = true;
+          reduced = reduce_while_applying(c1, c2, c0, c1);
+        }
+        if (!reduced) apply_group(c0, c1, c2);  // prefetching the next group's inputs
       }
     });
     return;
@@ -395,8 +417,14 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const auto apply_flat = [&](int64_t begin, int64_t end) {
     NormalizeRange(p, ep, target, x, y, affine, epi, plan.stream_output, begin, end);
   };
+  const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
+    const NchwStatsUnits units{c1, c2, rp.units_per_channel, rp.unit_len, stats.pivots,
+                               stats.partials};
+    return StatsWhileNormalizing(target, p.dtype, x, y, p.n, p.c, p.spatial, units, a0, a1, affine,
+                                 plan.stream_output, epi);
+  };
   RunReduceApply(ctx, p, rp, plan, ep, /*apply=*/true, prepare, reduce, finalize, apply_group,
-                 apply_unit, apply_flat);
+                 apply_unit, apply_flat, reduce_while_applying);
   return BNORM_OK;
 }
 

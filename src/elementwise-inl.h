@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 
 #include "convert-inl.h"
 #include "hwy/cache_control.h"
@@ -173,52 +174,134 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
   }
 }
 
-// Stores value(d, e, k) to out + (e - begin) for flat NCHW elements
-// e in [begin, end), where k = constants(d, ch) holds the (broadcast)
+// Writes value(d, e, k) to out + (e - begin) for flat NCHW elements e of a
+// range [begin, end), where k = constants(d, ch) holds the (broadcast)
 // constants of e's channel ch; runs of `spatial` elements per (image,
 // channel). The constants of the current channel stay in registers. Vectors
 // run across channel boundaries: a vector that straddles one blends the values
 // of both channels, so the stores stay whole and aligned (full-line
 // non-temporal stores with kStream). Needs spatial >= the lanes (at most one
-// boundary per vector). One line of each `ahead` input is prefetched into L2
-// per line of output (lookahead.h).
+// boundary per vector).
+// One store unit per Unit() call: StoreChannelRuns below writes a range in
+// one loop, and reduce_apply.cc interleaves a range's units with the steps of
+// a reduction. The members stay in registers as long as the writer is a local
+// whose methods are all inlined (no lambda holding the run state: that put it
+// in memory, and made f32 inference of 4x256x7x7 from L2 16.5 us, not 7.7).
+template <DType kT, bool kStream, class Constants, class Value>
+class ChannelRunWriter {
+  using DF = hn::ScalableTag<float>;
+  using K = decltype(std::declval<const Constants&>()(DF(), int64_t()));
+
+ public:
+  using Out = Elem<kT>;
+  static constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(DF()));
+  static constexpr int64_t U = static_cast<int64_t>(StoreUnitLanes<kT>(DF()));
+
+  HWY_INLINE ChannelRunWriter(int64_t c, int64_t spatial, const Constants& constants,
+                              const Value& value)
+      : c_(c), spatial_(spatial), constants_(constants), value_(value) {}
+
+  // Starts the range [begin, end), element begin at out: writes the elements
+  // before the first aligned store unit (kStream) one by one.
+  HWY_INLINE void Start(Elem<kT>* out, int64_t begin, int64_t end) {
+    out_ = out;
+    begin_ = begin;
+    end_ = end;
+    e_ = begin;
+    ch_ = (begin / spatial_) % c_;
+    left_ = spatial_ - begin % spatial_;
+    if (kStream) {
+      const int64_t peel_end =
+          begin + static_cast<int64_t>(PeelToAlignment(out, static_cast<size_t>(U),
+                                                       static_cast<size_t>(end - begin)));
+      while (e_ < peel_end) StoreOne();
+    }
+    // The next channel's constants are read only once an element of it lies
+    // in this range: beyond it, another thread may still be writing them
+    // (channel-fused plans).
+    if (e_ < end_) k_ = constants_(DF(), ch_);
+  }
+
+  // Whether a whole store unit is left in the range.
+  HWY_INLINE bool HasUnit() const { return e_ + U <= end_; }
+
+  // Writes the next store unit (HasUnit()).
+  HWY_INLINE void Unit() {
+    const DF df;
+    Elem<kT>* p = out_ + (e_ - begin_);
+    // The vectors of this store, each advancing e's run. A vector that ends
+    // both its run and the range leaves k stale, and no vector follows it.
+    hn::Vec<DF> v[kVecs];
+    for (int64_t h = 0; h < kVecs; ++h) {
+      v[h] = value_(df, e_, k_);
+      if (left_ > N) {
+        left_ -= N;
+      } else {  // the vector ends this run (and may reach into the next)
+        ch_ = NextChannel(ch_);
+        if (left_ < N) {
+          const K next = constants_(df, ch_);
+          v[h] = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left_)), v[h],
+                                value_(df, e_, next));
+          k_ = next;
+        } else if (e_ + N < end_) {
+          k_ = constants_(df, ch_);
+        }
+        left_ += spatial_ - N;
+      }
+      e_ += N;
+    }
+    StoreUnit<kT, kStream>(df, p, [&](auto, size_t o) HWY_ATTR { return v[o / N]; });
+  }
+
+  // Writes what is left of the range (after the last whole unit) one by one.
+  HWY_INLINE void Finish() {
+    while (e_ < end_) StoreOne();
+  }
+
+ private:
+  static constexpr int64_t kVecs = U / N;  // f32 vectors per store
+
+  // No division in the loop: a 64-bit modulo per vector would cost more than
+  // the vector's arithmetic.
+  HWY_INLINE int64_t NextChannel(int64_t k) const { return k + 1 == c_ ? 0 : k + 1; }
+
+  HWY_INLINE void StoreOne() {
+    const hn::CappedTag<float, 1> d1;
+    StoreF32<kT, false>(d1, value_(d1, e_, constants_(d1, ch_)), out_ + (e_ - begin_));
+    ++e_;
+    if (--left_ == 0) {
+      ch_ = NextChannel(ch_);
+      left_ = spatial_;
+    }
+  }
+
+  int64_t c_, spatial_;
+  const Constants& constants_;
+  const Value& value_;
+  Elem<kT>* out_ = nullptr;
+  int64_t begin_ = 0, end_ = 0;
+  int64_t e_ = 0;     // the next element
+  int64_t ch_ = 0;    // e's channel
+  int64_t left_ = 0;  // elements of e's run from e on
+  K k_{};             // constants of channel ch_
+};
+
+// ChannelRunWriter over one range in one loop. One line of each `ahead` input
+// is prefetched into L2 per line of output (lookahead.h).
 template <DType kT, bool kStream, class Constants, class Value>
 HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int64_t c,
                                  int64_t spatial, const Lookahead& ahead,
                                  const Constants& constants, const Value& value) {
-  const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
-  constexpr int64_t N = static_cast<int64_t>(hn::MaxLanes(df));
-  constexpr int64_t U = static_cast<int64_t>(StoreUnitLanes<kT>(df));
-  // No division in the loop: a 64-bit modulo per vector would cost more than
-  // the vector's arithmetic.
-  const auto next_channel = [c](int64_t k) { return k + 1 == c ? 0 : k + 1; };
-  int64_t ch = (begin / spatial) % c;        // channel of element e
-  int64_t left = spatial - begin % spatial;  // elements of e's run from e on
-  int64_t e = begin;
-  const auto store_one = [&]() HWY_ATTR {
-    StoreF32<kT, false>(d1, value(d1, e, constants(d1, ch)), out + (e - begin));
-    ++e;
-    if (--left == 0) {
-      ch = next_channel(ch);
-      left = spatial;
-    }
-  };
-  if (kStream) {
-    const int64_t peel_end =
-        begin + static_cast<int64_t>(PeelToAlignment(out, static_cast<size_t>(U),
-                                                     static_cast<size_t>(end - begin)));
-    while (e < peel_end) store_one();
-  }
+  ChannelRunWriter<kT, kStream, Constants, Value> writer(c, spatial, constants, value);
+  constexpr int64_t U = decltype(writer)::U;
+  writer.Start(out, begin, end);
   constexpr int64_t kLineElems = 64 / sizeof(Elem<kT>);
   const char* ahead0 = static_cast<const char*>(ahead.input[0]);
   const char* ahead1 = static_cast<const char*>(ahead.input[1]);
   const char* ahead2 = static_cast<const char*>(ahead.input[2]);
   int64_t ahead_left = ahead.input[0] != nullptr ? ahead.elems : 0;  // not yet fetched
   int64_t line_left = 0;  // output elements until the next prefetch
-  auto k = constants(df, ch);
-  constexpr int64_t kVecs = U / N;  // f32 vectors per store
-  while (e + U <= end) {
+  while (writer.HasUnit()) {
     if (ahead_left > 0 && (line_left -= U) <= 0) {
       line_left += kLineElems;
       ahead_left -= kLineElems;
@@ -233,36 +316,9 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
         ahead2 += 64;
       }
     }
-    Elem<kT>* p = out + (e - begin);
-    // The vectors of this store, each advancing e's run. Plain locals, no
-    // lambda holding the run state: it stays in registers (a capturing
-    // lambda made f32 inference of 4x256x7x7 from L2 16.5 us, not 7.7). The next
-    // channel's constants are read only once an element of it lies in this
-    // range: beyond it, another thread may still be writing them
-    // (channel-fused plans); a vector that ends both its run and the range
-    // leaves k stale, and no vector follows it.
-    hn::Vec<decltype(df)> v[kVecs];
-    for (int64_t h = 0; h < kVecs; ++h) {
-      v[h] = value(df, e, k);
-      if (left > N) {
-        left -= N;
-      } else {  // the vector ends this run (and may reach into the next)
-        ch = next_channel(ch);
-        if (left < N) {
-          const auto next = constants(df, ch);
-          v[h] = hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(left)), v[h],
-                                value(df, e, next));
-          k = next;
-        } else if (e + N < end) {
-          k = constants(df, ch);
-        }
-        left += spatial - N;
-      }
-      e += N;
-    }
-    StoreUnit<kT, kStream>(df, p, [&](auto, size_t o) HWY_ATTR { return v[o / N]; });
+    writer.Unit();
   }
-  while (e < end) store_one();
+  writer.Finish();
 }
 
 }  // namespace HWY_NAMESPACE

@@ -13,42 +13,13 @@
 
 #include "convert-inl.h"
 #include "elementwise-inl.h"
+#include "normalize-inl.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-// y = (x - mean) * scale + shift for one lane group with given constants.
-// The epilogue variant of a kernel: residual added (kZ), ReLU (kRelu).
-template <bool kZ, bool kRelu>
-struct Fuse {
-  static constexpr bool z = kZ;
-  static constexpr bool relu = kRelu;
-};
-
-// y = act((x - mean) * scale + shift [+ z]) for one lane group. ReLU keeps
-// NaN (v < 0 is false for NaN), as PyTorch's does.
-template <DType kT, class F, class D, class V>
-HWY_INLINE V Normalized(D d, const Elem<kT>* x, const Elem<kT>* z, V mean, V scale, V shift) {
-  V v = hn::MulAdd(hn::Sub(LoadF32<kT>(d, x), mean), scale, shift);
-  if constexpr (F::z) v = hn::Add(v, LoadF32<kT>(d, z));
-  if constexpr (F::relu) v = hn::IfThenZeroElse(hn::Lt(v, hn::Zero(d)), v);
-  return v;
-}
-
-// The constants of one channel, broadcast.
-template <class D>
-struct ChannelVectors {
-  hn::Vec<D> mean, scale, shift;
-};
-
-// z + offset, or nullptr without a residual.
-template <class F, typename T>
-HWY_INLINE const T* Offset(const T* z, int64_t offset) {
-  return F::z ? z + offset : nullptr;
-}
 
 // One contiguous run with the constants of one channel. x, z and y may be the
 // same buffer: no HWY_RESTRICT on them.
@@ -122,22 +93,6 @@ void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t p
         return Normalized<kT, F>(d, xs + i, Offset<F>(zs, static_cast<int64_t>(i)), kv.mean,
                                  kv.scale, kv.shift);
       });
-}
-
-// Runs body(kT, kStream, Fuse<>) for the runtime dtype, stream flag and
-// epilogue, then drains the streaming stores.
-template <class Body>
-HWY_INLINE void Variants(DType dtype, bool stream, const Epilogue& epi, const Body& body) {
-  ForDType(dtype, [&](auto t) HWY_ATTR {
-    ForFlag(stream, [&](auto st) HWY_ATTR {
-      ForFlag(epi.z != nullptr, [&](auto has_z) HWY_ATTR {
-        ForFlag(epi.relu, [&](auto relu) HWY_ATTR {
-          body(t, st, Fuse<decltype(has_z)::value, decltype(relu)::value>());
-        });
-      });
-    });
-  });
-  if (stream) hwy::FlushStream();
 }
 
 #define BNORM_TYPED_ARGS(kT)                                                        \

@@ -189,13 +189,17 @@ class SplitTest : public testing::TestWithParam<TargetLayout> {
   }
   // Tiny and prime sizes, c == 1, spatial == 1, n == 1, a channel of 1.6 MB
   // (the planner's two-phase strategy), many small channels (channel-fused
-  // in NCHW), and NHWC rows of 3 and of 1000 channels.
+  // in NCHW), and NHWC rows of 3 and of 1000 channels. Channel-fused NCHW
+  // plans with several groups per task sum each group while they write the
+  // one before (stats_apply.h): short runs (8x256x49, and 3x1000x7 where a
+  // run holds a vector), long runs with a smaller last group (5x13x1000), and
+  // channels of two reduction units (20x5x1700).
   std::vector<Shape> Shapes() const {
     const bnorm_layout l = layout();
-    return {Shape{1, 1, 2, l},   Shape{3, 5, 7, l},      Shape{2, 17, 13, l},
-            Shape{6, 1, 11, l},  Shape{9, 6, 1, l},      Shape{1, 4, 33, l},
+    return {Shape{1, 1, 2, l},    Shape{3, 5, 7, l},      Shape{2, 17, 13, l},
+            Shape{6, 1, 11, l},   Shape{9, 6, 1, l},      Shape{1, 4, 33, l},
             Shape{8, 256, 49, l}, Shape{2, 3, 200000, l}, Shape{4, 3, 50, l},
-            Shape{3, 1000, 7, l}};
+            Shape{3, 1000, 7, l}, Shape{5, 13, 1000, l},  Shape{20, 5, 1700, l}};
   }
 
   static bnorm_context* single_;
@@ -252,6 +256,43 @@ TEST_P(SplitTest, ForwardTrainingIsBitwiseTheSplit) {
         } else {
           EXPECT_TRUE(fused.y.Raw() == y_first_context) << "y depends on the thread count";
         }
+      }
+    }
+  }
+}
+
+// 1b. The same with NaN and Inf in some channels: their units come out
+// non-finite and are redone in double, whether summed alone (bnorm_stats) or
+// while the previous channel group is written (the channel-fused plan).
+TEST_P(SplitTest, ForwardTrainingWithNanAndInfIsBitwiseTheSplit) {
+  const bnorm_layout l = layout();
+  for (const Shape& s : {Shape{5, 13, 1000, l}, Shape{8, 256, 49, l}}) {
+    for (bnorm_dtype dtype : kDtypes) {
+      const size_t C = static_cast<size_t>(s.c);
+      std::vector<float> v = NormalData(s, 400, 0.5, 2.0);
+      v[static_cast<size_t>(s.Index(1, 6, 3))] = std::numeric_limits<float>::quiet_NaN();
+      v[static_cast<size_t>(s.Index(2, 9, 0))] = std::numeric_limits<float>::infinity();
+      v[static_cast<size_t>(s.Index(s.n - 1, s.c - 1, s.spatial - 1))] =
+          -std::numeric_limits<float>::infinity();
+      ForwardIn in = MakeForwardIn(s, dtype, 401);
+      in.x = Encode(v, dtype);
+      for (const auto& [ctx_name, ctx] : Contexts()) {
+        SCOPED_TRACE(s.Name() + " " + DtypeName(dtype) + " " + ctx_name);
+        const ForwardOut fused = Fused(ctx, s, dtype, in);
+        const bnorm_tensor_desc d = DescOf(s, dtype, s.n);
+        std::vector<double> mean = DoubleSentinel(C), m2 = DoubleSentinel(C);
+        ASSERT_EQ(bnorm_stats(ctx, &d, in.x.Ptr(), mean.data(), m2.data()), BNORM_OK);
+        ForwardOut split = NewForwardOut(s, in, dtype);
+        ASSERT_EQ(bnorm_forward_apply(ctx, &d, in.x.Ptr(), split.y.Ptr(), in.gamma.data(),
+                                      in.beta.data(), s.Values(), mean.data(), m2.data(), kEps,
+                                      kMomentum, split.rm.data(), split.rv.data(),
+                                      split.sm.data(), split.si.data()),
+                  BNORM_OK);
+        ExpectSameForward(split, fused);
+        for (int64_t ch : {int64_t{6}, int64_t{9}, s.c - 1}) {
+          EXPECT_TRUE(std::isnan(fused.sm[static_cast<size_t>(ch)])) << "channel " << ch;
+        }
+        EXPECT_TRUE(std::isfinite(fused.sm[0]) && std::isfinite(fused.si[0]));
       }
     }
   }

@@ -1,0 +1,169 @@
+// The statistics of one channel group summed while the previous group is
+// normalized (see stats_apply.h). One SIMD body per target via foreach_target.
+#include "config.h"  // first: dispatch configuration
+
+#include "stats_apply.h"
+
+#include <stddef.h>
+
+#include <algorithm>
+#include <limits>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "stats_apply.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "accumulators-inl.h"
+#include "convert-inl.h"
+#include "elementwise-inl.h"
+#include "hwy/highway.h"
+#include "normalize-inl.h"
+#include "stats-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// The Side of the statistics kernels (stats-inl.h) that writes the output of
+// channels [a0, a1) of images 0..n-1 (one range per image) through a
+// ChannelRunWriter, one output element per summed value: when the two
+// groups are alike (all but a task's last), both halves end together.
+// Drain() writes what is left.
+template <class Writer>
+class PacedWrites {
+ public:
+  HWY_INLINE PacedWrites(const Writer& writer, typename Writer::Out* y, int64_t n, int64_t c,
+                         int64_t spatial, int64_t a0, int64_t a1)
+      : writer_(writer), y_(y), n_(n), stride_(c * spatial), begin_(a0 * spatial),
+        len_((a1 - a0) * spatial) {
+    StartImage();
+  }
+
+  HWY_INLINE void Step(size_t values) {
+    owed_ += static_cast<int64_t>(values);
+    if (owed_ < Writer::U) return;
+    // A local count of the units due: owed_ itself, a member, would be
+    // updated in memory once per unit.
+    int64_t units = owed_ / Writer::U;
+    owed_ -= units * Writer::U;
+    while (units != 0) {
+      if (writer_.HasUnit()) {
+        writer_.Unit();
+        --units;
+      } else if (!NextImage()) {
+        owed_ = std::numeric_limits<int64_t>::min() / 2;  // all written
+        return;
+      }
+    }
+  }
+
+  HWY_INLINE void Drain() {
+    if (i_ == n_) return;
+    do {
+      while (writer_.HasUnit()) writer_.Unit();
+    } while (NextImage());
+  }
+
+ private:
+  HWY_INLINE void StartImage() {
+    const int64_t begin = i_ * stride_ + begin_;
+    writer_.Start(y_ + begin, begin, begin + len_);
+  }
+  // Finishes the current image's range and starts the next: false after the last.
+  HWY_INLINE bool NextImage() {
+    writer_.Finish();
+    if (++i_ == n_) return false;
+    StartImage();
+    return true;
+  }
+
+  Writer writer_;
+  typename Writer::Out* y_;
+  int64_t n_, stride_, begin_, len_;
+  int64_t i_ = 0;
+  int64_t owed_ = 0;  // output elements due
+};
+
+template <DType kT, bool kStream, class F>
+bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t n,
+                            int64_t c, int64_t spatial, const NchwStatsUnits& units, int64_t a0,
+                            int64_t a1, const AffineConstants& k) {
+  const hn::ScalableTag<float> df;
+  if (spatial < static_cast<int64_t>(hn::MaxLanes(df))) return false;  // StoreChannelRuns
+  const auto constants = [&](auto d, int64_t ch) HWY_ATTR {
+    return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
+                                       hn::Set(d, k.shift[ch])};
+  };
+  const auto value = [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
+    return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
+  };
+  using Writer = ChannelRunWriter<kT, kStream, decltype(constants), decltype(value)>;
+  const int64_t values = n * spatial;
+  PacedWrites<Writer> side(Writer(c, spatial, constants, value), y, n, c, spatial, a0, a1);
+  for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
+       ++u) {
+    const int64_t ch = u / units.units_per_channel;
+    const int64_t begin = (u % units.units_per_channel) * units.unit_len;
+    const int64_t end = std::min(values, begin + units.unit_len);
+    const float pivot = units.pivots[ch];
+    units.partials[u] =
+        ShortRuns(spatial, begin, end)
+            ? StatsShortRunsT<kT>(x, c, spatial, ch, begin / spatial, (end - begin) / spatial,
+                                  pivot, side)
+            : StatsNchwUnitT<kT>(x, c, spatial, ch, begin, end, pivot, side);
+  }
+  side.Drain();
+  return true;
+}
+
+bool StatsWhileNormalizing(DType dtype, const void* x, void* y, int64_t n, int64_t c,
+                           int64_t spatial, const NchwStatsUnits& units, int64_t a0, int64_t a1,
+                           const AffineConstants& k, bool stream, const Epilogue& epi) {
+  bool done = false;
+  Variants(dtype, stream, epi, [&](auto t, auto st, auto f) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    done = StatsWhileNormalizingT<kT, decltype(st)::value, decltype(f)>(
+        static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(epi.z),
+        static_cast<Elem<kT>*>(y), n, c, spatial, units, a0, a1, k);
+  });
+  return done;
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "dispatch.h"
+#include "stats.h"
+
+namespace bnorm {
+
+HWY_EXPORT(StatsWhileNormalizing);
+
+bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, int64_t n,
+                           int64_t c, int64_t spatial, const NchwStatsUnits& units, int64_t a0,
+                           int64_t a1, const AffineConstants& k, bool stream,
+                           const Epilogue& epi) {
+  if (!BNORM_DISPATCH(StatsWhileNormalizing, target)(dtype, x, y, n, c, spatial, units, a0, a1, k,
+                                                     stream, epi)) {
+    return false;
+  }
+  // Units whose float sums cannot be trusted: StatsNchwUnit redoes them in
+  // double, as it would have had they been summed there.
+  const int64_t values = n * spatial;
+  for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
+       ++u) {
+    if (Finite(units.partials[u])) continue;
+    const int64_t begin = (u % units.units_per_channel) * units.unit_len;
+    const int64_t ch = u / units.units_per_channel;
+    units.partials[u] = StatsNchwUnit(target, dtype, x, c, spatial, ch, begin,
+                                      std::min(values, begin + units.unit_len), units.pivots[ch]);
+  }
+  return true;
+}
+
+}  // namespace bnorm
+#endif  // HWY_ONCE
