@@ -30,6 +30,15 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// The work a reduction kernel interleaves with its sums: Step(values) is
+// called after each group of `values` values it has added (stats_apply.cc,
+// grad_sums_apply.cc). The kernels are inlined into their caller, so a Side
+// that is a local there keeps its state in registers.
+struct NoSide {
+  HWY_INLINE void Step(size_t) const {}
+};
+constexpr NoSide kNoSide;
+
 // Prefetches the cache lines of `count` elements of `elem_bytes` bytes at p,
 // at most kMaxPrefetch bytes (longer runs are caught by the hardware
 // prefetcher).
@@ -223,9 +232,11 @@ class GradSumRegisters {
   // members of an object whose address escapes would make every add a
   // store-to-load round trip.
   // With kMask, dy is masked by y (the ReLU's output; see MaskedGrad).
-  template <DType kT, bool kMask>
+  // side.Step runs after each step (Side: NoSide above).
+  template <DType kT, bool kMask, class Side = const NoSide>
   HWY_INLINE void Add(const Elem<kT>* HWY_RESTRICT x, const Elem<kT>* HWY_RESTRICT dy,
-                      const Elem<kT>* HWY_RESTRICT y, size_t steps, V mean) {
+                      const Elem<kT>* HWY_RESTRICT y, size_t steps, V mean,
+                      Side& side = kNoSide) {
     while (steps != 0) {
       const size_t take = std::min(steps, kBlockSteps - steps_);
       V s_dy[kAcc];
@@ -242,6 +253,7 @@ class GradSumRegisters {
           s_dy[a] = hn::Add(s_dy[a], g);
           s_xmu[a] = hn::MulAdd(g, xmu, s_xmu[a]);
         }
+        side.Step(kAcc * kLanes);
       }
       for (size_t a = 0; a < kAcc; ++a) {
         sum_dy_[a] = s_dy[a];

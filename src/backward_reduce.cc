@@ -15,127 +15,12 @@
 #include "hwy/highway.h"
 #include "plan.h"
 #include "accumulators-inl.h"
+#include "backward_reduce-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-template <DType kT, bool kMask>
-GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
-                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
-  const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
-  constexpr size_t N = hn::MaxLanes(df);
-  GradSumRegisters<decltype(df), kLongAcc> main(df);
-  GradSumRegisters<decltype(df), 1> rest(df);
-  GradSumRegisters<decltype(d1), 1> one(d1);
-  const auto vmean = hn::Set(df, mean);
-  const auto vmean1 = hn::Set(d1, mean);
-  int64_t i = begin / spatial;
-  int64_t s = begin % spatial;
-  for (int64_t pos = begin; pos < end; ++i, s = 0) {
-    const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
-    const int64_t offset = (i * c + ch) * spatial + s;
-    if (pos + static_cast<int64_t>(len) < end) {  // next image's run (see StatsNchwUnit)
-      const int64_t next = ((i + 1) * c + ch) * spatial;
-      const int64_t count = std::min(spatial, end - pos - static_cast<int64_t>(len));
-      PrefetchRun(x + next, count, sizeof(Elem<kT>));
-      PrefetchRun(dy + next, count, sizeof(Elem<kT>));
-    }
-    const Elem<kT>* xs = x + offset;
-    const Elem<kT>* gs = dy + offset;
-    const Elem<kT>* ys = kMask ? y + offset : nullptr;
-    const auto at = [&](size_t j) { return kMask ? ys + j : nullptr; };
-    size_t j = 0;
-    const size_t groups = len / (kLongAcc * N);
-    main.template Add<kT, kMask>(xs, gs, ys, groups, vmean);
-    j = groups * kLongAcc * N;
-    for (; j + N <= len; j += N) rest.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean);
-    for (; j < len; ++j) one.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean1);
-    pos += static_cast<int64_t>(len);
-  }
-  GradSums sums;
-  main.AddTo(sums);
-  rest.AddTo(sums);
-  one.AddTo(sums);
-  return sums;
-}
-
-// Sums of `runs` whole runs of `spatial` values, from image i0 on, of channel
-// ch: the sums of GradSumsNchwUnitT (the same sums, not the same bits) with a
-// loop shape fixed for all runs, in groups of kAcc vectors, as StatsShortRunsT
-// does for the statistics (short runs, ShortRuns()).
-template <DType kT, bool kMask>
-GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
-                            int64_t spatial, int64_t ch, int64_t i0, int64_t runs, float mean) {
-  const hn::ScalableTag<float> df;
-  using V = hn::Vec<decltype(df)>;
-  constexpr size_t N = hn::MaxLanes(df);
-  const ShortRunShape shape(df, spatial);
-  const size_t len = shape.len, groups = shape.groups, leftover = shape.leftover;
-  const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
-  const auto tail_mask = ShortRunTail(df, tail);
-  const V vmean = hn::Set(df, mean);
-  const int64_t stride = c * spatial;
-  const int64_t first = (i0 * c + ch) * spatial;
-  const Elem<kT>* xs = x + first;
-  const Elem<kT>* gs = dy + first;
-  const Elem<kT>* ys = kMask ? y + first : nullptr;
-  GradSums sums;
-  for (int64_t r = 0; r < runs;) {
-    const int64_t block_runs = std::min<int64_t>(static_cast<int64_t>(runs_per_block), runs - r);
-    V s_dy[kAcc], s_xmu[kAcc];
-    for (size_t a = 0; a < kAcc; ++a) s_dy[a] = s_xmu[a] = hn::Zero(df);
-    V t_dy = hn::Zero(df), t_xmu = hn::Zero(df);
-    for (int64_t k = 0; k < block_runs; ++k) {
-      if (r + k + 1 < runs) {  // the next image's run (see StatsShortRunsT)
-        PrefetchRun(xs + stride, spatial, sizeof(Elem<kT>));
-        PrefetchRun(gs + stride, spatial, sizeof(Elem<kT>));
-      }
-      size_t j = 0;
-      for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
-        for (size_t a = 0; a < kAcc; ++a) {
-          const size_t at = j + a * N;
-          const V gv = SumsGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr);
-          const V xmu = hn::Sub(LoadF32<kT>(df, xs + at), vmean);
-          s_dy[a] = hn::Add(s_dy[a], gv);
-          s_xmu[a] = hn::MulAdd(gv, xmu, s_xmu[a]);
-        }
-      }
-      // The leftover vectors one per accumulator (constant indices).
-      for (size_t a = 0; a < 3; ++a) {
-        if (a >= leftover) break;
-        const size_t at = j + a * N;
-        const V gv = SumsGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr);
-        const V xmu = hn::Sub(LoadF32<kT>(df, xs + at), vmean);
-        s_dy[a] = hn::Add(s_dy[a], gv);
-        s_xmu[a] = hn::MulAdd(gv, xmu, s_xmu[a]);
-      }
-      if (tail != 0) {  // from the run's last vector (ShortRunTail)
-        const size_t at = len - N;
-        const V gv = hn::IfThenElseZero(
-            tail_mask, MaskedGrad<kT, kMask>(df, gs + at, kMask ? ys + at : nullptr));
-        // Both masked: an Inf or NaN among the values already summed would
-        // make 0 * xmu NaN.
-        const V xmu = hn::IfThenElseZero(tail_mask, hn::Sub(LoadF32<kT>(df, xs + at), vmean));
-        t_dy = hn::Add(t_dy, gv);
-        t_xmu = hn::MulAdd(gv, xmu, t_xmu);
-      }
-      xs += stride;
-      gs += stride;
-      if (kMask) ys += stride;
-    }
-    r += block_runs;
-    for (size_t a = 1; a < kAcc; ++a) {
-      s_dy[0] = hn::Add(s_dy[0], s_dy[a]);
-      s_xmu[0] = hn::Add(s_xmu[0], s_xmu[a]);
-    }
-    sums.sum_dy += SumLanes(df, hn::Add(s_dy[0], t_dy));
-    sums.sum_dy_xmu += SumLanes(df, hn::Add(s_xmu[0], t_xmu));
-  }
-  return sums;
-}
 
 template <DType kT, bool kMask>
 void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
@@ -238,11 +123,13 @@ GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void
     ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
       constexpr DType kT = decltype(t)::value;
       constexpr bool kMask = decltype(mask)::value;
+      NoSide none;
       if (ShortRuns(spatial, begin, end)) {
         g = GradSumsShortRunsT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin / spatial,
-                                          (end - begin) / spatial, mean);
+                                          (end - begin) / spatial, mean, none);
       } else {
-        g = GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean);
+        g = GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean,
+                                         none);
       }
     });
   });

@@ -8,6 +8,7 @@
 #include "backward_apply.h"
 #include "backward_reduce.h"
 #include "context.h"
+#include "grad_sums_apply.h"
 #include "cpu_info.h"
 #include "moments.h"
 #include "normalize.h"
@@ -671,10 +672,17 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
                     plan.stream_output, GroupedRows());
     }
   };
-  RunReduceApply(ctx, p, rp, plan, ep, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize,
-                 apply_group, apply_unit, [&](int64_t begin, int64_t end) {
-                   apply_range(begin, end, plan.stream_output);
-                 });
+  const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
+    if (y != nullptr) return false;  // the sums' mask (GradSumsWhileApplying: none)
+    const NchwGradUnits units{c1, c2, rp.units_per_channel, rp.unit_len, mean, partials};
+    return GradSumsWhileApplying(target, p.dtype, args, out, p.n, p.c, p.spatial, units, a0, a1,
+                                 grad, plan.stream_output);
+  };
+  RunReduceApply(
+      ctx, p, rp, plan, ep, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize, apply_group,
+      apply_unit,
+      [&](int64_t begin, int64_t end) { apply_range(begin, end, plan.stream_output); },
+      reduce_while_applying);
   if (dz_only) elementwise(merged_at_ch);
   return BNORM_OK;
 }

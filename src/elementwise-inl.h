@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -320,6 +321,73 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   }
   writer.Finish();
 }
+
+// Whether this target interleaves a reduction with the previous channel
+// group's writes (PacedWrites): the AVX2 and AVX-512 targets. The others
+// prefetch the next group instead (lookahead.h); each interleaved variant is
+// a large function, and building them for every target made the sanitizer
+// builds of CI minutes longer.
+constexpr bool kPacedWrites = HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2;
+
+// The Side of a reduction kernel (NoSide in accumulators-inl.h) that writes
+// the output of NCHW channels [a0, a1) of images 0..n-1 (one range per image)
+// through a ChannelRunWriter, one output element per value reduced: when the
+// two channel groups are alike (all but a task's last), both halves end
+// together (stats_apply.cc, grad_sums_apply.cc). Drain() writes what is left.
+template <class Writer>
+class PacedWrites {
+ public:
+  HWY_INLINE PacedWrites(const Writer& writer, typename Writer::Out* y, int64_t n, int64_t c,
+                         int64_t spatial, int64_t a0, int64_t a1)
+      : writer_(writer), y_(y), n_(n), stride_(c * spatial), begin_(a0 * spatial),
+        len_((a1 - a0) * spatial) {
+    StartImage();
+  }
+
+  HWY_INLINE void Step(size_t values) {
+    owed_ += static_cast<int64_t>(values);
+    if (owed_ < Writer::U) return;
+    // A local count of the units due: owed_ itself, a member, would be
+    // updated in memory once per unit.
+    int64_t units = owed_ / Writer::U;
+    owed_ -= units * Writer::U;
+    while (units != 0) {
+      if (writer_.HasUnit()) {
+        writer_.Unit();
+        --units;
+      } else if (!NextImage()) {
+        owed_ = std::numeric_limits<int64_t>::min() / 2;  // all written
+        return;
+      }
+    }
+  }
+
+  HWY_INLINE void Drain() {
+    if (i_ == n_) return;
+    do {
+      while (writer_.HasUnit()) writer_.Unit();
+    } while (NextImage());
+  }
+
+ private:
+  HWY_INLINE void StartImage() {
+    const int64_t begin = i_ * stride_ + begin_;
+    writer_.Start(y_ + begin, begin, begin + len_);
+  }
+  // Finishes the current image's range and starts the next: false after the last.
+  HWY_INLINE bool NextImage() {
+    writer_.Finish();
+    if (++i_ == n_) return false;
+    StartImage();
+    return true;
+  }
+
+  Writer writer_;
+  typename Writer::Out* y_;
+  int64_t n_, stride_, begin_, len_;
+  int64_t i_ = 0;
+  int64_t owed_ = 0;  // output elements due
+};
 
 }  // namespace HWY_NAMESPACE
 }  // namespace bnorm

@@ -28,14 +28,6 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// The work a statistics kernel interleaves with its sums: Step(values) is
-// called after each group of `values` values it has added. The kernels are
-// inlined into their caller, so a Side that is a local there keeps its state
-// in registers.
-struct NoSide {
-  HWY_INLINE void Step(size_t) const {}
-};
-
 // Returned for a unit whose float sums cannot be trusted (overflow, or a
 // shift too far from the data: see ShiftTrusted); the caller redoes it in
 // double.

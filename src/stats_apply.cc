@@ -25,96 +25,40 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// The Side of the statistics kernels (stats-inl.h) that writes the output of
-// channels [a0, a1) of images 0..n-1 (one range per image) through a
-// ChannelRunWriter, one output element per summed value: when the two
-// groups are alike (all but a task's last), both halves end together.
-// Drain() writes what is left.
-template <class Writer>
-class PacedWrites {
- public:
-  HWY_INLINE PacedWrites(const Writer& writer, typename Writer::Out* y, int64_t n, int64_t c,
-                         int64_t spatial, int64_t a0, int64_t a1)
-      : writer_(writer), y_(y), n_(n), stride_(c * spatial), begin_(a0 * spatial),
-        len_((a1 - a0) * spatial) {
-    StartImage();
-  }
-
-  HWY_INLINE void Step(size_t values) {
-    owed_ += static_cast<int64_t>(values);
-    if (owed_ < Writer::U) return;
-    // A local count of the units due: owed_ itself, a member, would be
-    // updated in memory once per unit.
-    int64_t units = owed_ / Writer::U;
-    owed_ -= units * Writer::U;
-    while (units != 0) {
-      if (writer_.HasUnit()) {
-        writer_.Unit();
-        --units;
-      } else if (!NextImage()) {
-        owed_ = std::numeric_limits<int64_t>::min() / 2;  // all written
-        return;
-      }
-    }
-  }
-
-  HWY_INLINE void Drain() {
-    if (i_ == n_) return;
-    do {
-      while (writer_.HasUnit()) writer_.Unit();
-    } while (NextImage());
-  }
-
- private:
-  HWY_INLINE void StartImage() {
-    const int64_t begin = i_ * stride_ + begin_;
-    writer_.Start(y_ + begin, begin, begin + len_);
-  }
-  // Finishes the current image's range and starts the next: false after the last.
-  HWY_INLINE bool NextImage() {
-    writer_.Finish();
-    if (++i_ == n_) return false;
-    StartImage();
-    return true;
-  }
-
-  Writer writer_;
-  typename Writer::Out* y_;
-  int64_t n_, stride_, begin_, len_;
-  int64_t i_ = 0;
-  int64_t owed_ = 0;  // output elements due
-};
-
 template <DType kT, bool kStream, class F>
 bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t n,
                             int64_t c, int64_t spatial, const NchwStatsUnits& units, int64_t a0,
                             int64_t a1, const AffineConstants& k) {
-  const hn::ScalableTag<float> df;
-  if (spatial < static_cast<int64_t>(hn::MaxLanes(df))) return false;  // StoreChannelRuns
-  const auto constants = [&](auto d, int64_t ch) HWY_ATTR {
-    return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
-                                       hn::Set(d, k.shift[ch])};
-  };
-  const auto value = [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
-    return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
-  };
-  using Writer = ChannelRunWriter<kT, kStream, decltype(constants), decltype(value)>;
-  const int64_t values = n * spatial;
-  PacedWrites<Writer> side(Writer(c, spatial, constants, value), y, n, c, spatial, a0, a1);
-  for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
-       ++u) {
-    const int64_t ch = u / units.units_per_channel;
-    const int64_t begin = (u % units.units_per_channel) * units.unit_len;
-    const int64_t end = std::min(values, begin + units.unit_len);
-    const float pivot = units.pivots[ch];
-    units.partials[u] =
-        ShortRuns(spatial, begin, end)
-            ? StatsShortRunsT<kT>(x, c, spatial, ch, begin / spatial, (end - begin) / spatial,
-                                  pivot, side)
-            : StatsNchwUnitT<kT>(x, c, spatial, ch, begin, end, pivot, side);
+  if constexpr (!kPacedWrites) {
+    return false;
+  } else {
+    const hn::ScalableTag<float> df;
+    if (spatial < static_cast<int64_t>(hn::MaxLanes(df))) return false;  // StoreChannelRuns
+    const auto constants = [&](auto d, int64_t ch) HWY_ATTR {
+      return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
+                                         hn::Set(d, k.shift[ch])};
+    };
+    const auto value = [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
+      return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
+    };
+    using Writer = ChannelRunWriter<kT, kStream, decltype(constants), decltype(value)>;
+    const int64_t values = n * spatial;
+    PacedWrites<Writer> side(Writer(c, spatial, constants, value), y, n, c, spatial, a0, a1);
+    for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
+         ++u) {
+      const int64_t ch = u / units.units_per_channel;
+      const int64_t begin = (u % units.units_per_channel) * units.unit_len;
+      const int64_t end = std::min(values, begin + units.unit_len);
+      const float pivot = units.pivots[ch];
+      units.partials[u] =
+          ShortRuns(spatial, begin, end)
+              ? StatsShortRunsT<kT>(x, c, spatial, ch, begin / spatial, (end - begin) / spatial,
+                                    pivot, side)
+              : StatsNchwUnitT<kT>(x, c, spatial, ch, begin, end, pivot, side);
+    }
+    side.Drain();
+    return true;
   }
-  side.Drain();
-  return true;
 }
 
 // f32 without a residual only: the 16-bit variants measured no faster than

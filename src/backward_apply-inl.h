@@ -1,0 +1,78 @@
+// The backward elementwise value of one lane group (dx from dy, x and the
+// per-channel constants; dz stored as it goes) and its compile-time
+// variants: shared by backward_apply.cc and grad_sums_apply.cc.
+// Include after hwy/highway.h inside a foreach_target translation unit.
+
+#if defined(BNORM_SRC_BACKWARD_APPLY_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef BNORM_SRC_BACKWARD_APPLY_INL_H_
+#undef BNORM_SRC_BACKWARD_APPLY_INL_H_
+#else
+#define BNORM_SRC_BACKWARD_APPLY_INL_H_
+#endif
+
+#include <stdint.h>
+
+#include "backward_apply.h"
+#include "convert-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// The constants of one channel, broadcast.
+template <class D>
+struct GradVectors {
+  hn::Vec<D> mean, mean_dy, a, b;
+};
+
+// The kernel variant: frozen statistics (dx = g * a; x not read), dy masked
+// by a fused ReLU's output y (kMask), the masked gradient also stored to dz
+// (kDz).
+template <bool kFrozen, bool kMask, bool kDz>
+struct Variant {
+  static constexpr bool frozen = kFrozen;
+  static constexpr bool mask = kMask;
+  static constexpr bool dz = kDz;
+};
+
+// The tensors of a call at one offset (null where the variant does not use
+// them).
+template <DType kT>
+struct GradTensors {
+  const Elem<kT>* x;
+  const Elem<kT>* dy;
+  const Elem<kT>* y;
+  Elem<kT>* dz;
+
+  GradTensors At(int64_t offset) const {
+    const auto at = [offset](auto* p) { return p != nullptr ? p + offset : p; };
+    return GradTensors{at(x), at(dy), at(y), at(dz)};
+  }
+};
+
+// dx for one lane group at offset e: g * a (frozen), else
+// (g - mean_dy) * a + (x - mean) * b, where g is dy (masked: see
+// MaskedGrad); g is stored to dz as it goes (kDz), in the same pass.
+template <DType kT, class V, class D, class K>
+HWY_INLINE hn::Vec<D> Grad(D d, const GradTensors<kT>& t, int64_t e, const K& k) {
+  const auto g = MaskedGrad<kT, V::mask>(d, t.dy + e, V::mask ? t.y + e : nullptr);
+  if constexpr (V::dz) StoreF32<kT, false>(d, g, t.dz + e);
+  if (V::frozen) return hn::Mul(g, k.a);
+  const auto xmu = hn::Sub(LoadF32<kT>(d, t.x + e), k.mean);
+  return hn::MulAdd(hn::Sub(g, k.mean_dy), k.a, hn::Mul(xmu, k.b));
+}
+
+template <class D>
+HWY_INLINE GradVectors<D> Broadcast(D d, const GradConstants& k, int64_t ch) {
+  return GradVectors<D>{hn::Set(d, k.mean[ch]), hn::Set(d, k.mean_dy[ch]), hn::Set(d, k.a[ch]),
+                        hn::Set(d, k.b[ch])};
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#endif  // BNORM_SRC_BACKWARD_APPLY_INL_H_

@@ -1,0 +1,122 @@
+// The gradient sums of one channel group taken while the previous group's dx
+// is written (see grad_sums_apply.h). One SIMD body per target via
+// foreach_target.
+#include "config.h"  // first: dispatch configuration
+
+#include "grad_sums_apply.h"
+
+#include <stddef.h>
+
+#include <algorithm>
+#include <cmath>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "grad_sums_apply.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "accumulators-inl.h"
+#include "backward_apply-inl.h"
+#include "backward_reduce-inl.h"
+#include "convert-inl.h"
+#include "elementwise-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+template <bool kStream>
+bool GradSumsWhileApplyingT(const float* x, const float* dy, float* dx, int64_t n, int64_t c,
+                            int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
+                            const GradConstants& k) {
+  if constexpr (!kPacedWrites) {
+    return false;
+  } else {
+    const hn::ScalableTag<float> df;
+    if (spatial < static_cast<int64_t>(hn::MaxLanes(df))) return false;  // StoreChannelRuns
+    using V = Variant<false, false, false>;
+    const GradTensors<DType::kF32> t{x, dy, nullptr, nullptr};
+    const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
+    const auto value = [&](auto d, int64_t e, const auto& kch) HWY_ATTR {
+      return Grad<DType::kF32, V>(d, t, e, kch);
+    };
+    using Writer = ChannelRunWriter<DType::kF32, kStream, decltype(constants), decltype(value)>;
+    const int64_t values = n * spatial;
+    PacedWrites<Writer> side(Writer(c, spatial, constants, value), dx, n, c, spatial, a0, a1);
+    for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
+         ++u) {
+      const int64_t ch = u / units.units_per_channel;
+      const int64_t begin = (u % units.units_per_channel) * units.unit_len;
+      const int64_t end = std::min(values, begin + units.unit_len);
+      const float mean = units.mean[ch];
+      units.partials[u] =
+          ShortRuns(spatial, begin, end)
+              ? GradSumsShortRunsT<DType::kF32, false>(x, dy, nullptr, c, spatial, ch,
+                                                       begin / spatial, (end - begin) / spatial,
+                                                       mean, side)
+              : GradSumsNchwUnitT<DType::kF32, false>(x, dy, nullptr, c, spatial, ch, begin, end,
+                                                      mean, side);
+    }
+    side.Drain();
+    return true;
+  }
+}
+
+// f32, without the fused ReLU's mask or a residual gradient, only: the
+// variants CI's sanitizer builds can compile in reasonable time (see
+// stats_apply.cc); the others prefetch the next group instead.
+bool GradSumsWhileApplying(DType dtype, const GradArgs& args, void* dx, int64_t n, int64_t c,
+                           int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
+                           const GradConstants& k, bool stream) {
+  if (dtype != DType::kF32 || args.x == nullptr || args.y != nullptr || args.dz != nullptr) {
+    return false;
+  }
+  bool done = false;
+  ForFlag(stream, [&](auto st) HWY_ATTR {
+    done = GradSumsWhileApplyingT<decltype(st)::value>(
+        static_cast<const float*>(args.x), static_cast<const float*>(args.dy),
+        static_cast<float*>(dx), n, c, spatial, units, a0, a1, k);
+  });
+  if (stream) hwy::FlushStream();
+  return done;
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "backward_reduce.h"
+#include "dispatch.h"
+
+namespace bnorm {
+
+HWY_EXPORT(GradSumsWhileApplying);
+
+bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, void* dx,
+                           int64_t n, int64_t c, int64_t spatial, const NchwGradUnits& units,
+                           int64_t a0, int64_t a1, const GradConstants& k, bool stream) {
+  if (!BNORM_DISPATCH(GradSumsWhileApplying, target)(dtype, args, dx, n, c, spatial, units, a0,
+                                                     a1, k, stream)) {
+    return false;
+  }
+  // Units whose float sums overflowed: GradSumsNchwUnit redoes them in
+  // double, as it would have had they been summed there.
+  const int64_t values = n * spatial;
+  for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
+       ++u) {
+    const GradSums& g = units.partials[u];
+    if (std::isfinite(g.sum_dy) && std::isfinite(g.sum_dy_xmu)) continue;
+    const int64_t begin = (u % units.units_per_channel) * units.unit_len;
+    const int64_t ch = u / units.units_per_channel;
+    units.partials[u] =
+        GradSumsNchwUnit(target, dtype, args.x, args.dy, nullptr, c, spatial, ch, begin,
+                         std::min(values, begin + units.unit_len), units.mean[ch]);
+  }
+  return true;
+}
+
+}  // namespace bnorm
+#endif  // HWY_ONCE
