@@ -5,7 +5,7 @@
 #                        (Release with -Werror, including the MPI tests under
 #                        mpirun -np 1..4; then AddressSanitizer+UBSan,
 #                        ThreadSanitizer on the concurrency tests, and
-#                        BNORM_FUZZ_SECONDS (120) of libFuzzer)
+#                        BNORM_FUZZ_SECONDS (60) of libFuzzer)
 # Run as root, or as a user with sudo. Build trees go to build/.
 set -eu
 cd "$(dirname "$0")/.."
@@ -57,7 +57,7 @@ case "${1:-}" in
     (cd build/tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/../../tools/tsan-suppressions.txt" \
       ctest -j "$jobs" -R '^Concurrency\.' --no-tests=error --output-on-failure)
     # libFuzzer (clang, ASan + UBSan) on the whole C API, bounded.
-    tools/fuzz.sh "${BNORM_FUZZ_SECONDS:-120}"
+    tools/fuzz.sh "${BNORM_FUZZ_SECONDS:-60}"
     echo "bnorm: all tests passed"
     ;;
   *)
