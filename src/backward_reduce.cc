@@ -185,7 +185,6 @@ double MaskedGradAt(const void* dy, const void* y, int64_t e, DType dtype) {
   return static_cast<double>(LoadAsFloat(dy, e, dtype));
 }
 
-bool Finite(const GradSums& g) { return std::isfinite(g.sum_dy) && std::isfinite(g.sum_dy_xmu); }
 
 }  // namespace
 

@@ -184,8 +184,8 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
 // non-temporal stores with kStream). Needs spatial >= the lanes (at most one
 // boundary per vector).
 // One store unit per Unit() call: StoreChannelRuns below writes a range in
-// one loop, and reduce_apply.cc interleaves a range's units with the steps of
-// a reduction. The members stay in registers as long as the writer is a local
+// one loop, and PacedWrites below interleaves a range's units with the steps
+// of a reduction (stats_apply.cc, grad_sums_apply.cc). The members stay in registers as long as the writer is a local
 // whose methods are all inlined (no lambda holding the run state: that put it
 // in memory, and made f32 inference of 4x256x7x7 from L2 16.5 us, not 7.7).
 template <DType kT, bool kStream, class Constants, class Value>
@@ -332,8 +332,11 @@ constexpr bool kPacedWrites = HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2;
 // The Side of a reduction kernel (NoSide in accumulators-inl.h) that writes
 // the output of NCHW channels [a0, a1) of images 0..n-1 (one range per image)
 // through a ChannelRunWriter, one output element per value reduced: when the
-// two channel groups are alike (all but a task's last), both halves end
-// together (stats_apply.cc, grad_sums_apply.cc). Drain() writes what is left.
+// two channel groups are alike (all but the last, short group of the
+// channels), both halves end together (stats_apply.cc, grad_sums_apply.cc).
+// The elements written one by one at the ends of each image's range do not
+// count against the values owed (a small drift of the pace, not of the
+// values). Drain() writes what is left.
 template <class Writer>
 class PacedWrites {
  public:

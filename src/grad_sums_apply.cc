@@ -8,7 +8,6 @@
 #include <stddef.h>
 
 #include <algorithm>
-#include <cmath>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "grad_sums_apply.cc"
@@ -42,6 +41,7 @@ bool GradSumsWhileApplyingT(const float* x, const float* dy, float* dx, int64_t 
       return Grad<DType::kF32, V>(d, t, e, kch);
     };
     using Writer = ChannelRunWriter<DType::kF32, kStream, decltype(constants), decltype(value)>;
+    if ((a1 - a0) * spatial < Writer::U) return false;  // no store unit to pace
     const int64_t values = n * spatial;
     PacedWrites<Writer> side(Writer(c, spatial, constants, value), dx, n, c, spatial, a0, a1);
     for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
@@ -102,13 +102,12 @@ bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, vo
                                                      a1, k, stream)) {
     return false;
   }
-  // Units whose float sums overflowed: GradSumsNchwUnit redoes them in
-  // double, as it would have had they been summed there.
+  // Units whose float sums overflowed: GradSumsNchwUnit sums them again (in
+  // float, then in double), as it would have had they been summed there.
   const int64_t values = n * spatial;
   for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
        ++u) {
-    const GradSums& g = units.partials[u];
-    if (std::isfinite(g.sum_dy) && std::isfinite(g.sum_dy_xmu)) continue;
+    if (Finite(units.partials[u])) continue;
     const int64_t begin = (u % units.units_per_channel) * units.unit_len;
     const int64_t ch = u / units.units_per_channel;
     units.partials[u] =

@@ -3,9 +3,10 @@
 // it prefetches into L2 the inputs of the group it reduces next. Each core
 // then keeps reads and writes in flight together, as a copy does, instead of
 // alternating a read-only pass (statistics) with a write-only one (output);
-// the next reduction reads from L2. Backward works this way; f32 forward
-// training without a residual goes further where a run holds a vector: it
-// sums the next group while it writes this one (stats_apply.h).
+// the next reduction reads from L2. On the AVX2 and AVX-512 targets, f32
+// forward training without a residual and f32 backward without the ReLU mask
+// or dz go further where a run holds a vector: they reduce the next group
+// while they write this one (stats_apply.h, grad_sums_apply.h).
 #ifndef BNORM_SRC_LOOKAHEAD_H_
 #define BNORM_SRC_LOOKAHEAD_H_
 

@@ -73,6 +73,10 @@ struct GradSums {
   double sum_dy_xmu = 0.0;
 };
 
+inline bool Finite(const GradSums& g) {
+  return std::isfinite(g.sum_dy) && std::isfinite(g.sum_dy_xmu);
+}
+
 }  // namespace bnorm
 
 #endif  // BNORM_SRC_MOMENTS_H_

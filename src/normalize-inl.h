@@ -1,6 +1,6 @@
 // The normalization of one lane group, y = act((x - mean) * scale + shift
-// [+ z]), and the dispatch over its compile-time variants: shared by
-// normalize.cc and stats_apply.cc.
+// [+ z]) (shared by normalize.cc and stats_apply.cc), and the dispatch over
+// its compile-time variants (normalize.cc).
 // Include after hwy/highway.h inside a foreach_target translation unit.
 
 #if defined(BNORM_SRC_NORMALIZE_INL_H_) == defined(HWY_TARGET_TOGGLE)

@@ -125,7 +125,9 @@ enum class RowStores { kGrouped, kSequential };
 //    their units, finalizes them, and applies to the group (per image one
 //    contiguous run) while the slices are still in L2. One pass over memory.
 //    Each thread takes a contiguous range of groups and, while it writes one
-//    group's output, prefetches the next group's inputs (lookahead.h).
+//    group's output, prefetches the next group's inputs (lookahead.h) or,
+//    where the kernels allow, reduces them in the same loop (stats_apply.h,
+//    grad_sums_apply.h).
 //  kTwoPhase: every unit is reduced (in parallel), all channels finalized,
 //    then the same units are applied, each thread taking the units it reduced
 //    in reverse order, so the most recently read data (still in L2/LLC) goes

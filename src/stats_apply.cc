@@ -7,7 +7,6 @@
 #include <stddef.h>
 
 #include <algorithm>
-#include <limits>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "stats_apply.cc"
@@ -42,6 +41,7 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
       return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
     };
     using Writer = ChannelRunWriter<kT, kStream, decltype(constants), decltype(value)>;
+    if ((a1 - a0) * spatial < Writer::U) return false;  // no store unit to pace
     const int64_t values = n * spatial;
     PacedWrites<Writer> side(Writer(c, spatial, constants, value), y, n, c, spatial, a0, a1);
     for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
@@ -104,8 +104,8 @@ bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, 
                                                      stream, epi)) {
     return false;
   }
-  // Units whose float sums cannot be trusted: StatsNchwUnit redoes them in
-  // double, as it would have had they been summed there.
+  // Units whose float sums cannot be trusted: StatsNchwUnit sums them again
+  // (in float, then in double), as it would have had they been summed there.
   const int64_t values = n * spatial;
   for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
        ++u) {

@@ -190,10 +190,13 @@ class SplitTest : public testing::TestWithParam<TargetLayout> {
   // Tiny and prime sizes, c == 1, spatial == 1, n == 1, a channel of 1.6 MB
   // (the planner's two-phase strategy), many small channels (channel-fused
   // in NCHW), and NHWC rows of 3 and of 1000 channels. Channel-fused NCHW
-  // plans with several groups per task sum each group while they write the
-  // one before (stats_apply.h): short runs (8x256x49, and 3x1000x7 where a
-  // run holds a vector), long runs with a smaller last group (5x13x1000), and
-  // channels of two reduction units (10x3x3400).
+  // plans with several groups per task reduce each group while they write
+  // the one before (stats_apply.h, grad_sums_apply.h; f32, AVX2 and AVX-512,
+  // runs of at least a vector): on one thread, 8x256x49 (short runs),
+  // 5x13x1000 (long runs, a smaller last group) and 10x3x3400 (two
+  // reduction units per channel) take them whatever the machine's caches;
+  // 3x1000x7 (runs shorter than an AVX2 vector) covers the plans that
+  // decline and prefetch instead.
   std::vector<Shape> Shapes() const {
     const bnorm_layout l = layout();
     std::vector<Shape> shapes = {Shape{1, 1, 2, l},    Shape{3, 5, 7, l},
@@ -341,6 +344,71 @@ TEST_P(SplitTest, NanAndInfGiveTheBitsOfTheSplit) {
                                  nullptr),
                   BNORM_OK);
         EXPECT_TRUE(in_place.Raw() == dx_fused.Raw()) << "in-place dx differs";
+      }
+    }
+  }
+}
+
+// 1c. Units whose float sums overflow (values near 1e30: squares and
+// products beyond FLT_MAX, not DBL_MAX) are redone in double; in the
+// pipelined plans that is done after the group, unit by unit, and must hit
+// the right unit: the second of channel 1 and the first of channel 2 here.
+TEST_P(SplitTest, OverflowingUnitsGiveTheBitsOfTheSplit) {
+  if (layout() != BNORM_LAYOUT_NCHW) GTEST_SKIP() << "the pipelined plans are NCHW only";
+  const Shape s{10, 3, 3400, BNORM_LAYOUT_NCHW};
+  const size_t C = static_cast<size_t>(s.c), E = static_cast<size_t>(s.Elements());
+  for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_BF16}) {  // f16 cannot hold 1e30
+    std::vector<float> v = NormalData(s, 500, 0.5, 2.0);
+    std::vector<float> g = NormalData(s, 501, 0.0, 1.0);
+    const size_t big1 = static_cast<size_t>(s.Index(s.n - 1, 1, s.spatial - 1));
+    const size_t big2 = static_cast<size_t>(s.Index(0, 2, 0));
+    v[big1] = 1e30f;
+    g[big1] = 1e30f;
+    v[big2] = -1e30f;
+    g[big2] = 1e30f;
+    ForwardIn in = MakeForwardIn(s, dtype, 502);
+    in.x = Encode(v, dtype);
+    Data dy = Encode(g, dtype);
+    for (const auto& [ctx_name, ctx] : Contexts()) {
+      SCOPED_TRACE(std::string(DtypeName(dtype)) + " " + ctx_name);
+      const ForwardOut fused = Fused(ctx, s, dtype, in);
+      const bnorm_tensor_desc d = DescOf(s, dtype, s.n);
+      std::vector<double> mean = DoubleSentinel(C), m2 = DoubleSentinel(C);
+      ASSERT_EQ(bnorm_stats(ctx, &d, in.x.Ptr(), mean.data(), m2.data()), BNORM_OK);
+      ForwardOut split = NewForwardOut(s, in, dtype);
+      ASSERT_EQ(bnorm_forward_apply(ctx, &d, in.x.Ptr(), split.y.Ptr(), in.gamma.data(),
+                                    in.beta.data(), s.Values(), mean.data(), m2.data(), kEps,
+                                    kMomentum, split.rm.data(), split.rv.data(), split.sm.data(),
+                                    split.si.data()),
+                BNORM_OK);
+      ExpectSameForward(split, fused);
+      for (size_t ch = 0; ch < C; ++ch) {
+        EXPECT_TRUE(std::isfinite(fused.sm[ch]) && std::isfinite(fused.si[ch]) &&
+                    fused.si[ch] > 0.0f)
+            << "channel " << ch;
+      }
+      Data dx_fused = Sentinel(E, dtype);
+      std::vector<float> dg_fused = FloatSentinel(C), db_fused = FloatSentinel(C);
+      ASSERT_EQ(bnorm_backward(ctx, &d, in.x.Ptr(), dy.Ptr(), dx_fused.Ptr(), in.gamma.data(),
+                               fused.sm.data(), fused.si.data(), dg_fused.data(),
+                               db_fused.data()),
+                BNORM_OK);
+      std::vector<double> sdy = DoubleSentinel(C), sdyxmu = DoubleSentinel(C);
+      ASSERT_EQ(bnorm_backward_reduce(ctx, &d, in.x.Ptr(), dy.Ptr(), fused.sm.data(), sdy.data(),
+                                      sdyxmu.data()),
+                BNORM_OK);
+      Data dx = Sentinel(E, dtype);
+      std::vector<float> dg = FloatSentinel(C), db = FloatSentinel(C);
+      ASSERT_EQ(bnorm_backward_apply(ctx, &d, in.x.Ptr(), dy.Ptr(), dx.Ptr(), in.gamma.data(),
+                                     fused.sm.data(), fused.si.data(), s.Values(), sdy.data(),
+                                     sdyxmu.data(), dg.data(), db.data()),
+                BNORM_OK);
+      EXPECT_TRUE(dx.Raw() == dx_fused.Raw()) << "dx differs";
+      EXPECT_EQ(Bytes(dg), Bytes(dg_fused)) << "dgamma differs";
+      EXPECT_EQ(Bytes(db), Bytes(db_fused)) << "dbeta differs";
+      for (size_t ch = 0; ch < C; ++ch) {
+        EXPECT_TRUE(std::isfinite(dg_fused[ch]) && std::isfinite(db_fused[ch]))
+            << "channel " << ch;
       }
     }
   }
