@@ -167,6 +167,57 @@ void ExpectSameForward(const ForwardOut& got, const ForwardOut& want) {
   EXPECT_EQ(Bytes(got.rv), Bytes(want.rv)) << "running_var differs";
 }
 
+// bnorm_forward_training against bnorm_stats -> bnorm_forward_apply on the
+// same input, bit for bit. Returns the training results.
+ForwardOut ExpectTrainingIsTheSplit(bnorm_context* ctx, const Shape& s, bnorm_dtype dtype,
+                                    ForwardIn& in) {
+  const size_t C = static_cast<size_t>(s.c);
+  const ForwardOut fused = Fused(ctx, s, dtype, in);
+  const bnorm_tensor_desc d = DescOf(s, dtype, s.n);
+  std::vector<double> mean = DoubleSentinel(C), m2 = DoubleSentinel(C);
+  EXPECT_EQ(bnorm_stats(ctx, &d, in.x.Ptr(), mean.data(), m2.data()), BNORM_OK);
+  ForwardOut split = NewForwardOut(s, in, dtype);
+  EXPECT_EQ(bnorm_forward_apply(ctx, &d, in.x.Ptr(), split.y.Ptr(), in.gamma.data(),
+                                in.beta.data(), s.Values(), mean.data(), m2.data(), kEps,
+                                kMomentum, split.rm.data(), split.rv.data(), split.sm.data(),
+                                split.si.data()),
+            BNORM_OK);
+  ExpectSameForward(split, fused);
+  return fused;
+}
+
+// bnorm_backward against bnorm_backward_reduce -> bnorm_backward_apply on the
+// same inputs, bit for bit. Returns the fused results and the split's sums.
+struct BackwardCheck {
+  Data dx;
+  std::vector<float> dg, db;
+  std::vector<double> sdy, sdyxmu;
+};
+BackwardCheck ExpectBackwardIsTheSplit(bnorm_context* ctx, const Shape& s, bnorm_dtype dtype,
+                                       Data& x, Data& dy, const std::vector<float>& gamma,
+                                       const ForwardOut& fwd) {
+  const size_t C = static_cast<size_t>(s.c), E = static_cast<size_t>(s.Elements());
+  const bnorm_tensor_desc d = DescOf(s, dtype, s.n);
+  BackwardCheck f{Sentinel(E, dtype), FloatSentinel(C), FloatSentinel(C), DoubleSentinel(C),
+                  DoubleSentinel(C)};
+  EXPECT_EQ(bnorm_backward(ctx, &d, x.Ptr(), dy.Ptr(), f.dx.Ptr(), gamma.data(), fwd.sm.data(),
+                           fwd.si.data(), f.dg.data(), f.db.data()),
+            BNORM_OK);
+  EXPECT_EQ(bnorm_backward_reduce(ctx, &d, x.Ptr(), dy.Ptr(), fwd.sm.data(), f.sdy.data(),
+                                  f.sdyxmu.data()),
+            BNORM_OK);
+  Data dx = Sentinel(E, dtype);
+  std::vector<float> dg = FloatSentinel(C), db = FloatSentinel(C);
+  EXPECT_EQ(bnorm_backward_apply(ctx, &d, x.Ptr(), dy.Ptr(), dx.Ptr(), gamma.data(), fwd.sm.data(),
+                                 fwd.si.data(), s.Values(), f.sdy.data(), f.sdyxmu.data(),
+                                 dg.data(), db.data()),
+            BNORM_OK);
+  EXPECT_TRUE(dx.Raw() == f.dx.Raw()) << "dx differs";
+  EXPECT_EQ(Bytes(dg), Bytes(f.dg)) << "dgamma differs";
+  EXPECT_EQ(Bytes(db), Bytes(f.db)) << "dbeta differs";
+  return f;
+}
+
 // ---- The parameterized suite: every target, both layouts ----
 
 class SplitTest : public testing::TestWithParam<TargetLayout> {
@@ -279,7 +330,6 @@ TEST_P(SplitTest, NanAndInfGiveTheBitsOfTheSplit) {
   if (l != BNORM_LAYOUT_NCHW) GTEST_SKIP() << "the pipelined plans are NCHW only";
   for (const Shape& s : {Shape{5, 13, 1000, l}, Shape{8, 256, 49, l}}) {
     for (bnorm_dtype dtype : kDtypes) {
-      const size_t C = static_cast<size_t>(s.c);
       std::vector<float> v = NormalData(s, 400, 0.5, 2.0);
       v[static_cast<size_t>(s.Index(1, 6, 3))] = std::numeric_limits<float>::quiet_NaN();
       v[static_cast<size_t>(s.Index(2, 9, 0))] = std::numeric_limits<float>::infinity();
@@ -289,17 +339,8 @@ TEST_P(SplitTest, NanAndInfGiveTheBitsOfTheSplit) {
       in.x = Encode(v, dtype);
       for (const auto& [ctx_name, ctx] : Contexts()) {
         SCOPED_TRACE(s.Name() + " " + DtypeName(dtype) + " " + ctx_name);
-        const ForwardOut fused = Fused(ctx, s, dtype, in);
+        const ForwardOut fused = ExpectTrainingIsTheSplit(ctx, s, dtype, in);
         const bnorm_tensor_desc d = DescOf(s, dtype, s.n);
-        std::vector<double> mean = DoubleSentinel(C), m2 = DoubleSentinel(C);
-        ASSERT_EQ(bnorm_stats(ctx, &d, in.x.Ptr(), mean.data(), m2.data()), BNORM_OK);
-        ForwardOut split = NewForwardOut(s, in, dtype);
-        ASSERT_EQ(bnorm_forward_apply(ctx, &d, in.x.Ptr(), split.y.Ptr(), in.gamma.data(),
-                                      in.beta.data(), s.Values(), mean.data(), m2.data(), kEps,
-                                      kMomentum, split.rm.data(), split.rv.data(),
-                                      split.sm.data(), split.si.data()),
-                  BNORM_OK);
-        ExpectSameForward(split, fused);
         for (int64_t ch : {int64_t{6}, int64_t{9}, s.c - 1}) {
           EXPECT_TRUE(std::isnan(fused.sm[static_cast<size_t>(ch)])) << "channel " << ch;
         }
@@ -313,31 +354,13 @@ TEST_P(SplitTest, NanAndInfGiveTheBitsOfTheSplit) {
         const Data dy = Encode(g, dtype);
         ForwardIn clean = MakeForwardIn(s, dtype, 403);
         const ForwardOut fwd = Fused(ctx, s, dtype, clean);
-        const size_t E = static_cast<size_t>(s.Elements());
-        Data dx_fused = Sentinel(E, dtype);
-        std::vector<float> dg_fused = FloatSentinel(C), db_fused = FloatSentinel(C);
         Data x_clean = clean.x;
         Data dy_copy = dy;
-        ASSERT_EQ(bnorm_backward(ctx, &d, x_clean.Ptr(), dy_copy.Ptr(), dx_fused.Ptr(),
-                                 clean.gamma.data(), fwd.sm.data(), fwd.si.data(),
-                                 dg_fused.data(), db_fused.data()),
-                  BNORM_OK);
-        std::vector<double> sdy = DoubleSentinel(C), sdyxmu = DoubleSentinel(C);
-        ASSERT_EQ(bnorm_backward_reduce(ctx, &d, x_clean.Ptr(), dy_copy.Ptr(), fwd.sm.data(),
-                                        sdy.data(), sdyxmu.data()),
-                  BNORM_OK);
-        Data dx = Sentinel(E, dtype);
-        std::vector<float> dg = FloatSentinel(C), db = FloatSentinel(C);
-        ASSERT_EQ(bnorm_backward_apply(ctx, &d, x_clean.Ptr(), dy_copy.Ptr(), dx.Ptr(),
-                                       clean.gamma.data(), fwd.sm.data(), fwd.si.data(),
-                                       s.Values(), sdy.data(), sdyxmu.data(), dg.data(),
-                                       db.data()),
-                  BNORM_OK);
-        EXPECT_TRUE(dx.Raw() == dx_fused.Raw()) << "dx differs";
-        EXPECT_EQ(Bytes(dg), Bytes(dg_fused)) << "dgamma differs";
-        EXPECT_EQ(Bytes(db), Bytes(db_fused)) << "dbeta differs";
-        EXPECT_TRUE(std::isnan(db_fused[4]) && std::isinf(db_fused[7]));
-        EXPECT_TRUE(std::isfinite(db_fused[0]) && std::isfinite(dg_fused[0]));
+        const BackwardCheck f =
+            ExpectBackwardIsTheSplit(ctx, s, dtype, x_clean, dy_copy, clean.gamma, fwd);
+        const Data& dx_fused = f.dx;
+        EXPECT_TRUE(std::isnan(f.db[4]) && std::isinf(f.db[7]));
+        EXPECT_TRUE(std::isfinite(f.db[0]) && std::isfinite(f.dg[0]));
         Data in_place = dy;
         ASSERT_EQ(bnorm_backward(ctx, &d, x_clean.Ptr(), in_place.Ptr(), in_place.Ptr(),
                                  clean.gamma.data(), fwd.sm.data(), fwd.si.data(), nullptr,
@@ -356,7 +379,7 @@ TEST_P(SplitTest, NanAndInfGiveTheBitsOfTheSplit) {
 TEST_P(SplitTest, OverflowingUnitsGiveTheBitsOfTheSplit) {
   if (layout() != BNORM_LAYOUT_NCHW) GTEST_SKIP() << "the pipelined plans are NCHW only";
   const Shape s{10, 3, 3400, BNORM_LAYOUT_NCHW};
-  const size_t C = static_cast<size_t>(s.c), E = static_cast<size_t>(s.Elements());
+  const size_t C = static_cast<size_t>(s.c);
   for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_BF16}) {  // f16 cannot hold 1e30
     std::vector<float> v = NormalData(s, 500, 0.5, 2.0);
     std::vector<float> g = NormalData(s, 501, 0.0, 1.0);
@@ -371,44 +394,15 @@ TEST_P(SplitTest, OverflowingUnitsGiveTheBitsOfTheSplit) {
     Data dy = Encode(g, dtype);
     for (const auto& [ctx_name, ctx] : Contexts()) {
       SCOPED_TRACE(std::string(DtypeName(dtype)) + " " + ctx_name);
-      const ForwardOut fused = Fused(ctx, s, dtype, in);
-      const bnorm_tensor_desc d = DescOf(s, dtype, s.n);
-      std::vector<double> mean = DoubleSentinel(C), m2 = DoubleSentinel(C);
-      ASSERT_EQ(bnorm_stats(ctx, &d, in.x.Ptr(), mean.data(), m2.data()), BNORM_OK);
-      ForwardOut split = NewForwardOut(s, in, dtype);
-      ASSERT_EQ(bnorm_forward_apply(ctx, &d, in.x.Ptr(), split.y.Ptr(), in.gamma.data(),
-                                    in.beta.data(), s.Values(), mean.data(), m2.data(), kEps,
-                                    kMomentum, split.rm.data(), split.rv.data(), split.sm.data(),
-                                    split.si.data()),
-                BNORM_OK);
-      ExpectSameForward(split, fused);
+      const ForwardOut fused = ExpectTrainingIsTheSplit(ctx, s, dtype, in);
       for (size_t ch = 0; ch < C; ++ch) {
         EXPECT_TRUE(std::isfinite(fused.sm[ch]) && std::isfinite(fused.si[ch]) &&
                     fused.si[ch] > 0.0f)
             << "channel " << ch;
       }
-      Data dx_fused = Sentinel(E, dtype);
-      std::vector<float> dg_fused = FloatSentinel(C), db_fused = FloatSentinel(C);
-      ASSERT_EQ(bnorm_backward(ctx, &d, in.x.Ptr(), dy.Ptr(), dx_fused.Ptr(), in.gamma.data(),
-                               fused.sm.data(), fused.si.data(), dg_fused.data(),
-                               db_fused.data()),
-                BNORM_OK);
-      std::vector<double> sdy = DoubleSentinel(C), sdyxmu = DoubleSentinel(C);
-      ASSERT_EQ(bnorm_backward_reduce(ctx, &d, in.x.Ptr(), dy.Ptr(), fused.sm.data(), sdy.data(),
-                                      sdyxmu.data()),
-                BNORM_OK);
-      Data dx = Sentinel(E, dtype);
-      std::vector<float> dg = FloatSentinel(C), db = FloatSentinel(C);
-      ASSERT_EQ(bnorm_backward_apply(ctx, &d, in.x.Ptr(), dy.Ptr(), dx.Ptr(), in.gamma.data(),
-                                     fused.sm.data(), fused.si.data(), s.Values(), sdy.data(),
-                                     sdyxmu.data(), dg.data(), db.data()),
-                BNORM_OK);
-      EXPECT_TRUE(dx.Raw() == dx_fused.Raw()) << "dx differs";
-      EXPECT_EQ(Bytes(dg), Bytes(dg_fused)) << "dgamma differs";
-      EXPECT_EQ(Bytes(db), Bytes(db_fused)) << "dbeta differs";
+      const BackwardCheck f = ExpectBackwardIsTheSplit(ctx, s, dtype, in.x, dy, in.gamma, fused);
       for (size_t ch = 0; ch < C; ++ch) {
-        EXPECT_TRUE(std::isfinite(dg_fused[ch]) && std::isfinite(db_fused[ch]))
-            << "channel " << ch;
+        EXPECT_TRUE(std::isfinite(f.dg[ch]) && std::isfinite(f.db[ch])) << "channel " << ch;
       }
     }
   }
@@ -426,24 +420,12 @@ TEST_P(SplitTest, BackwardIsBitwiseTheSplit) {
         const ForwardOut fwd = Fused(ctx, s, dtype, in);
         const bnorm_tensor_desc d = DescOf(s, dtype, s.n);
         const size_t E = static_cast<size_t>(s.Elements());
-        Data dx_fused = Sentinel(E, dtype);
-        std::vector<float> dg_fused = FloatSentinel(C), db_fused = FloatSentinel(C);
-        ASSERT_EQ(bnorm_backward(ctx, &d, in.x.Ptr(), dy.Ptr(), dx_fused.Ptr(), in.gamma.data(),
-                                 fwd.sm.data(), fwd.si.data(), dg_fused.data(), db_fused.data()),
-                  BNORM_OK);
-        std::vector<double> sdy = DoubleSentinel(C), sdyxmu = DoubleSentinel(C);
-        ASSERT_EQ(bnorm_backward_reduce(ctx, &d, in.x.Ptr(), dy.Ptr(), fwd.sm.data(), sdy.data(),
-                                        sdyxmu.data()),
-                  BNORM_OK);
-        Data dx = Sentinel(E, dtype);
-        std::vector<float> dg = FloatSentinel(C), db = FloatSentinel(C);
-        ASSERT_EQ(bnorm_backward_apply(ctx, &d, in.x.Ptr(), dy.Ptr(), dx.Ptr(), in.gamma.data(),
-                                       fwd.sm.data(), fwd.si.data(), s.Values(), sdy.data(),
-                                       sdyxmu.data(), dg.data(), db.data()),
-                  BNORM_OK);
-        EXPECT_TRUE(dx.Raw() == dx_fused.Raw()) << "dx differs";
-        EXPECT_EQ(Bytes(dg), Bytes(dg_fused)) << "dgamma differs";
-        EXPECT_EQ(Bytes(db), Bytes(db_fused)) << "dbeta differs";
+        const BackwardCheck f = ExpectBackwardIsTheSplit(ctx, s, dtype, in.x, dy, in.gamma, fwd);
+        const std::vector<float>& dg_fused = f.dg;
+        const std::vector<float>& db_fused = f.db;
+        const Data& dx_fused = f.dx;
+        const std::vector<double>& sdy = f.sdy;
+        const std::vector<double>& sdyxmu = f.sdyxmu;
         // dx == NULL: the parameter gradients only.
         std::vector<float> dg2 = FloatSentinel(C), db2 = FloatSentinel(C);
         ASSERT_EQ(bnorm_backward_apply(ctx, &d, in.x.Ptr(), dy.Ptr(), nullptr, in.gamma.data(),
