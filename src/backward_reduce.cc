@@ -123,13 +123,12 @@ GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void
     ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
       constexpr DType kT = decltype(t)::value;
       constexpr bool kMask = decltype(mask)::value;
-      NoSide none;
       if (ShortRuns(spatial, begin, end)) {
         g = GradSumsShortRunsT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin / spatial,
-                                          (end - begin) / spatial, mean, none);
+                                          (end - begin) / spatial, mean, kNoSide);
       } else {
         g = GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean,
-                                         none);
+                                         kNoSide);
       }
     });
   });
@@ -184,7 +183,6 @@ double MaskedGradAt(const void* dy, const void* y, int64_t e, DType dtype) {
   if (y != nullptr && LoadAsFloat(y, e, dtype) <= 0.0f) return 0.0;
   return static_cast<double>(LoadAsFloat(dy, e, dtype));
 }
-
 
 }  // namespace
 

@@ -54,12 +54,8 @@ inline void ReplicatePeriod(float* arrays, int arrays_count, const Problem& p, i
 }
 
 // Values [begin, end) of NCHW unit u, and its channel.
-struct NchwUnit {
-  int64_t ch, begin, end;
-};
 NchwUnit NchwUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
-  const int64_t begin = (u % rp.units_per_channel) * rp.unit_len;
-  return {u / rp.units_per_channel, begin, std::min(p.Values(), begin + rp.unit_len)};
+  return NchwUnitOf(u, rp.units_per_channel, rp.unit_len, p.Values());
 }
 
 // Channels [c0, c0 + width) and rows [row_begin, row_end) of NHWC unit u; its
@@ -673,7 +669,6 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     }
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
-    if (y != nullptr) return false;  // the sums' mask (GradSumsWhileApplying: none)
     const NchwGradUnits units{c1, c2, rp.units_per_channel, rp.unit_len, mean, partials};
     return GradSumsWhileApplying(target, p.dtype, args, out, p.n, p.c, p.spatial, units, a0, a1,
                                  grad, plan.stream_output);

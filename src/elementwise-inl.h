@@ -185,9 +185,10 @@ HWY_INLINE void StorePeriodic(Elem<kT>* out, size_t len, size_t q0, size_t perio
 // boundary per vector).
 // One store unit per Unit() call: StoreChannelRuns below writes a range in
 // one loop, and PacedWrites below interleaves a range's units with the steps
-// of a reduction (stats_apply.cc, grad_sums_apply.cc). The members stay in registers as long as the writer is a local
-// whose methods are all inlined (no lambda holding the run state: that put it
-// in memory, and made f32 inference of 4x256x7x7 from L2 16.5 us, not 7.7).
+// of a reduction (stats_apply.cc, grad_sums_apply.cc). The members stay in
+// registers as long as the writer is a local whose methods are all inlined
+// (no lambda holding the run state: that put it in memory, and made f32
+// inference of 4x256x7x7 from L2 16.5 us, not 7.7).
 template <DType kT, bool kStream, class Constants, class Value>
 class ChannelRunWriter {
   using DF = hn::ScalableTag<float>;

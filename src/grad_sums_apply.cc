@@ -19,6 +19,7 @@
 #include "convert-inl.h"
 #include "elementwise-inl.h"
 #include "hwy/highway.h"
+#include "plan.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
@@ -46,17 +47,15 @@ bool GradSumsWhileApplyingT(const float* x, const float* dy, float* dx, int64_t 
     PacedWrites<Writer> side(Writer(c, spatial, constants, value), dx, n, c, spatial, a0, a1);
     for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
          ++u) {
-      const int64_t ch = u / units.units_per_channel;
-      const int64_t begin = (u % units.units_per_channel) * units.unit_len;
-      const int64_t end = std::min(values, begin + units.unit_len);
-      const float mean = units.mean[ch];
+      const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
+      const float mean = units.mean[t.ch];
       units.partials[u] =
-          ShortRuns(spatial, begin, end)
-              ? GradSumsShortRunsT<DType::kF32, false>(x, dy, nullptr, c, spatial, ch,
-                                                       begin / spatial, (end - begin) / spatial,
-                                                       mean, side)
-              : GradSumsNchwUnitT<DType::kF32, false>(x, dy, nullptr, c, spatial, ch, begin, end,
-                                                      mean, side);
+          ShortRuns(spatial, t.begin, t.end)
+              ? GradSumsShortRunsT<DType::kF32, false>(x, dy, nullptr, c, spatial, t.ch,
+                                                       t.begin / spatial,
+                                                       (t.end - t.begin) / spatial, mean, side)
+              : GradSumsNchwUnitT<DType::kF32, false>(x, dy, nullptr, c, spatial, t.ch, t.begin,
+                                                      t.end, mean, side);
     }
     side.Drain();
     return true;
@@ -108,11 +107,9 @@ bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, vo
   for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
        ++u) {
     if (Finite(units.partials[u])) continue;
-    const int64_t begin = (u % units.units_per_channel) * units.unit_len;
-    const int64_t ch = u / units.units_per_channel;
-    units.partials[u] =
-        GradSumsNchwUnit(target, dtype, args.x, args.dy, nullptr, c, spatial, ch, begin,
-                         std::min(values, begin + units.unit_len), units.mean[ch]);
+    const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
+    units.partials[u] = GradSumsNchwUnit(target, dtype, args.x, args.dy, nullptr, c, spatial, t.ch,
+                                         t.begin, t.end, units.mean[t.ch]);
   }
   return true;
 }

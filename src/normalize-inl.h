@@ -46,6 +46,14 @@ struct ChannelVectors {
   hn::Vec<D> mean, scale, shift;
 };
 
+// The constants of channel ch, broadcast (the backward twin:
+// backward_apply-inl.h).
+template <class D>
+HWY_INLINE ChannelVectors<D> Broadcast(D d, const AffineConstants& k, int64_t ch) {
+  return ChannelVectors<D>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
+                           hn::Set(d, k.shift[ch])};
+}
+
 // z + offset, or nullptr without a residual.
 template <class F, typename T>
 HWY_INLINE const T* Offset(const T* z, int64_t offset) {

@@ -38,10 +38,7 @@ void NormalizeNchwT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t c
   if (spatial >= static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()))) {
     StoreChannelRuns<kT, kStream>(
         y + begin, begin, end, c, spatial, ahead,
-        [&](auto d, int64_t ch) HWY_ATTR {
-          return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
-                                             hn::Set(d, k.shift[ch])};
-        },
+        [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); },
         [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
           return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
         });

@@ -143,8 +143,8 @@ std::vector<int64_t> TaskElements(const Problem& p, const ReductionPlan& rp,
   }
   for (int64_t u = 0; u < rp.num_units; ++u) {
     if (!rp.nhwc) {
-      const int64_t begin = (u % rp.units_per_channel) * rp.unit_len;
-      tasks.push_back(std::min(rp.unit_len, p.Values() - begin));
+      const NchwUnit unit = NchwUnitOf(u, rp.units_per_channel, rp.unit_len, p.Values());
+      tasks.push_back(unit.end - unit.begin);
     } else {
       const int64_t c0 = (u / rp.row_units) * rp.block_width;
       const int64_t row_begin = (u % rp.row_units) * rp.unit_rows;

@@ -77,6 +77,19 @@ struct ReductionPlan {
 
 ReductionPlan PlanReduction(const Problem& p);
 
+// Values [begin, end) of NCHW reduction unit u, and its channel: the cut of
+// ReductionPlan (units_per_channel units of unit_len values, `values` values
+// per channel). The one definition, for the drivers and the kernels that
+// take units (stats_apply.h, grad_sums_apply.h).
+struct NchwUnit {
+  int64_t ch, begin, end;
+};
+inline NchwUnit NchwUnitOf(int64_t u, int64_t units_per_channel, int64_t unit_len,
+                           int64_t values) {
+  const int64_t begin = (u % units_per_channel) * unit_len;
+  return {u / units_per_channel, begin, std::min(values, begin + unit_len)};
+}
+
 // Elementwise passes: the flat tensor is cut into tasks. NHWC tasks start at a
 // multiple of `period`, where per-position constant arrays of `period` floats
 // repeat (period = lcm(c, kMaxLanes) * 1 when small, else c).

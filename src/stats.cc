@@ -151,12 +151,11 @@ Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, in
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     const auto* xt = static_cast<const Elem<kT>*>(x);
-    NoSide none;
     if (ShortRuns(spatial, begin, end)) {
       m = StatsShortRunsT<kT>(xt, c, spatial, ch, begin / spatial, (end - begin) / spatial, pivot,
-                              none);
+                              kNoSide);
     } else {
-      m = StatsNchwUnitT<kT>(xt, c, spatial, ch, begin, end, pivot, none);
+      m = StatsNchwUnitT<kT>(xt, c, spatial, ch, begin, end, pivot, kNoSide);
     }
   });
   return m;

@@ -17,6 +17,7 @@
 #include "elementwise-inl.h"
 #include "hwy/highway.h"
 #include "normalize-inl.h"
+#include "plan.h"
 #include "stats-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -33,10 +34,7 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
   } else {
     const hn::ScalableTag<float> df;
     if (spatial < static_cast<int64_t>(hn::MaxLanes(df))) return false;  // StoreChannelRuns
-    const auto constants = [&](auto d, int64_t ch) HWY_ATTR {
-      return ChannelVectors<decltype(d)>{hn::Set(d, k.mean[ch]), hn::Set(d, k.scale[ch]),
-                                         hn::Set(d, k.shift[ch])};
-    };
+    const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
     const auto value = [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
       return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
     };
@@ -46,15 +44,13 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
     PacedWrites<Writer> side(Writer(c, spatial, constants, value), y, n, c, spatial, a0, a1);
     for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
          ++u) {
-      const int64_t ch = u / units.units_per_channel;
-      const int64_t begin = (u % units.units_per_channel) * units.unit_len;
-      const int64_t end = std::min(values, begin + units.unit_len);
-      const float pivot = units.pivots[ch];
+      const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
+      const float pivot = units.pivots[t.ch];
       units.partials[u] =
-          ShortRuns(spatial, begin, end)
-              ? StatsShortRunsT<kT>(x, c, spatial, ch, begin / spatial, (end - begin) / spatial,
-                                    pivot, side)
-              : StatsNchwUnitT<kT>(x, c, spatial, ch, begin, end, pivot, side);
+          ShortRuns(spatial, t.begin, t.end)
+              ? StatsShortRunsT<kT>(x, c, spatial, t.ch, t.begin / spatial,
+                                    (t.end - t.begin) / spatial, pivot, side)
+              : StatsNchwUnitT<kT>(x, c, spatial, t.ch, t.begin, t.end, pivot, side);
     }
     side.Drain();
     return true;
@@ -110,10 +106,9 @@ bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, 
   for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
        ++u) {
     if (Finite(units.partials[u])) continue;
-    const int64_t begin = (u % units.units_per_channel) * units.unit_len;
-    const int64_t ch = u / units.units_per_channel;
-    units.partials[u] = StatsNchwUnit(target, dtype, x, c, spatial, ch, begin,
-                                      std::min(values, begin + units.unit_len), units.pivots[ch]);
+    const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
+    units.partials[u] =
+        StatsNchwUnit(target, dtype, x, c, spatial, t.ch, t.begin, t.end, units.pivots[t.ch]);
   }
   return true;
 }
