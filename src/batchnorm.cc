@@ -8,8 +8,8 @@
 #include "backward_apply.h"
 #include "backward_reduce.h"
 #include "context.h"
-#include "grad_sums_apply.h"
 #include "cpu_info.h"
+#include "grad_sums_apply.h"
 #include "moments.h"
 #include "normalize.h"
 #include "stats.h"
@@ -304,8 +304,8 @@ struct StatsReduction {
   void Reduce(int64_t u) const {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] = StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin,
-                                  unit.end, pivots[unit.ch]);
+      partials[u] = StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin, unit.end,
+                                  pivots[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period,
@@ -337,8 +337,7 @@ void NormalizeRange(const Problem& p, const ElementwisePlan& ep, int64_t target,
                     void* y, const AffineConstants& affine, const Epilogue& epi, bool stream,
                     int64_t begin, int64_t end) {
   if (p.nhwc) {
-    NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, GroupedRows(),
-                  epi);
+    NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, GroupedRows(), epi);
   } else {
     NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream, Lookahead(),
                   epi);
@@ -366,8 +365,11 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
+  const NextGroup next = StatsWhileNormalizingRuns(target, p.dtype, epi, p.spatial)
+                             ? NextGroup::kReduce
+                             : NextGroup::kPrefetch;
   const ExecutionPlan plan =
-      PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes());
+      PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes(), next);
   const int64_t klen = ConstantsLength(p, ep);
 
   ScratchLayout layout;
@@ -415,8 +417,8 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
     NormalizeRange(p, ep, target, x, y, affine, epi, plan.stream_output, begin, end);
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
-    const NchwStatsUnits units{c1, c2, rp.units_per_channel, rp.unit_len, stats.pivots,
-                               stats.partials};
+    const NchwStatsUnits units{c1,          c2,           rp.units_per_channel,
+                               rp.unit_len, stats.pivots, stats.partials};
     return StatsWhileNormalizing(target, p.dtype, x, y, p.n, p.c, p.spatial, units, a0, a1, affine,
                                  plan.stream_output, epi);
   };
@@ -490,8 +492,8 @@ bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void
 }
 
 bnorm_status ForwardInference(const bnorm_context* ctx, const Problem& p, const void* x, void* y,
-                              const Epilogue& epi, const float* gamma, const float* beta, const float* mean,
-                              const float* var, float eps) {
+                              const Epilogue& epi, const float* gamma, const float* beta,
+                              const float* mean, const float* var, float eps) {
   const int64_t target = ActiveTargetBit();
   const ElementwisePlan ep = PlanElementwise(p);
   const int64_t klen = ConstantsLength(p, ep);
@@ -549,9 +551,17 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const ReductionPlan rp = empty ? ReductionPlan() : PlanReduction(p);
   const ElementwisePlan ep = empty ? ElementwisePlan() : PlanElementwise(p);
   const int tensors_read = y != nullptr ? 3 : 2;
+  // dz without dx: the gradient itself, g * 1, through the frozen kernel.
+  const bool dz_only = dx == nullptr && dz != nullptr;
+  // The apply pass: dx (and dz alongside), or dz alone.
+  const GradArgs args = dz_only ? GradArgs{nullptr, dy, y, nullptr}
+                                : GradArgs{frozen ? nullptr : x, dy, y, frozen ? nullptr : dz};
+  const NextGroup next = GradSumsWhileApplyingRuns(target, p.dtype, args, p.spatial)
+                             ? NextGroup::kReduce
+                             : NextGroup::kPrefetch;
   const ExecutionPlan plan =
       empty ? ExecutionPlan()
-            : PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes());
+            : PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes(), next);
   const bool apply_pass = dx != nullptr || dz != nullptr;
   const int64_t klen = apply_pass ? ConstantsLength(p, ep) : 0;
   const bool reduce_pass = need_sums && !given_sums && !empty;
@@ -564,11 +574,6 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
   GradSums* partials = ScratchAt<GradSums>(lease, partials_at);
   GradSums* merged = ScratchAt<GradSums>(lease, merged_at);
-  // dz without dx: the gradient itself, g * 1, through the frozen kernel.
-  const bool dz_only = dx == nullptr && dz != nullptr;
-  // The apply pass: dx (and dz alongside), or dz alone.
-  const GradArgs args = dz_only ? GradArgs{nullptr, dy, y, nullptr}
-                                : GradArgs{frozen ? nullptr : x, dy, y, frozen ? nullptr : dz};
   void* out = dz_only ? dz : dx;
   float* consts = ScratchAt<float>(lease, consts_at, out);
   const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
@@ -587,7 +592,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       if (dbeta != nullptr) dbeta[ch] = static_cast<float>(s.sum_dy);
       if (dgamma != nullptr) dgamma[ch] = static_cast<float>(s.sum_dy_xmu * is);
       if (!apply_pass) continue;
-      const double a = dz_only ? 1.0 : (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0) * is;
+      const double a =
+          dz_only ? 1.0 : (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0) * is;
       const bool no_sums = frozen || dz_only;
       SetConstant(consts, p, klen, ch, mean[ch]);
       SetConstant(consts + klen, p, klen, ch, no_sums ? 0.0f : static_cast<float>(s.sum_dy / m));
@@ -600,8 +606,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   // The apply pass over flat elements [begin, end).
   const auto apply_range = [&](int64_t begin, int64_t end, bool stream) {
     if (p.nhwc) {
-      GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream,
-                    GroupedRows());
+      GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream, GroupedRows());
     } else {
       GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, begin, end, grad, stream);
     }
@@ -611,8 +616,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const auto elementwise = [&](const auto& sum_at) {
     const bool single = UsefulThreads(2 * p.Elements(), ContextThreads(ctx)) == 1;
     ParallelFor(
-        ctx, p.c, kChannelsPerChunk,
-        [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, sum_at); }, single);
+        ctx, p.c, kChannelsPerChunk, [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, sum_at); },
+        single);
     if (!apply_pass) return;
     const bool stream = ShouldStream(p, tensors_read, DetectedCacheSizes().llc);
     ParallelFor(
@@ -632,8 +637,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const auto reduce = [&](int64_t u) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch,
-                                     unit.begin, unit.end, mean[unit.ch]);
+      partials[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch, unit.begin,
+                                     unit.end, mean[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       GradSumsNhwcUnit(target, p.dtype, x, dy, y, p.c, unit.c0, unit.width, rp.rows_per_period,
@@ -675,8 +680,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   };
   RunReduceApply(
       ctx, p, rp, plan, ep, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize, apply_group,
-      apply_unit,
-      [&](int64_t begin, int64_t end) { apply_range(begin, end, plan.stream_output); },
+      apply_unit, [&](int64_t begin, int64_t end) { apply_range(begin, end, plan.stream_output); },
       reduce_while_applying);
   if (dz_only) elementwise(merged_at_ch);
   return BNORM_OK;

@@ -33,14 +33,11 @@ bool GradSumsWhileApplyingT(const float* x, const float* dy, float* dx, int64_t 
   if constexpr (!kPacedWrites) {
     return false;
   } else {
-    const hn::ScalableTag<float> df;
-    if (spatial < static_cast<int64_t>(hn::MaxLanes(df))) return false;  // StoreChannelRuns
     using V = Variant<false, false, false>;
     const GradTensors<DType::kF32> t{x, dy, nullptr, nullptr};
     const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
-    const auto value = [&](auto d, int64_t e, const auto& kch) HWY_ATTR {
-      return Grad<DType::kF32, V>(d, t, e, kch);
-    };
+    const auto value = [&](auto d, int64_t e, const auto& kch)
+                           HWY_ATTR { return Grad<DType::kF32, V>(d, t, e, kch); };
     using Writer = ChannelRunWriter<DType::kF32, kStream, decltype(constants), decltype(value)>;
     if ((a1 - a0) * spatial < Writer::U) return false;  // no store unit to pace
     const int64_t values = n * spatial;
@@ -49,13 +46,12 @@ bool GradSumsWhileApplyingT(const float* x, const float* dy, float* dx, int64_t 
          ++u) {
       const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
       const float mean = units.mean[t.ch];
-      units.partials[u] =
-          ShortRuns(spatial, t.begin, t.end)
-              ? GradSumsShortRunsT<DType::kF32, false>(x, dy, nullptr, c, spatial, t.ch,
-                                                       t.begin / spatial,
-                                                       (t.end - t.begin) / spatial, mean, side)
-              : GradSumsNchwUnitT<DType::kF32, false>(x, dy, nullptr, c, spatial, t.ch, t.begin,
-                                                      t.end, mean, side);
+      units.partials[u] = ShortRuns(spatial, t.begin, t.end)
+                              ? GradSumsShortRunsT<DType::kF32, false>(
+                                    x, dy, nullptr, c, spatial, t.ch, t.begin / spatial,
+                                    (t.end - t.begin) / spatial, mean, side)
+                              : GradSumsNchwUnitT<DType::kF32, false>(
+                                    x, dy, nullptr, c, spatial, t.ch, t.begin, t.end, mean, side);
     }
     side.Drain();
     return true;
@@ -64,13 +60,18 @@ bool GradSumsWhileApplyingT(const float* x, const float* dy, float* dx, int64_t 
 
 // f32, without the fused ReLU's mask or a residual gradient, only: the
 // variants CI's sanitizer builds can compile in reasonable time (see
-// stats_apply.cc); the others prefetch the next group instead.
+// stats_apply.cc); the others prefetch the next group instead. Runs of at
+// least a vector: StoreChannelRuns. AVX2 and AVX-512 only: kPacedWrites.
+bool GradSumsWhileApplyingRuns(DType dtype, const GradArgs& args, int64_t spatial) {
+  const hn::ScalableTag<float> df;
+  return kPacedWrites && dtype == DType::kF32 && args.x != nullptr && args.y == nullptr &&
+         args.dz == nullptr && spatial >= static_cast<int64_t>(hn::MaxLanes(df));
+}
+
 bool GradSumsWhileApplying(DType dtype, const GradArgs& args, void* dx, int64_t n, int64_t c,
                            int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
                            const GradConstants& k, bool stream) {
-  if (dtype != DType::kF32 || args.x == nullptr || args.y != nullptr || args.dz != nullptr) {
-    return false;
-  }
+  if (!GradSumsWhileApplyingRuns(dtype, args, spatial)) return false;
   bool done = false;
   ForFlag(stream, [&](auto st) HWY_ATTR {
     done = GradSumsWhileApplyingT<decltype(st)::value>(
@@ -93,12 +94,17 @@ HWY_AFTER_NAMESPACE();
 namespace bnorm {
 
 HWY_EXPORT(GradSumsWhileApplying);
+HWY_EXPORT(GradSumsWhileApplyingRuns);
 
-bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, void* dx,
-                           int64_t n, int64_t c, int64_t spatial, const NchwGradUnits& units,
-                           int64_t a0, int64_t a1, const GradConstants& k, bool stream) {
-  if (!BNORM_DISPATCH(GradSumsWhileApplying, target)(dtype, args, dx, n, c, spatial, units, a0,
-                                                     a1, k, stream)) {
+bool GradSumsWhileApplyingRuns(int64_t target, DType dtype, const GradArgs& args, int64_t spatial) {
+  return BNORM_DISPATCH(GradSumsWhileApplyingRuns, target)(dtype, args, spatial);
+}
+
+bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, void* dx, int64_t n,
+                           int64_t c, int64_t spatial, const NchwGradUnits& units, int64_t a0,
+                           int64_t a1, const GradConstants& k, bool stream) {
+  if (!BNORM_DISPATCH(GradSumsWhileApplying, target)(dtype, args, dx, n, c, spatial, units, a0, a1,
+                                                     k, stream)) {
     return false;
   }
   // Units whose float sums overflowed: GradSumsNchwUnit sums them again (in

@@ -24,13 +24,19 @@ struct NchwGradUnits {
   GradSums* partials;
 };
 
+// Whether GradSumsWhileApplying runs for this target, dtype, tensors and run
+// length at all (it also declines a group too small to pace a store unit).
+// The planner sizes channel groups by it (NextGroup in plan.h).
+bool GradSumsWhileApplyingRuns(int64_t target, DType dtype, const GradArgs& args, int64_t spatial);
+
 // Sums `units` of (x, dy) while writing dx for channels [a0, a1) of every
 // image (constants of those channels set; none of the channels of `units`).
-// Returns false, doing nothing, where it does not apply (see the .cc): the
-// caller then runs the two halves one after the other.
-bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, void* dx,
-                           int64_t n, int64_t c, int64_t spatial, const NchwGradUnits& units,
-                           int64_t a0, int64_t a1, const GradConstants& k, bool stream);
+// Returns false, doing nothing, where it does not apply
+// (GradSumsWhileApplyingRuns, or a group too small): the caller then runs the
+// two halves one after the other.
+bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, void* dx, int64_t n,
+                           int64_t c, int64_t spatial, const NchwGradUnits& units, int64_t a0,
+                           int64_t a1, const GradConstants& k, bool stream);
 
 }  // namespace bnorm
 

@@ -97,17 +97,23 @@ bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes) {
 }
 
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
-                            int threads, const CacheSizes& caches) {
+                            int threads, const CacheSizes& caches, NextGroup next) {
   ExecutionPlan plan;
   plan.threads = UsefulThreads(p.Elements() * tensors_read, threads);
   const int64_t slice_bytes = p.Values() * tensors_read * p.ElemBytes();
-  // Groups of channels fill half of L2; the rest holds the lines on their way
-  // in and out (three quarters measured slower for backward on Zen 3). A
-  // single channel is fused up to all of L2: the lines it loses come back
-  // from the LLC (Zen 3's victim L3, an inclusive L3), not DRAM, which the
-  // two-phase plan re-reads once the tensors overflow the LLC (backward of
-  // 32x256x56x56 NCHW, 802 KB slices: 2.0-2.3 -> 1.5-1.75x a copy).
-  const int64_t budget = caches.l2 / 2;
+  // Groups of channels fill half of L2 where the next group is prefetched;
+  // the rest holds the lines on their way in and out (three quarters measured
+  // slower for backward on Zen 3). Where it is reduced in the write's loop, a
+  // quarter: two groups are read at once then, and on the Xeon (2 MiB L2,
+  // f32, 2 threads, tools/call_timer.cc) groups of L2/4 took 4-9 % less time
+  // in training and 0-16 % in backward than L2/2 (L2/3 to L2/8 alike), while
+  // the prefetching kernels (bf16, f16, SSE4) were 1-11 % slower with L2/4
+  // on the same shapes (docs/performance.md). A single channel is fused up
+  // to all of L2: the lines it loses come back from the LLC (Zen 3's victim
+  // L3, an inclusive L3), not DRAM, which the two-phase plan re-reads once
+  // the tensors overflow the LLC (backward of 32x256x56x56 NCHW, 802 KB
+  // slices: 2.0-2.3 -> 1.5-1.75x a copy).
+  const int64_t budget = next == NextGroup::kReduce ? caches.l2 / 4 : caches.l2 / 2;
   if (!p.nhwc && slice_bytes <= caches.l2 && p.c >= plan.threads) {
     plan.strategy = Strategy::kChannelFused;
     // As many channels as fit the budget (each image's run of the group is

@@ -84,8 +84,7 @@ ReductionPlan PlanReduction(const Problem& p);
 struct NchwUnit {
   int64_t ch, begin, end;
 };
-inline NchwUnit NchwUnitOf(int64_t u, int64_t units_per_channel, int64_t unit_len,
-                           int64_t values) {
+inline NchwUnit NchwUnitOf(int64_t u, int64_t units_per_channel, int64_t unit_len, int64_t values) {
   const int64_t begin = (u % units_per_channel) * unit_len;
   return {u / units_per_channel, begin, std::min(values, begin + unit_len)};
 }
@@ -140,7 +139,7 @@ enum class RowStores { kGrouped, kSequential };
 //    Each thread takes a contiguous range of groups and, while it writes one
 //    group's output, prefetches the next group's inputs (lookahead.h) or,
 //    where the kernels allow, reduces them in the same loop (stats_apply.h,
-//    grad_sums_apply.h).
+//    grad_sums_apply.h): NextGroup, below.
 //  kTwoPhase: every unit is reduced (in parallel), all channels finalized,
 //    then the same units are applied, each thread taking the units it reduced
 //    in reverse order, so the most recently read data (still in L2/LLC) goes
@@ -150,6 +149,14 @@ enum class RowStores { kGrouped, kSequential };
 // The reduction units and their merge order are the same in both: the
 // strategy never changes a result bit.
 enum class Strategy { kChannelFused, kTwoPhase };
+
+// How a channel-fused task takes in its next group while it writes the
+// current one, which sets the size of its groups (PlanExecution).
+//  kPrefetch: software prefetches of the next group's inputs into L2
+//    (lookahead.h); the next group is reduced from L2 after the write.
+//  kReduce: the next group is reduced in the write's loop, its inputs read
+//    from memory there (stats_apply.h, grad_sums_apply.h).
+enum class NextGroup { kPrefetch, kReduce };
 
 struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;
@@ -161,19 +168,21 @@ struct ExecutionPlan {
   // NCHW units are runs `c * spatial` apart; contiguous tasks keep each
   // stream on a few pages (measured with bnorm_bench: docs/performance.md).
   bool flat_apply = false;
-  bool stream_output = false;     // non-temporal stores: see ShouldStream
+  bool stream_output = false;  // non-temporal stores: see ShouldStream
   // NHWC reductions: vector rows added per load of the per-position sums.
   // Four save state traffic from cache; one row at a time keeps a single
   // read stream, which reads DRAM faster (NHWC training 32x256x56x56, a
   // 103 MB tensor, 3.1x -> 2.4x the inference time on Zen 3). Same sums in
   // the same order either way.
   int64_t reduce_rows_at_once = 4;
-  int threads = 1;                // threads worth using (small tensors use fewer)
+  int threads = 1;  // threads worth using (small tensors use fewer)
 };
 
 // tensors_read: tensors the reduce pass reads (1 forward, 2 backward).
+// next: how the kernels of a channel-fused plan would step to the next group.
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
-                            int threads, const CacheSizes& caches);
+                            int threads, const CacheSizes& caches,
+                            NextGroup next = NextGroup::kPrefetch);
 
 // Elements each task of a reduce-then-apply plan touches (for the fused
 // strategy a channel group, for two-phase a reduction unit), in task order.

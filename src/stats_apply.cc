@@ -26,14 +26,12 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 template <DType kT, bool kStream, class F>
-bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t n,
-                            int64_t c, int64_t spatial, const NchwStatsUnits& units, int64_t a0,
-                            int64_t a1, const AffineConstants& k) {
+bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t n, int64_t c,
+                            int64_t spatial, const NchwStatsUnits& units, int64_t a0, int64_t a1,
+                            const AffineConstants& k) {
   if constexpr (!kPacedWrites) {
     return false;
   } else {
-    const hn::ScalableTag<float> df;
-    if (spatial < static_cast<int64_t>(hn::MaxLanes(df))) return false;  // StoreChannelRuns
     const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
     const auto value = [&](auto d, int64_t e, const auto& kv) HWY_ATTR {
       return Normalized<kT, F>(d, x + e, Offset<F>(z, e), kv.mean, kv.scale, kv.shift);
@@ -61,11 +59,18 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
 // summing from L2 after the write (their conversions, not memory, set the
 // pace), and each variant is a large function (both statistics kernels with
 // the writes inlined), whose compile time under the sanitizers CI runs grows
-// with the variants built (24 took over 10 minutes with ASan).
+// with the variants built (24 took over 10 minutes with ASan). Runs of at
+// least a vector: StoreChannelRuns. AVX2 and AVX-512 only: kPacedWrites.
+bool StatsWhileNormalizingRuns(DType dtype, const Epilogue& epi, int64_t spatial) {
+  const hn::ScalableTag<float> df;
+  return kPacedWrites && dtype == DType::kF32 && epi.z == nullptr &&
+         spatial >= static_cast<int64_t>(hn::MaxLanes(df));
+}
+
 bool StatsWhileNormalizing(DType dtype, const void* x, void* y, int64_t n, int64_t c,
                            int64_t spatial, const NchwStatsUnits& units, int64_t a0, int64_t a1,
                            const AffineConstants& k, bool stream, const Epilogue& epi) {
-  if (dtype != DType::kF32 || epi.z != nullptr) return false;
+  if (!StatsWhileNormalizingRuns(dtype, epi, spatial)) return false;
   bool done = false;
   ForFlag(stream, [&](auto st) HWY_ATTR {
     ForFlag(epi.relu, [&](auto relu) HWY_ATTR {
@@ -91,11 +96,15 @@ HWY_AFTER_NAMESPACE();
 namespace bnorm {
 
 HWY_EXPORT(StatsWhileNormalizing);
+HWY_EXPORT(StatsWhileNormalizingRuns);
+
+bool StatsWhileNormalizingRuns(int64_t target, DType dtype, const Epilogue& epi, int64_t spatial) {
+  return BNORM_DISPATCH(StatsWhileNormalizingRuns, target)(dtype, epi, spatial);
+}
 
 bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, int64_t n,
                            int64_t c, int64_t spatial, const NchwStatsUnits& units, int64_t a0,
-                           int64_t a1, const AffineConstants& k, bool stream,
-                           const Epilogue& epi) {
+                           int64_t a1, const AffineConstants& k, bool stream, const Epilogue& epi) {
   if (!BNORM_DISPATCH(StatsWhileNormalizing, target)(dtype, x, y, n, c, spatial, units, a0, a1, k,
                                                      stream, epi)) {
     return false;

@@ -27,11 +27,16 @@ struct NchwStatsUnits {
   Moments* partials;
 };
 
+// Whether StatsWhileNormalizing runs for this target, dtype, epilogue and
+// run length at all (it also declines a group too small to pace a store
+// unit). The planner sizes channel groups by it (NextGroup in plan.h).
+bool StatsWhileNormalizingRuns(int64_t target, DType dtype, const Epilogue& epi, int64_t spatial);
+
 // Sums `units` of x while writing y = act((x - mean) * scale + shift [+ z])
 // for channels [a0, a1) of every image (constants of those channels set;
 // none of the channels of `units`). Returns false, doing nothing, where the
-// kernels do not apply (spatial shorter than a vector): the caller then runs
-// the two halves one after the other.
+// kernels do not apply (StatsWhileNormalizingRuns, or a group too small): the
+// caller then runs the two halves one after the other.
 bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, int64_t n,
                            int64_t c, int64_t spatial, const NchwStatsUnits& units, int64_t a0,
                            int64_t a1, const AffineConstants& k, bool stream, const Epilogue& epi);

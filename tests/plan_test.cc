@@ -113,28 +113,62 @@ TEST(Plan, TasksAreBalancedAndLargeEnough) {
   for (const Problem& p : BenchProblems()) {
     for (int tensors : {1, 2}) {  // forward, backward
       for (int threads : {1, 2, 16, 64, 128}) {
-        SCOPED_TRACE(testing::Message()
-                     << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc
-                     << " tensors=" << tensors << " threads=" << threads);
-        const ReductionPlan rp = PlanReduction(p);
-        const ExecutionPlan plan = PlanExecution(p, rp, tensors, threads, caches);
-        const std::vector<int64_t> tasks = TaskElements(p, rp, plan);
-        ASSERT_FALSE(tasks.empty());
-        int64_t total = 0, largest = 0, small = 0;
-        for (int64_t t : tasks) {
-          total += t;
-          largest = std::max(largest, t);
-          if (t < kMinTaskElems) ++small;
+        for (NextGroup next : {NextGroup::kPrefetch, NextGroup::kReduce}) {
+          SCOPED_TRACE(testing::Message()
+                       << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc << " tensors="
+                       << tensors << " threads=" << threads << " next=" << static_cast<int>(next));
+          const ReductionPlan rp = PlanReduction(p);
+          const ExecutionPlan plan = PlanExecution(p, rp, tensors, threads, caches, next);
+          const std::vector<int64_t> tasks = TaskElements(p, rp, plan);
+          ASSERT_FALSE(tasks.empty());
+          int64_t total = 0, largest = 0, small = 0;
+          for (int64_t t : tasks) {
+            total += t;
+            largest = std::max(largest, t);
+            if (t < kMinTaskElems) ++small;
+          }
+          EXPECT_EQ(total, p.Elements());  // every element in exactly one task
+          const double mean = static_cast<double>(total) / static_cast<double>(tasks.size());
+          EXPECT_LE(static_cast<double>(largest), 1.25 * mean);
+          // At most one short remainder task per channel block or channel.
+          EXPECT_LE(small, std::max<int64_t>(1, tasks.size() == 1 ? 1 : plan.threads))
+              << tasks.size() << " tasks";
         }
-        EXPECT_EQ(total, p.Elements());  // every element in exactly one task
-        const double mean = static_cast<double>(total) / static_cast<double>(tasks.size());
-        EXPECT_LE(static_cast<double>(largest), 1.25 * mean);
-        // At most one short remainder task per channel block or channel.
-        EXPECT_LE(small, std::max<int64_t>(1, tasks.size() == 1 ? 1 : plan.threads))
-            << tasks.size() << " tasks";
       }
     }
   }
+}
+
+// Channel groups: as many channels as fit the budget (half of L2 where the
+// next group is prefetched, a quarter where it is reduced in the write's
+// loop: two groups are read at once), down to one channel, unless balance
+// across threads asks for fewer.
+TEST(Plan, ChannelGroupsFitTheirShareOfL2) {
+  const CacheSizes caches;  // 1 MiB L2, 8 MiB LLC
+  for (const Problem& p : BenchProblems()) {
+    for (int tensors : {1, 2}) {
+      for (NextGroup next : {NextGroup::kPrefetch, NextGroup::kReduce}) {
+        SCOPED_TRACE(testing::Message()
+                     << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc
+                     << " tensors=" << tensors << " next=" << static_cast<int>(next));
+        const ExecutionPlan plan = PlanExecution(p, PlanReduction(p), tensors, 2, caches, next);
+        if (plan.strategy != Strategy::kChannelFused) continue;
+        const int64_t slice = p.Values() * tensors * p.ElemBytes();
+        const int64_t budget = next == NextGroup::kReduce ? caches.l2 / 4 : caches.l2 / 2;
+        EXPECT_GE(plan.channels_per_task, 1);
+        if (plan.channels_per_task > 1) {
+          EXPECT_LE(plan.channels_per_task * slice, budget);
+        }
+      }
+    }
+  }
+  // 64x1024x14x14 forward: 50 KB slices, 1024 channels, 2 threads.
+  const Problem p = Canonicalize(64, 1024, 196, false);
+  EXPECT_EQ(
+      PlanExecution(p, PlanReduction(p), 1, 2, caches, NextGroup::kPrefetch).channels_per_task,
+      10);  // 512 KiB / 50176 B
+  EXPECT_EQ(PlanExecution(p, PlanReduction(p), 1, 2, caches, NextGroup::kReduce).channels_per_task,
+            5);  // 256 KiB / 50176 B
 }
 
 // Reduce-then-apply strategies: channel-fused where a channel's slice fits
@@ -146,19 +180,22 @@ TEST(Plan, StrategyAndApplyOrder) {
   for (const Problem& p : BenchProblems()) {
     for (int tensors : {1, 2}) {
       for (int threads : {1, 2, 16}) {
-        SCOPED_TRACE(testing::Message() << p.n << "x" << p.c << "x" << p.spatial
-                                        << " nhwc=" << p.nhwc << " tensors=" << tensors
-                                        << " threads=" << threads);
-        const ExecutionPlan plan = PlanExecution(p, PlanReduction(p), tensors, threads, caches);
-        const int64_t slice = p.Values() * tensors * p.ElemBytes();
-        const int64_t read = p.Elements() * tensors * p.ElemBytes();
-        const bool fused = !p.nhwc && slice <= caches.l2 && p.c >= plan.threads;
-        EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
-        EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
-        // Outputs bypass the caches only where inputs and output overflow
-        // half the LLC.
-        if (plan.stream_output) {
-          EXPECT_GT(read + p.Elements() * p.ElemBytes(), caches.llc / 2);
+        for (NextGroup next : {NextGroup::kPrefetch, NextGroup::kReduce}) {
+          SCOPED_TRACE(testing::Message()
+                       << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc << " tensors="
+                       << tensors << " threads=" << threads << " next=" << static_cast<int>(next));
+          const ExecutionPlan plan =
+              PlanExecution(p, PlanReduction(p), tensors, threads, caches, next);
+          const int64_t slice = p.Values() * tensors * p.ElemBytes();
+          const int64_t read = p.Elements() * tensors * p.ElemBytes();
+          const bool fused = !p.nhwc && slice <= caches.l2 && p.c >= plan.threads;
+          EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
+          EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
+          // Outputs bypass the caches only where inputs and output overflow
+          // half the LLC.
+          if (plan.stream_output) {
+            EXPECT_GT(read + p.Elements() * p.ElemBytes(), caches.llc / 2);
+          }
         }
       }
     }
@@ -178,8 +215,10 @@ TEST(Plan, PageMovePlacesArraysAtADistanceModuloAPage) {
         ASSERT_GE(move, 0);
         ASSERT_LT(move, kPageBytes);
         ASSERT_EQ(move % 64, 0);
-        const int64_t placed = static_cast<int64_t>((at + static_cast<uintptr_t>(move)) % kPageBytes);
-        const int64_t wanted = static_cast<int64_t>((anchor + static_cast<uintptr_t>(distance)) % kPageBytes);
+        const int64_t placed =
+            static_cast<int64_t>((at + static_cast<uintptr_t>(move)) % kPageBytes);
+        const int64_t wanted =
+            static_cast<int64_t>((anchor + static_cast<uintptr_t>(distance)) % kPageBytes);
         const int64_t short_by = ((wanted - placed) % kPageBytes + kPageBytes) % kPageBytes;
         ASSERT_LT(short_by, 64) << "at " << at << " anchor " << anchor << " distance " << distance;
       }
@@ -192,10 +231,10 @@ TEST(Plan, PageMovePlacesArraysAtADistanceModuloAPage) {
 TEST(Plan, UsableLlcCapsTheShareOfAGuest) {
   const int64_t MiB = int64_t{1} << 20;
   EXPECT_EQ(UsableLlc(260 * MiB, 2), 2 * kLlcPerCpu);  // 2-vCPU guest on a 260 MiB L3
-  EXPECT_EQ(UsableLlc(32 * MiB, 16), 32 * MiB);         // 8-core Zen 3 CCD, SMT on
-  EXPECT_EQ(UsableLlc(105 * MiB, 112), 105 * MiB);      // 56-core Sapphire Rapids
-  EXPECT_EQ(UsableLlc(8 * MiB, 1), kLlcPerCpu);         // one CPU of a shared L3
-  EXPECT_EQ(UsableLlc(48 * MiB, 0), 48 * MiB);          // sharing unknown: as reported
+  EXPECT_EQ(UsableLlc(32 * MiB, 16), 32 * MiB);        // 8-core Zen 3 CCD, SMT on
+  EXPECT_EQ(UsableLlc(105 * MiB, 112), 105 * MiB);     // 56-core Sapphire Rapids
+  EXPECT_EQ(UsableLlc(8 * MiB, 1), kLlcPerCpu);        // one CPU of a shared L3
+  EXPECT_EQ(UsableLlc(48 * MiB, 0), 48 * MiB);         // sharing unknown: as reported
   // The cap never shrinks an L3 that the CPUs sharing it could each own a
   // typical part's share of (1.25-4 MiB per CPU).
   for (int cpus = 1; cpus <= 256; cpus *= 2) {
