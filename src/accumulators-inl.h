@@ -53,7 +53,7 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
 // adds in double, one horizontal sum at the end (a chain of 16 dependent
 // adds per AVX3 vector was most of the time of a 49-value NCHW channel from
 // L2; folding the backward sums lane by lane, a chain of 64 per accumulator
-// set and block: docs/performance.md, "the long-run reductions").
+// set and block: docs/performance-history.md, "the long-run reductions").
 template <class D, size_t kCount>
 HWY_INLINE double SumLanesOf(D d, const hn::Vec<D> (&v)[kCount]) {
 #if HWY_HAVE_FLOAT64 && HWY_TARGET != HWY_SCALAR
@@ -116,7 +116,7 @@ constexpr size_t kAcc = 4;
 // vector registers), so a block, still kBlockSteps values per lane, holds
 // twice the values and its close (horizontal sums, the merge in double, the
 // new shift) costs half as much per value (statistics of one 200K-value
-// channel from L2, one AVX3 thread: docs/performance.md, "the long-run
+// channel from L2, one AVX3 thread: docs/performance-history.md, "the long-run
 // reductions"). A multiple of 4 (StatsNchwUnitT's close).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 constexpr size_t kLongAcc = 8;
@@ -235,8 +235,7 @@ class GradSumRegisters {
   // side.Step runs after each step (Side: NoSide above).
   template <DType kT, bool kMask, class Side = const NoSide>
   HWY_INLINE void Add(const Elem<kT>* HWY_RESTRICT x, const Elem<kT>* HWY_RESTRICT dy,
-                      const Elem<kT>* HWY_RESTRICT y, size_t steps, V mean,
-                      Side& side = kNoSide) {
+                      const Elem<kT>* HWY_RESTRICT y, size_t steps, V mean, Side& side = kNoSide) {
     while (steps != 0) {
       const size_t take = std::min(steps, kBlockSteps - steps_);
       V s_dy[kAcc];

@@ -129,7 +129,7 @@ inline int64_t UsableLlc(int64_t reported, int cpus) {
 //    store stream. Faster on an Intel Xeon (Emerald Rapids, AVX3 and AVX2)
 //    from L2: f32 NHWC inference of 64K elements 2.4x faster with C = 64,
 //    training 1.8x; batch-1 NHWC inference of 1x1024x14x14 1.65 -> 0.90x a
-//    copy. From DRAM the two measured alike there (docs/performance.md).
+//    copy. From DRAM the two measured alike there (docs/performance-history.md).
 enum class RowStores { kGrouped, kSequential };
 
 // How a reduce-then-apply operation (training forward, backward) runs.
@@ -166,7 +166,7 @@ struct ExecutionPlan {
   // DRAM whichever thread runs it, so it goes over the flat tensor in
   // contiguous tasks (ElementwisePlan) instead of unit by unit in reverse.
   // NCHW units are runs `c * spatial` apart; contiguous tasks keep each
-  // stream on a few pages (measured with bnorm_bench: docs/performance.md).
+  // stream on a few pages (measured with bnorm_bench: docs/performance-history.md).
   bool flat_apply = false;
   bool stream_output = false;  // non-temporal stores: see ShouldStream
   // NHWC reductions: vector rows added per load of the per-position sums.

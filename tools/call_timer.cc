@@ -7,7 +7,7 @@
 // gradient sums alone); NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
 // Tensors start on a 64-byte boundary, as framework tensors do, or OFFSET
 // floats after one (OFFSET 4: the 16-byte alignment of std::vector, which
-// splits every AVX-512 load across two lines; docs/performance.md).
+// splits every AVX-512 load across two lines; docs/performance-history.md).
 // Prints the best of 15 repetitions of the mean µs per call. Machines are
 // noisy: alternate the two builds over several processes, compare minima.
 #include <bnorm/bnorm.h>
@@ -48,7 +48,9 @@ class AlignedFloats {
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::fprintf(stderr, "usage: %s N C SPATIAL NHWC train|inf|back|stats|sums [THREADS [DTYPE [OFFSET]]]\n", argv[0]);
+    std::fprintf(
+        stderr, "usage: %s N C SPATIAL NHWC train|inf|back|stats|sums [THREADS [DTYPE [OFFSET]]]\n",
+        argv[0]);
     return 2;
   }
   const int64_t n = std::atoll(argv[1]), c = std::atoll(argv[2]), sp = std::atoll(argv[3]);

@@ -17,7 +17,7 @@
 //   OMP_NUM_THREADS=2 OMP_PROC_BIND=true /tmp/column_fused_probe ROWS COLS
 //
 // Prints the median of 30 calls of each plan over the median copy time.
-// Measured on the 2-vCPU Xeon guest (docs/performance.md): column-fused
+// Measured on the 2-vCPU Xeon guest (docs/performance-history.md): column-fused
 // 2.3-5.7x a copy (the wider the block, the better), two-phase 2.1-2.5x.
 // GCC 12's AVX-512 intrinsics (_mm512_sqrt_ps) start from an "undefined"
 // vector that -Wmaybe-uninitialized reports; nothing here reads one.
@@ -34,8 +34,7 @@
 namespace {
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 struct Tensor {
@@ -63,7 +62,7 @@ void Finalize(__m512 shift, __m512 s, __m512 q, int rows, float* mean, float* sc
   const __m512 var = _mm512_sub_ps(_mm512_div_ps(q, n), _mm512_mul_ps(offset, offset));
   _mm512_storeu_ps(mean, _mm512_add_ps(shift, offset));
   _mm512_storeu_ps(scale, _mm512_div_ps(_mm512_set1_ps(1.0f),
-                                         _mm512_sqrt_ps(_mm512_add_ps(var, _mm512_set1_ps(1e-5f)))));
+                                        _mm512_sqrt_ps(_mm512_add_ps(var, _mm512_set1_ps(1e-5f)))));
 }
 
 void ColumnFused(const Tensor& t, int cb, bool prefetch) {
@@ -101,9 +100,9 @@ void ColumnFused(const Tensor& t, int cb, bool prefetch) {
           }
         }
         for (int k = 0; k < cb; k += 16) {
-          const __m512 v = _mm512_mul_ps(
-              _mm512_sub_ps(_mm512_loadu_ps(t.x + at + k), _mm512_load_ps(mean + k)),
-              _mm512_load_ps(scale + k));
+          const __m512 v =
+              _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(t.x + at + k), _mm512_load_ps(mean + k)),
+                            _mm512_load_ps(scale + k));
           _mm512_stream_ps(t.y + at + k, v);
         }
       }
@@ -146,9 +145,9 @@ void TwoPhase(const Tensor& t, std::vector<float>* partials, std::vector<float>*
     for (int r = r1; r-- > r0;) {
       for (int k = 0; k < t.cols; k += 16) {
         const size_t at = static_cast<size_t>(r) * t.cols + k;
-        const __m512 v = _mm512_mul_ps(
-            _mm512_sub_ps(_mm512_loadu_ps(t.x + at), _mm512_loadu_ps(mean + k)),
-            _mm512_loadu_ps(scale + k));
+        const __m512 v =
+            _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(t.x + at), _mm512_loadu_ps(mean + k)),
+                          _mm512_loadu_ps(scale + k));
         _mm512_stream_ps(t.y + at, v);
       }
     }
@@ -189,8 +188,8 @@ int main(int argc, char** argv) {
     t.y[i] = 0.0f;
   }
   std::vector<float> partials, constants;
-  std::printf("%d x %d f32, %d threads; each plan's median time over the copy's\n", t.rows,
-              t.cols, omp_get_max_threads());
+  std::printf("%d x %d f32, %d threads; each plan's median time over the copy's\n", t.rows, t.cols,
+              omp_get_max_threads());
   for (int rep = 0; rep < 3; ++rep) {
     const double copy = Median([&] { Copy(t); });
     std::printf("copy %.3f ms | two-phase %.2f | column-fused (block: prefetch/none)", copy * 1e3,
