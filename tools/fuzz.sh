@@ -31,8 +31,12 @@ if ! runtime_ok; then
     libhwy-dev libtbb-dev >/dev/null
 fi
 
+# -O1 and line tables only, as tools/dev.sh's sanitizer builds (compile time).
+sanitizer_flags="-O1 -g1 -DNDEBUG"
 if [ ! -f "$build/build.ninja" ]; then
   CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
+    -DCMAKE_C_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
     -DBNORM_BUILD_FUZZ=ON -DBNORM_BUILD_TESTS=OFF -DBNORM_BUILD_BENCH=OFF \
     -DBNORM_SANITIZE=fuzzer-no-link,address,undefined
 fi
