@@ -365,7 +365,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
-  const NextGroup next = StatsWhileNormalizingRuns(target, p.dtype, epi, p.spatial)
+  const NextGroup next = StatsWhileNormalizingRuns(target, p.dtype, p.spatial)
                              ? NextGroup::kReduce
                              : NextGroup::kPrefetch;
   const ExecutionPlan plan =

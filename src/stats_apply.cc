@@ -55,29 +55,30 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
   }
 }
 
-// f32 without a residual only: the 16-bit variants measured no faster than
-// summing from L2 after the write (their conversions, not memory, set the
-// pace), and each variant is a large function (both statistics kernels with
-// the writes inlined), whose compile time under the sanitizers CI runs grows
-// with the variants built (24 took over 10 minutes with ASan). Runs of at
-// least a vector: StoreChannelRuns. AVX2 and AVX-512 only: kPacedWrites.
-bool StatsWhileNormalizingRuns(DType dtype, const Epilogue& epi, int64_t spatial) {
+// f32 only: the 16-bit variants measured no faster than summing from L2
+// after the write (their conversions, not memory, set the pace), and each
+// variant is a large function (both statistics kernels with the writes
+// inlined), whose compile time under the sanitizers CI runs grows with the
+// variants built (24 took over 10 minutes with ASan at -O2). Runs of at least
+// a vector: StoreChannelRuns. AVX2 and AVX-512 only: kPacedWrites.
+bool StatsWhileNormalizingRuns(DType dtype, int64_t spatial) {
   const hn::ScalableTag<float> df;
-  return kPacedWrites && dtype == DType::kF32 && epi.z == nullptr &&
-         spatial >= static_cast<int64_t>(hn::MaxLanes(df));
+  return kPacedWrites && dtype == DType::kF32 && spatial >= static_cast<int64_t>(hn::MaxLanes(df));
 }
 
 bool StatsWhileNormalizing(DType dtype, const void* x, void* y, int64_t n, int64_t c,
                            int64_t spatial, const NchwStatsUnits& units, int64_t a0, int64_t a1,
                            const AffineConstants& k, bool stream, const Epilogue& epi) {
-  if (!StatsWhileNormalizingRuns(dtype, epi, spatial)) return false;
+  if (!StatsWhileNormalizingRuns(dtype, spatial)) return false;
   bool done = false;
   ForFlag(stream, [&](auto st) HWY_ATTR {
-    ForFlag(epi.relu, [&](auto relu) HWY_ATTR {
-      done = StatsWhileNormalizingT<DType::kF32, decltype(st)::value,
-                                    Fuse<false, decltype(relu)::value>>(
-          static_cast<const float*>(x), nullptr, static_cast<float*>(y), n, c, spatial, units, a0,
-          a1, k);
+    ForFlag(epi.z != nullptr, [&](auto residual) HWY_ATTR {
+      ForFlag(epi.relu, [&](auto relu) HWY_ATTR {
+        done = StatsWhileNormalizingT<DType::kF32, decltype(st)::value,
+                                      Fuse<decltype(residual)::value, decltype(relu)::value>>(
+            static_cast<const float*>(x), static_cast<const float*>(epi.z), static_cast<float*>(y),
+            n, c, spatial, units, a0, a1, k);
+      });
     });
   });
   if (stream) hwy::FlushStream();
@@ -98,8 +99,8 @@ namespace bnorm {
 HWY_EXPORT(StatsWhileNormalizing);
 HWY_EXPORT(StatsWhileNormalizingRuns);
 
-bool StatsWhileNormalizingRuns(int64_t target, DType dtype, const Epilogue& epi, int64_t spatial) {
-  return BNORM_DISPATCH(StatsWhileNormalizingRuns, target)(dtype, epi, spatial);
+bool StatsWhileNormalizingRuns(int64_t target, DType dtype, int64_t spatial) {
+  return BNORM_DISPATCH(StatsWhileNormalizingRuns, target)(dtype, spatial);
 }
 
 bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, int64_t n,

@@ -27,10 +27,10 @@ struct NchwStatsUnits {
   Moments* partials;
 };
 
-// Whether StatsWhileNormalizing runs for this target, dtype, epilogue and
-// run length at all (it also declines a group too small to pace a store
-// unit). The planner sizes channel groups by it (NextGroup in plan.h).
-bool StatsWhileNormalizingRuns(int64_t target, DType dtype, const Epilogue& epi, int64_t spatial);
+// Whether StatsWhileNormalizing runs for this target, dtype and run length at
+// all (it also declines a group too small to pace a store unit). The planner
+// sizes channel groups by it (NextGroup in plan.h).
+bool StatsWhileNormalizingRuns(int64_t target, DType dtype, int64_t spatial);
 
 // Sums `units` of x while writing y = act((x - mean) * scale + shift [+ z])
 // for channels [a0, a1) of every image (constants of those channels set;

@@ -3,8 +3,9 @@
 // L2, one-thread context, no copy baseline). Not built by CMake:
 //   g++ -O2 tools/call_timer.cc -Iinclude -Lbuild/release -lbnorm -o /tmp/call_timer
 //   LD_LIBRARY_PATH=build/release /tmp/call_timer N C SPATIAL NHWC OP [THREADS [DTYPE [OFFSET]]]
-// OP: train | inf | back | stats | sums (backward with dx = NULL: the
-// gradient sums alone); NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
+// OP: train | trainz (training with a residual z and ReLU,
+// bnorm_forward_training_ex) | inf | back | stats | sums (backward with
+// dx = NULL: the gradient sums alone); NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
 // Tensors start on a 64-byte boundary, as framework tensors do, or OFFSET
 // floats after one (OFFSET 4: the 16-byte alignment of std::vector, which
 // splits every AVX-512 load across two lines; docs/performance-history.md).
@@ -49,7 +50,8 @@ class AlignedFloats {
 int main(int argc, char** argv) {
   if (argc < 6) {
     std::fprintf(
-        stderr, "usage: %s N C SPATIAL NHWC train|inf|back|stats|sums [THREADS [DTYPE [OFFSET]]]\n",
+        stderr,
+        "usage: %s N C SPATIAL NHWC train|trainz|inf|back|stats|sums [THREADS [DTYPE [OFFSET]]]\n",
         argv[0]);
     return 2;
   }
@@ -88,6 +90,11 @@ int main(int argc, char** argv) {
     if (!std::strcmp(op, "train")) {
       return bnorm_forward_training(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f,
                                     0.1f, rmean.data(), rvar.data(), smean.data(), sinv.data());
+    }
+    if (!std::strcmp(op, "trainz")) {  // z: dy's buffer
+      return bnorm_forward_training_ex(ctx, &d, x.data(), dy.data(), y.data(), BNORM_ACT_RELU,
+                                       gamma.data(), beta.data(), 1e-5f, 0.1f, rmean.data(),
+                                       rvar.data(), smean.data(), sinv.data());
     }
     if (!std::strcmp(op, "stats")) return bnorm_stats(ctx, &d, x.data(), mean.data(), m2.data());
     if (!std::strcmp(op, "inf")) {
