@@ -109,14 +109,13 @@ bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, vo
   }
   // Units whose float sums overflowed: GradSumsNchwUnit sums them again (in
   // float, then in double), as it would have had they been summed there.
-  const int64_t values = n * spatial;
-  for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
-       ++u) {
-    if (Finite(units.partials[u])) continue;
-    const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
-    units.partials[u] = GradSumsNchwUnit(target, dtype, args.x, args.dy, nullptr, c, spatial, t.ch,
+  ForEachNchwUnit(units.c0, units.c1, units.units_per_channel, units.unit_len, n * spatial,
+                  [&](int64_t u, const NchwUnit& t) {
+                    if (Finite(units.partials[u])) return;
+                    units.partials[u] =
+                        GradSumsNchwUnit(target, dtype, args.x, args.dy, nullptr, c, spatial, t.ch,
                                          t.begin, t.end, units.mean[t.ch]);
-  }
+                  });
   return true;
 }
 

@@ -112,14 +112,12 @@ bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, 
   }
   // Units whose float sums cannot be trusted: StatsNchwUnit sums them again
   // (in float, then in double), as it would have had they been summed there.
-  const int64_t values = n * spatial;
-  for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
-       ++u) {
-    if (Finite(units.partials[u])) continue;
-    const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
-    units.partials[u] =
-        StatsNchwUnit(target, dtype, x, c, spatial, t.ch, t.begin, t.end, units.pivots[t.ch]);
-  }
+  ForEachNchwUnit(units.c0, units.c1, units.units_per_channel, units.unit_len, n * spatial,
+                  [&](int64_t u, const NchwUnit& t) {
+                    if (Finite(units.partials[u])) return;
+                    units.partials[u] = StatsNchwUnit(target, dtype, x, c, spatial, t.ch, t.begin,
+                                                      t.end, units.pivots[t.ch]);
+                  });
   return true;
 }
 
