@@ -18,7 +18,9 @@
 //
 // BNORM_TARGET in the environment also picks the target. Counters: GB/s of the
 // bytes the operation must move (training/inference: one read of x and one
-// write of y; backward: reads of x and dy, a write of dx) and ratio_to_copy =
+// write of y; backward: reads of x and dy, a write of dx; the _add_relu ops
+// (the _ex entry points with a residual z and ReLU) add a read of z, and
+// backward reads y and writes dz) and ratio_to_copy =
 // time of the operation / time of copying the same bytes, where the copy is the
 // faster of memcpy and a Highway streaming-store copy, each split over the
 // same threads and timed in alternate iterations of the same loop.
@@ -51,7 +53,7 @@
 
 namespace {
 
-int g_threads = 0;     // 0: all cores
+int g_threads = 0;  // 0: all cores
 std::vector<bnorm_dtype> g_dtypes = {BNORM_DTYPE_F32};
 bool g_onednn = true;  // time oneDNN too when built with it (--no-onednn to skip)
 bnorm_context* g_ctx = nullptr;
@@ -61,7 +63,18 @@ tbb::task_arena* g_arena = nullptr;
 // API of synchronized batch norm (bnorm_stats -> bnorm_stats_merge ->
 // bnorm_forward_apply; bnorm_backward_reduce -> bnorm_backward_apply), with
 // no exchange in between: what the split costs over the fused call.
-enum class Op { kTraining, kInference, kBackward, kSplitTraining, kSplitBackward };
+// kAddRelu*: the fused epilogue of a ResNet block (the _ex entry points with a
+// residual z and BNORM_ACT_RELU; backward writes dx and dz from the mask of y).
+enum class Op {
+  kTraining,
+  kInference,
+  kBackward,
+  kSplitTraining,
+  kSplitBackward,
+  kAddReluTraining,
+  kAddReluInference,
+  kAddReluBackward
+};
 
 // What runs: bnorm on a target, or oneDNN on its plain layout (what users with
 // NCHW/NHWC data get) or on its blocked nChw16c layout (its fastest path; the
@@ -131,7 +144,7 @@ void ParallelCopy(const float* src, float* dst, size_t n, bool streaming, bool o
 #ifdef BNORM_BENCH_HAVE_DNNL
   if (openmp) {
     const long long count = static_cast<long long>(pieces);
-#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(pieces))
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast <int>(pieces))
     for (long long k = 0; k < count; ++k) {
       CopyPiece(src, dst, n, static_cast<size_t>(k), pieces, streaming);
     }
@@ -144,7 +157,8 @@ void ParallelCopy(const float* src, float* dst, size_t n, bool streaming, bool o
     tbb::parallel_for(
         tbb::blocked_range<size_t>(0, pieces, 1),
         [&](const tbb::blocked_range<size_t>& r) {
-          for (size_t k = r.begin(); k != r.end(); ++k) CopyPiece(src, dst, n, k, pieces, streaming);
+          for (size_t k = r.begin(); k != r.end(); ++k)
+            CopyPiece(src, dst, n, k, pieces, streaming);
         },
         tbb::static_partitioner());
   });
@@ -251,24 +265,33 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   const size_t C = static_cast<size_t>(shape.c);
   // Tensors as bytes of the element type.
   std::vector<unsigned char> x(elems * esize), y(elems * esize), dy(elems * esize),
-      dx(elems * esize);
+      dx(elems * esize), z, dz;
+  const bool add_relu =
+      op == Op::kAddReluTraining || op == Op::kAddReluInference || op == Op::kAddReluBackward;
+  if (add_relu) z.resize(elems * esize);
+  if (op == Op::kAddReluBackward) dz.resize(elems * esize);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.5f, 2.0f);
   for (size_t i = 0; i < elems; ++i) {
-    const float xv = normal(rng), gv = normal(rng);
+    const float xv = normal(rng), gv = normal(rng), zv = add_relu ? normal(rng) : 0.0f;
     if (dtype == BNORM_DTYPE_F32) {
       std::memcpy(&x[i * esize], &xv, esize);
       std::memcpy(&dy[i * esize], &gv, esize);
+      if (add_relu) std::memcpy(&z[i * esize], &zv, esize);
     } else {
-      const uint16_t xh = Narrow(xv, dtype), gh = Narrow(gv, dtype);
+      const uint16_t xh = Narrow(xv, dtype), gh = Narrow(gv, dtype), zh = Narrow(zv, dtype);
       std::memcpy(&x[i * esize], &xh, esize);
       std::memcpy(&dy[i * esize], &gh, esize);
+      if (add_relu) std::memcpy(&z[i * esize], &zh, esize);
     }
   }
   std::vector<float> gamma(C, 1.5f), beta(C, 0.25f), rm(C, 0.0f), rv(C, 1.0f), mean(C), invstd(C),
       dgamma(C), dbeta(C);
-  bnorm_forward_training(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
-                         rm.data(), rv.data(), mean.data(), invstd.data());
+  // Statistics for inference and backward; y of the fused forward is the mask
+  // of the fused backward (about half of it zero).
+  bnorm_forward_training_ex(g_ctx, &desc, x.data(), add_relu ? z.data() : nullptr, y.data(),
+                            add_relu ? BNORM_ACT_RELU : BNORM_ACT_NONE, gamma.data(), beta.data(),
+                            1e-5f, 0.1f, rm.data(), rv.data(), mean.data(), invstd.data());
 #ifdef BNORM_BENCH_HAVE_DNNL
   std::unique_ptr<OneDnnBatchNorm> onednn;
   if (impl != Impl::kBnorm) {
@@ -278,10 +301,22 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   }
 #endif
   // The copy moves as many bytes as the operation must: 2 tensors for the
-  // forward passes, 3 for backward (as a copy of 1.5 tensors).
+  // forward passes (3 with z), 3 for backward (as a copy of 1.5 tensors; 5
+  // for the fused backward: x, y, dy read, dx, dz written).
   const size_t tensor_bytes = elems * esize;
-  const bool backward = op == Op::kBackward || op == Op::kSplitBackward;
-  const size_t moved = backward ? 3 * tensor_bytes : 2 * tensor_bytes;
+  const size_t moved = tensor_bytes * [op] {
+    switch (op) {
+      case Op::kBackward:
+      case Op::kSplitBackward:
+      case Op::kAddReluTraining:
+      case Op::kAddReluInference:
+        return 3;
+      case Op::kAddReluBackward:
+        return 5;
+      default:
+        return 2;
+    }
+  }();
   std::vector<double> stat_a(C), stat_b(C);  // mean/m2 or sum_dy/sum_dy_xmu
   const int64_t values = desc.n * desc.spatial;
   const size_t copy_floats = moved / 2 / sizeof(float);
@@ -323,6 +358,18 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
                                     mean.data(), invstd.data(), values, stat_a.data(),
                                     stat_b.data(), dgamma.data(), dbeta.data());
       }
+      case Op::kAddReluTraining:
+        return bnorm_forward_training_ex(g_ctx, &desc, x.data(), z.data(), y.data(), BNORM_ACT_RELU,
+                                         gamma.data(), beta.data(), 1e-5f, 0.1f, rm.data(),
+                                         rv.data(), mean.data(), invstd.data());
+      case Op::kAddReluInference:
+        return bnorm_forward_inference_ex(g_ctx, &desc, x.data(), z.data(), y.data(),
+                                          BNORM_ACT_RELU, gamma.data(), beta.data(), rm.data(),
+                                          rv.data(), 1e-5f);
+      case Op::kAddReluBackward:
+        return bnorm_backward_ex(g_ctx, &desc, x.data(), y.data(), dy.data(), dx.data(), dz.data(),
+                                 BNORM_ACT_RELU, gamma.data(), beta.data(), mean.data(),
+                                 invstd.data(), dgamma.data(), dbeta.data());
       default:
         return bnorm_backward(g_ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(),
                               mean.data(), invstd.data(), dgamma.data(), dbeta.data());
@@ -378,6 +425,12 @@ const char* OpName(Op op) {
       return "forward_split";
     case Op::kSplitBackward:
       return "backward_split";
+    case Op::kAddReluTraining:
+      return "forward_training_add_relu";
+    case Op::kAddReluInference:
+      return "forward_inference_add_relu";
+    case Op::kAddReluBackward:
+      return "backward_add_relu";
     default:
       return "backward";
   }
@@ -387,8 +440,9 @@ const char* OpName(Op op) {
 void RegisterAll(const std::vector<std::string>& targets) {
   for (const BenchShape& s : g_shapes) {
     for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
-      for (Op op : {Op::kInference, Op::kTraining, Op::kBackward, Op::kSplitTraining,
-                    Op::kSplitBackward}) {
+      for (Op op :
+           {Op::kInference, Op::kTraining, Op::kBackward, Op::kSplitTraining, Op::kSplitBackward,
+            Op::kAddReluInference, Op::kAddReluTraining, Op::kAddReluBackward}) {
         for (const std::string& target : targets) {
           for (bnorm_dtype dtype : g_dtypes) {
             const char* suffix =
@@ -405,7 +459,8 @@ void RegisterAll(const std::vector<std::string>& targets) {
           }
         }
 #ifdef BNORM_BENCH_HAVE_DNNL
-        if (g_onednn && op != Op::kSplitTraining && op != Op::kSplitBackward) {
+        // oneDNN has no fused residual add: no rows for the kAddRelu ops.
+        if (g_onednn && (op == Op::kInference || op == Op::kTraining || op == Op::kBackward)) {
           const std::string base = std::string(OpName(op)) + "/" + std::to_string(s.n) + "x" +
                                    std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
                                    std::to_string(s.w) +

@@ -23,7 +23,15 @@ import json
 import os
 import sys
 
-OPS = ["forward_inference", "forward_training", "backward"]
+# Rows and charts follow this order; ops a file does not have are left out.
+OPS = ["forward_inference", "forward_training", "backward", "forward_split", "backward_split",
+       "forward_inference_add_relu", "forward_training_add_relu", "backward_add_relu"]
+
+
+def present_ops(keys):
+    """The ops of OPS that some (op, shape, layout, impl) key has, in OPS order."""
+    found = {k[0] for k in keys}
+    return [op for op in OPS if op in found]
 
 
 def load(path, field="ratio_to_copy"):
@@ -75,7 +83,7 @@ def table(ratios, times):
         "%s %s" % (layout, impl or "bnorm / oneDNN best (time)") for layout, impl in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     shapes = list(collections.OrderedDict.fromkeys(k[1] for k in ratios))
-    for op in OPS:
+    for op in present_ops(ratios):
         for shape in shapes:
             cells = []
             for layout, impl in cols:
@@ -102,10 +110,11 @@ def chart(runs, out):
             series.setdefault(name, {})[(op, shape, layout)] = r
             groups[(shape, layout)] = None
     groups = list(groups)
-    fig, axes = plt.subplots(len(OPS), 1, figsize=(max(12, len(groups) * 0.9), 4 * len(OPS)),
+    ops = present_ops([k for ratios, _ in runs for k in ratios])
+    fig, axes = plt.subplots(len(ops), 1, figsize=(max(12, len(groups) * 0.9), 4 * len(ops)),
                              squeeze=False)
     width = 0.8 / max(1, len(series))
-    for row, op in enumerate(OPS):
+    for row, op in enumerate(ops):
         ax = axes[row][0]
         for i, (name, values) in enumerate(series.items()):
             xs, ys = [], []

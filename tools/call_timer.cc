@@ -4,7 +4,8 @@
 //   g++ -O2 tools/call_timer.cc -Iinclude -Lbuild/release -lbnorm -o /tmp/call_timer
 //   LD_LIBRARY_PATH=build/release /tmp/call_timer N C SPATIAL NHWC OP [THREADS [DTYPE [OFFSET]]]
 // OP: train | trainz (training with a residual z and ReLU,
-// bnorm_forward_training_ex) | inf | back | stats | sums (backward with
+// bnorm_forward_training_ex) | inf | back | backz (bnorm_backward_ex with
+// the ReLU mask of trainz's y, writing dx and dz) | stats | sums (backward with
 // dx = NULL: the gradient sums alone); NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
 // Tensors start on a 64-byte boundary, as framework tensors do, or OFFSET
 // floats after one (OFFSET 4: the 16-byte alignment of std::vector, which
@@ -49,10 +50,10 @@ class AlignedFloats {
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::fprintf(
-        stderr,
-        "usage: %s N C SPATIAL NHWC train|trainz|inf|back|stats|sums [THREADS [DTYPE [OFFSET]]]\n",
-        argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s N C SPATIAL NHWC train|trainz|inf|back|backz|stats|sums [THREADS "
+                 "[DTYPE [OFFSET]]]\n",
+                 argv[0]);
     return 2;
   }
   const int64_t n = std::atoll(argv[1]), c = std::atoll(argv[2]), sp = std::atoll(argv[3]);
@@ -65,7 +66,8 @@ int main(int argc, char** argv) {
   const size_t count = static_cast<size_t>(n * c * sp);
   // f32 buffers; 16-bit tensors use the first half of each as their elements.
   const size_t offset = argc > 8 ? static_cast<size_t>(std::atoll(argv[8])) : 0;
-  AlignedFloats x(count, offset), y(count, offset), dy(count, offset), dx(count, offset);
+  AlignedFloats x(count, offset), y(count, offset), dy(count, offset), dx(count, offset),
+      z(count, offset), dz(count, offset);
   std::vector<float> gamma(c, 1.1f), beta(c, 0.1f), rmean(c), rvar(c, 1.0f), smean(c), sinv(c),
       dgamma(c), dbeta(c);
   std::vector<double> mean(c), m2(c);
@@ -73,8 +75,9 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> normal;
   for (float& v : x) v = 3.0f + normal(rng);
   for (float& v : dy) v = normal(rng);
+  for (float& v : z) v = normal(rng);
   if (dtype != 0) {
-    for (AlignedFloats* t : {&x, &dy}) {
+    for (AlignedFloats* t : {&x, &dy, &z}) {
       auto* h = reinterpret_cast<uint16_t*>(t->data());
       for (size_t i = 0; i < count; ++i) {
         uint32_t u;
@@ -91,10 +94,15 @@ int main(int argc, char** argv) {
       return bnorm_forward_training(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f,
                                     0.1f, rmean.data(), rvar.data(), smean.data(), sinv.data());
     }
-    if (!std::strcmp(op, "trainz")) {  // z: dy's buffer
-      return bnorm_forward_training_ex(ctx, &d, x.data(), dy.data(), y.data(), BNORM_ACT_RELU,
+    if (!std::strcmp(op, "trainz")) {
+      return bnorm_forward_training_ex(ctx, &d, x.data(), z.data(), y.data(), BNORM_ACT_RELU,
                                        gamma.data(), beta.data(), 1e-5f, 0.1f, rmean.data(),
                                        rvar.data(), smean.data(), sinv.data());
+    }
+    if (!std::strcmp(op, "backz")) {
+      return bnorm_backward_ex(ctx, &d, x.data(), y.data(), dy.data(), dx.data(), dz.data(),
+                               BNORM_ACT_RELU, gamma.data(), beta.data(), smean.data(), sinv.data(),
+                               dgamma.data(), dbeta.data());
     }
     if (!std::strcmp(op, "stats")) return bnorm_stats(ctx, &d, x.data(), mean.data(), m2.data());
     if (!std::strcmp(op, "inf")) {
@@ -105,9 +113,13 @@ int main(int argc, char** argv) {
                           std::strcmp(op, "sums") != 0 ? dx.data() : nullptr, gamma.data(),
                           smean.data(), sinv.data(), dgamma.data(), dbeta.data());
   };
-  // Statistics for inference and backward, and a warm context.
-  if (bnorm_forward_training(ctx, &d, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f, 0.1f,
-                             rmean.data(), rvar.data(), smean.data(), sinv.data()) != BNORM_OK ||
+  // Statistics for inference and backward, y with ReLU zeros for backz's
+  // mask, and a warm context.
+  const bool relu = !std::strcmp(op, "backz");
+  if (bnorm_forward_training_ex(ctx, &d, x.data(), relu ? z.data() : nullptr, y.data(),
+                                relu ? BNORM_ACT_RELU : BNORM_ACT_NONE, gamma.data(), beta.data(),
+                                1e-5f, 0.1f, rmean.data(), rvar.data(), smean.data(),
+                                sinv.data()) != BNORM_OK ||
       call() != BNORM_OK) {
     std::fprintf(stderr, "bnorm call failed\n");
     return 1;
