@@ -54,11 +54,17 @@ struct GradTensors {
 
 // dx for one lane group at offset e: g * a (frozen), else
 // (g - mean_dy) * a + (x - mean) * b, where g is dy (masked: see
-// MaskedGrad); g is stored to dz as it goes (kDz), in the same pass.
-template <DType kT, class V, class D, class K>
+// MaskedGrad); g is stored to dz as it goes (kDz), in the same pass. With
+// kStream, dz is streamed like dx: the store loops call this with a full
+// vector only where dx + e is aligned for a streamed store unit, and the
+// callers stream only when dz has dx's alignment (DzStreamsWithDx).
+template <DType kT, class V, bool kStream = false, class D, class K>
 HWY_INLINE hn::Vec<D> Grad(D d, const GradTensors<kT>& t, int64_t e, const K& k) {
   const auto g = MaskedGrad<kT, V::mask>(d, t.dy + e, V::mask ? t.y + e : nullptr);
-  if constexpr (V::dz) StoreF32<kT, false>(d, g, t.dz + e);
+  if constexpr (V::dz) {
+    constexpr bool kFullVector = hn::MaxLanes(d) == hn::MaxLanes(hn::ScalableTag<float>());
+    StoreF32<kT, kStream && kFullVector>(d, g, t.dz + e);
+  }
   if (V::frozen) return hn::Mul(g, k.a);
   const auto xmu = hn::Sub(LoadF32<kT>(d, t.x + e), k.mean);
   return hn::MulAdd(hn::Sub(g, k.mean_dy), k.a, hn::Mul(xmu, k.b));

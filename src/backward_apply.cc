@@ -26,7 +26,7 @@ template <DType kT, bool kStream, class V>
 HWY_INLINE void GradRun(const GradTensors<kT>& t, Elem<kT>* dx, size_t len,
                         const GradConstants& k, int64_t ch) {
   StoreSpan<kT, kStream>(dx, len, [&](auto d, size_t j) HWY_ATTR {
-    return Grad<kT, V>(d, t, static_cast<int64_t>(j), Broadcast(d, k, ch));
+    return Grad<kT, V, kStream>(d, t, static_cast<int64_t>(j), Broadcast(d, k, ch));
   });
 }
 
@@ -41,7 +41,8 @@ void GradApplyNchwT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t c, int64_t s
     StoreChannelRuns<kT, kStream>(
         dx + begin, begin, end, c, spatial, ahead,
         [kv](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, kv, ch); },
-        [tv](auto d, int64_t e, const auto& kch) HWY_ATTR { return Grad<kT, V>(d, tv, e, kch); });
+        [tv](auto d, int64_t e, const auto& kch)
+            HWY_ATTR { return Grad<kT, V, kStream>(d, tv, e, kch); });
     return;
   }
   // Runs shorter than a vector: one run at a time, through the caches.
@@ -82,14 +83,17 @@ void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int6
                                         hn::LoadU(d, kc.a + q), hn::LoadU(d, kc.b + q)};
       },
       [ts](auto d, size_t i, const auto& kv)
-          HWY_ATTR { return Grad<kT, V>(d, ts, static_cast<int64_t>(i), kv); });
+          HWY_ATTR { return Grad<kT, V, kStream>(d, ts, static_cast<int64_t>(i), kv); });
 }
 
 // Runs body(kT, kStream, Variant<>) for the runtime dtype, stream flag and
 // variant (frozen = x == nullptr; the frozen path has no dz output), then
-// drains the streaming stores.
+// drains the streaming stores. dz is streamed with dx (Grad); where its
+// address is not aligned like dx's, neither is streamed.
 template <class Body>
-HWY_INLINE void Variants(DType dtype, const GradArgs& a, bool stream, const Body& body) {
+HWY_INLINE void Variants(DType dtype, const GradArgs& a, const void* dx, bool stream,
+                         const Body& body) {
+  stream = stream && DzStreamsWithDx(a, dx);
   ForDType(dtype, [&](auto t) HWY_ATTR {
     ForFlag(stream, [&](auto st) HWY_ATTR {
       if (a.x == nullptr) {  // also "dz only": g * 1 into dz
@@ -117,7 +121,7 @@ HWY_INLINE GradTensors<kT> Typed(const GradArgs& a) {
 void GradApplyNchw(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const GradConstants& k, bool stream,
                    const Lookahead& ahead) {
-  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
+  Variants(dtype, a, dx, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     GradApplyNchwT<kT, decltype(st)::value, decltype(v)>(
         Typed<kT>(a), static_cast<Elem<kT>*>(dx), c, spatial, begin, end, k, ahead);
@@ -127,7 +131,7 @@ void GradApplyNchw(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t 
 void GradApplyNchwChannel(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t spatial,
                           int64_t ch, int64_t begin, int64_t end, const GradConstants& k,
                           bool stream) {
-  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
+  Variants(dtype, a, dx, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     GradApplyNchwChannelT<kT, decltype(st)::value, decltype(v)>(
         Typed<kT>(a), static_cast<Elem<kT>*>(dx), c, spatial, ch, begin, end, k);
@@ -136,7 +140,7 @@ void GradApplyNchwChannel(DType dtype, const GradArgs& a, void* dx, int64_t c, i
 
 void GradApplyNhwc(DType dtype, const GradArgs& a, void* dx, int64_t period, int64_t begin,
                    int64_t end, const GradConstants& k, bool stream, bool grouped_rows) {
-  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
+  Variants(dtype, a, dx, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     GradApplyNhwcT<kT, decltype(st)::value, decltype(v)>(Typed<kT>(a), static_cast<Elem<kT>*>(dx),
                                                          period, begin, end, k, grouped_rows);

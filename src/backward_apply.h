@@ -3,7 +3,8 @@
 //   frozen:   dx = g * a            (x is not read; pass x == nullptr)
 // where g = dy, or dy masked where y <= 0 (fused ReLU), also stored to dz.
 // with constants per channel (NCHW) or per position of a period (NHWC).
-// dx may equal dy. With `stream`, dx is written with non-temporal stores.
+// dx may equal dy. With `stream`, dx (and dz, DzStreamsWithDx) are written
+// with non-temporal stores.
 // x, dy and dx hold elements of `dtype`; offsets count elements.
 #ifndef BNORM_SRC_BACKWARD_APPLY_H_
 #define BNORM_SRC_BACKWARD_APPLY_H_
@@ -25,6 +26,15 @@ struct GradArgs {
   const void* y = nullptr;
   void* dz = nullptr;
 };
+
+// Whether dz (if any) can take non-temporal stores alongside dx: the same
+// offset from a 64-byte boundary, so both are aligned at the same elements
+// (framework tensors are 64-byte aligned). Otherwise the kernels store both
+// through the caches.
+inline bool DzStreamsWithDx(const GradArgs& a, const void* dx) {
+  return a.dz == nullptr ||
+         (reinterpret_cast<uintptr_t>(a.dz) - reinterpret_cast<uintptr_t>(dx)) % 64 == 0;
+}
 
 struct GradConstants {
   const float* mean;

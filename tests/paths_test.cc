@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "test_support.h"
@@ -131,6 +134,74 @@ TEST(Paths, StreamingStoresOnLargeTensors) {
                 BNORM_OK);
       for (size_t e = 0; e < x.size(); e += 101) {
         ASSERT_NEAR(ybuf[e + 3], aligned.y[e], 1e-4 * (std::fabs(aligned.y[e]) + 1)) << e;
+      }
+    }
+  }
+}
+
+// The tensor of `values` as elements of `dtype` (f32 or bf16), as bytes.
+std::vector<unsigned char> AsElements(const std::vector<float>& values, bnorm_dtype dtype) {
+  const size_t esize = dtype == BNORM_DTYPE_F32 ? 4 : 2;
+  std::vector<unsigned char> out(values.size() * esize);
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (dtype == BNORM_DTYPE_F32) {
+      std::memcpy(&out[i * 4], &values[i], 4);
+    } else {
+      const uint16_t h = RefFloatToBf16(values[i]);
+      std::memcpy(&out[i * 2], &h, 2);
+    }
+  }
+  return out;
+}
+
+// The fused backward (ReLU mask, dz) on tensors beyond any last-level cache
+// streams dz alongside dx where the two share their alignment, and stores
+// both through the caches where they do not: the same bits in every case,
+// those of bnorm_backward on the masked gradient, with dz that gradient.
+TEST(Paths, FusedBackwardStreamsDzWithDx) {
+  const Shape shapes[] = {Shape{60, 1000, 100, BNORM_LAYOUT_NCHW},   // fused, short runs
+                          Shape{60, 100, 1000, BNORM_LAYOUT_NHWC}};  // rows of 100
+  for (const Shape& s : shapes) {
+    const size_t count = static_cast<size_t>(s.Elements());
+    const auto xf = QuickData(count, 43, 7.0f, 3.0f);
+    const auto yf = QuickData(count, 44, 0.0f, 1.0f);  // about half <= 0: masked
+    const auto dyf = QuickData(count, 45, 0.0f, 1.0f);
+    std::vector<float> gf(count);
+    for (size_t e = 0; e < count; ++e) gf[e] = yf[e] <= 0.0f ? 0.0f : dyf[e];
+    const std::vector<float> mean(static_cast<size_t>(s.c), 7.0f),
+        invstd(static_cast<size_t>(s.c), 0.5f);
+    for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_BF16}) {
+      SCOPED_TRACE(s.Name() + (dtype == BNORM_DTYPE_F32 ? " f32" : " bf16"));
+      const size_t esize = dtype == BNORM_DTYPE_F32 ? 4 : 2;
+      bnorm_tensor_desc d = s.Desc();
+      d.dtype = dtype;
+      const auto x = AsElements(xf, dtype), y = AsElements(yf, dtype), dy = AsElements(dyf, dtype),
+                 g = AsElements(gf, dtype);
+      std::vector<unsigned char> dx_ref(count * esize), dxbuf((count + 1) * esize),
+          dzbuf((count + 1) * esize);
+      std::vector<float> dgamma_ref(mean.size()), dbeta_ref(mean.size()), dgamma(mean.size()),
+          dbeta(mean.size());
+      for (const std::string& name : TargetNames()) {
+        SCOPED_TRACE(name);
+        ScopedTarget target(name);
+        ASSERT_EQ(bnorm_backward(nullptr, &d, x.data(), g.data(), dx_ref.data(), nullptr,
+                                 mean.data(), invstd.data(), dgamma_ref.data(), dbeta_ref.data()),
+                  BNORM_OK);
+        // Element offsets of dx and dz into their buffers: both aligned; dz
+        // not aligned like dx; both one element off (peeled).
+        for (const auto& offsets : {std::pair<size_t, size_t>{0, 0}, {0, 1}, {1, 1}}) {
+          SCOPED_TRACE(std::to_string(offsets.first) + "," + std::to_string(offsets.second));
+          unsigned char* dx = dxbuf.data() + offsets.first * esize;
+          unsigned char* dz = dzbuf.data() + offsets.second * esize;
+          ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), dx, dz,
+                                      BNORM_ACT_RELU, nullptr, nullptr, mean.data(), invstd.data(),
+                                      dgamma.data(), dbeta.data()),
+                    BNORM_OK);
+          EXPECT_EQ(0, std::memcmp(dx, dx_ref.data(), dx_ref.size()));
+          EXPECT_EQ(0, std::memcmp(dz, g.data(), g.size()));
+          EXPECT_EQ(Bytes(dgamma), Bytes(dgamma_ref));
+          EXPECT_EQ(Bytes(dbeta), Bytes(dbeta_ref));
+        }
       }
     }
   }
