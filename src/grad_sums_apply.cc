@@ -26,57 +26,67 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-template <bool kStream>
-bool GradSumsWhileApplyingT(const float* x, const float* dy, float* dx, int64_t n, int64_t c,
+// kMask: dy masked by the fused ReLU's output y, in the sums and in dx;
+// kDz: the masked gradient also stored to dz as dx is written.
+template <bool kStream, bool kMask, bool kDz>
+bool GradSumsWhileApplyingT(const GradTensors<DType::kF32>& t, float* dx, int64_t n, int64_t c,
                             int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
                             const GradConstants& k) {
   if constexpr (!kPacedWrites) {
     return false;
   } else {
-    using V = Variant<false, false, false>;
-    const GradTensors<DType::kF32> t{x, dy, nullptr, nullptr};
+    using V = Variant<false, kMask, kDz>;
     const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
     const auto value = [&](auto d, int64_t e, const auto& kch)
-                           HWY_ATTR { return Grad<DType::kF32, V>(d, t, e, kch); };
+                           HWY_ATTR { return Grad<DType::kF32, V, kStream>(d, t, e, kch); };
     using Writer = ChannelRunWriter<DType::kF32, kStream, decltype(constants), decltype(value)>;
     if ((a1 - a0) * spatial < Writer::U) return false;  // no store unit to pace
     const int64_t values = n * spatial;
     PacedWrites<Writer> side(Writer(c, spatial, constants, value), dx, n, c, spatial, a0, a1);
+    const float* y = kMask ? t.y : nullptr;
     for (int64_t u = units.c0 * units.units_per_channel; u < units.c1 * units.units_per_channel;
          ++u) {
-      const NchwUnit t = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
-      const float mean = units.mean[t.ch];
-      units.partials[u] = ShortRuns(spatial, t.begin, t.end)
-                              ? GradSumsShortRunsT<DType::kF32, false>(
-                                    x, dy, nullptr, c, spatial, t.ch, t.begin / spatial,
-                                    (t.end - t.begin) / spatial, mean, side)
-                              : GradSumsNchwUnitT<DType::kF32, false>(
-                                    x, dy, nullptr, c, spatial, t.ch, t.begin, t.end, mean, side);
+      const NchwUnit r = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
+      const float mean = units.mean[r.ch];
+      units.partials[u] = ShortRuns(spatial, r.begin, r.end)
+                              ? GradSumsShortRunsT<DType::kF32, kMask>(
+                                    t.x, t.dy, y, c, spatial, r.ch, r.begin / spatial,
+                                    (r.end - r.begin) / spatial, mean, side)
+                              : GradSumsNchwUnitT<DType::kF32, kMask>(
+                                    t.x, t.dy, y, c, spatial, r.ch, r.begin, r.end, mean, side);
     }
     side.Drain();
     return true;
   }
 }
 
-// f32, without the fused ReLU's mask or a residual gradient, only: the
-// variants CI's sanitizer builds can compile in reasonable time (see
-// stats_apply.cc); the others prefetch the next group instead. Runs of at
+// f32 training-mode backward, with or without the fused ReLU's mask and the
+// residual gradient dz; 16-bit types prefetch the next group instead (their
+// conversions, not memory, set the pace: docs/performance.md). Runs of at
 // least a vector: StoreChannelRuns. AVX2 and AVX-512 only: kPacedWrites.
 bool GradSumsWhileApplyingRuns(DType dtype, const GradArgs& args, int64_t spatial) {
   const hn::ScalableTag<float> df;
-  return kPacedWrites && dtype == DType::kF32 && args.x != nullptr && args.y == nullptr &&
-         args.dz == nullptr && spatial >= static_cast<int64_t>(hn::MaxLanes(df));
+  return kPacedWrites && dtype == DType::kF32 && args.x != nullptr &&
+         spatial >= static_cast<int64_t>(hn::MaxLanes(df));
 }
 
 bool GradSumsWhileApplying(DType dtype, const GradArgs& args, void* dx, int64_t n, int64_t c,
                            int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
                            const GradConstants& k, bool stream) {
   if (!GradSumsWhileApplyingRuns(dtype, args, spatial)) return false;
+  const GradTensors<DType::kF32> t{static_cast<const float*>(args.x),
+                                   static_cast<const float*>(args.dy),
+                                   static_cast<const float*>(args.y), static_cast<float*>(args.dz)};
+  stream = stream && DzStreamsWithDx(args, dx);  // as backward_apply.cc's Variants
   bool done = false;
   ForFlag(stream, [&](auto st) HWY_ATTR {
-    done = GradSumsWhileApplyingT<decltype(st)::value>(
-        static_cast<const float*>(args.x), static_cast<const float*>(args.dy),
-        static_cast<float*>(dx), n, c, spatial, units, a0, a1, k);
+    ForFlag(args.y != nullptr, [&](auto mask) HWY_ATTR {
+      ForFlag(args.dz != nullptr, [&](auto dz) HWY_ATTR {
+        done =
+            GradSumsWhileApplyingT<decltype(st)::value, decltype(mask)::value, decltype(dz)::value>(
+                t, static_cast<float*>(dx), n, c, spatial, units, a0, a1, k);
+      });
+    });
   });
   if (stream) hwy::FlushStream();
   return done;
@@ -113,7 +123,7 @@ bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, vo
                   [&](int64_t u, const NchwUnit& t) {
                     if (Finite(units.partials[u])) return;
                     units.partials[u] =
-                        GradSumsNchwUnit(target, dtype, args.x, args.dy, nullptr, c, spatial, t.ch,
+                        GradSumsNchwUnit(target, dtype, args.x, args.dy, args.y, c, spatial, t.ch,
                                          t.begin, t.end, units.mean[t.ch]);
                   });
   return true;

@@ -29,8 +29,10 @@ struct NchwGradUnits {
 // The planner sizes channel groups by it (NextGroup in plan.h).
 bool GradSumsWhileApplyingRuns(int64_t target, DType dtype, const GradArgs& args, int64_t spatial);
 
-// Sums `units` of (x, dy) while writing dx for channels [a0, a1) of every
-// image (constants of those channels set; none of the channels of `units`).
+// Sums `units` of (x, dy; dy masked where the fused ReLU's y <= 0 when
+// args.y is set) while writing dx, and dz when args.dz is set, for channels
+// [a0, a1) of every image (constants of those channels set; none of the
+// channels of `units`).
 // Returns false, doing nothing, where it does not apply
 // (GradSumsWhileApplyingRuns, or a group too small): the caller then runs the
 // two halves one after the other.
