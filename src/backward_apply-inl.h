@@ -38,32 +38,40 @@ struct Variant {
 };
 
 // The tensors of a call at one offset (null where the variant does not use
-// them).
+// them). stream_dz: whether a streaming kernel may stream dz too, which it
+// can only where dz is aligned like dx (DzStreamsWithDx).
 template <DType kT>
 struct GradTensors {
   const Elem<kT>* x;
   const Elem<kT>* dy;
   const Elem<kT>* y;
   Elem<kT>* dz;
+  bool stream_dz;
 
   GradTensors At(int64_t offset) const {
     const auto at = [offset](auto* p) { return p != nullptr ? p + offset : p; };
-    return GradTensors{at(x), at(dy), at(y), at(dz)};
+    return GradTensors{at(x), at(dy), at(y), at(dz), stream_dz};
   }
 };
 
 // dx for one lane group at offset e: g * a (frozen), else
 // (g - mean_dy) * a + (x - mean) * b, where g is dy (masked: see
 // MaskedGrad); g is stored to dz as it goes (kDz), in the same pass. With
-// kStream, dz is streamed like dx: the store loops call this with a full
-// vector only where dx + e is aligned for a streamed store unit, and the
-// callers stream only when dz has dx's alignment (DzStreamsWithDx).
+// kStream, dz is streamed like dx where t.stream_dz: the store loops call
+// this with a full vector only where dx + e is aligned for a streamed store
+// unit, so dz + e is too when it has dx's alignment. A dz aligned otherwise
+// goes through the caches (measured better than streaming neither: one
+// output's read for ownership instead of two).
 template <DType kT, class V, bool kStream = false, class D, class K>
 HWY_INLINE hn::Vec<D> Grad(D d, const GradTensors<kT>& t, int64_t e, const K& k) {
   const auto g = MaskedGrad<kT, V::mask>(d, t.dy + e, V::mask ? t.y + e : nullptr);
   if constexpr (V::dz) {
     constexpr bool kFullVector = hn::MaxLanes(d) == hn::MaxLanes(hn::ScalableTag<float>());
-    StoreF32<kT, kStream && kFullVector>(d, g, t.dz + e);
+    if (kStream && kFullVector && t.stream_dz) {
+      StoreF32<kT, kStream && kFullVector>(d, g, t.dz + e);
+    } else {
+      StoreF32<kT, false>(d, g, t.dz + e);
+    }
   }
   if (V::frozen) return hn::Mul(g, k.a);
   const auto xmu = hn::Sub(LoadF32<kT>(d, t.x + e), k.mean);

@@ -11,8 +11,8 @@
 #define HWY_TARGET_INCLUDE "backward_apply.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
-#include "convert-inl.h"
 #include "backward_apply-inl.h"
+#include "convert-inl.h"
 #include "elementwise-inl.h"
 #include "hwy/highway.h"
 
@@ -23,8 +23,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // One contiguous run of channel ch starting at t. dx may equal dy (or dz dy).
 template <DType kT, bool kStream, class V>
-HWY_INLINE void GradRun(const GradTensors<kT>& t, Elem<kT>* dx, size_t len,
-                        const GradConstants& k, int64_t ch) {
+HWY_INLINE void GradRun(const GradTensors<kT>& t, Elem<kT>* dx, size_t len, const GradConstants& k,
+                        int64_t ch) {
   StoreSpan<kT, kStream>(dx, len, [&](auto d, size_t j) HWY_ATTR {
     return Grad<kT, V, kStream>(d, t, static_cast<int64_t>(j), Broadcast(d, k, ch));
   });
@@ -88,12 +88,9 @@ void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int6
 
 // Runs body(kT, kStream, Variant<>) for the runtime dtype, stream flag and
 // variant (frozen = x == nullptr; the frozen path has no dz output), then
-// drains the streaming stores. dz is streamed with dx (Grad); where its
-// address is not aligned like dx's, neither is streamed.
+// drains the streaming stores.
 template <class Body>
-HWY_INLINE void Variants(DType dtype, const GradArgs& a, const void* dx, bool stream,
-                         const Body& body) {
-  stream = stream && DzStreamsWithDx(a, dx);
+HWY_INLINE void Variants(DType dtype, const GradArgs& a, bool stream, const Body& body) {
   ForDType(dtype, [&](auto t) HWY_ATTR {
     ForFlag(stream, [&](auto st) HWY_ATTR {
       if (a.x == nullptr) {  // also "dz only": g * 1 into dz
@@ -113,37 +110,38 @@ HWY_INLINE void Variants(DType dtype, const GradArgs& a, const void* dx, bool st
 }
 
 template <DType kT>
-HWY_INLINE GradTensors<kT> Typed(const GradArgs& a) {
+HWY_INLINE GradTensors<kT> Typed(const GradArgs& a, const void* dx) {
   return GradTensors<kT>{static_cast<const Elem<kT>*>(a.x), static_cast<const Elem<kT>*>(a.dy),
-                         static_cast<const Elem<kT>*>(a.y), static_cast<Elem<kT>*>(a.dz)};
+                         static_cast<const Elem<kT>*>(a.y), static_cast<Elem<kT>*>(a.dz),
+                         DzStreamsWithDx(a, dx)};
 }
 
 void GradApplyNchw(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const GradConstants& k, bool stream,
                    const Lookahead& ahead) {
-  Variants(dtype, a, dx, stream, [&](auto t, auto st, auto v) HWY_ATTR {
+  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     GradApplyNchwT<kT, decltype(st)::value, decltype(v)>(
-        Typed<kT>(a), static_cast<Elem<kT>*>(dx), c, spatial, begin, end, k, ahead);
+        Typed<kT>(a, dx), static_cast<Elem<kT>*>(dx), c, spatial, begin, end, k, ahead);
   });
 }
 
 void GradApplyNchwChannel(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t spatial,
                           int64_t ch, int64_t begin, int64_t end, const GradConstants& k,
                           bool stream) {
-  Variants(dtype, a, dx, stream, [&](auto t, auto st, auto v) HWY_ATTR {
+  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     GradApplyNchwChannelT<kT, decltype(st)::value, decltype(v)>(
-        Typed<kT>(a), static_cast<Elem<kT>*>(dx), c, spatial, ch, begin, end, k);
+        Typed<kT>(a, dx), static_cast<Elem<kT>*>(dx), c, spatial, ch, begin, end, k);
   });
 }
 
 void GradApplyNhwc(DType dtype, const GradArgs& a, void* dx, int64_t period, int64_t begin,
                    int64_t end, const GradConstants& k, bool stream, bool grouped_rows) {
-  Variants(dtype, a, dx, stream, [&](auto t, auto st, auto v) HWY_ATTR {
+  Variants(dtype, a, stream, [&](auto t, auto st, auto v) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    GradApplyNhwcT<kT, decltype(st)::value, decltype(v)>(Typed<kT>(a), static_cast<Elem<kT>*>(dx),
-                                                         period, begin, end, k, grouped_rows);
+    GradApplyNhwcT<kT, decltype(st)::value, decltype(v)>(
+        Typed<kT>(a, dx), static_cast<Elem<kT>*>(dx), period, begin, end, k, grouped_rows);
   });
 }
 
@@ -162,8 +160,8 @@ HWY_EXPORT(GradApplyNchwChannel);
 HWY_EXPORT(GradApplyNhwc);
 
 void GradApplyNchw(int64_t target, DType dtype, const GradArgs& a, void* dx, int64_t c,
-                   int64_t spatial, int64_t begin, int64_t end, const GradConstants& k,
-                   bool stream, const Lookahead& ahead) {
+                   int64_t spatial, int64_t begin, int64_t end, const GradConstants& k, bool stream,
+                   const Lookahead& ahead) {
   BNORM_DISPATCH(GradApplyNchw, target)(dtype, a, dx, c, spatial, begin, end, k, stream, ahead);
 }
 

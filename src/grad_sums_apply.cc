@@ -74,10 +74,9 @@ bool GradSumsWhileApplying(DType dtype, const GradArgs& args, void* dx, int64_t 
                            int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
                            const GradConstants& k, bool stream) {
   if (!GradSumsWhileApplyingRuns(dtype, args, spatial)) return false;
-  const GradTensors<DType::kF32> t{static_cast<const float*>(args.x),
-                                   static_cast<const float*>(args.dy),
-                                   static_cast<const float*>(args.y), static_cast<float*>(args.dz)};
-  stream = stream && DzStreamsWithDx(args, dx);  // as backward_apply.cc's Variants
+  const GradTensors<DType::kF32> t{
+      static_cast<const float*>(args.x), static_cast<const float*>(args.dy),
+      static_cast<const float*>(args.y), static_cast<float*>(args.dz), DzStreamsWithDx(args, dx)};
   bool done = false;
   ForFlag(stream, [&](auto st) HWY_ATTR {
     ForFlag(args.y != nullptr, [&](auto mask) HWY_ATTR {

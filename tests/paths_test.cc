@@ -155,9 +155,9 @@ std::vector<unsigned char> AsElements(const std::vector<float>& values, bnorm_dt
 }
 
 // The fused backward (ReLU mask, dz) on tensors beyond any last-level cache
-// streams dz alongside dx where the two share their alignment, and stores
-// both through the caches where they do not: the same bits in every case,
-// those of bnorm_backward on the masked gradient, with dz that gradient.
+// streams dz alongside dx where the two share their alignment, and stores dz
+// through the caches where they do not: the same bits in every case, those
+// of bnorm_backward on the masked gradient, with dz that gradient.
 TEST(Paths, FusedBackwardStreamsDzWithDx) {
   const Shape shapes[] = {Shape{60, 1000, 100, BNORM_LAYOUT_NCHW},   // fused, short runs
                           Shape{60, 100, 1000, BNORM_LAYOUT_NHWC}};  // rows of 100
