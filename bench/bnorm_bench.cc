@@ -29,6 +29,7 @@
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -40,6 +41,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "bnorm/bnorm.h"
@@ -240,6 +242,40 @@ class OneDnnBatchNorm {
 };
 #endif  // BNORM_BENCH_HAVE_DNNL
 
+// A zeroed buffer on a 64-byte boundary, as framework allocators (PyTorch,
+// oneDNN) place tensors: bnorm streams its outputs from aligned positions,
+// and a fused backward streams dz with dx only where both share their
+// alignment, which heap buffers of std::vector need not.
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(size_t bytes = 0)
+      : bytes_(bytes),
+        data_(bytes == 0
+                  ? nullptr
+                  : static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64))) {
+    if (bytes != 0 && data_ == nullptr) std::abort();
+    if (data_ != nullptr) std::memset(data_, 0, bytes);
+  }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  AlignedBuffer(AlignedBuffer&& other) noexcept : bytes_(other.bytes_), data_(other.data_) {
+    other.bytes_ = 0;
+    other.data_ = nullptr;
+  }
+  AlignedBuffer& operator=(AlignedBuffer&& other) noexcept {
+    std::swap(bytes_, other.bytes_);
+    std::swap(data_, other.data_);
+    return *this;
+  }
+  unsigned char* data() { return data_; }
+  unsigned char& operator[](size_t i) { return data_[i]; }
+
+ private:
+  size_t bytes_;
+  unsigned char* data_;
+};
+
 // The 16-bit pattern of f (bf16: truncated; f16: GCC's conversion): data only.
 uint16_t Narrow(float f, bnorm_dtype dtype) {
   uint16_t h;
@@ -264,12 +300,11 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   const size_t esize = dtype == BNORM_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
   const size_t C = static_cast<size_t>(shape.c);
   // Tensors as bytes of the element type.
-  std::vector<unsigned char> x(elems * esize), y(elems * esize), dy(elems * esize),
-      dx(elems * esize), z, dz;
+  AlignedBuffer x(elems * esize), y(elems * esize), dy(elems * esize), dx(elems * esize), z, dz;
   const bool add_relu =
       op == Op::kAddReluTraining || op == Op::kAddReluInference || op == Op::kAddReluBackward;
-  if (add_relu) z.resize(elems * esize);
-  if (op == Op::kAddReluBackward) dz.resize(elems * esize);
+  if (add_relu) z = AlignedBuffer(elems * esize);
+  if (op == Op::kAddReluBackward) dz = AlignedBuffer(elems * esize);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.5f, 2.0f);
   for (size_t i = 0; i < elems; ++i) {
@@ -320,7 +355,12 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   std::vector<double> stat_a(C), stat_b(C);  // mean/m2 or sum_dy/sum_dy_xmu
   const int64_t values = desc.n * desc.spatial;
   const size_t copy_floats = moved / 2 / sizeof(float);
-  std::vector<float> copy_src(copy_floats, 1.0f), copy_dst(copy_floats, 2.0f);
+  AlignedBuffer copy_bytes[2] = {AlignedBuffer(copy_floats * sizeof(float)),
+                                 AlignedBuffer(copy_floats * sizeof(float))};
+  float* const copy_src = reinterpret_cast<float*>(copy_bytes[0].data());
+  float* const copy_dst = reinterpret_cast<float*>(copy_bytes[1].data());
+  std::fill(copy_src, copy_src + copy_floats, 1.0f);
+  std::fill(copy_dst, copy_dst + copy_floats, 2.0f);
 
   // One call of the implementation being measured.
   const auto run = [&]() -> bnorm_status {
@@ -383,7 +423,7 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   for (auto _ : state) {
     const int kind = static_cast<int>(iteration++ % 2);  // 0 memcpy, 1 streaming
     auto t0 = std::chrono::steady_clock::now();
-    ParallelCopy(copy_src.data(), copy_dst.data(), copy_floats, kind == 1, impl != Impl::kBnorm);
+    ParallelCopy(copy_src, copy_dst, copy_floats, kind == 1, impl != Impl::kBnorm);
     auto t1 = std::chrono::steady_clock::now();
     const bnorm_status st = run();
     auto t2 = std::chrono::steady_clock::now();
