@@ -289,6 +289,17 @@ def _training_channels(weight, bias, running_mean, running_var, c):
     return w, b, rm, rv, save_mean, sm, save_invstd, si
 
 
+def _empty_like(x):
+    """An uninitialized C-contiguous array like x starting on a 64-byte boundary,
+    as framework allocators place tensors: bnorm streams outputs beyond the
+    last-level cache from aligned positions, and the fused backward streams
+    dz along with dx only where both share their alignment."""
+    nbytes = x.nbytes
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(x.dtype).reshape(x.shape)
+
+
 def _data(a):
     """The data pointer of a tensor; NULL for None or an empty tensor (n == 0)."""
     if a is None or a.size == 0:
@@ -334,7 +345,7 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
     x, desc, c, z, act = _forward_args(x, dtype, layout, z, activation)
     w, b, rm, rv, save_mean, sm, save_invstd, si = _training_channels(
         weight, bias, running_mean, running_var, c)
-    y = np.empty_like(x)
+    y = _empty_like(x)
     _check(_forward_training_ex(_context(ctx), ctypes.byref(desc), _data(x),
                                 _data(z), _data(y), act, w, b, eps,
                                 momentum, rm, rv, sm, si), "bnorm_forward_training_ex")
@@ -351,7 +362,7 @@ def batch_norm_inference(x, mean, var, weight=None, bias=None, eps=1e-5, layout=
         raise ValueError("mean and var are required")
     _, w = _channels(weight, c, "weight")
     _, b = _channels(bias, c, "bias")
-    y = np.empty_like(x)
+    y = _empty_like(x)
     _check(_forward_inference_ex(_context(ctx), ctypes.byref(desc), _data(x),
                                  _data(z), _data(y), act, w, b, m, v,
                                  eps), "bnorm_forward_inference_ex")
@@ -412,8 +423,8 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
         raise ValueError("save_mean and save_invstd are required")
     dgamma, dg = _new_channels(c)
     dbeta, db = _new_channels(c)
-    dx = np.empty_like(x) if need_dx else None
-    dz = np.empty_like(x) if need_dz else None
+    dx = _empty_like(x) if need_dx else None
+    dz = _empty_like(x) if need_dz else None
     if frozen:
         _check(_backward_frozen(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx),
                                 w, m, s, dg, db), "bnorm_backward_frozen")
@@ -548,7 +559,7 @@ def forward_apply(x, weight, bias, count, mean, m2, eps=1e-5, momentum=0.1, runn
         raise ValueError("mean and m2 are required")
     w, b, rm, rv, save_mean, sm, save_invstd, si = _training_channels(
         weight, bias, running_mean, running_var, c)
-    y = np.empty_like(x)
+    y = _empty_like(x)
     _check(_forward_apply(_context(ctx), ctypes.byref(desc), _data(x), _data(y), w, b, count, m,
                           v, eps, momentum, rm, rv, sm, si), "bnorm_forward_apply")
     return y, save_mean, save_invstd
@@ -597,7 +608,7 @@ def backward_apply(x, dy, weight, save_mean, save_invstd, total_count, sum_dy, s
         raise ValueError("save_mean, save_invstd, sum_dy and sum_dy_xmu are required")
     dgamma, dg = _new_channels(c)
     dbeta, db = _new_channels(c)
-    dx = np.empty_like(x) if need_dx else None
+    dx = _empty_like(x) if need_dx else None
     _check(_backward_apply(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx), w,
                            m, s, total_count, sd, sx, dg, db), "bnorm_backward_apply")
     return dx, dgamma, dbeta

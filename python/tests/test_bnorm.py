@@ -192,6 +192,21 @@ class FusedTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             bnorm.batch_norm_training(x, activation="gelu")
 
+    def test_outputs_start_on_64_byte_boundaries(self):
+        # As framework tensors do: the fused backward streams dz with dx
+        # beyond the last-level cache only where both share their alignment.
+        rng = np.random.default_rng(6)
+        for shape, dtype in [((3, 5, 7), np.float32), ((2, 4, 3, 3), np.float16)]:
+            with self.subTest(shape=shape, dtype=dtype):
+                x = rng.standard_normal(shape).astype(dtype)
+                y, mean, invstd = bnorm.batch_norm_training(x, activation="relu")
+                dx, _, _, dz = bnorm.batch_norm_backward(x, np.ones_like(x), mean, invstd, y=y,
+                                                         activation="relu", need_dz=True)
+                for out in (y, dx, dz):
+                    self.assertEqual(out.ctypes.data % 64, 0)
+                    self.assertTrue(out.flags.c_contiguous and out.flags.writeable)
+                    self.assertEqual((out.shape, out.dtype), (shape, np.dtype(dtype)))
+
 
 class ApiTest(unittest.TestCase):
     def test_errors_carry_the_status(self):
