@@ -68,6 +68,8 @@ HWY_INLINE hn::Vec<D> Grad(D d, const GradTensors<kT>& t, int64_t e, const K& k)
   if constexpr (V::dz) {
     constexpr bool kFullVector = hn::MaxLanes(d) == hn::MaxLanes(hn::ScalableTag<float>());
     if (kStream && kFullVector && t.stream_dz) {
+      HWY_DASSERT(reinterpret_cast<uintptr_t>(t.dz + e) % (hn::MaxLanes(d) * sizeof(Elem<kT>)) ==
+                  0);
       StoreF32<kT, kStream && kFullVector>(d, g, t.dz + e);
     } else {
       StoreF32<kT, false>(d, g, t.dz + e);

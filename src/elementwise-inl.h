@@ -29,6 +29,16 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// The contract of the store loops below with their value functions: with
+// kStream, a value function is called with a full-vector tag only for
+// elements whose output address starts an aligned store unit (plus, for
+// 16-bit types, the unit's second f32 vector), every other element with a
+// one-lane tag; so a value function may stream a second output at the same
+// offsets when that output shares the first one's alignment (Grad's dz,
+// backward_apply-inl.h). A value function may be called twice for the same
+// elements (ChannelRunWriter, at a channel boundary) and must then store
+// the same values.
+
 // Elements of out before the first one at which a vector of N lanes of type
 // T (N * sizeof(T) bytes) can be streamed, at most len.
 template <typename T>
@@ -343,7 +353,11 @@ class PacedWrites {
  public:
   HWY_INLINE PacedWrites(const Writer& writer, typename Writer::Out* y, int64_t n, int64_t c,
                          int64_t spatial, int64_t a0, int64_t a1)
-      : writer_(writer), y_(y), n_(n), stride_(c * spatial), begin_(a0 * spatial),
+      : writer_(writer),
+        y_(y),
+        n_(n),
+        stride_(c * spatial),
+        begin_(a0 * spatial),
         len_((a1 - a0) * spatial) {
     StartImage();
   }

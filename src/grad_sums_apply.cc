@@ -36,9 +36,12 @@ bool GradSumsWhileApplyingT(const GradTensors<DType::kF32>& t, float* dx, int64_
     return false;
   } else {
     using V = Variant<false, kMask, kDz>;
+    // The tensors captured by value: through a reference the compiler
+    // reloads the pointers after every store (backward_apply.cc).
+    const GradTensors<DType::kF32> tv = t;
     const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
-    const auto value = [&](auto d, int64_t e, const auto& kch)
-                           HWY_ATTR { return Grad<DType::kF32, V, kStream>(d, t, e, kch); };
+    const auto value = [tv](auto d, int64_t e, const auto& kch)
+                           HWY_ATTR { return Grad<DType::kF32, V, kStream>(d, tv, e, kch); };
     using Writer = ChannelRunWriter<DType::kF32, kStream, decltype(constants), decltype(value)>;
     if ((a1 - a0) * spatial < Writer::U) return false;  // no store unit to pace
     const int64_t values = n * spatial;

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -139,28 +141,45 @@ TEST(Paths, StreamingStoresOnLargeTensors) {
   }
 }
 
-// The tensor of `values` as elements of `dtype` (f32 or bf16), as bytes.
+// The tensor of `values` as elements of `dtype` (f32, bf16 or f16), as bytes.
 std::vector<unsigned char> AsElements(const std::vector<float>& values, bnorm_dtype dtype) {
   const size_t esize = dtype == BNORM_DTYPE_F32 ? 4 : 2;
   std::vector<unsigned char> out(values.size() * esize);
   for (size_t i = 0; i < values.size(); ++i) {
     if (dtype == BNORM_DTYPE_F32) {
       std::memcpy(&out[i * 4], &values[i], 4);
-    } else {
+    } else if (dtype == BNORM_DTYPE_BF16) {
       const uint16_t h = RefFloatToBf16(values[i]);
+      std::memcpy(&out[i * 2], &h, 2);
+    } else {
+      const _Float16 h = static_cast<_Float16>(values[i]);
       std::memcpy(&out[i * 2], &h, 2);
     }
   }
   return out;
 }
 
+// A buffer of `bytes` on a 64-byte boundary (framework tensors' alignment;
+// heap std::vector buffers may sit at any 16-byte offset).
+struct Aligned64 {
+  explicit Aligned64(size_t bytes)
+      : p(static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64))) {}
+  ~Aligned64() { std::free(p); }
+  Aligned64(const Aligned64&) = delete;
+  Aligned64& operator=(const Aligned64&) = delete;
+  unsigned char* p;
+};
+
 // The fused backward (ReLU mask, dz) on tensors beyond any last-level cache
 // streams dz alongside dx where the two share their alignment, and stores dz
 // through the caches where they do not: the same bits in every case, those
-// of bnorm_backward on the masked gradient, with dz that gradient.
+// of bnorm_backward on the masked gradient, with dz that gradient; also with
+// dz over dy (in place).
 TEST(Paths, FusedBackwardStreamsDzWithDx) {
-  const Shape shapes[] = {Shape{60, 1000, 100, BNORM_LAYOUT_NCHW},   // fused, short runs
-                          Shape{60, 100, 1000, BNORM_LAYOUT_NHWC}};  // rows of 100
+  const Shape shapes[] = {
+      Shape{60, 1000, 100, BNORM_LAYOUT_NCHW},  // fused, short runs
+      Shape{60, 100, 1000, BNORM_LAYOUT_NHWC},  // period 400: the wrapping loop
+      Shape{60, 64, 1600, BNORM_LAYOUT_NHWC}};  // period 64: rows a whole number of units
   for (const Shape& s : shapes) {
     const size_t count = static_cast<size_t>(s.Elements());
     const auto xf = QuickData(count, 43, 7.0f, 3.0f);
@@ -170,15 +189,18 @@ TEST(Paths, FusedBackwardStreamsDzWithDx) {
     for (size_t e = 0; e < count; ++e) gf[e] = yf[e] <= 0.0f ? 0.0f : dyf[e];
     const std::vector<float> mean(static_cast<size_t>(s.c), 7.0f),
         invstd(static_cast<size_t>(s.c), 0.5f);
-    for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_BF16}) {
-      SCOPED_TRACE(s.Name() + (dtype == BNORM_DTYPE_F32 ? " f32" : " bf16"));
+    for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_BF16, BNORM_DTYPE_F16}) {
+      SCOPED_TRACE(s.Name() + " dtype " + std::to_string(static_cast<int>(dtype)));
       const size_t esize = dtype == BNORM_DTYPE_F32 ? 4 : 2;
+      const size_t bytes = count * esize;
       bnorm_tensor_desc d = s.Desc();
       d.dtype = dtype;
       const auto x = AsElements(xf, dtype), y = AsElements(yf, dtype), dy = AsElements(dyf, dtype),
                  g = AsElements(gf, dtype);
-      std::vector<unsigned char> dx_ref(count * esize), dxbuf((count + 1) * esize),
-          dzbuf((count + 1) * esize);
+      std::vector<unsigned char> dx_ref(bytes);
+      // Up to 16 elements (32 bytes of 16-bit values, 64 of f32) past the
+      // boundary.
+      Aligned64 dxbuf(bytes + 64), dzbuf(bytes + 64);
       std::vector<float> dgamma_ref(mean.size()), dbeta_ref(mean.size()), dgamma(mean.size()),
           dbeta(mean.size());
       for (const std::string& name : TargetNames()) {
@@ -187,18 +209,25 @@ TEST(Paths, FusedBackwardStreamsDzWithDx) {
         ASSERT_EQ(bnorm_backward(nullptr, &d, x.data(), g.data(), dx_ref.data(), nullptr,
                                  mean.data(), invstd.data(), dgamma_ref.data(), dbeta_ref.data()),
                   BNORM_OK);
-        // Element offsets of dx and dz into their buffers: both aligned; dz
-        // not aligned like dx; both one element off (peeled).
-        for (const auto& offsets : {std::pair<size_t, size_t>{0, 0}, {0, 1}, {1, 1}}) {
+        // Element offsets of dx and dz past a 64-byte boundary: both aligned;
+        // dz not aligned like dx (by one element, by 32 bytes); both one
+        // element or 32 bytes off (peeled); -1 for dz: in place over a copy
+        // of dy at dx's offset.
+        const size_t half = 32 / esize;
+        const std::pair<size_t, size_t> cases[] = {{0, 0}, {0, 1},       {0, half},
+                                                   {1, 1}, {half, half}, {0, SIZE_MAX}};
+        for (const auto& offsets : cases) {
           SCOPED_TRACE(std::to_string(offsets.first) + "," + std::to_string(offsets.second));
-          unsigned char* dx = dxbuf.data() + offsets.first * esize;
-          unsigned char* dz = dzbuf.data() + offsets.second * esize;
-          ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), dx, dz,
-                                      BNORM_ACT_RELU, nullptr, nullptr, mean.data(), invstd.data(),
-                                      dgamma.data(), dbeta.data()),
+          unsigned char* dx = dxbuf.p + offsets.first * esize;
+          const bool in_place = offsets.second == SIZE_MAX;
+          unsigned char* dz = dzbuf.p + (in_place ? offsets.first : offsets.second) * esize;
+          if (in_place) std::memcpy(dz, dy.data(), bytes);
+          ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), in_place ? dz : dy.data(),
+                                      dx, dz, BNORM_ACT_RELU, nullptr, nullptr, mean.data(),
+                                      invstd.data(), dgamma.data(), dbeta.data()),
                     BNORM_OK);
-          EXPECT_EQ(0, std::memcmp(dx, dx_ref.data(), dx_ref.size()));
-          EXPECT_EQ(0, std::memcmp(dz, g.data(), g.size()));
+          EXPECT_EQ(0, std::memcmp(dx, dx_ref.data(), bytes));
+          EXPECT_EQ(0, std::memcmp(dz, g.data(), bytes));
           EXPECT_EQ(Bytes(dgamma), Bytes(dgamma_ref));
           EXPECT_EQ(Bytes(dbeta), Bytes(dbeta_ref));
         }

@@ -241,10 +241,11 @@ BNORM_API bnorm_status bnorm_forward_inference_ex(const bnorm_context* ctx,
  *   dx      may be NULL; dx == dy allowed.
  *   dz      the residual's gradient, may be NULL; dz == dy allowed.
  *   beta    not needed by the gradients; accepted for symmetry, may be NULL.
- * dx and dz are written in the same pass. On tensors beyond the last-level
- * cache both bypass the caches when they sit at the same offset from a
- * 64-byte boundary (as framework allocators align them); otherwise dz is
- * written through the caches, which costs time, never a different result.
+ * dx and dz are written in the same pass. Where dx bypasses the caches
+ * (tensors beyond the last-level cache), dz does too only if both sit at
+ * the same offset from a 64-byte boundary, as framework allocators place
+ * them; otherwise dz is written through the caches, which costs time, never
+ * a different result.
  * Other arguments and statuses as bnorm_backward; an unknown act is
  * BNORM_ERR_BAD_ARGUMENT. */
 BNORM_API bnorm_status bnorm_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,

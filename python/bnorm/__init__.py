@@ -291,9 +291,9 @@ def _training_channels(weight, bias, running_mean, running_var, c):
 
 def _empty_like(x):
     """An uninitialized C-contiguous array like x starting on a 64-byte boundary,
-    as framework allocators place tensors: bnorm streams outputs beyond the
-    last-level cache from aligned positions, and the fused backward streams
-    dz along with dx only where both share their alignment."""
+    as framework allocators place tensors: where bnorm writes dx of the fused
+    backward around the caches (large tensors), it can do so for dz too only
+    if both share their alignment."""
     nbytes = x.nbytes
     raw = np.empty(nbytes + 64, np.uint8)
     start = -raw.ctypes.data % 64
