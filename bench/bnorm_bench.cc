@@ -269,6 +269,7 @@ class AlignedBuffer {
     return *this;
   }
   unsigned char* data() { return data_; }
+  const unsigned char* data() const { return data_; }
   unsigned char& operator[](size_t i) { return data_[i]; }
 
  private:
@@ -289,6 +290,43 @@ uint16_t Narrow(float f, bnorm_dtype dtype) {
   return h;
 }
 
+// The input tensors of one element count and dtype: x, dy and a residual z
+// (normal values), made once and kept for the rows that follow. Google
+// Benchmark calls BM_Op once per repetition and more to size its runs, and
+// drawing the values anew each time took most of a full suite run.
+struct Inputs {
+  size_t elems = 0;
+  bnorm_dtype dtype = BNORM_DTYPE_F32;
+  AlignedBuffer x, dy, z;
+};
+
+const Inputs& InputsFor(size_t elems, bnorm_dtype dtype) {
+  static Inputs cached;
+  if (cached.x.data() != nullptr && cached.elems == elems && cached.dtype == dtype) return cached;
+  cached = Inputs();  // the previous tensors go first
+  const size_t esize = dtype == BNORM_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+  cached.elems = elems;
+  cached.dtype = dtype;
+  cached.x = AlignedBuffer(elems * esize);
+  cached.dy = AlignedBuffer(elems * esize);
+  cached.z = AlignedBuffer(elems * esize);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.5f, 2.0f);
+  AlignedBuffer* const tensors[] = {&cached.x, &cached.dy, &cached.z};
+  for (size_t i = 0; i < elems; ++i) {
+    for (AlignedBuffer* t : tensors) {
+      const float v = normal(rng);
+      if (dtype == BNORM_DTYPE_F32) {
+        std::memcpy(&(*t)[i * esize], &v, esize);
+      } else {
+        const uint16_t h = Narrow(v, dtype);
+        std::memcpy(&(*t)[i * esize], &h, esize);
+      }
+    }
+  }
+  return cached;
+}
+
 void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout,
            std::string target, Impl impl, bnorm_dtype dtype) {
   if (!target.empty() && bnorm_set_target(target.c_str()) != BNORM_OK) {
@@ -300,31 +338,19 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   const size_t esize = dtype == BNORM_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
   const size_t C = static_cast<size_t>(shape.c);
   // Tensors as bytes of the element type.
-  AlignedBuffer x(elems * esize), y(elems * esize), dy(elems * esize), dx(elems * esize), z, dz;
+  const Inputs& in = InputsFor(elems, dtype);
+  const unsigned char* x = in.x.data();
+  const unsigned char* dy = in.dy.data();
+  const unsigned char* z = in.z.data();
+  AlignedBuffer y(elems * esize), dx(elems * esize), dz;
   const bool add_relu =
       op == Op::kAddReluTraining || op == Op::kAddReluInference || op == Op::kAddReluBackward;
-  if (add_relu) z = AlignedBuffer(elems * esize);
   if (op == Op::kAddReluBackward) dz = AlignedBuffer(elems * esize);
-  std::mt19937 rng(1);
-  std::normal_distribution<float> normal(0.5f, 2.0f);
-  for (size_t i = 0; i < elems; ++i) {
-    const float xv = normal(rng), gv = normal(rng), zv = add_relu ? normal(rng) : 0.0f;
-    if (dtype == BNORM_DTYPE_F32) {
-      std::memcpy(&x[i * esize], &xv, esize);
-      std::memcpy(&dy[i * esize], &gv, esize);
-      if (add_relu) std::memcpy(&z[i * esize], &zv, esize);
-    } else {
-      const uint16_t xh = Narrow(xv, dtype), gh = Narrow(gv, dtype), zh = Narrow(zv, dtype);
-      std::memcpy(&x[i * esize], &xh, esize);
-      std::memcpy(&dy[i * esize], &gh, esize);
-      if (add_relu) std::memcpy(&z[i * esize], &zh, esize);
-    }
-  }
   std::vector<float> gamma(C, 1.5f), beta(C, 0.25f), rm(C, 0.0f), rv(C, 1.0f), mean(C), invstd(C),
       dgamma(C), dbeta(C);
   // Statistics for inference and backward; y of the fused forward is the mask
   // of the fused backward (about half of it zero).
-  bnorm_forward_training_ex(g_ctx, &desc, x.data(), add_relu ? z.data() : nullptr, y.data(),
+  bnorm_forward_training_ex(g_ctx, &desc, x, add_relu ? z : nullptr, y.data(),
                             add_relu ? BNORM_ACT_RELU : BNORM_ACT_NONE, gamma.data(), beta.data(),
                             1e-5f, 0.1f, rm.data(), rv.data(), mean.data(), invstd.data());
 #ifdef BNORM_BENCH_HAVE_DNNL
@@ -372,47 +398,45 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
 #endif
     switch (op) {
       case Op::kTraining:
-        return bnorm_forward_training(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
-                                      1e-5f, 0.1f, rm.data(), rv.data(), mean.data(),
-                                      invstd.data());
+        return bnorm_forward_training(g_ctx, &desc, x, y.data(), gamma.data(), beta.data(), 1e-5f,
+                                      0.1f, rm.data(), rv.data(), mean.data(), invstd.data());
       case Op::kInference:
-        return bnorm_forward_inference(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
+        return bnorm_forward_inference(g_ctx, &desc, x, y.data(), gamma.data(), beta.data(),
                                        rm.data(), rv.data(), 1e-5f);
       case Op::kSplitTraining: {
-        bnorm_status st = bnorm_stats(g_ctx, &desc, x.data(), stat_a.data(), stat_b.data());
+        bnorm_status st = bnorm_stats(g_ctx, &desc, x, stat_a.data(), stat_b.data());
         int64_t total = 0;
         if (st == BNORM_OK) {
           st = bnorm_stats_merge(desc.c, 1, &values, stat_a.data(), stat_b.data(), &total,
                                  stat_a.data(), stat_b.data());
         }
         if (st != BNORM_OK) return st;
-        return bnorm_forward_apply(g_ctx, &desc, x.data(), y.data(), gamma.data(), beta.data(),
-                                   total, stat_a.data(), stat_b.data(), 1e-5f, 0.1f, rm.data(),
-                                   rv.data(), mean.data(), invstd.data());
+        return bnorm_forward_apply(g_ctx, &desc, x, y.data(), gamma.data(), beta.data(), total,
+                                   stat_a.data(), stat_b.data(), 1e-5f, 0.1f, rm.data(), rv.data(),
+                                   mean.data(), invstd.data());
       }
       case Op::kSplitBackward: {
-        const bnorm_status st = bnorm_backward_reduce(g_ctx, &desc, x.data(), dy.data(),
-                                                      mean.data(), stat_a.data(), stat_b.data());
+        const bnorm_status st =
+            bnorm_backward_reduce(g_ctx, &desc, x, dy, mean.data(), stat_a.data(), stat_b.data());
         if (st != BNORM_OK) return st;
-        return bnorm_backward_apply(g_ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(),
-                                    mean.data(), invstd.data(), values, stat_a.data(),
-                                    stat_b.data(), dgamma.data(), dbeta.data());
+        return bnorm_backward_apply(g_ctx, &desc, x, dy, dx.data(), gamma.data(), mean.data(),
+                                    invstd.data(), values, stat_a.data(), stat_b.data(),
+                                    dgamma.data(), dbeta.data());
       }
       case Op::kAddReluTraining:
-        return bnorm_forward_training_ex(g_ctx, &desc, x.data(), z.data(), y.data(), BNORM_ACT_RELU,
-                                         gamma.data(), beta.data(), 1e-5f, 0.1f, rm.data(),
-                                         rv.data(), mean.data(), invstd.data());
+        return bnorm_forward_training_ex(g_ctx, &desc, x, z, y.data(), BNORM_ACT_RELU, gamma.data(),
+                                         beta.data(), 1e-5f, 0.1f, rm.data(), rv.data(),
+                                         mean.data(), invstd.data());
       case Op::kAddReluInference:
-        return bnorm_forward_inference_ex(g_ctx, &desc, x.data(), z.data(), y.data(),
-                                          BNORM_ACT_RELU, gamma.data(), beta.data(), rm.data(),
-                                          rv.data(), 1e-5f);
+        return bnorm_forward_inference_ex(g_ctx, &desc, x, z, y.data(), BNORM_ACT_RELU,
+                                          gamma.data(), beta.data(), rm.data(), rv.data(), 1e-5f);
       case Op::kAddReluBackward:
-        return bnorm_backward_ex(g_ctx, &desc, x.data(), y.data(), dy.data(), dx.data(), dz.data(),
+        return bnorm_backward_ex(g_ctx, &desc, x, y.data(), dy, dx.data(), dz.data(),
                                  BNORM_ACT_RELU, gamma.data(), beta.data(), mean.data(),
                                  invstd.data(), dgamma.data(), dbeta.data());
       default:
-        return bnorm_backward(g_ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(),
-                              mean.data(), invstd.data(), dgamma.data(), dbeta.data());
+        return bnorm_backward(g_ctx, &desc, x, dy, dx.data(), gamma.data(), mean.data(),
+                              invstd.data(), dgamma.data(), dbeta.data());
     }
   };
   run();  // warm: scratch, threads, pages
