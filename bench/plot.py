@@ -114,6 +114,7 @@ def chart(runs, out):
     fig, axes = plt.subplots(len(ops), 1, figsize=(max(12, len(groups) * 0.9), 4 * len(ops)),
                              squeeze=False)
     width = 0.8 / max(1, len(series))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for row, op in enumerate(ops):
         ax = axes[row][0]
         for i, (name, values) in enumerate(series.items()):
@@ -123,7 +124,8 @@ def chart(runs, out):
                 if r is not None:
                     xs.append(g + (i - (len(series) - 1) / 2) * width)
                     ys.append(r)
-            ax.bar(xs, ys, width, label=name)
+            if xs:  # one colour per series in every chart; no legend entry without bars
+                ax.bar(xs, ys, width, label=name, color=colors[i % len(colors)])
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_ylabel("time / copy time")
