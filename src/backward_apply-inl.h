@@ -54,6 +54,14 @@ struct GradTensors {
   }
 };
 
+// The tensors of a call, typed, with dx's output at dx.
+template <DType kT>
+HWY_INLINE GradTensors<kT> Typed(const GradArgs& a, const void* dx) {
+  return GradTensors<kT>{static_cast<const Elem<kT>*>(a.x), static_cast<const Elem<kT>*>(a.dy),
+                         static_cast<const Elem<kT>*>(a.y), static_cast<Elem<kT>*>(a.dz),
+                         DzStreamsWithDx(a, dx)};
+}
+
 // dx for one lane group at offset e: g * a (frozen), else
 // (g - mean_dy) * a + (x - mean) * b, where g is dy (masked: see
 // MaskedGrad); g is stored to dz as it goes (kDz), in the same pass. With

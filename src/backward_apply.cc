@@ -109,13 +109,6 @@ HWY_INLINE void Variants(DType dtype, const GradArgs& a, bool stream, const Body
   if (stream) hwy::FlushStream();
 }
 
-template <DType kT>
-HWY_INLINE GradTensors<kT> Typed(const GradArgs& a, const void* dx) {
-  return GradTensors<kT>{static_cast<const Elem<kT>*>(a.x), static_cast<const Elem<kT>*>(a.dy),
-                         static_cast<const Elem<kT>*>(a.y), static_cast<Elem<kT>*>(a.dz),
-                         DzStreamsWithDx(a, dx)};
-}
-
 void GradApplyNchw(DType dtype, const GradArgs& a, void* dx, int64_t c, int64_t spatial,
                    int64_t begin, int64_t end, const GradConstants& k, bool stream,
                    const Lookahead& ahead) {

@@ -77,9 +77,7 @@ bool GradSumsWhileApplying(DType dtype, const GradArgs& args, void* dx, int64_t 
                            int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
                            const GradConstants& k, bool stream) {
   if (!GradSumsWhileApplyingRuns(dtype, args, spatial)) return false;
-  const GradTensors<DType::kF32> t{
-      static_cast<const float*>(args.x), static_cast<const float*>(args.dy),
-      static_cast<const float*>(args.y), static_cast<float*>(args.dz), DzStreamsWithDx(args, dx)};
+  const GradTensors<DType::kF32> t = Typed<DType::kF32>(args, dx);
   bool done = false;
   ForFlag(stream, [&](auto st) HWY_ATTR {
     ForFlag(args.y != nullptr, [&](auto mask) HWY_ATTR {

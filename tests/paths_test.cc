@@ -163,7 +163,9 @@ std::vector<unsigned char> AsElements(const std::vector<float>& values, bnorm_dt
 // heap std::vector buffers may sit at any 16-byte offset).
 struct Aligned64 {
   explicit Aligned64(size_t bytes)
-      : p(static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64))) {}
+      : p(static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64))) {
+    if (p == nullptr) std::abort();
+  }
   ~Aligned64() { std::free(p); }
   Aligned64(const Aligned64&) = delete;
   Aligned64& operator=(const Aligned64&) = delete;
