@@ -242,40 +242,21 @@ class OneDnnBatchNorm {
 };
 #endif  // BNORM_BENCH_HAVE_DNNL
 
-// A zeroed buffer on a 64-byte boundary, as framework allocators (PyTorch,
+// Zeroed buffers on a 64-byte boundary, as framework allocators (PyTorch,
 // oneDNN) place tensors: bnorm streams its outputs from aligned positions,
 // and a fused backward streams dz with dx only where both share their
 // alignment, which heap buffers of std::vector need not.
-class AlignedBuffer {
- public:
-  explicit AlignedBuffer(size_t bytes = 0)
-      : bytes_(bytes),
-        data_(bytes == 0
-                  ? nullptr
-                  : static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64))) {
-    if (bytes != 0 && data_ == nullptr) std::abort();
-    if (data_ != nullptr) std::memset(data_, 0, bytes);
-  }
-  ~AlignedBuffer() { std::free(data_); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  AlignedBuffer(AlignedBuffer&& other) noexcept : bytes_(other.bytes_), data_(other.data_) {
-    other.bytes_ = 0;
-    other.data_ = nullptr;
-  }
-  AlignedBuffer& operator=(AlignedBuffer&& other) noexcept {
-    std::swap(bytes_, other.bytes_);
-    std::swap(data_, other.data_);
-    return *this;
-  }
-  unsigned char* data() { return data_; }
-  const unsigned char* data() const { return data_; }
-  unsigned char& operator[](size_t i) { return data_[i]; }
-
- private:
-  size_t bytes_;
-  unsigned char* data_;
+struct FreeBytes {
+  void operator()(unsigned char* p) const { std::free(p); }
 };
+using AlignedBuffer = std::unique_ptr<unsigned char[], FreeBytes>;
+
+AlignedBuffer AlignedZeros(size_t bytes) {
+  AlignedBuffer buffer(static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  if (buffer == nullptr) std::abort();
+  std::memset(buffer.get(), 0, bytes);
+  return buffer;
+}
 
 // The 16-bit pattern of f (bf16: truncated; f16: GCC's conversion): data only.
 uint16_t Narrow(float f, bnorm_dtype dtype) {
@@ -302,14 +283,14 @@ struct Inputs {
 
 const Inputs& InputsFor(size_t elems, bnorm_dtype dtype) {
   static Inputs cached;
-  if (cached.x.data() != nullptr && cached.elems == elems && cached.dtype == dtype) return cached;
+  if (cached.x != nullptr && cached.elems == elems && cached.dtype == dtype) return cached;
   cached = Inputs();  // the previous tensors go first
   const size_t esize = dtype == BNORM_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
   cached.elems = elems;
   cached.dtype = dtype;
-  cached.x = AlignedBuffer(elems * esize);
-  cached.dy = AlignedBuffer(elems * esize);
-  cached.z = AlignedBuffer(elems * esize);
+  cached.x = AlignedZeros(elems * esize);
+  cached.dy = AlignedZeros(elems * esize);
+  cached.z = AlignedZeros(elems * esize);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.5f, 2.0f);
   AlignedBuffer* const tensors[] = {&cached.x, &cached.dy, &cached.z};
@@ -339,18 +320,18 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   const size_t C = static_cast<size_t>(shape.c);
   // Tensors as bytes of the element type.
   const Inputs& in = InputsFor(elems, dtype);
-  const unsigned char* x = in.x.data();
-  const unsigned char* dy = in.dy.data();
-  const unsigned char* z = in.z.data();
-  AlignedBuffer y(elems * esize), dx(elems * esize), dz;
+  const unsigned char* x = in.x.get();
+  const unsigned char* dy = in.dy.get();
+  const unsigned char* z = in.z.get();
+  AlignedBuffer y = AlignedZeros(elems * esize), dx = AlignedZeros(elems * esize), dz;
   const bool add_relu =
       op == Op::kAddReluTraining || op == Op::kAddReluInference || op == Op::kAddReluBackward;
-  if (op == Op::kAddReluBackward) dz = AlignedBuffer(elems * esize);
+  if (op == Op::kAddReluBackward) dz = AlignedZeros(elems * esize);
   std::vector<float> gamma(C, 1.5f), beta(C, 0.25f), rm(C, 0.0f), rv(C, 1.0f), mean(C), invstd(C),
       dgamma(C), dbeta(C);
   // Statistics for inference and backward; y of the fused forward is the mask
   // of the fused backward (about half of it zero).
-  bnorm_forward_training_ex(g_ctx, &desc, x, add_relu ? z : nullptr, y.data(),
+  bnorm_forward_training_ex(g_ctx, &desc, x, add_relu ? z : nullptr, y.get(),
                             add_relu ? BNORM_ACT_RELU : BNORM_ACT_NONE, gamma.data(), beta.data(),
                             1e-5f, 0.1f, rm.data(), rv.data(), mean.data(), invstd.data());
 #ifdef BNORM_BENCH_HAVE_DNNL
@@ -381,10 +362,10 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
   std::vector<double> stat_a(C), stat_b(C);  // mean/m2 or sum_dy/sum_dy_xmu
   const int64_t values = desc.n * desc.spatial;
   const size_t copy_floats = moved / 2 / sizeof(float);
-  AlignedBuffer copy_bytes[2] = {AlignedBuffer(copy_floats * sizeof(float)),
-                                 AlignedBuffer(copy_floats * sizeof(float))};
-  float* const copy_src = reinterpret_cast<float*>(copy_bytes[0].data());
-  float* const copy_dst = reinterpret_cast<float*>(copy_bytes[1].data());
+  AlignedBuffer copy_bytes[2] = {AlignedZeros(copy_floats * sizeof(float)),
+                                 AlignedZeros(copy_floats * sizeof(float))};
+  float* const copy_src = reinterpret_cast<float*>(copy_bytes[0].get());
+  float* const copy_dst = reinterpret_cast<float*>(copy_bytes[1].get());
   std::fill(copy_src, copy_src + copy_floats, 1.0f);
   std::fill(copy_dst, copy_dst + copy_floats, 2.0f);
 
@@ -398,10 +379,10 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
 #endif
     switch (op) {
       case Op::kTraining:
-        return bnorm_forward_training(g_ctx, &desc, x, y.data(), gamma.data(), beta.data(), 1e-5f,
+        return bnorm_forward_training(g_ctx, &desc, x, y.get(), gamma.data(), beta.data(), 1e-5f,
                                       0.1f, rm.data(), rv.data(), mean.data(), invstd.data());
       case Op::kInference:
-        return bnorm_forward_inference(g_ctx, &desc, x, y.data(), gamma.data(), beta.data(),
+        return bnorm_forward_inference(g_ctx, &desc, x, y.get(), gamma.data(), beta.data(),
                                        rm.data(), rv.data(), 1e-5f);
       case Op::kSplitTraining: {
         bnorm_status st = bnorm_stats(g_ctx, &desc, x, stat_a.data(), stat_b.data());
@@ -411,7 +392,7 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
                                  stat_a.data(), stat_b.data());
         }
         if (st != BNORM_OK) return st;
-        return bnorm_forward_apply(g_ctx, &desc, x, y.data(), gamma.data(), beta.data(), total,
+        return bnorm_forward_apply(g_ctx, &desc, x, y.get(), gamma.data(), beta.data(), total,
                                    stat_a.data(), stat_b.data(), 1e-5f, 0.1f, rm.data(), rv.data(),
                                    mean.data(), invstd.data());
       }
@@ -419,23 +400,23 @@ void BM_Op(benchmark::State& state, Op op, BenchShape shape, bnorm_layout layout
         const bnorm_status st =
             bnorm_backward_reduce(g_ctx, &desc, x, dy, mean.data(), stat_a.data(), stat_b.data());
         if (st != BNORM_OK) return st;
-        return bnorm_backward_apply(g_ctx, &desc, x, dy, dx.data(), gamma.data(), mean.data(),
+        return bnorm_backward_apply(g_ctx, &desc, x, dy, dx.get(), gamma.data(), mean.data(),
                                     invstd.data(), values, stat_a.data(), stat_b.data(),
                                     dgamma.data(), dbeta.data());
       }
       case Op::kAddReluTraining:
-        return bnorm_forward_training_ex(g_ctx, &desc, x, z, y.data(), BNORM_ACT_RELU, gamma.data(),
+        return bnorm_forward_training_ex(g_ctx, &desc, x, z, y.get(), BNORM_ACT_RELU, gamma.data(),
                                          beta.data(), 1e-5f, 0.1f, rm.data(), rv.data(),
                                          mean.data(), invstd.data());
       case Op::kAddReluInference:
-        return bnorm_forward_inference_ex(g_ctx, &desc, x, z, y.data(), BNORM_ACT_RELU,
-                                          gamma.data(), beta.data(), rm.data(), rv.data(), 1e-5f);
+        return bnorm_forward_inference_ex(g_ctx, &desc, x, z, y.get(), BNORM_ACT_RELU, gamma.data(),
+                                          beta.data(), rm.data(), rv.data(), 1e-5f);
       case Op::kAddReluBackward:
-        return bnorm_backward_ex(g_ctx, &desc, x, y.data(), dy, dx.data(), dz.data(),
-                                 BNORM_ACT_RELU, gamma.data(), beta.data(), mean.data(),
-                                 invstd.data(), dgamma.data(), dbeta.data());
+        return bnorm_backward_ex(g_ctx, &desc, x, y.get(), dy, dx.get(), dz.get(), BNORM_ACT_RELU,
+                                 gamma.data(), beta.data(), mean.data(), invstd.data(),
+                                 dgamma.data(), dbeta.data());
       default:
-        return bnorm_backward(g_ctx, &desc, x, dy, dx.data(), gamma.data(), mean.data(),
+        return bnorm_backward(g_ctx, &desc, x, dy, dx.get(), gamma.data(), mean.data(),
                               invstd.data(), dgamma.data(), dbeta.data());
     }
   };
