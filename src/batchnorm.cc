@@ -71,6 +71,13 @@ NhwcUnit NhwcUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
           std::min(p.Values(), row_begin + rp.unit_rows)};
 }
 
+// The partial statistics of a forward pass's reduction units (MergeStats).
+struct StatsPartials {
+  Moments* units;  // NCHW: one per unit
+  double* mean;    // NHWC: ReductionPlan::NumPartials each
+  double* m2;
+};
+
 // Merges the statistics partials of channels [c0, c1) into out[0, c1 - c0),
 // in unit order. NHWC units of one row range share a count, so the merge
 // coefficients are computed once per row unit and the channel loop vectorizes.
@@ -86,36 +93,31 @@ void PoisonNonFinite(int64_t width, Moments* out) {
   }
 }
 
-void MergeStats(const Problem& p, const ReductionPlan& rp, const Moments* partials, int64_t c0,
-                int64_t c1, Moments* out) {
+// NCHW partials are Moments; NHWC partials are arrays of means and M2 (the
+// count is the unit's rows), row unit ru's channel ch at ru * c + ch, which
+// the merge accumulates into row unit 0's in place.
+void MergeStats(const Problem& p, const ReductionPlan& rp, const StatsPartials& partials,
+                int64_t c0, int64_t c1, Moments* out) {
   const int64_t width = c1 - c0;
   if (!rp.nhwc) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       Moments total;
       for (int64_t u = 0; u < rp.units_per_channel; ++u) {
-        MergeMoments(total, partials[ch * rp.units_per_channel + u]);
+        MergeMoments(total, partials.units[ch * rp.units_per_channel + u]);
       }
       out[ch - c0] = total;
     }
     PoisonNonFinite(width, out);
     return;
   }
-  std::copy(partials + c0, partials + c1, out);  // row unit 0
+  double* mean = partials.mean + c0;
+  double* m2 = partials.m2 + c0;
   double count = static_cast<double>(std::min(rp.unit_rows, p.Values()));
   for (int64_t ru = 1; ru < rp.row_units; ++ru) {
-    const Moments* part = partials + ru * p.c + c0;
     const double rows = static_cast<double>(std::min(rp.unit_rows, p.Values() - ru * rp.unit_rows));
-    const double total = count + rows;
-    const double fraction = rows / total;
-    const double cross = count * fraction;
-    for (int64_t k = 0; k < width; ++k) {
-      const double delta = part[k].mean - out[k].mean;
-      out[k].mean += delta * fraction;
-      out[k].m2 += part[k].m2 + delta * delta * cross;
-      out[k].count = total;
-    }
-    count = total;
+    count = MergeMomentsRow(count, mean, m2, rows, mean + ru * p.c, m2 + ru * p.c, width, mean, m2);
   }
+  for (int64_t k = 0; k < width; ++k) out[k] = Moments{count, mean[k], m2[k]};
   PoisonNonFinite(width, out);
 }
 
@@ -267,9 +269,11 @@ inline void FinalizeForwardChannel(const Problem& p, int64_t klen, float* consts
 // Where a forward pass's statistics scratch (unit partials, merged
 // per-channel moments, pivots) lies in the call's scratch layout.
 struct StatsScratch {
-  size_t partials_at, merged_at, pivots_at;
+  size_t units_at, mean_at, m2_at, merged_at, pivots_at;
   StatsScratch(const Problem& p, const ReductionPlan& rp, ScratchLayout* layout)
-      : partials_at(layout->Add<Moments>(rp.NumPartials(p))),
+      : units_at(layout->Add<Moments>(rp.nhwc ? 0 : rp.NumPartials(p))),
+        mean_at(layout->Add<double>(rp.nhwc ? rp.NumPartials(p) : 0)),
+        m2_at(layout->Add<double>(rp.nhwc ? rp.NumPartials(p) : 0)),
         merged_at(layout->Add<Moments>(p.c)),
         pivots_at(layout->Add<float>(p.c)) {}
 };
@@ -282,7 +286,7 @@ struct StatsReduction {
   const ExecutionPlan& plan;
   int64_t target;
   const void* x;
-  Moments* partials;
+  StatsPartials partials;
   Moments* merged;
   float* pivots;
 
@@ -294,7 +298,8 @@ struct StatsReduction {
         plan(plan_),
         target(target_),
         x(x_),
-        partials(ScratchAt<Moments>(lease, at.partials_at)),
+        partials{ScratchAt<Moments>(lease, at.units_at), ScratchAt<double>(lease, at.mean_at),
+                 ScratchAt<double>(lease, at.m2_at)},
         merged(ScratchAt<Moments>(lease, at.merged_at)),
         pivots(ScratchAt<float>(lease, at.pivots_at)) {}
 
@@ -304,13 +309,14 @@ struct StatsReduction {
   void Reduce(int64_t u) const {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] = StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin, unit.end,
-                                  pivots[unit.ch]);
+      partials.units[u] = StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin,
+                                        unit.end, pivots[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
+      const int64_t at = unit.row_unit * p.c + unit.c0;
       StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period,
                     unit.row_begin, unit.row_end, pivots, plan.reduce_rows_at_once,
-                    partials + unit.row_unit * p.c + unit.c0);
+                    partials.mean + at, partials.m2 + at);
     }
   }
   // Merges the partials of channels [c0, c1) into merged[c0, c1).
@@ -418,7 +424,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
     const NchwStatsUnits units{c1,          c2,           rp.units_per_channel,
-                               rp.unit_len, stats.pivots, stats.partials};
+                               rp.unit_len, stats.pivots, stats.partials.units};
     return StatsWhileNormalizing(target, p.dtype, x, y, p.n, p.c, p.spatial, units, a0, a1, affine,
                                  plan.stream_output, epi);
   };

@@ -2,6 +2,7 @@
 #include <stddef.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "config.h"  // first: dispatch configuration
@@ -12,9 +13,9 @@
 #define HWY_TARGET_INCLUDE "stats.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
+#include "accumulators-inl.h"
 #include "hwy/highway.h"
 #include "plan.h"
-#include "accumulators-inl.h"
 #include "stats-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -27,8 +28,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 // vector rows (`stride` floats apart) per load of the sums.
 template <DType kT, size_t kRows, class DF, class D1>
 HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_RESTRICT row,
-                            size_t stride, const float* HWY_RESTRICT shift,
-                            float* HWY_RESTRICT sum, float* HWY_RESTRICT sum_sq) {
+                            size_t stride, const float* HWY_RESTRICT shift, float* HWY_RESTRICT sum,
+                            float* HWY_RESTRICT sum_sq) {
   constexpr size_t N = hn::MaxLanes(DF());
   const auto update = [&](auto d, size_t p, auto t, auto& s, auto& q) HWY_ATTR {
     for (size_t r = 0; r < kRows; ++r) {
@@ -54,12 +55,45 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
   }
 }
 
+// The moments of `width` channels of one position each (the NHWC unit's
+// double state), into the unit's output arrays: the mean of a channel whose
+// float sums cannot be trusted (ShiftTrusted) is NaN, Untrusted()'s mark;
+// the same values as Moments one channel at a time, in vectors. Returns
+// whether every output is finite.
+HWY_INLINE bool TrustedMoments(size_t width, const double* HWY_RESTRICT mean,
+                               const double* HWY_RESTRICT m2, const double* HWY_RESTRICT shifted,
+                               double* HWY_RESTRICT out_mean, double* HWY_RESTRICT out_m2) {
+  size_t ch = 0;
+  bool finite = true;
+#if HWY_HAVE_FLOAT64
+  const hn::ScalableTag<double> dd;
+  const size_t n = hn::Lanes(dd);
+  const auto ratio = hn::Set(dd, kMaxShiftedRatio);
+  const auto nan = hn::Set(dd, std::numeric_limits<double>::quiet_NaN());
+  for (; ch + n <= width; ch += n) {
+    const auto vm2 = hn::Load(dd, m2 + ch);
+    const auto trusted = hn::Le(hn::Load(dd, shifted + ch), hn::Mul(ratio, vm2));
+    const auto vmean = hn::IfThenElse(trusted, hn::Load(dd, mean + ch), nan);
+    hn::StoreU(vmean, dd, out_mean + ch);
+    hn::StoreU(vm2, dd, out_m2 + ch);
+    finite &= hn::AllTrue(dd, hn::And(hn::IsFinite(vmean), hn::IsFinite(vm2)));
+  }
+#endif
+  for (; ch < width; ++ch) {
+    const bool trusted = shifted[ch] <= kMaxShiftedRatio * m2[ch];
+    out_mean[ch] = trusted ? mean[ch] : std::numeric_limits<double>::quiet_NaN();
+    out_m2[ch] = m2[ch];
+    finite &= std::isfinite(out_mean[ch]) && std::isfinite(out_m2[ch]);
+  }
+  return finite;
+}
+
 // Returns whether every channel's moments came out finite (else the caller
 // redoes the others in double), checked as they are written.
 template <DType kT>
 bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
                     int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                    const float* pivots, int64_t rows_at_once, Moments* out) {
+                    const float* pivots, int64_t rows_at_once, double* out_mean, double* out_m2) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t positions = static_cast<size_t>(width * rows_per_period);
@@ -116,15 +150,10 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     if (steps == kBlockSteps) close();
   }
   if (steps != 0) close();
-  bool finite = true;
   if (rows_per_period == 1 && r == row_end) {  // one position per channel (the same
-    for (int64_t ch = 0; ch < width; ++ch) {    // bits as the general merge below)
-      const Moments m{count, mean[ch], m2[ch]};
-      out[ch] = ShiftTrusted(shifted[ch], m) ? m : Untrusted();
-      finite &= Finite(out[ch]);
-    }
-    return finite;
-  }
+    return TrustedMoments(static_cast<size_t>(width), mean, m2, shifted, out_mean, out_m2);
+  }  // bits as the general merge below)
+  bool finite = true;
   // Positions p, p + width, ... hold the same channel: merge them in order.
   for (int64_t ch = 0; ch < width; ++ch) {
     Moments m;
@@ -139,8 +168,10 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     for (int64_t rr = r; rr < row_end; ++rr) {
       MergeMoments(m, Moments{1.0, static_cast<double>(ScalarF32<kT>(x[rr * c + c0 + ch])), 0.0});
     }
-    out[ch] = ShiftTrusted(ch_shifted, m) ? m : Untrusted();
-    finite &= Finite(out[ch]);
+    const Moments trusted = ShiftTrusted(ch_shifted, m) ? m : Untrusted();
+    out_mean[ch] = trusted.mean;
+    out_m2[ch] = trusted.m2;
+    finite &= Finite(trusted);
   }
   return finite;
 }
@@ -163,12 +194,12 @@ Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, in
 
 bool StatsNhwcUnit(DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
-                   int64_t rows_at_once, Moments* out) {
+                   int64_t rows_at_once, double* mean, double* m2) {
   bool finite = true;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    finite = StatsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), c, c0, width, rows_per_period, row_begin,
-                       row_end, pivots, rows_at_once, out);
+    finite = StatsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), c, c0, width, rows_per_period,
+                                row_begin, row_end, pivots, rows_at_once, mean, m2);
   });
   return finite;
 }
@@ -267,7 +298,6 @@ Moments ExactMoments(int64_t count, const ValueAt& value_at) {
   return m;
 }
 
-
 }  // namespace
 
 HWY_EXPORT(ChannelPivots);
@@ -286,22 +316,25 @@ Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int
   if (Finite(m)) return m;
   return ExactMoments(end - begin, [&](int64_t k) {
     const int64_t v = begin + k;  // value index (i, s) of the channel
-    return static_cast<double>(LoadAsFloat(x, ((v / spatial) * c + ch) * spatial + v % spatial, dtype));
+    return static_cast<double>(
+        LoadAsFloat(x, ((v / spatial) * c + ch) * spatial + v % spatial, dtype));
   });
 }
 
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
-                   int64_t rows_at_once, Moments* out) {
+                   int64_t rows_at_once, double* mean, double* m2) {
   if (BNORM_DISPATCH(StatsNhwcUnit, target)(dtype, x, c, c0, width, rows_per_period, row_begin,
-                                            row_end, pivots, rows_at_once, out)) {
+                                            row_end, pivots, rows_at_once, mean, m2)) {
     return;
   }
   for (int64_t ch = 0; ch < width; ++ch) {
-    if (Finite(out[ch])) continue;
-    out[ch] = ExactMoments(row_end - row_begin, [&](int64_t k) {
+    if (std::isfinite(mean[ch]) && std::isfinite(m2[ch])) continue;
+    const Moments m = ExactMoments(row_end - row_begin, [&](int64_t k) {
       return static_cast<double>(LoadAsFloat(x, (row_begin + k) * c + c0 + ch, dtype));
     });
+    mean[ch] = m.mean;
+    m2[ch] = m.m2;
   }
 }
 

@@ -32,13 +32,17 @@ Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int
                       int64_t ch, int64_t begin, int64_t end, float pivot);
 
 // NHWC: moments of channels [c0, c0 + width) over rows [row_begin, row_end),
-// written to out[0, width). rows_per_period > 1 only when width == c (then
-// rows_per_period consecutive rows form one contiguous vector row).
+// as arrays: mean[0, width) and m2[0, width), all of count
+// row_end - row_begin. Arrays, not Moments: a unit of 64 rows does as much
+// per-channel work (the final checks, the merge) as sums per channel, and
+// arrays let both run in vectors. rows_per_period > 1 only when width == c
+// (then rows_per_period consecutive rows form one contiguous vector row).
 // rows_at_once (1 or 4): vector rows per load of the sums (a speed choice
 // only: ExecutionPlan::reduce_rows_at_once).
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                   const float* pivots /* c floats */, int64_t rows_at_once, Moments* out);
+                   const float* pivots /* c floats */, int64_t rows_at_once, double* mean,
+                   double* m2);
 
 }  // namespace bnorm
 
