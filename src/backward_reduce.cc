@@ -2,6 +2,7 @@
 #include <stddef.h>
 
 #include <algorithm>
+#include <cmath>
 #include <initializer_list>
 
 #include "config.h"  // first: dispatch configuration
@@ -12,20 +13,37 @@
 #define HWY_TARGET_INCLUDE "backward_reduce.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
-#include "hwy/highway.h"
-#include "plan.h"
 #include "accumulators-inl.h"
 #include "backward_reduce-inl.h"
+#include "hwy/highway.h"
+#include "plan.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Whether a[0, n) and b[0, n) are all finite (checked in vectors: the
+// caller redoes the channels that are not).
+HWY_INLINE bool AllFinite(size_t n, const double* HWY_RESTRICT a, const double* HWY_RESTRICT b) {
+  size_t k = 0;
+  bool finite = true;
+#if HWY_HAVE_FLOAT64
+  const hn::ScalableTag<double> dd;
+  for (; k + hn::Lanes(dd) <= n; k += hn::Lanes(dd)) {
+    finite &= hn::AllTrue(
+        dd, hn::And(hn::IsFinite(hn::LoadU(dd, a + k)), hn::IsFinite(hn::LoadU(dd, b + k))));
+  }
+#endif
+  for (; k < n; ++k) finite &= std::isfinite(a[k]) && std::isfinite(b[k]);
+  return finite;
+}
+
 template <DType kT, bool kMask>
-void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
-                       int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                       const float* mean, int64_t rows_at_once, GradSums* out) {
+bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
+                       int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
+                       int64_t row_end, const float* mean, int64_t rows_at_once, double* out_dy,
+                       double* out_dy_xmu) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
@@ -92,29 +110,35 @@ void GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
     }
   }
   fold();
-  for (int64_t ch = 0; ch < width; ++ch) {
-    GradSums g;
-    for (int64_t k = 0; k < rows_per_period; ++k) {
-      const size_t p = static_cast<size_t>(k * width + ch);
-      g.sum_dy += total_dy[p];
-      g.sum_dy_xmu += total_dy_xmu[p];
+  if (rows_per_period == 1) {
+    std::copy(total_dy, total_dy + width, out_dy);
+    std::copy(total_dy_xmu, total_dy_xmu + width, out_dy_xmu);
+  } else {
+    for (int64_t ch = 0; ch < width; ++ch) {
+      double g_dy = 0.0, g_xmu = 0.0;
+      for (int64_t k = 0; k < rows_per_period; ++k) {
+        const size_t p = static_cast<size_t>(k * width + ch);
+        g_dy += total_dy[p];
+        g_xmu += total_dy_xmu[p];
+      }
+      out_dy[ch] = g_dy;
+      out_dy_xmu[ch] = g_xmu;
     }
-    out[ch] = g;
   }
   for (; r < row_end; ++r) {
     for (int64_t ch = 0; ch < width; ++ch) {
       const int64_t e = r * c + c0 + ch;
       const float g = kMask && ScalarF32<kT>(y[e]) <= 0.0f ? 0.0f : ScalarF32<kT>(dy[e]);
       const float xmu = ScalarF32<kT>(x[e]) - pmean[ch];
-      out[ch].sum_dy += static_cast<double>(g);
-      out[ch].sum_dy_xmu += static_cast<double>(g) * static_cast<double>(xmu);
+      out_dy[ch] += static_cast<double>(g);
+      out_dy_xmu[ch] += static_cast<double>(g) * static_cast<double>(xmu);
     }
   }
+  return AllFinite(static_cast<size_t>(width), out_dy, out_dy_xmu);
 }
 
-#define BNORM_TYPED_ARGS(kT)                                                        \
-  static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy),               \
-      static_cast<const Elem<kT>*>(y)
+#define BNORM_TYPED_ARGS(kT) \
+  static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy), static_cast<const Elem<kT>*>(y)
 
 GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
@@ -135,17 +159,20 @@ GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void
   return g;
 }
 
-void GradSumsNhwcUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
+bool GradSumsNhwcUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
                       int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
-                      int64_t row_end, const float* mean, int64_t rows_at_once, GradSums* out) {
+                      int64_t row_end, const float* mean, int64_t rows_at_once, double* sum_dy,
+                      double* sum_dy_xmu) {
+  bool finite = true;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
       constexpr DType kT = decltype(t)::value;
-      GradSumsNhwcUnitT<kT, decltype(mask)::value>(BNORM_TYPED_ARGS(kT), c, c0, width,
-                                                   rows_per_period, row_begin, row_end, mean,
-                                                   rows_at_once, out);
+      finite = GradSumsNhwcUnitT<kT, decltype(mask)::value>(BNORM_TYPED_ARGS(kT), c, c0, width,
+                                                            rows_per_period, row_begin, row_end,
+                                                            mean, rows_at_once, sum_dy, sum_dy_xmu);
     });
   });
+  return finite;
 }
 
 #undef BNORM_TYPED_ARGS
@@ -189,9 +216,9 @@ double MaskedGradAt(const void* dy, const void* y, int64_t e, DType dtype) {
 HWY_EXPORT(GradSumsNchwUnit);
 HWY_EXPORT(GradSumsNhwcUnit);
 
-GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy,
-                          const void* y, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
-                          int64_t end, float mean) {
+GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
+                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                          float mean) {
   const GradSums g =
       BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, y, c, spatial, ch, begin, end, mean);
   if (Finite(g)) return g;
@@ -208,13 +235,16 @@ GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void
 
 void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                       int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
-                      int64_t row_begin, int64_t row_end, const float* mean,
-                      int64_t rows_at_once, GradSums* out) {
-  BNORM_DISPATCH(GradSumsNhwcUnit, target)
-  (dtype, x, dy, y, c, c0, width, rows_per_period, row_begin, row_end, mean, rows_at_once, out);
+                      int64_t row_begin, int64_t row_end, const float* mean, int64_t rows_at_once,
+                      double* sum_dy, double* sum_dy_xmu) {
+  if (BNORM_DISPATCH(GradSumsNhwcUnit, target)(dtype, x, dy, y, c, c0, width, rows_per_period,
+                                               row_begin, row_end, mean, rows_at_once, sum_dy,
+                                               sum_dy_xmu)) {
+    return;
+  }
   for (int64_t ch = 0; ch < width; ++ch) {
-    if (Finite(out[ch])) continue;
-    out[ch] = ExactGradSums(
+    if (std::isfinite(sum_dy[ch]) && std::isfinite(sum_dy_xmu[ch])) continue;
+    const GradSums g = ExactGradSums(
         row_end - row_begin,
         [&](int64_t k, double* xv, double* gv) {
           const int64_t e = (row_begin + k) * c + c0 + ch;
@@ -222,6 +252,8 @@ void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy
           *gv = MaskedGradAt(dy, y, e, dtype);
         },
         mean[c0 + ch]);
+    sum_dy[ch] = g.sum_dy;
+    sum_dy_xmu[ch] = g.sum_dy_xmu;
   }
 }
 

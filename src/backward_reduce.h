@@ -13,16 +13,18 @@
 namespace bnorm {
 
 // NCHW: channel ch over its values [begin, end) in (i, s) order.
-GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy,
-                          const void* y, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
-                          int64_t end, float mean);
+GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
+                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                          float mean);
 
-// NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into out[0, width);
-// mean holds c floats. rows_per_period and rows_at_once as in StatsNhwcUnit.
+// NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into the
+// arrays sum_dy[0, width) and sum_dy_xmu[0, width) (arrays, as in
+// StatsNhwcUnit); mean holds c floats. rows_per_period and rows_at_once as in
+// StatsNhwcUnit.
 void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                       int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
-                      int64_t row_begin, int64_t row_end, const float* mean,
-                      int64_t rows_at_once, GradSums* out);
+                      int64_t row_begin, int64_t row_end, const float* mean, int64_t rows_at_once,
+                      double* sum_dy, double* sum_dy_xmu);
 
 }  // namespace bnorm
 

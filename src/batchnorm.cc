@@ -121,27 +121,40 @@ void MergeStats(const Problem& p, const ReductionPlan& rp, const StatsPartials& 
   PoisonNonFinite(width, out);
 }
 
-void MergeGradSums(const Problem& p, const ReductionPlan& rp, const GradSums* partials, int64_t c0,
-                   int64_t c1, GradSums* out) {
+// The partial sums of a backward pass's reduction units (MergeGradSums).
+struct GradPartials {
+  GradSums* units;     // NCHW: one per unit
+  double* sum_dy;      // NHWC: ReductionPlan::NumPartials each, row unit ru's
+  double* sum_dy_xmu;  // channel ch at ru * c + ch
+};
+
+void MergeGradSums(const Problem& p, const ReductionPlan& rp, const GradPartials& partials,
+                   int64_t c0, int64_t c1, GradSums* out) {
   if (!rp.nhwc) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       GradSums total;
       for (int64_t u = 0; u < rp.units_per_channel; ++u) {
-        total.sum_dy += partials[ch * rp.units_per_channel + u].sum_dy;
-        total.sum_dy_xmu += partials[ch * rp.units_per_channel + u].sum_dy_xmu;
+        total.sum_dy += partials.units[ch * rp.units_per_channel + u].sum_dy;
+        total.sum_dy_xmu += partials.units[ch * rp.units_per_channel + u].sum_dy_xmu;
       }
       out[ch - c0] = total;
     }
     return;
   }
-  std::fill(out, out + (c1 - c0), GradSums{});
-  for (int64_t ru = 0; ru < rp.row_units; ++ru) {
-    const GradSums* part = partials + ru * p.c + c0;
-    for (int64_t k = 0; k < c1 - c0; ++k) {
-      out[k].sum_dy += part[k].sum_dy;
-      out[k].sum_dy_xmu += part[k].sum_dy_xmu;
+  // Row unit ru's sums are added into row unit 0's, in place, then written
+  // out: 0 + a + b + ... as before, the same bits.
+  double* sum_dy = partials.sum_dy + c0;
+  double* sum_dy_xmu = partials.sum_dy_xmu + c0;
+  const int64_t width = c1 - c0;
+  for (int64_t ru = 1; ru < rp.row_units; ++ru) {
+    const double* dy = sum_dy + ru * p.c;
+    const double* dy_xmu = sum_dy_xmu + ru * p.c;
+    for (int64_t k = 0; k < width; ++k) {
+      sum_dy[k] += dy[k];
+      sum_dy_xmu[k] += dy_xmu[k];
     }
   }
+  for (int64_t k = 0; k < width; ++k) out[k] = GradSums{sum_dy[k], sum_dy_xmu[k]};
 }
 
 // A prepare step with nothing to do (backward): skipped, not run as a pass.
@@ -573,12 +586,17 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const bool reduce_pass = need_sums && !given_sums && !empty;
 
   ScratchLayout layout;
-  const size_t partials_at = layout.Add<GradSums>(reduce_pass ? rp.NumPartials(p) : 0);
+  const int64_t num_partials = reduce_pass ? rp.NumPartials(p) : 0;
+  const size_t units_at = layout.Add<GradSums>(rp.nhwc ? 0 : num_partials);
+  const size_t sum_dy_at = layout.Add<double>(rp.nhwc ? num_partials : 0);
+  const size_t sum_dy_xmu_at = layout.Add<double>(rp.nhwc ? num_partials : 0);
   const size_t merged_at = layout.Add<GradSums>(reduce_pass ? p.c : 0);
   const size_t consts_at = layout.AddReadAlongside<float>(4 * klen);
   ScratchPool::Lease lease;
   if (!ContextScratch(ctx).Acquire(layout.bytes(), &lease)) return BNORM_ERR_OUT_OF_MEMORY;
-  GradSums* partials = ScratchAt<GradSums>(lease, partials_at);
+  const GradPartials parts{ScratchAt<GradSums>(lease, units_at),
+                           ScratchAt<double>(lease, sum_dy_at),
+                           ScratchAt<double>(lease, sum_dy_xmu_at)};
   GradSums* merged = ScratchAt<GradSums>(lease, merged_at);
   void* out = dz_only ? dz : dx;
   float* consts = ScratchAt<float>(lease, consts_at, out);
@@ -643,17 +661,18 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const auto reduce = [&](int64_t u) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch, unit.begin,
-                                     unit.end, mean[unit.ch]);
+      parts.units[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch,
+                                        unit.begin, unit.end, mean[unit.ch]);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
+      const int64_t at = unit.row_unit * p.c + unit.c0;
       GradSumsNhwcUnit(target, p.dtype, x, dy, y, p.c, unit.c0, unit.width, rp.rows_per_period,
                        unit.row_begin, unit.row_end, mean, plan.reduce_rows_at_once,
-                       partials + unit.row_unit * p.c + unit.c0);
+                       parts.sum_dy + at, parts.sum_dy_xmu + at);
     }
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
-    MergeGradSums(p, rp, partials, c0, c1, merged + c0);
+    MergeGradSums(p, rp, parts, c0, c1, merged + c0);
     finalize_with(c0, c1, merged_at_ch);
   };
   const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
@@ -680,7 +699,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     }
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
-    const NchwGradUnits units{c1, c2, rp.units_per_channel, rp.unit_len, mean, partials};
+    const NchwGradUnits units{c1, c2, rp.units_per_channel, rp.unit_len, mean, parts.units};
     return GradSumsWhileApplying(target, p.dtype, args, out, p.n, p.c, p.spatial, units, a0, a1,
                                  grad, plan.stream_output);
   };
