@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "config.h"  // first: dispatch configuration
 
@@ -214,31 +215,46 @@ void ChannelPivotsT(const Elem<kT>* x, int64_t c, int64_t spatial, bool nhwc, in
   constexpr size_t N = hn::MaxLanes(df);
   const int64_t count = std::min<int64_t>(kPivotValues, values);
   const double n = static_cast<double>(count);
-  if (nhwc) {  // rows of contiguous channels: one double sum per channel
-    HWY_ALIGN double sums[kPivotChunk];
-    for (int64_t b = c0; b < c1; b += kPivotChunk) {
-      const size_t width = static_cast<size_t>(std::min(kPivotChunk, c1 - b));
-      std::fill(sums, sums + width, 0.0);
-      for (int64_t v = 0; v < count; ++v) {
-        const Elem<kT>* row = x + v * c + b;
-        size_t k = 0;
+  if (nhwc) {  // rows of contiguous channels: each channel's double sum, row by row
+    int64_t ch = c0;
 #if HWY_HAVE_FLOAT64 && HWY_TARGET != HWY_SCALAR
-        const hn::Half<decltype(df)> dh;
-        const hn::Rebind<double, decltype(dh)> dd;
-        constexpr size_t H = N / 2;
-        for (; k + N <= width; k += N) {
-          const auto f = LoadF32<kT>(df, row + k);
-          hn::Store(hn::Add(hn::Load(dd, sums + k), hn::PromoteTo(dd, hn::LowerHalf(dh, f))), dd,
-                    sums + k);
-          hn::Store(hn::Add(hn::Load(dd, sums + k + H), hn::PromoteTo(dd, hn::UpperHalf(dh, f))),
-                    dd, sums + k + H);
+    // kGroup vectors of channels at a time, their sums in registers over all
+    // rows (2 * kGroup independent chains of adds).
+    const hn::Half<decltype(df)> dh;
+    const hn::Rebind<double, decltype(dh)> dd;
+    constexpr size_t H = N / 2;
+    constexpr int64_t kGroup = 4;
+    HWY_ALIGN double sums[kGroup * N];
+    const auto group = [&](auto vectors) HWY_ATTR {
+      constexpr size_t kVectors = decltype(vectors)::value;
+      hn::Vec<decltype(dd)> lo[kVectors], hi[kVectors];
+      for (size_t a = 0; a < kVectors; ++a) lo[a] = hi[a] = hn::Zero(dd);
+      for (int64_t v = 0; v < count; ++v) {
+        for (size_t a = 0; a < kVectors; ++a) {
+          const auto f = LoadF32<kT>(df, x + v * c + ch + static_cast<int64_t>(a * N));
+          lo[a] = hn::Add(lo[a], hn::PromoteTo(dd, hn::LowerHalf(dh, f)));
+          hi[a] = hn::Add(hi[a], hn::PromoteTo(dd, hn::UpperHalf(dh, f)));
         }
+      }
+      for (size_t a = 0; a < kVectors; ++a) {
+        hn::Store(lo[a], dd, sums + a * N);
+        hn::Store(hi[a], dd, sums + a * N + H);
+      }
+      for (size_t k = 0; k < kVectors * N; ++k) {
+        pivots[ch + static_cast<int64_t>(k)] = static_cast<float>(sums[k] / n);
+      }
+      ch += static_cast<int64_t>(kVectors * N);
+    };
+    while (ch + kGroup * static_cast<int64_t>(N) <= c1) {
+      group(std::integral_constant<size_t, kGroup>());
+    }
+    while (ch + static_cast<int64_t>(N) <= c1) group(std::integral_constant<size_t, 1>());
 #endif
-        for (; k < width; ++k) sums[k] += static_cast<double>(ScalarF32<kT>(row[k]));
-      }
-      for (size_t k = 0; k < width; ++k) {
-        pivots[b + static_cast<int64_t>(k)] = static_cast<float>(sums[k] / n);
-      }
+    for (; ch < c1; ++ch) {
+      double total = 0.0;
+      for (int64_t v = 0; v < count; ++v)
+        total += static_cast<double>(ScalarF32<kT>(x[v * c + ch]));
+      pivots[ch] = static_cast<float>(total / n);
     }
     return;
   }

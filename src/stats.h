@@ -13,8 +13,6 @@ namespace bnorm {
 
 // Values averaged into a channel's pivot.
 constexpr int64_t kPivotValues = 16;
-// Channels whose NHWC pivots are summed together (a stack array of doubles).
-constexpr int64_t kPivotChunk = 256;
 
 // The first shift of a channel's float sums: the mean (in double, rounded)
 // of its first min(kPivotValues, values) values. Shifted values then hover
