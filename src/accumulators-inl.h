@@ -49,6 +49,13 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
   for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(bp + b);
 }
 
+// Prefetches the cache line of p once per line of a walk in steps of
+// kStepBytes: where p lies in the first kStepBytes of its line.
+template <size_t kStepBytes>
+HWY_INLINE void PrefetchOncePerLine(const void* p) {
+  if ((reinterpret_cast<uintptr_t>(p) & 63) < kStepBytes) hwy::Prefetch(p);
+}
+
 // Adds the lanes of v[0, kCount) into a double: exact conversions, vector
 // adds in double, one horizontal sum at the end (a chain of 16 dependent
 // adds per AVX3 vector was most of the time of a 49-value NCHW channel from

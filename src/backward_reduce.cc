@@ -71,11 +71,19 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   int64_t r = row_begin;
   // `rows` consecutive vector rows (stride floats apart) per load of the sums.
   const size_t stride = static_cast<size_t>(rows_per_period * c);
-  const auto add_rows = [&](int64_t r0, size_t rows) HWY_ATTR {
+  // With `ahead`, prefetches the vector row that many elements further on
+  // (one row at a time: as in StatsNhwcUnitT).
+  const auto add_rows = [&](int64_t r0, size_t rows, int64_t ahead) HWY_ATTR {
     const Elem<kT>* xr = x + r0 * c + c0;
     const Elem<kT>* gr = dy + r0 * c + c0;
     const Elem<kT>* yr = kMask ? y + r0 * c + c0 : nullptr;
     const auto body = [&](auto d, size_t p, auto load, auto store) HWY_ATTR {
+      if (ahead != 0 && hn::MaxLanes(d) == N) {
+        constexpr size_t kStep = N * sizeof(Elem<kT>);
+        PrefetchOncePerLine<kStep>(xr + ahead + static_cast<int64_t>(p));
+        PrefetchOncePerLine<kStep>(gr + ahead + static_cast<int64_t>(p));
+        if (kMask) PrefetchOncePerLine<kStep>(yr + ahead + static_cast<int64_t>(p));
+      }
       const auto mu = load(d, pmean + p);
       auto s_dy = load(d, sum_dy + p);
       auto s_xmu = load(d, sum_dy_xmu + p);
@@ -101,7 +109,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
     if (rows > static_cast<size_t>(rows_at_once)) continue;
     const int64_t span = static_cast<int64_t>(rows) * rows_per_period;
     for (; r + span <= row_end; r += span) {
-      add_rows(r, rows);
+      add_rows(r, rows, rows == 1 && r + 2 * span <= row_end ? span * c : 0);
       steps += rows;
       if (steps == kBlockSteps) {
         fold();

@@ -26,11 +26,12 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // Shifted sums for `positions` lanes kept in memory (NHWC rows are wider than
 // a register file), all positions sharing one count: adds kRows consecutive
-// vector rows (`stride` floats apart) per load of the sums.
+// vector rows (`stride` floats apart) per load of the sums. With `ahead`
+// (else null), prefetches the same positions of the vector row there.
 template <DType kT, size_t kRows, class DF, class D1>
 HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_RESTRICT row,
                             size_t stride, const float* HWY_RESTRICT shift, float* HWY_RESTRICT sum,
-                            float* HWY_RESTRICT sum_sq) {
+                            float* HWY_RESTRICT sum_sq, const Elem<kT>* ahead = nullptr) {
   constexpr size_t N = hn::MaxLanes(DF());
   const auto update = [&](auto d, size_t p, auto t, auto& s, auto& q) HWY_ATTR {
     for (size_t r = 0; r < kRows; ++r) {
@@ -41,6 +42,7 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
   };
   size_t p = 0;
   for (; p + N <= positions; p += N) {
+    if (ahead != nullptr) PrefetchOncePerLine<N * sizeof(Elem<kT>)>(ahead + p);
     auto s = hn::Load(df, sum + p);
     auto q = hn::Load(df, sum_sq + p);
     update(df, p, hn::Load(df, shift + p), s, q);
@@ -145,8 +147,14 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     steps += 4;
     if (steps == kBlockSteps) close();
   }
+  // One row at a time: tensors beyond the LLC (ExecutionPlan::
+  // reduce_rows_at_once), whose next row is fetched while this one is summed.
+  // 16-bit NHWC statistics from DRAM (64x1024x14x14, 2 threads, Xeon): bf16
+  // 1050 -> 960-980 us, f16 1080 -> 965 us; f32 1400 -> 1350 us.
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
+    const int64_t next = r + rows_per_period;
+    ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq,
+                       next + rows_per_period <= row_end ? x + next * c + c0 : nullptr);
     steps += 1;
     if (steps == kBlockSteps) close();
   }
