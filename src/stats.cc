@@ -150,7 +150,8 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // One row at a time: tensors beyond the LLC (ExecutionPlan::
   // reduce_rows_at_once), whose next row is fetched while this one is summed.
   // 16-bit NHWC statistics from DRAM (64x1024x14x14, 2 threads, Xeon): bf16
-  // 1050 -> 960-980 us, f16 1080 -> 965 us; f32 1400 -> 1350 us.
+  // 1050 -> 960-980 us, f16 1080 -> 965 us; f32 within noise
+  // (docs/performance-history.md).
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
     const int64_t next = r + rows_per_period;
     ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq,
@@ -159,9 +160,11 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     if (steps == kBlockSteps) close();
   }
   if (steps != 0) close();
-  if (rows_per_period == 1 && r == row_end) {  // one position per channel (the same
+  // One position per channel: its state is the result (the same bits as the
+  // general merge below).
+  if (rows_per_period == 1 && r == row_end) {
     return TrustedMoments(static_cast<size_t>(width), mean, m2, shifted, out_mean, out_m2);
-  }  // bits as the general merge below)
+  }
   bool finite = true;
   // Positions p, p + width, ... hold the same channel: merge them in order.
   for (int64_t ch = 0; ch < width; ++ch) {
