@@ -50,7 +50,9 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
 }
 
 // Prefetches the cache line of p once per line of a walk in steps of
-// kStepBytes: where p lies in the first kStepBytes of its line.
+// kStepBytes: where p lies in the first kStepBytes of its line. (Where the
+// walk does not start on a step boundary, the line its last step spills into
+// is left to the hardware prefetcher.)
 template <size_t kStepBytes>
 HWY_INLINE void PrefetchOncePerLine(const void* p) {
   if ((reinterpret_cast<uintptr_t>(p) & 63) < kStepBytes) hwy::Prefetch(p);

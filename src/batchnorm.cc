@@ -142,7 +142,8 @@ void MergeGradSums(const Problem& p, const ReductionPlan& rp, const GradPartials
     return;
   }
   // Row unit ru's sums are added into row unit 0's, in place, then written
-  // out: 0 + a + b + ... as before, the same bits.
+  // out: a + b + ... where the merge used to start from 0 + a, the same bits
+  // since a unit's sums start from +0.0 and so are never -0.0.
   double* sum_dy = partials.sum_dy + c0;
   double* sum_dy_xmu = partials.sum_dy_xmu + c0;
   const int64_t width = c1 - c0;

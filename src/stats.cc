@@ -59,10 +59,10 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
 }
 
 // The moments of `width` channels of one position each (the NHWC unit's
-// double state), into the unit's output arrays: the mean of a channel whose
-// float sums cannot be trusted (ShiftTrusted) is NaN, Untrusted()'s mark;
-// the same values as Moments one channel at a time, in vectors. Returns
-// whether every output is finite.
+// double state), into the unit's output arrays, checked in vectors: the mean
+// of a channel whose float sums cannot be trusted (ShiftTrusted) is NaN,
+// Untrusted()'s mark (its M2 is left as computed: the caller redoes the
+// channel). Returns whether every output is finite.
 HWY_INLINE bool TrustedMoments(size_t width, const double* HWY_RESTRICT mean,
                                const double* HWY_RESTRICT m2, const double* HWY_RESTRICT shifted,
                                double* HWY_RESTRICT out_mean, double* HWY_RESTRICT out_m2) {

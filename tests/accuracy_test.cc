@@ -127,8 +127,9 @@ StatErrors WorstStatErrors(const Shape& s, const std::vector<float>& x, const R&
 // before; a shift far from the data (here: the pivot, from the first 16
 // values, 1e4 away from all the others) must be caught and the unit redone,
 // not rounded relative to the shift (~1e-4 error in the variance). In NHWC,
-// 48 and 67 channels take one position per channel (whole vectors of
-// channels checked at once, and 67 a tail of three), the others several.
+// 48 and 67 channels take one position per channel (channels checked a
+// vector of doubles at a time, 67 with a scalar tail on the vector targets),
+// the others several.
 TEST_P(AccuracyTest, PivotFarFromTheRestOfTheChannel) {
   for (const Shape& s :
        {Shape{8, 5, 4099, layout()}, Shape{300, 7, 49, layout()}, Shape{20000, 3, 1, layout()},
