@@ -5,7 +5,8 @@
 #define BNORM_SRC_CONFIG_H_
 
 // Nothing is disabled: every target the compiler offers is built. The macro is
-// the one place to change that.
+// the one place to change that, here or for a whole build on the compiler's
+// command line (tools/dev.sh's sanitizer builds leave out SSSE3).
 #ifndef HWY_DISABLED_TARGETS
 #define HWY_DISABLED_TARGETS 0
 #endif

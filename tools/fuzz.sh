@@ -31,8 +31,9 @@ if ! runtime_ok; then
     libhwy-dev libtbb-dev >/dev/null
 fi
 
-# -O1 and line tables only, as tools/dev.sh's sanitizer builds (compile time).
-sanitizer_flags="-O1 -g1 -DNDEBUG"
+# -O1, line tables only and no SSSE3 target, as tools/dev.sh's sanitizer
+# builds (compile time).
+sanitizer_flags="-O1 -g1 -DNDEBUG -DHWY_DISABLED_TARGETS=HWY_SSSE3"
 if [ ! -f "$build/build.ninja" ]; then
   CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
