@@ -197,8 +197,10 @@ constexpr size_t StoreUnitLanes(DF df) {
 // only where Bf16InstructionEnabled() (cpu_info.h) says the CPU has it.
 HWY_INLINE bool Bf16PairByInstruction(__m512 lo, __m512 hi, __m512i* bits) {
   constexpr int kNanOrDenormal = 0x01 | 0x20 | 0x80;  // quiet NaN, denormal, signaling NaN
-  if ((_mm512_fpclass_ps_mask(lo, kNanOrDenormal) | _mm512_fpclass_ps_mask(hi, kNanOrDenormal)) !=
-      0) {
+  // KORTEST: one flag test of both masks, not two moves to general registers
+  // and an OR.
+  if (!_kortestz_mask16_u8(_mm512_fpclass_ps_mask(lo, kNanOrDenormal),
+                           _mm512_fpclass_ps_mask(hi, kNanOrDenormal))) {
     return false;
   }
   __m512i out;
