@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "hwy/cache_control.h"
 
@@ -56,6 +57,22 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
 template <size_t kStepBytes>
 HWY_INLINE void PrefetchOncePerLine(const void* p) {
   if ((reinterpret_cast<uintptr_t>(p) & 63) < kStepBytes) hwy::Prefetch(p);
+}
+
+// Whether a[0, n) and b[0, n) are all finite, checked in vectors: the NHWC
+// reduction kernels' results (their callers redo the channels that are not).
+HWY_INLINE bool AllFinite(size_t n, const double* HWY_RESTRICT a, const double* HWY_RESTRICT b) {
+  size_t k = 0;
+  bool finite = true;
+#if HWY_HAVE_FLOAT64
+  const hn::ScalableTag<double> dd;
+  for (; k + hn::Lanes(dd) <= n; k += hn::Lanes(dd)) {
+    finite &= hn::AllTrue(
+        dd, hn::And(hn::IsFinite(hn::LoadU(dd, a + k)), hn::IsFinite(hn::LoadU(dd, b + k))));
+  }
+#endif
+  for (; k < n; ++k) finite &= std::isfinite(a[k]) && std::isfinite(b[k]);
+  return finite;
 }
 
 // Adds the lanes of v[0, kCount) into a double: exact conversions, vector

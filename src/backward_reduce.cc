@@ -23,22 +23,6 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Whether a[0, n) and b[0, n) are all finite (checked in vectors: the
-// caller redoes the channels that are not).
-HWY_INLINE bool AllFinite(size_t n, const double* HWY_RESTRICT a, const double* HWY_RESTRICT b) {
-  size_t k = 0;
-  bool finite = true;
-#if HWY_HAVE_FLOAT64
-  const hn::ScalableTag<double> dd;
-  for (; k + hn::Lanes(dd) <= n; k += hn::Lanes(dd)) {
-    finite &= hn::AllTrue(
-        dd, hn::And(hn::IsFinite(hn::LoadU(dd, a + k)), hn::IsFinite(hn::LoadU(dd, b + k))));
-  }
-#endif
-  for (; k < n; ++k) finite &= std::isfinite(a[k]) && std::isfinite(b[k]);
-  return finite;
-}
-
 template <DType kT, bool kMask>
 bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
                        int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,

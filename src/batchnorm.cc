@@ -78,9 +78,6 @@ struct StatsPartials {
   double* m2;
 };
 
-// Merges the statistics partials of channels [c0, c1) into out[0, c1 - c0),
-// in unit order. NHWC units of one row range share a count, so the merge
-// coefficients are computed once per row unit and the channel loop vectorizes.
 // A channel holding Inf or NaN has undefined statistics: both NaN (the sums
 // alone would give Inf or NaN depending on where the Inf sits). Finite data
 // always give finite moments: M2 < 2^256 * 2^63 even for float's extremes.
@@ -93,9 +90,12 @@ void PoisonNonFinite(int64_t width, Moments* out) {
   }
 }
 
-// NCHW partials are Moments; NHWC partials are arrays of means and M2 (the
-// count is the unit's rows), row unit ru's channel ch at ru * c + ch, which
-// the merge accumulates into row unit 0's in place.
+// Merges the statistics partials of channels [c0, c1) into out[0, c1 - c0),
+// in unit order. NCHW partials are Moments; NHWC partials are arrays of means
+// and M2 (the count is the unit's rows), row unit ru's channel ch at
+// ru * c + ch, which the merge accumulates into row unit 0's in place: units
+// of one row range share a count, so the merge coefficients are computed once
+// per row unit and the channel loop vectorizes.
 void MergeStats(const Problem& p, const ReductionPlan& rp, const StatsPartials& partials,
                 int64_t c0, int64_t c1, Moments* out) {
   const int64_t width = c1 - c0;

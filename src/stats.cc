@@ -59,15 +59,14 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
 }
 
 // The moments of `width` channels of one position each (the NHWC unit's
-// double state), into the unit's output arrays, checked in vectors: the mean
-// of a channel whose float sums cannot be trusted (ShiftTrusted) is NaN,
+// double state), into the unit's output arrays, in vectors: the mean of a
+// channel whose float sums cannot be trusted (ShiftTrusted) is NaN,
 // Untrusted()'s mark (its M2 is left as computed: the caller redoes the
-// channel). Returns whether every output is finite.
-HWY_INLINE bool TrustedMoments(size_t width, const double* HWY_RESTRICT mean,
+// channel).
+HWY_INLINE void TrustedMoments(size_t width, const double* HWY_RESTRICT mean,
                                const double* HWY_RESTRICT m2, const double* HWY_RESTRICT shifted,
                                double* HWY_RESTRICT out_mean, double* HWY_RESTRICT out_m2) {
   size_t ch = 0;
-  bool finite = true;
 #if HWY_HAVE_FLOAT64
   const hn::ScalableTag<double> dd;
   const size_t n = hn::Lanes(dd);
@@ -76,23 +75,19 @@ HWY_INLINE bool TrustedMoments(size_t width, const double* HWY_RESTRICT mean,
   for (; ch + n <= width; ch += n) {
     const auto vm2 = hn::Load(dd, m2 + ch);
     const auto trusted = hn::Le(hn::Load(dd, shifted + ch), hn::Mul(ratio, vm2));
-    const auto vmean = hn::IfThenElse(trusted, hn::Load(dd, mean + ch), nan);
-    hn::StoreU(vmean, dd, out_mean + ch);
+    hn::StoreU(hn::IfThenElse(trusted, hn::Load(dd, mean + ch), nan), dd, out_mean + ch);
     hn::StoreU(vm2, dd, out_m2 + ch);
-    finite &= hn::AllTrue(dd, hn::And(hn::IsFinite(vmean), hn::IsFinite(vm2)));
   }
 #endif
   for (; ch < width; ++ch) {
     const bool trusted = shifted[ch] <= kMaxShiftedRatio * m2[ch];
     out_mean[ch] = trusted ? mean[ch] : std::numeric_limits<double>::quiet_NaN();
     out_m2[ch] = m2[ch];
-    finite &= std::isfinite(out_mean[ch]) && std::isfinite(out_m2[ch]);
   }
-  return finite;
 }
 
 // Returns whether every channel's moments came out finite (else the caller
-// redoes the others in double), checked as they are written.
+// redoes the others in double), checked once they are written.
 template <DType kT>
 bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
                     int64_t rows_per_period, int64_t row_begin, int64_t row_end,
@@ -163,9 +158,9 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // One position per channel: its state is the result (the same bits as the
   // general merge below).
   if (rows_per_period == 1 && r == row_end) {
-    return TrustedMoments(static_cast<size_t>(width), mean, m2, shifted, out_mean, out_m2);
+    TrustedMoments(static_cast<size_t>(width), mean, m2, shifted, out_mean, out_m2);
+    return AllFinite(static_cast<size_t>(width), out_mean, out_m2);
   }
-  bool finite = true;
   // Positions p, p + width, ... hold the same channel: merge them in order.
   for (int64_t ch = 0; ch < width; ++ch) {
     Moments m;
@@ -183,9 +178,8 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     const Moments trusted = ShiftTrusted(ch_shifted, m) ? m : Untrusted();
     out_mean[ch] = trusted.mean;
     out_m2[ch] = trusted.m2;
-    finite &= Finite(trusted);
   }
-  return finite;
+  return AllFinite(static_cast<size_t>(width), out_mean, out_m2);
 }
 
 Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, int64_t ch,
