@@ -25,11 +25,16 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Whether this target builds the interleaved loop for type kT
+// (StatsWhileNormalizingRuns).
+template <DType kT>
+constexpr bool kPacedStats = kPacedWrites && (kT == DType::kF32 || HWY_TARGET <= HWY_AVX3);
+
 template <DType kT, bool kStream, class F>
 bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t n, int64_t c,
                             int64_t spatial, const NchwStatsUnits& units, int64_t a0, int64_t a1,
                             const AffineConstants& k) {
-  if constexpr (!kPacedWrites) {
+  if constexpr (!kPacedStats<kT>) {
     return false;
   } else {
     const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
@@ -55,15 +60,21 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
   }
 }
 
-// f32 only: the 16-bit variants measured no faster than summing from L2
-// after the write (their conversions, not memory, set the pace), and each
-// variant is a large function (both statistics kernels with the writes
-// inlined), whose compile time under the sanitizers CI runs grows with the
-// variants built (24 took over 10 minutes with ASan at -O2). Runs of at least
-// a vector: StoreChannelRuns. AVX2 and AVX-512 only: kPacedWrites.
+// Where the next group is summed in the write's loop rather than prefetched
+// and summed from L2 after it. f32: runs of at least a vector
+// (StoreChannelRuns), AVX2 and AVX-512 (kPacedWrites). bf16 and f16: AVX-512
+// only, runs of at least four vectors. With AVX-512's conversions (bf16 stores
+// by VCVTNE2PS2BF16) the interleaved loop took 8-30 % less time than the
+// prefetching path on 64 to 196-value runs and longer (`call_timer N C S 0
+// train 2 1|2`: 64x1024x196 bf16 1580-1637 -> 1374-1422 us, f16 1543-1548 ->
+// 1451-1458; 8x32x16384 bf16 427-550 -> 368-376), but 2-10 % more on 36 and
+// 49-value runs (32x2048x49, 64x1024x36); with AVX2's emulated conversions it
+// was slower on most shapes (docs/performance-history.md).
 bool StatsWhileNormalizingRuns(DType dtype, int64_t spatial) {
   const hn::ScalableTag<float> df;
-  return kPacedWrites && dtype == DType::kF32 && spatial >= static_cast<int64_t>(hn::MaxLanes(df));
+  const auto lanes = static_cast<int64_t>(hn::MaxLanes(df));
+  if (dtype == DType::kF32) return kPacedStats<DType::kF32> && spatial >= lanes;
+  return kPacedStats<DType::kBF16> && spatial >= 4 * lanes;
 }
 
 bool StatsWhileNormalizing(DType dtype, const void* x, void* y, int64_t n, int64_t c,
@@ -71,17 +82,12 @@ bool StatsWhileNormalizing(DType dtype, const void* x, void* y, int64_t n, int64
                            const AffineConstants& k, bool stream, const Epilogue& epi) {
   if (!StatsWhileNormalizingRuns(dtype, spatial)) return false;
   bool done = false;
-  ForFlag(stream, [&](auto st) HWY_ATTR {
-    ForFlag(epi.z != nullptr, [&](auto residual) HWY_ATTR {
-      ForFlag(epi.relu, [&](auto relu) HWY_ATTR {
-        done = StatsWhileNormalizingT<DType::kF32, decltype(st)::value,
-                                      Fuse<decltype(residual)::value, decltype(relu)::value>>(
-            static_cast<const float*>(x), static_cast<const float*>(epi.z), static_cast<float*>(y),
-            n, c, spatial, units, a0, a1, k);
-      });
-    });
+  Variants(dtype, stream, epi, [&](auto t, auto st, auto f) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    done = StatsWhileNormalizingT<kT, decltype(st)::value, decltype(f)>(
+        static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(epi.z),
+        static_cast<Elem<kT>*>(y), n, c, spatial, units, a0, a1, k);
   });
-  if (stream) hwy::FlushStream();
   return done;
 }
 

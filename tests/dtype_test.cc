@@ -292,6 +292,59 @@ TEST_P(DTypeTest, TrainingIsTheRoundedF32Result) {
   }
 }
 
+// The fused training entry point (residual z, ReLU) on shapes that the
+// planner splits into several channel groups per thread, so that each group
+// after a task's first is summed while the previous one is written (the
+// pipelined kernels of stats_apply.cc, which AVX-512 runs for 16-bit runs of
+// at least 64 values), on one thread and two; the largest also streams its
+// output. Same contract as above: the f32 path on the widened x and z,
+// rounded once.
+TEST_P(DTypeTest, FusedTrainingOverChannelGroupsIsTheRoundedF32Result) {
+  bnorm_context* ctx[2] = {nullptr, nullptr};
+  ASSERT_EQ(bnorm_context_create(1, &ctx[0]), BNORM_OK);
+  ASSERT_EQ(bnorm_context_create(2, &ctx[1]), BNORM_OK);
+  struct Config {
+    Shape s;
+    bool all_fusions;  // else z and ReLU only (the large one)
+  };
+  const Config configs[] = {{MakeShape(16, 64, 200), true},
+                            {MakeShape(12, 40, 73), true},
+                            {MakeShape(64, 128, 200), false}};
+  for (const Config& cfg : configs) {
+    const Shape& s = cfg.s;
+    const size_t C = static_cast<size_t>(s.c);
+    std::vector<uint16_t> x16, z16;
+    std::vector<float> xw, zw;
+    Narrow(NormalData(s, 71, 20.0, 3.0), &x16, &xw);
+    Narrow(NormalData(s, 72, -0.5, 1.0), &z16, &zw);
+    const auto gamma = UniformVector(C, 73, -2.0f, 2.0f), beta = UniformVector(C, 74, -1.0f, 1.0f);
+    for (bool with_z : {false, true}) {
+      for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
+        if (!cfg.all_fusions && !(with_z && act == BNORM_ACT_RELU)) continue;
+        for (bnorm_context* c : ctx) {
+          SCOPED_TRACE(s.Name() + (with_z ? " +z" : "") + (act ? " relu" : "") + " threads " +
+                       std::to_string(bnorm_context_num_threads(c)));
+          std::vector<float> y32(xw.size()), sm32(C), si32(C), sm16(C, -7.f), si16(C, -7.f);
+          std::vector<uint16_t> y16(x16.size(), 0xDEAD);
+          const bnorm_tensor_desc d32 = s.Desc(), d16 = Desc16(s);
+          ASSERT_EQ(bnorm_forward_training_ex(c, &d32, xw.data(), with_z ? zw.data() : nullptr,
+                                              y32.data(), act, gamma.data(), beta.data(), 1e-5f,
+                                              0.1f, nullptr, nullptr, sm32.data(), si32.data()),
+                    BNORM_OK);
+          ASSERT_EQ(bnorm_forward_training_ex(c, &d16, x16.data(), with_z ? z16.data() : nullptr,
+                                              y16.data(), act, gamma.data(), beta.data(), 1e-5f,
+                                              0.1f, nullptr, nullptr, sm16.data(), si16.data()),
+                    BNORM_OK);
+          ExpectRounded(y16, y32);
+          EXPECT_EQ(sm16, sm32);
+          EXPECT_EQ(si16, si32);
+        }
+      }
+    }
+  }
+  for (bnorm_context* c : ctx) bnorm_context_destroy(c);
+}
+
 TEST_P(DTypeTest, BackwardIsTheRoundedF32Result) {
   for (const Shape& s : Shapes()) {
     for (bool frozen : {false, true}) {
@@ -367,8 +420,8 @@ TEST_P(DTypeTest, F16RangeEdges) {
   ASSERT_EQ(bnorm_forward_training(nullptr, &d32, xw.data(), y32.data(), gamma.data(), beta.data(),
                                    1e-5f, 0.1f, nullptr, nullptr, nullptr, nullptr),
             BNORM_OK);
-  ASSERT_EQ(bnorm_forward_training(nullptr, &d16, x16.data(), y16.data(), gamma.data(),
-                                   beta.data(), 1e-5f, 0.1f, nullptr, nullptr, sm.data(), si.data()),
+  ASSERT_EQ(bnorm_forward_training(nullptr, &d16, x16.data(), y16.data(), gamma.data(), beta.data(),
+                                   1e-5f, 0.1f, nullptr, nullptr, sm.data(), si.data()),
             BNORM_OK);
   EXPECT_TRUE(std::isfinite(sm[0]) && std::isfinite(si[0]) && si[0] > 0.0f);
   ExpectRounded(y16, y32);
@@ -461,8 +514,8 @@ TEST_P(DTypeTest, NaNPatternsComeOutCanonical) {
       bf16 ? std::vector<uint16_t>{0x7FC0, 0xFFC0, 0x7FC1, 0xFFFF, 0x7F81, 0xFF81}
            : std::vector<uint16_t>{0x7E00, 0xFE00, 0x7E01, 0xFFFF, 0x7C01, 0xFD01};
   for (size_t k = 0; k < nans.size(); ++k) {
-    const size_t e = static_cast<size_t>(s.Index(static_cast<int64_t>(k % 2), 1,
-                                                 static_cast<int64_t>(3 + 5 * k)));
+    const size_t e = static_cast<size_t>(
+        s.Index(static_cast<int64_t>(k % 2), 1, static_cast<int64_t>(3 + 5 * k)));
     x16[e] = nans[k];
     xw[e] = Widen(nans[k]);
   }
