@@ -6,7 +6,8 @@
 // OP: train | trainz (training with a residual z and ReLU,
 // bnorm_forward_training_ex) | inf | back | backz (bnorm_backward_ex with
 // the ReLU mask of trainz's y, writing dx and dz) | stats | sums (backward with
-// dx = NULL: the gradient sums alone); NHWC: 0/1; DTYPE: 0 f32, 1 bf16, 2 f16 (bnorm_dtype).
+// dx = NULL: the gradient sums alone); NHWC: 0/1; DTYPE: 0 or f32, 1 or
+// bf16, 2 or f16 (bnorm_dtype).
 // Tensors start on a 64-byte boundary, as framework tensors do, or OFFSET
 // floats after one (OFFSET 4: the 16-byte alignment of std::vector, which
 // splits every AVX-512 load across two lines; docs/performance-history.md).
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 // A tensor's f32 buffer, `offset` floats after a 64-byte boundary.
@@ -60,7 +62,20 @@ int main(int argc, char** argv) {
   const bool nhwc = std::atoi(argv[4]) != 0;
   const char* op = argv[5];
   const int threads = argc > 6 ? std::atoi(argv[6]) : 1;
-  const int dtype = argc > 7 ? std::atoi(argv[7]) : 0;
+  // DTYPE by number or name: "bf16" read by atoi would silently time f32.
+  int dtype = 0;
+  if (argc > 7) {
+    const std::string name = argv[7];
+    const char* names[] = {"f32", "bf16", "f16"};
+    dtype = -1;
+    for (int k = 0; k < 3; ++k) {
+      if (name == names[k] || name == std::to_string(k)) dtype = k;
+    }
+    if (dtype < 0) {
+      std::fprintf(stderr, "DTYPE must be 0/f32, 1/bf16 or 2/f16, not '%s'\n", argv[7]);
+      return 2;
+    }
+  }
   const bnorm_tensor_desc d{n, c, sp, nhwc ? BNORM_LAYOUT_NHWC : BNORM_LAYOUT_NCHW,
                             static_cast<bnorm_dtype>(dtype)};
   const size_t count = static_cast<size_t>(n * c * sp);
