@@ -107,7 +107,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   // quarter: two groups are read at once then, and on the Xeon (2 MiB L2,
   // f32, 2 threads, tools/call_timer.cc) groups of L2/4 took 4-9 % less time
   // in training and 0-16 % in backward than L2/2 (L2/3 to L2/8 alike), while
-  // the prefetching kernels (SSE4; then also bf16 and f16) were up to 11 % slower with
+  // the prefetching kernels (SSE4, and bf16/f16 before 69ac829) were up to 11 % slower with
   // L2/4 on most of the same shapes (docs/performance-history.md). A single
   // channel is fused up to all of L2: the lines it loses come back from the LLC (Zen 3's victim
   // L3, an inclusive L3), not DRAM, which the two-phase plan re-reads once

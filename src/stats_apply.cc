@@ -29,6 +29,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 // (StatsWhileNormalizingRuns).
 template <DType kT>
 constexpr bool kPacedStats = kPacedWrites && (kT == DType::kF32 || HWY_TARGET <= HWY_AVX3);
+static_assert(kPacedStats<DType::kBF16> == kPacedStats<DType::kF16>,
+              "StatsWhileNormalizingRuns asks for the 16-bit types as one");
 
 template <DType kT, bool kStream, class F>
 bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t n, int64_t c,
@@ -64,7 +66,7 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
 // and summed from L2 after it. f32: runs of at least a vector
 // (StoreChannelRuns), AVX2 and AVX-512 (kPacedWrites). bf16 and f16: AVX-512
 // only, runs of at least four vectors. With AVX-512's conversions (bf16 stores
-// by VCVTNE2PS2BF16) the interleaved loop took 8-30 % less time than the
+// by VCVTNE2PS2BF16) the interleaved loop took 6-30 % less time than the
 // prefetching path on 64 to 196-value runs and longer (`call_timer N C S 0
 // train 2 1|2`: 64x1024x196 bf16 1580-1637 -> 1374-1422 us, f16 1543-1548 ->
 // 1451-1458; 8x32x16384 bf16 427-550 -> 368-376), but 2-10 % more on 36 and

@@ -296,19 +296,27 @@ TEST_P(DTypeTest, TrainingIsTheRoundedF32Result) {
 // planner splits into several channel groups per thread, so that each group
 // after a task's first is summed while the previous one is written (the
 // pipelined kernels of stats_apply.cc, which AVX-512 runs for 16-bit runs of
-// at least 64 values), on one thread and two; the largest also streams its
-// output. Same contract as above: the f32 path on the widened x and z,
-// rounded once.
+// at least 64 values): short runs, long runs (1000 values, the long-run
+// kernel) and a short last group, on one thread and two (every shape has
+// work for two), and in place over z. The largest streams its output on a
+// host whose LLC the planner counts as 8 MiB or less; ctest runs this test
+// again with BNORM_LLC_SIZE=256K, where all of them do. Same contract as
+// above: the f32 path on the widened x and z, rounded once.
 TEST_P(DTypeTest, FusedTrainingOverChannelGroupsIsTheRoundedF32Result) {
-  bnorm_context* ctx[2] = {nullptr, nullptr};
-  ASSERT_EQ(bnorm_context_create(1, &ctx[0]), BNORM_OK);
-  ASSERT_EQ(bnorm_context_create(2, &ctx[1]), BNORM_OK);
+  using ContextPtr = std::unique_ptr<bnorm_context, decltype(&bnorm_context_destroy)>;
+  std::vector<ContextPtr> contexts;
+  for (int threads : {1, 2}) {
+    bnorm_context* c = nullptr;
+    ASSERT_EQ(bnorm_context_create(threads, &c), BNORM_OK);
+    contexts.emplace_back(c, &bnorm_context_destroy);
+  }
   struct Config {
     Shape s;
     bool all_fusions;  // else z and ReLU only (the large one)
   };
   const Config configs[] = {{MakeShape(16, 64, 200), true},
-                            {MakeShape(12, 40, 73), true},
+                            {MakeShape(12, 80, 140), true},
+                            {MakeShape(10, 14, 1000), true},
                             {MakeShape(64, 128, 200), false}};
   for (const Config& cfg : configs) {
     const Shape& s = cfg.s;
@@ -321,7 +329,8 @@ TEST_P(DTypeTest, FusedTrainingOverChannelGroupsIsTheRoundedF32Result) {
     for (bool with_z : {false, true}) {
       for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
         if (!cfg.all_fusions && !(with_z && act == BNORM_ACT_RELU)) continue;
-        for (bnorm_context* c : ctx) {
+        for (const ContextPtr& ctx : contexts) {
+          bnorm_context* c = ctx.get();
           SCOPED_TRACE(s.Name() + (with_z ? " +z" : "") + (act ? " relu" : "") + " threads " +
                        std::to_string(bnorm_context_num_threads(c)));
           std::vector<float> y32(xw.size()), sm32(C), si32(C), sm16(C, -7.f), si16(C, -7.f);
@@ -338,11 +347,18 @@ TEST_P(DTypeTest, FusedTrainingOverChannelGroupsIsTheRoundedF32Result) {
           ExpectRounded(y16, y32);
           EXPECT_EQ(sm16, sm32);
           EXPECT_EQ(si16, si32);
+          if (with_z) {  // in place over the residual: y == z
+            std::vector<uint16_t> zy = z16;
+            ASSERT_EQ(bnorm_forward_training_ex(c, &d16, x16.data(), zy.data(), zy.data(), act,
+                                                gamma.data(), beta.data(), 1e-5f, 0.1f, nullptr,
+                                                nullptr, nullptr, nullptr),
+                      BNORM_OK);
+            EXPECT_EQ(zy, y16);
+          }
         }
       }
     }
   }
-  for (bnorm_context* c : ctx) bnorm_context_destroy(c);
 }
 
 TEST_P(DTypeTest, BackwardIsTheRoundedF32Result) {

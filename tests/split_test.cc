@@ -243,7 +243,8 @@ class SplitTest : public testing::TestWithParam<TargetLayout> {
   // in NCHW), and NHWC rows of 3 and of 1000 channels. Channel-fused NCHW
   // plans with several groups per task reduce each group while they write
   // the one before (stats_apply.h, grad_sums_apply.h; f32, AVX2 and AVX-512,
-  // runs of at least a vector): on one thread, 8x256x49 (short runs),
+  // runs of at least a vector; 16-bit training, AVX-512, runs of at least 64
+  // values: 5x13x1000 and 10x3x3400 only): on one thread, 8x256x49 (short runs),
   // 5x13x1000 (long runs, a smaller last group) and 10x3x3400 (two
   // reduction units per channel) take them whatever the machine's caches;
   // 3x1000x7 (runs shorter than an AVX2 vector) covers the plans that
