@@ -361,6 +361,67 @@ TEST_P(DTypeTest, FusedTrainingOverChannelGroupsIsTheRoundedF32Result) {
   }
 }
 
+// Backward over several channel groups per thread with runs long enough
+// (8192 values and more) that AVX-512 sums each group's gradients while the
+// previous group's dx is written (grad_sums_apply.cc), plain and with the
+// fused ReLU mask and dz, on one thread and two, and in place over dy.
+TEST_P(DTypeTest, BackwardOverChannelGroupsIsTheRoundedF32Result) {
+  using ContextPtr = std::unique_ptr<bnorm_context, decltype(&bnorm_context_destroy)>;
+  std::vector<ContextPtr> contexts;
+  for (int threads : {1, 2}) {
+    bnorm_context* c = nullptr;
+    ASSERT_EQ(bnorm_context_create(threads, &c), BNORM_OK);
+    contexts.emplace_back(c, &bnorm_context_destroy);
+  }
+  for (const Shape& s : {MakeShape(4, 12, 8192), MakeShape(3, 7, 9001)}) {
+    const size_t C = static_cast<size_t>(s.c);
+    std::vector<uint16_t> x16, y16, dy16;
+    std::vector<float> xw, yw, dyw;
+    Narrow(NormalData(s, 81, 1.0, 2.0), &x16, &xw);
+    Narrow(NormalData(s, 82, 0.0, 1.0), &y16, &yw);  // about half masked
+    Narrow(NormalData(s, 83, 0.1, 1.0, 0.0), &dy16, &dyw);
+    const auto gamma = UniformVector(C, 84, -2.0f, 2.0f);
+    const auto mean = UniformVector(C, 85, 0.5f, 1.5f), invstd = UniformVector(C, 86, 0.2f, 1.f);
+    for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
+      for (bool with_dz : {false, true}) {
+        if (act == BNORM_ACT_NONE && with_dz) continue;
+        for (const ContextPtr& ctx : contexts) {
+          bnorm_context* c = ctx.get();
+          SCOPED_TRACE(s.Name() + (act ? " relu" : "") + (with_dz ? " dz" : "") + " threads " +
+                       std::to_string(bnorm_context_num_threads(c)));
+          const bnorm_tensor_desc d32 = s.Desc(), d16 = Desc16(s);
+          const bool relu = act == BNORM_ACT_RELU;
+          std::vector<float> dx32(xw.size()), dz32(xw.size()), dg32(C), db32(C);
+          std::vector<float> dg16(C, -7.f), db16(C, -7.f);
+          std::vector<uint16_t> dx16(x16.size(), 0xDEAD), dz16(x16.size(), 0xDEAD);
+          ASSERT_EQ(
+              bnorm_backward_ex(c, &d32, xw.data(), relu ? yw.data() : nullptr, dyw.data(),
+                                dx32.data(), with_dz ? dz32.data() : nullptr, act, gamma.data(),
+                                nullptr, mean.data(), invstd.data(), dg32.data(), db32.data()),
+              BNORM_OK);
+          ASSERT_EQ(
+              bnorm_backward_ex(c, &d16, x16.data(), relu ? y16.data() : nullptr, dy16.data(),
+                                dx16.data(), with_dz ? dz16.data() : nullptr, act, gamma.data(),
+                                nullptr, mean.data(), invstd.data(), dg16.data(), db16.data()),
+              BNORM_OK);
+          ExpectRounded(dx16, dx32);
+          if (with_dz) ExpectRounded(dz16, dz32);
+          EXPECT_EQ(dg16, dg32);
+          EXPECT_EQ(db16, db32);
+          if (!with_dz) {  // dx in place over dy
+            std::vector<uint16_t> inplace = dy16;
+            ASSERT_EQ(bnorm_backward_ex(c, &d16, x16.data(), relu ? y16.data() : nullptr,
+                                        inplace.data(), inplace.data(), nullptr, act, gamma.data(),
+                                        nullptr, mean.data(), invstd.data(), nullptr, nullptr),
+                      BNORM_OK);
+            EXPECT_EQ(inplace, dx16);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_P(DTypeTest, BackwardIsTheRoundedF32Result) {
   for (const Shape& s : Shapes()) {
     for (bool frozen : {false, true}) {
