@@ -292,6 +292,23 @@ TEST_P(DTypeTest, TrainingIsTheRoundedF32Result) {
   }
 }
 
+using ContextPtr = std::unique_ptr<bnorm_context, decltype(&bnorm_context_destroy)>;
+
+// Contexts of one thread and of two (none, and a test failure, if one cannot
+// be created).
+std::vector<ContextPtr> OneAndTwoThreads() {
+  std::vector<ContextPtr> contexts;
+  for (int threads : {1, 2}) {
+    bnorm_context* c = nullptr;
+    if (bnorm_context_create(threads, &c) != BNORM_OK) {
+      ADD_FAILURE() << "bnorm_context_create(" << threads << ") failed";
+      return {};
+    }
+    contexts.emplace_back(c, &bnorm_context_destroy);
+  }
+  return contexts;
+}
+
 // The fused training entry point (residual z, ReLU) on shapes that the
 // planner splits into several channel groups per thread, so that each group
 // after a task's first is summed while the previous one is written (the
@@ -303,13 +320,8 @@ TEST_P(DTypeTest, TrainingIsTheRoundedF32Result) {
 // again with BNORM_LLC_SIZE=256K, where all of them do. Same contract as
 // above: the f32 path on the widened x and z, rounded once.
 TEST_P(DTypeTest, FusedTrainingOverChannelGroupsIsTheRoundedF32Result) {
-  using ContextPtr = std::unique_ptr<bnorm_context, decltype(&bnorm_context_destroy)>;
-  std::vector<ContextPtr> contexts;
-  for (int threads : {1, 2}) {
-    bnorm_context* c = nullptr;
-    ASSERT_EQ(bnorm_context_create(threads, &c), BNORM_OK);
-    contexts.emplace_back(c, &bnorm_context_destroy);
-  }
+  const std::vector<ContextPtr> contexts = OneAndTwoThreads();
+  ASSERT_EQ(contexts.size(), 2u);
   struct Config {
     Shape s;
     bool all_fusions;  // else z and ReLU only (the large one)
@@ -366,13 +378,8 @@ TEST_P(DTypeTest, FusedTrainingOverChannelGroupsIsTheRoundedF32Result) {
 // previous group's dx is written (grad_sums_apply.cc), plain and with the
 // fused ReLU mask and dz, on one thread and two, and in place over dy.
 TEST_P(DTypeTest, BackwardOverChannelGroupsIsTheRoundedF32Result) {
-  using ContextPtr = std::unique_ptr<bnorm_context, decltype(&bnorm_context_destroy)>;
-  std::vector<ContextPtr> contexts;
-  for (int threads : {1, 2}) {
-    bnorm_context* c = nullptr;
-    ASSERT_EQ(bnorm_context_create(threads, &c), BNORM_OK);
-    contexts.emplace_back(c, &bnorm_context_destroy);
-  }
+  const std::vector<ContextPtr> contexts = OneAndTwoThreads();
+  ASSERT_EQ(contexts.size(), 2u);
   for (const Shape& s : {MakeShape(4, 12, 8192), MakeShape(3, 7, 9001)}) {
     const size_t C = static_cast<size_t>(s.c);
     std::vector<uint16_t> x16, y16, dy16;
