@@ -5,10 +5,10 @@
 // alternating a read-only pass (statistics) with a write-only one (output);
 // the next reduction reads from L2. On the AVX2 and AVX-512 targets, f32
 // forward training and f32 training-mode backward (with or without the fused
-// residual and ReLU) go further where a run holds a vector, and so does
-// bf16/f16 forward training on AVX-512 where a run holds four: they reduce
-// the next group while they write this one (stats_apply.h,
-// grad_sums_apply.h).
+// residual and ReLU) go further where a run holds a vector, and so do, on
+// AVX-512, bf16/f16 forward training where a run holds four vectors and
+// plain bf16/f16 backward where it holds 8192 values: they reduce the next
+// group while they write this one (stats_apply.h, grad_sums_apply.h).
 #ifndef BNORM_SRC_LOOKAHEAD_H_
 #define BNORM_SRC_LOOKAHEAD_H_
 
