@@ -339,6 +339,14 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
 // a large function, and building them for every target made the sanitizer
 // builds of CI minutes longer.
 constexpr bool kPacedWrites = HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2;
+// The same for elements of type kT: 16-bit elements on the AVX-512 targets
+// only, where the conversions are cheap enough for the interleaved loop to
+// pay (stats_apply.cc, grad_sums_apply.cc). bf16 and f16 alike: the callers
+// ask for both as one.
+template <DType kT>
+constexpr bool kPacedWritesOf = kPacedWrites && (kT == DType::kF32 || HWY_TARGET <= HWY_AVX3);
+static_assert(kPacedWritesOf<DType::kBF16> == kPacedWritesOf<DType::kF16>,
+              "the 16-bit types are asked for as one");
 
 // The Side of a reduction kernel (NoSide in accumulators-inl.h) that writes
 // the output of NCHW channels [a0, a1) of images 0..n-1 (one range per image)

@@ -26,20 +26,13 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Whether this target builds the interleaved loop for type kT
-// (GradSumsWhileApplyingRuns).
-template <DType kT>
-constexpr bool kPacedGrads = kPacedWrites && (kT == DType::kF32 || HWY_TARGET <= HWY_AVX3);
-static_assert(kPacedGrads<DType::kBF16> == kPacedGrads<DType::kF16>,
-              "GradSumsWhileApplyingRuns asks for the 16-bit types as one");
-
 // kMask: dy masked by the fused ReLU's output y, in the sums and in dx;
 // kDz: the masked gradient also stored to dz as dx is written.
 template <DType kT, bool kStream, bool kMask, bool kDz>
 bool GradSumsWhileApplyingT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t n, int64_t c,
                             int64_t spatial, const NchwGradUnits& units, int64_t a0, int64_t a1,
                             const GradConstants& k) {
-  if constexpr (!kPacedGrads<kT>) {
+  if constexpr (!kPacedWritesOf<kT>) {
     return false;
   } else {
     using V = Variant<false, kMask, kDz>;
@@ -72,7 +65,7 @@ bool GradSumsWhileApplyingT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t n, i
 
 // Training-mode backward, with or without the fused ReLU's mask and the
 // residual gradient dz. f32: runs of at least a vector (StoreChannelRuns),
-// AVX2 and AVX-512 (kPacedWrites). bf16 and f16: AVX-512 only, runs of at
+// AVX2 and AVX-512 (kPacedWritesOf). bf16 and f16: AVX-512 only, runs of at
 // least kPacedGradRun16 values, plain backward only; other 16-bit calls
 // prefetch the next group instead. Plain backward, two threads (`call_timer N
 // C S 0 back 2 1|2`, the prefetching path against this loop, best of 6
@@ -88,9 +81,9 @@ bool GradSumsWhileApplyingRuns(DType dtype, const GradArgs& args, int64_t spatia
   const hn::ScalableTag<float> df;
   if (args.x == nullptr) return false;
   if (dtype == DType::kF32) {
-    return kPacedGrads<DType::kF32> && spatial >= static_cast<int64_t>(hn::MaxLanes(df));
+    return kPacedWritesOf<DType::kF32> && spatial >= static_cast<int64_t>(hn::MaxLanes(df));
   }
-  return kPacedGrads<DType::kBF16> && spatial >= kPacedGradRun16 && args.y == nullptr &&
+  return kPacedWritesOf<DType::kBF16> && spatial >= kPacedGradRun16 && args.y == nullptr &&
          args.dz == nullptr;
 }
 

@@ -25,18 +25,11 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Whether this target builds the interleaved loop for type kT
-// (StatsWhileNormalizingRuns).
-template <DType kT>
-constexpr bool kPacedStats = kPacedWrites && (kT == DType::kF32 || HWY_TARGET <= HWY_AVX3);
-static_assert(kPacedStats<DType::kBF16> == kPacedStats<DType::kF16>,
-              "StatsWhileNormalizingRuns asks for the 16-bit types as one");
-
 template <DType kT, bool kStream, class F>
 bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t n, int64_t c,
                             int64_t spatial, const NchwStatsUnits& units, int64_t a0, int64_t a1,
                             const AffineConstants& k) {
-  if constexpr (!kPacedStats<kT>) {
+  if constexpr (!kPacedWritesOf<kT>) {
     return false;
   } else {
     const auto constants = [&](auto d, int64_t ch) HWY_ATTR { return Broadcast(d, k, ch); };
@@ -64,7 +57,7 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
 
 // Where the next group is summed in the write's loop rather than prefetched
 // and summed from L2 after it. f32: runs of at least a vector
-// (StoreChannelRuns), AVX2 and AVX-512 (kPacedWrites). bf16 and f16: AVX-512
+// (StoreChannelRuns), AVX2 and AVX-512 (kPacedWritesOf). bf16 and f16: AVX-512
 // only, runs of at least four vectors. With AVX-512's conversions (bf16 stores
 // by VCVTNE2PS2BF16) the interleaved loop took 6-30 % less time than the
 // prefetching path on 64 to 196-value runs and longer (`call_timer N C S 0
@@ -75,8 +68,8 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
 bool StatsWhileNormalizingRuns(DType dtype, int64_t spatial) {
   const hn::ScalableTag<float> df;
   const auto lanes = static_cast<int64_t>(hn::MaxLanes(df));
-  if (dtype == DType::kF32) return kPacedStats<DType::kF32> && spatial >= lanes;
-  return kPacedStats<DType::kBF16> && spatial >= 4 * lanes;
+  if (dtype == DType::kF32) return kPacedWritesOf<DType::kF32> && spatial >= lanes;
+  return kPacedWritesOf<DType::kBF16> && spatial >= 4 * lanes;
 }
 
 bool StatsWhileNormalizing(DType dtype, const void* x, void* y, int64_t n, int64_t c,
