@@ -258,17 +258,18 @@ AlignedBuffer AlignedZeros(size_t bytes) {
   return buffer;
 }
 
-// The 16-bit pattern of f (bf16: truncated; f16: GCC's conversion): data only.
+// The 16-bit pattern of f, truncated (f16: magnitudes below 2^-14 flushed to
+// zero, above 65504 clamped to it): benchmark data only, built without a
+// compiler _Float16 (clang 14 has none on x86).
 uint16_t Narrow(float f, bnorm_dtype dtype) {
-  uint16_t h;
-  if (dtype == BNORM_DTYPE_BF16) {
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof(u));
-    return static_cast<uint16_t>(u >> 16);
-  }
-  const _Float16 half = static_cast<_Float16>(f);
-  std::memcpy(&h, &half, sizeof(h));
-  return h;
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if (dtype == BNORM_DTYPE_BF16) return static_cast<uint16_t>(u >> 16);
+  const auto sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const int exponent = static_cast<int>((u >> 23) & 0xFFu) - 127;
+  if (exponent < -14) return sign;
+  if (exponent > 15) return static_cast<uint16_t>(sign | 0x7BFFu);
+  return static_cast<uint16_t>(sign | ((exponent + 15) << 10) | ((u >> 13) & 0x3FFu));
 }
 
 // The input tensors of one element count and dtype: x, dy and a residual z

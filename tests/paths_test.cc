@@ -152,7 +152,7 @@ std::vector<unsigned char> AsElements(const std::vector<float>& values, bnorm_dt
       const uint16_t h = RefFloatToBf16(values[i]);
       std::memcpy(&out[i * 2], &h, 2);
     } else {
-      const _Float16 h = static_cast<_Float16>(values[i]);
+      const uint16_t h = RefFloatToF16(values[i]);
       std::memcpy(&out[i * 2], &h, 2);
     }
   }

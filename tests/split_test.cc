@@ -30,19 +30,6 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // ---- Tensors in any dtype ----
 
-uint16_t F16Bits(float f) {
-  const _Float16 h = static_cast<_Float16>(f);
-  uint16_t u;
-  std::memcpy(&u, &h, sizeof u);
-  return u;
-}
-
-float F16Value(uint16_t u) {
-  _Float16 h;
-  std::memcpy(&h, &u, sizeof h);
-  return static_cast<float>(h);
-}
-
 const char* DtypeName(bnorm_dtype d) {
   return d == BNORM_DTYPE_F32 ? "f32" : (d == BNORM_DTYPE_BF16 ? "bf16" : "f16");
 }
@@ -64,7 +51,7 @@ struct Data {
   // The value of element i, widened to float.
   float Value(size_t i) const {
     if (dtype == BNORM_DTYPE_F32) return f[i];
-    return dtype == BNORM_DTYPE_BF16 ? RefBf16ToFloat(h[i]) : F16Value(h[i]);
+    return dtype == BNORM_DTYPE_BF16 ? RefBf16ToFloat(h[i]) : RefF16ToFloat(h[i]);
   }
   std::vector<float> Values() const {
     const size_t count = dtype == BNORM_DTYPE_F32 ? f.size() : h.size();
@@ -84,7 +71,7 @@ Data Encode(const std::vector<float>& v, bnorm_dtype dtype) {
   }
   d.h.resize(v.size());
   for (size_t i = 0; i < v.size(); ++i) {
-    d.h[i] = dtype == BNORM_DTYPE_BF16 ? RefFloatToBf16(v[i]) : F16Bits(v[i]);
+    d.h[i] = dtype == BNORM_DTYPE_BF16 ? RefFloatToBf16(v[i]) : RefFloatToF16(v[i]);
   }
   return d;
 }
@@ -1281,14 +1268,14 @@ void Expect(Fn fn, const Case& c) {
 
 // Bad descriptors, for the four functions that take one.
 std::vector<Case> DescCases() {
-  const int64_t big = std::numeric_limits<int64_t>::max();
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
   auto set = [](std::function<void(bnorm_tensor_desc&)> f) {
     return [f](Arena&, Args& t) { f(t.desc); };
   };
   return {
       {"desc_null", BNORM_ERR_NULL_POINTER, [](Arena&, Args& t) { t.desc_null = true; }},
       {"n_negative", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) { d.n = -1; })},
-      {"n_min", BNORM_ERR_BAD_SHAPE, set([big](bnorm_tensor_desc& d) { d.n = -big - 1; })},
+      {"n_min", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) { d.n = -big - 1; })},
       {"c_zero", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) { d.c = 0; })},
       {"c_negative", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) { d.c = -3; })},
       {"c_zero_n_zero", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) {
@@ -1297,7 +1284,7 @@ std::vector<Case> DescCases() {
        })},
       {"spatial_zero", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) { d.spatial = 0; })},
       {"spatial_negative", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) { d.spatial = -1; })},
-      {"n_times_c_overflows", BNORM_ERR_BAD_SHAPE, set([big](bnorm_tensor_desc& d) {
+      {"n_times_c_overflows", BNORM_ERR_BAD_SHAPE, set([](bnorm_tensor_desc& d) {
          d.n = big;
          d.c = 2;
        })},
@@ -1378,7 +1365,7 @@ TEST(SplitValidation, Stats) {
 }
 
 TEST(SplitValidation, StatsMerge) {
-  const int64_t two53 = int64_t{1} << 53;
+  constexpr int64_t two53 = int64_t{1} << 53;
   const std::vector<Case> cases = {
       {"counts_null", BNORM_ERR_NULL_POINTER, [](Arena&, Args& t) { t.counts = nullptr; }},
       {"means_null", BNORM_ERR_NULL_POINTER, [](Arena&, Args& t) { t.means = nullptr; }},
@@ -1404,9 +1391,9 @@ TEST(SplitValidation, StatsMerge) {
       {"count_min", BNORM_ERR_BAD_ARGUMENT,
        [](Arena& a, Args&) { a.counts[2] = std::numeric_limits<int64_t>::min(); }},
       {"count_above_2^53", BNORM_ERR_BAD_ARGUMENT,
-       [two53](Arena& a, Args&) { a.counts[0] = two53 + 1; }},
+       [](Arena& a, Args&) { a.counts[0] = two53 + 1; }},
       {"total_above_2^53", BNORM_ERR_BAD_ARGUMENT,
-       [two53](Arena& a, Args&) {
+       [](Arena& a, Args&) {
          a.counts[0] = two53 - 10;
          a.counts[1] = 5;
          a.counts[2] = 6;
@@ -1418,7 +1405,7 @@ TEST(SplitValidation, StatsMerge) {
          a.counts[2] = 2;
        }},
       {"ok_total_2^53", BNORM_OK,
-       [two53](Arena& a, Args&) {
+       [](Arena& a, Args&) {
          a.counts[0] = two53 - 10;
          a.counts[1] = 4;
          a.counts[2] = 6;

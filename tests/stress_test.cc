@@ -135,20 +135,6 @@ double EpilogueTolerance(LD bn, LD z) {
 
 size_t ElemBytes(bnorm_dtype d) { return d == BNORM_DTYPE_F32 ? 4 : 2; }
 
-
-uint16_t FloatToF16(float f) {
-  const _Float16 h = static_cast<_Float16>(f);
-  uint16_t u;
-  std::memcpy(&u, &h, 2);
-  return u;
-}
-
-float F16ToFloat(uint16_t u) {
-  _Float16 h;
-  std::memcpy(&h, &u, 2);
-  return static_cast<float>(h);
-}
-
 float LoadElem(const unsigned char* p, int64_t i, bnorm_dtype d) {
   if (d == BNORM_DTYPE_F32) {
     float f;
@@ -157,7 +143,7 @@ float LoadElem(const unsigned char* p, int64_t i, bnorm_dtype d) {
   }
   uint16_t h;
   std::memcpy(&h, p + 2 * i, 2);
-  return d == BNORM_DTYPE_BF16 ? RefBf16ToFloat(h) : F16ToFloat(h);
+  return d == BNORM_DTYPE_BF16 ? RefBf16ToFloat(h) : RefF16ToFloat(h);
 }
 
 uint32_t LoadBits(const unsigned char* p, int64_t i, bnorm_dtype d) {
@@ -176,7 +162,7 @@ void StoreElem(unsigned char* p, int64_t i, bnorm_dtype d, float v) {
     std::memcpy(p + 4 * i, &v, 4);
     return;
   }
-  const uint16_t h = d == BNORM_DTYPE_BF16 ? RefFloatToBf16(v) : FloatToF16(v);
+  const uint16_t h = d == BNORM_DTYPE_BF16 ? RefFloatToBf16(v) : RefFloatToF16(v);
   std::memcpy(p + 2 * i, &h, 2);
 }
 
@@ -812,14 +798,14 @@ std::vector<Fault> FaultsFor(const Request& r) {
   // Descriptor faults.
   add("desc_null", kGroupDesc, kDescNull, BNORM_ERR_NULL_POINTER,
       [](Request& q) { q.desc_null = true; });
-  const int64_t big = std::numeric_limits<int64_t>::max();
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
   const std::vector<std::pair<const char*, std::function<void(bnorm_tensor_desc&)>>> shapes = {
       {"n=0", [](bnorm_tensor_desc& d) { d.n = 0; }},
       {"c=-3", [](bnorm_tensor_desc& d) { d.c = -3; }},
       {"spatial=0", [](bnorm_tensor_desc& d) { d.spatial = 0; }},
-      {"c=min", [big](bnorm_tensor_desc& d) { d.c = -big - 1; }},
+      {"c=min", [](bnorm_tensor_desc& d) { d.c = -big - 1; }},
       {"n*c_overflows",
-       [big](bnorm_tensor_desc& d) {
+       [](bnorm_tensor_desc& d) {
          d.n = big;
          d.c = 2;
        }},

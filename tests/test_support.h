@@ -242,6 +242,50 @@ inline float RefBf16ToFloat(uint16_t h) {
   return f;
 }
 
+// f16 of a float, rounded to nearest even (the rounding an IEEE conversion,
+// F16C and PyTorch apply), NaN as PyTorch (0x7E00 | sign): decided in double,
+// where every step below is exact, so it needs no compiler _Float16 (clang
+// 14 has none on x86) and shares nothing with the library's integer steps.
+inline uint16_t RefFloatToF16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const auto sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  if (std::isnan(f)) return static_cast<uint16_t>(sign | 0x7E00u);
+  const double a = std::fabs(static_cast<double>(f));
+  // 65520 is halfway between the largest f16, 65504, and 2^16: a tie that
+  // rounds to the even side, 2^16, past the range.
+  if (a >= 65520.0) return static_cast<uint16_t>(sign | 0x7C00u);
+  if (a < std::ldexp(1.0, -14)) {  // subnormal range: multiples of 2^-24
+    // 1024 (the smallest normal) encodes as itself.
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(a, 24))));
+  }
+  int e2 = 0;
+  std::frexp(a, &e2);     // a = m * 2^e2, m in [0.5, 1)
+  int exponent = e2 - 1;  // a in [2^exponent, 2^(exponent + 1))
+  double mantissa = std::nearbyint(std::ldexp(a, 10 - exponent));  // in [1024, 2048]
+  if (mantissa == 2048.0) {
+    mantissa = 1024.0;
+    ++exponent;
+  }
+  return static_cast<uint16_t>(sign | ((exponent + 15) << 10) |
+                               (static_cast<uint32_t>(mantissa) - 1024u));
+}
+
+// The float value of an f16 pattern (exact); NaN patterns give a NaN.
+inline float RefF16ToFloat(uint16_t h) {
+  const int exponent = (h >> 10) & 0x1F;
+  const int mantissa = h & 0x3FF;
+  double a;
+  if (exponent == 0x1F) {
+    a = mantissa == 0 ? HUGE_VAL : std::nan("");
+  } else if (exponent == 0) {
+    a = std::ldexp(mantissa, -24);
+  } else {
+    a = std::ldexp(mantissa + 1024, exponent - 25);
+  }
+  return static_cast<float>((h & 0x8000u) != 0 ? -a : a);
+}
+
 }  // namespace bnorm_test
 
 #endif  // BNORM_TESTS_TEST_SUPPORT_H_
