@@ -33,6 +33,15 @@ install_deps() {
     libopenmpi-dev openmpi-bin >/dev/null
 }
 
+# Prints how long the step since the previous call took (the CI's budget is
+# 30 minutes on 2 cores; these lines show where it goes).
+step_start=$(date +%s)
+step_done() {  # name
+  now=$(date +%s)
+  echo "bnorm: $1 took $((now - step_start)) s"
+  step_start=$now
+}
+
 configure_and_build() {  # dir, extra cmake args...
   dir=$1
   shift
@@ -49,18 +58,23 @@ case "${1:-}" in
     ;;
   test)
     install_deps
+    step_done "installing dependencies"
     configure_and_build build/release -DCMAKE_BUILD_TYPE=Release -DBNORM_WERROR=ON
+    step_done "the Release build"
     (cd build/release && ctest -j "$jobs" --output-on-failure)
+    step_done "the Release tests"
     configure_and_build build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_WERROR=ON \
       -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
       -DCMAKE_C_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
       -DBNORM_SANITIZE=address,undefined -DBNORM_BUILD_BENCH=OFF
+    step_done "the ASan + UBSan build"
     (cd build/asan && ctest -j "$jobs" -L unit --output-on-failure)
     # libbnorm_mpi under ASan + UBSan too; LeakSanitizer off there, since Open
     # MPI itself keeps allocations to exit (bnorm's leaks: the unit tests above).
     if [ -e build/asan/tests/mpi/CTestTestfile.cmake ]; then
       (cd build/asan && ASAN_OPTIONS=detect_leaks=0 ctest -L mpi --output-on-failure)
     fi
+    step_done "the ASan + UBSan tests"
     # ThreadSanitizer (clang) on the concurrency tests, each in its own process.
     CC=clang CXX=clang++ cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
@@ -70,8 +84,15 @@ case "${1:-}" in
     cmake --build build/tsan -j "$jobs" --target threads_test
     (cd build/tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/../../tools/tsan-suppressions.txt" \
       ctest -j "$jobs" -R '^Concurrency\.' --no-tests=error --output-on-failure)
+    step_done "the ThreadSanitizer build and tests"
+    # The tests and the benchmark compile with clang too (the builds above
+    # compile them with GCC only): a syntax and warning check, no code.
+    ls tests/*.cc bench/*.cc | grep -v mpi | xargs -P "$jobs" -n 1 clang++ -std=c++17 -fsyntax-only \
+      -Wall -Wextra -Werror -Iinclude -Isrc -Itests -Ibench
+    step_done "the clang check of the tests and benchmarks"
     # libFuzzer (clang, ASan + UBSan) on the whole C API, bounded.
     tools/fuzz.sh "${BNORM_FUZZ_SECONDS:-60}"
+    step_done "the fuzzer build and run"
     echo "bnorm: all tests passed"
     ;;
   *)
