@@ -85,11 +85,16 @@ case "${1:-}" in
     (cd build/tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/../../tools/tsan-suppressions.txt" \
       ctest -j "$jobs" -R '^Concurrency\.' --no-tests=error --output-on-failure)
     step_done "the ThreadSanitizer build and tests"
-    # The tests and the benchmark compile with clang too (the builds above
-    # compile them with GCC only): a syntax and warning check, no code.
+    # The tests, the benchmarks and the MPI layer compile with clang too (the
+    # builds above compile them with GCC only): a syntax and warning check.
     ls tests/*.cc bench/*.cc | grep -v mpi | xargs -P "$jobs" -n 1 clang++ -std=c++17 -fsyntax-only \
       -Wall -Wextra -Werror -Iinclude -Isrc -Itests -Ibench
-    step_done "the clang check of the tests and benchmarks"
+    if command -v mpicxx >/dev/null 2>&1; then
+      # shellcheck disable=SC2046  # mpicxx prints several flags
+      ls tests/mpi/*.cc bench/*mpi*.cc src/mpi/*.cc | xargs -P "$jobs" -n 1 clang++ -std=c++17 \
+        -fsyntax-only -Wall -Wextra -Werror -Iinclude -Isrc $(mpicxx --showme:compile)
+    fi
+    step_done "the clang check of the tests, benchmarks and MPI layer"
     # libFuzzer (clang, ASan + UBSan) on the whole C API, bounded.
     tools/fuzz.sh "${BNORM_FUZZ_SECONDS:-60}"
     step_done "the fuzzer build and run"
