@@ -92,7 +92,7 @@ case "${1:-}" in
     if command -v mpicxx >/dev/null 2>&1; then
       # shellcheck disable=SC2046  # mpicxx prints several flags
       ls tests/mpi/*.cc bench/*mpi*.cc src/mpi/*.cc | xargs -P "$jobs" -n 1 clang++ -std=c++17 \
-        -fsyntax-only -Wall -Wextra -Werror -Iinclude -Isrc $(mpicxx --showme:compile)
+        -fsyntax-only -Wall -Wextra -Werror -Iinclude -Isrc -Itests $(mpicxx --showme:compile)
     fi
     step_done "the clang check of the tests, benchmarks and MPI layer"
     # libFuzzer (clang, ASan + UBSan) on the whole C API, bounded.
