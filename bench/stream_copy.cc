@@ -20,7 +20,16 @@ void StreamCopy(const float* src, float* dst, size_t n) {
     dst[i] = src[i];
     ++i;
   }
+  // Reads prefetched into L2 16 KiB ahead: the hardware prefetcher stops at
+  // each 4 KiB page, and this copy ran 10-15 % faster with it (Xeon guest,
+  // 2 threads, 100-150 MB: 37-39 -> 42-46 GB/s), so the yardstick is the
+  // faster copy (bnorm's streaming passes prefetch the same way).
+  constexpr size_t kAhead = (16 << 10) / sizeof(float);
   for (; i + 4 * N <= n; i += 4 * N) {
+    if (i + kAhead < n) {
+      const char* ahead = reinterpret_cast<const char*>(src + i + kAhead);
+      for (size_t b = 0; b < 4 * N * sizeof(float); b += 64) __builtin_prefetch(ahead + b, 0, 2);
+    }
     const auto a = hn::LoadU(d, src + i);
     const auto b = hn::LoadU(d, src + i + N);
     const auto c = hn::LoadU(d, src + i + 2 * N);
