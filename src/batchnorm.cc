@@ -352,17 +352,8 @@ bool AcquireConstants(const bnorm_context* ctx, int64_t count, const void* y,
 }
 
 // y = act((x - mean) * scale + shift + z) for flat elements [begin, end),
-// with the constants already set.
-// How far ahead of its reads the flat NCHW elementwise pass prefetches its
-// inputs into L2 when it streams its output (a tensor beyond the LLC). The
-// hardware prefetcher stops at each 4 KiB page and starts again a few lines
-// into the next; fetched this far ahead, every page's first lines are on
-// their way before the loop needs them. Inference from DRAM, 2 threads,
-// Xeon guest (bnorm_bench, medians of 5, runs alternated): 32x256x56x56
-// 5.0-6.2 -> 4.3-5.0 ms, 256x3x224x224 8.0-8.9 -> 7.0-8.0 ms; 8, 16 and 32
-// KiB within noise of each other (docs/performance-history.md).
-constexpr int64_t kStreamPrefetchBytes = 16 << 10;
-
+// with the constants already set. Where the output streams, the NCHW pass
+// prefetches its inputs kStreamPrefetchBytes ahead (lookahead.h).
 void NormalizeRange(const Problem& p, const ElementwisePlan& ep, int64_t target, const void* x,
                     void* y, const AffineConstants& affine, const Epilogue& epi, bool stream,
                     int64_t begin, int64_t end) {

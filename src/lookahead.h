@@ -16,6 +16,16 @@
 
 namespace bnorm {
 
+// How far ahead of its reads the flat NCHW elementwise pass prefetches its
+// inputs into L2 when it streams its output (a tensor beyond the LLC). The
+// hardware prefetcher stops at each 4 KiB page and starts again a few lines
+// into the next; fetched this far ahead, every page's first lines are on
+// their way before the loop needs them. Inference from DRAM, 2 threads,
+// Xeon guest (bnorm_bench, medians of 5, runs alternated): 32x256x56x56
+// 5.0-6.2 -> 4.3-5.0 ms, 256x3x224x224 8.0-8.9 -> 7.0-8.0 ms; 8, 16 and 32
+// KiB within noise of each other (docs/performance-history.md).
+constexpr int64_t kStreamPrefetchBytes = 16 << 10;
+
 // Up to three input ranges of `elems` elements each (x; or dy, x and the
 // fused ReLU's y; of the output's type), one cache line of each prefetched
 // per line of output written. input[0] null: nothing.
