@@ -352,8 +352,9 @@ bool AcquireConstants(const bnorm_context* ctx, int64_t count, const void* y,
 }
 
 // y = act((x - mean) * scale + shift + z) for flat elements [begin, end),
-// with the constants already set. Where the output streams, the NCHW pass
-// prefetches its inputs kStreamPrefetchBytes ahead (lookahead.h).
+// with the constants already set. Where the output streams, the inputs are
+// prefetched kStreamPrefetchBytes ahead (lookahead.h): here for NCHW, by
+// the kernel itself for NHWC.
 void NormalizeRange(const Problem& p, const ElementwisePlan& ep, int64_t target, const void* x,
                     void* y, const AffineConstants& affine, const Epilogue& epi, bool stream,
                     int64_t begin, int64_t end) {

@@ -16,8 +16,8 @@
 
 namespace bnorm {
 
-// How far ahead of its reads the flat NCHW elementwise pass prefetches its
-// inputs into L2 when it streams its output (a tensor beyond the LLC). The
+// How far ahead of their reads the streaming elementwise passes (NCHW and
+// NHWC, output beyond the LLC) prefetch their inputs into L2. The
 // hardware prefetcher stops at each 4 KiB page and starts again a few lines
 // into the next; fetched this far ahead, every page's first lines are on
 // their way before the loop needs them. Inference from DRAM, 2 threads,

@@ -79,6 +79,8 @@ void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t p
   // Captured by value: through a reference the compiler reloads the pointers
   // after every store (intrinsic stores may alias anything).
   const AffineConstants kc = k;
+  // Streaming (beyond the LLC): each line of x (and z) prefetched into L2
+  // kStreamPrefetchBytes ahead, as the NCHW pass does through its Lookahead.
   StorePeriodic<kT, kStream>(
       y + begin, static_cast<size_t>(end - begin), static_cast<size_t>(begin % period),
       static_cast<size_t>(period), grouped_rows,
@@ -87,6 +89,11 @@ void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t p
                                            hn::LoadU(d, kc.shift + q)};
       },
       [xs, zs](auto d, size_t i, const auto& kv) HWY_ATTR {
+        if constexpr (kStream) {
+          constexpr size_t kStepBytes = hn::MaxLanes(decltype(d)()) * sizeof(Elem<kT>);
+          PrefetchAheadToL2<kStepBytes>(xs + i);
+          if (zs != nullptr) PrefetchAheadToL2<kStepBytes>(zs + i);
+        }
         return Normalized<kT, F>(d, xs + i, Offset<F>(zs, static_cast<int64_t>(i)), kv.mean,
                                  kv.scale, kv.shift);
       });
