@@ -24,6 +24,7 @@
 
 #include "convert-inl.h"
 #include "hwy/highway.h"
+#include "lookahead.h"
 #include "moments.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -40,6 +41,22 @@ struct NoSide {
 };
 constexpr NoSide kNoSide;
 
+// A Side that moves `ahead` (a WalkAhead, lookahead.h: prefetches along the
+// kernel's walk) with each step, then passes the step on to `inner`.
+template <class Ahead, class Inner>
+class AheadSide {
+ public:
+  AheadSide(const Ahead& ahead, Inner& inner) : ahead_(ahead), inner_(inner) {}
+  HWY_INLINE void Step(size_t n) {
+    ahead_.Advance(n);
+    inner_.Step(n);
+  }
+
+ private:
+  Ahead ahead_;
+  Inner& inner_;
+};
+
 // Prefetches the cache lines of `count` elements of `elem_bytes` bytes at p,
 // at most kMaxPrefetch bytes (longer runs are caught by the hardware
 // prefetcher).
@@ -50,13 +67,14 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
   for (int64_t b = 0; b < bytes; b += 64) hwy::Prefetch(bp + b);
 }
 
-// Prefetches the cache line of p once per line of a walk in steps of
-// kStepBytes: where p lies in the first kStepBytes of its line. (Where the
-// walk does not start on a step boundary, the line its last step spills into
-// is left to the hardware prefetcher.)
-template <size_t kStepBytes>
-HWY_INLINE void PrefetchOncePerLine(const void* p) {
-  if ((reinterpret_cast<uintptr_t>(p) & 63) < kStepBytes) hwy::Prefetch(p);
+// How many rows on an NHWC reduction one row at a time prefetches (tensors
+// beyond the LLC): the first whole vector row (rows_per_period rows, whose
+// inputs together take `vector_row_bytes`) at least kStreamPrefetchBytes
+// (lookahead.h) of reads ahead. One vector row ahead, as before, put the
+// prefetch a few hundred bytes ahead of the loads where rows are narrow.
+HWY_INLINE int64_t AheadRows(int64_t rows_per_period, size_t vector_row_bytes) {
+  const int64_t bytes = static_cast<int64_t>(vector_row_bytes);
+  return rows_per_period * std::max<int64_t>(1, (kStreamPrefetchBytes + bytes - 1) / bytes);
 }
 
 // Whether a[0, n) and b[0, n) are all finite, checked in vectors: the NHWC

@@ -82,8 +82,17 @@ void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int6
         return GradVectors<decltype(d)>{hn::LoadU(d, kc.mean + q), hn::LoadU(d, kc.mean_dy + q),
                                         hn::LoadU(d, kc.a + q), hn::LoadU(d, kc.b + q)};
       },
-      [ts](auto d, size_t i, const auto& kv)
-          HWY_ATTR { return Grad<kT, V, kStream>(d, ts, static_cast<int64_t>(i), kv); });
+      [ts](auto d, size_t i, const auto& kv) HWY_ATTR {
+        // Streaming (beyond the LLC): each line of the inputs prefetched into
+        // L2 kStreamPrefetchBytes ahead, as the NCHW pass does (Lookahead).
+        if constexpr (kStream) {
+          constexpr size_t kStepBytes = hn::MaxLanes(decltype(d)()) * sizeof(Elem<kT>);
+          PrefetchAheadToL2<kStepBytes>(ts.dy + i);
+          if constexpr (!V::frozen) PrefetchAheadToL2<kStepBytes>(ts.x + i);
+          if constexpr (V::mask) PrefetchAheadToL2<kStepBytes>(ts.y + i);
+        }
+        return Grad<kT, V, kStream>(d, ts, static_cast<int64_t>(i), kv);
+      });
 }
 
 // Runs body(kT, kStream, Variant<>) for the runtime dtype, stream flag and

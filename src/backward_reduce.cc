@@ -16,6 +16,7 @@
 #include "accumulators-inl.h"
 #include "backward_reduce-inl.h"
 #include "hwy/highway.h"
+#include "lookahead.h"
 #include "plan.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -56,7 +57,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   // `rows` consecutive vector rows (stride floats apart) per load of the sums.
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   // With `ahead`, prefetches the vector row that many elements further on
-  // (one row at a time: as in StatsNhwcUnitT).
+  // (one row at a time: AheadRows on, as in StatsNhwcUnitT).
   const auto add_rows = [&](int64_t r0, size_t rows, int64_t ahead) HWY_ATTR {
     const Elem<kT>* xr = x + r0 * c + c0;
     const Elem<kT>* gr = dy + r0 * c + c0;
@@ -64,9 +65,13 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
     const auto body = [&](auto d, size_t p, auto load, auto store) HWY_ATTR {
       if (ahead != 0 && hn::MaxLanes(d) == N) {
         constexpr size_t kStep = N * sizeof(Elem<kT>);
-        PrefetchOncePerLine<kStep>(xr + ahead + static_cast<int64_t>(p));
-        PrefetchOncePerLine<kStep>(gr + ahead + static_cast<int64_t>(p));
-        if (kMask) PrefetchOncePerLine<kStep>(yr + ahead + static_cast<int64_t>(p));
+        const auto fetch = [&](const Elem<kT>* row) {
+          PrefetchStepToL2<kStep>(
+              reinterpret_cast<uintptr_t>(row + ahead + static_cast<int64_t>(p)));
+        };
+        fetch(xr);
+        fetch(gr);
+        if (kMask) fetch(yr);
       }
       const auto mu = load(d, pmean + p);
       auto s_dy = load(d, sum_dy + p);
@@ -89,11 +94,12 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
     for (; p < positions; ++p) body(d1, p, any_load, any_store);
   };
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
+  const int64_t ahead = AheadRows(rows_per_period, (kMask ? 3 : 2) * stride * sizeof(Elem<kT>));
   for (const size_t rows : {size_t{4}, size_t{1}}) {
     if (rows > static_cast<size_t>(rows_at_once)) continue;
     const int64_t span = static_cast<int64_t>(rows) * rows_per_period;
     for (; r + span <= row_end; r += span) {
-      add_rows(r, rows, rows == 1 && r + 2 * span <= row_end ? span * c : 0);
+      add_rows(r, rows, rows == 1 && r + ahead + span <= row_end ? ahead * c : 0);
       steps += rows;
       if (steps == kBlockSteps) {
         fold();
@@ -133,18 +139,31 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy), static_cast<const Elem<kT>*>(y)
 
 GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
-                          int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
+                          int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean,
+                          bool ahead) {
   GradSums g;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
       constexpr DType kT = decltype(t)::value;
       constexpr bool kMask = decltype(mask)::value;
-      if (ShortRuns(spatial, begin, end)) {
-        g = GradSumsShortRunsT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin / spatial,
-                                          (end - begin) / spatial, mean, kNoSide);
+      const auto unit = [&](auto& side) HWY_ATTR {
+        if (ShortRuns(spatial, begin, end)) {
+          return GradSumsShortRunsT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch,
+                                               begin / spatial, (end - begin) / spatial, mean,
+                                               side);
+        }
+        return GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean,
+                                            side);
+      };
+      if (ahead) {
+        const int64_t first = (begin / spatial * c + ch) * spatial + begin % spatial;
+        const auto at = [first](const void* p) {
+          return p != nullptr ? static_cast<const Elem<kT>*>(p) + first : nullptr;
+        };
+        AheadSide side(WalkAhead<Elem<kT>>(at(dy), at(x), at(y), c, spatial, begin, end), kNoSide);
+        g = unit(side);
       } else {
-        g = GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean,
-                                         kNoSide);
+        g = unit(kNoSide);
       }
     });
   });
@@ -210,9 +229,9 @@ HWY_EXPORT(GradSumsNhwcUnit);
 
 GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                           int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          float mean) {
-  const GradSums g =
-      BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, y, c, spatial, ch, begin, end, mean);
+                          float mean, bool ahead) {
+  const GradSums g = BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, y, c, spatial, ch,
+                                                              begin, end, mean, ahead);
   if (Finite(g)) return g;
   return ExactGradSums(
       end - begin,

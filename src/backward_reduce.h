@@ -12,10 +12,11 @@
 
 namespace bnorm {
 
-// NCHW: channel ch over its values [begin, end) in (i, s) order.
+// NCHW: channel ch over its values [begin, end) in (i, s) order; ahead as
+// for StatsNchwUnit.
 GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                           int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          float mean);
+                          float mean, bool ahead = false);
 
 // NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into the
 // arrays sum_dy[0, width) and sum_dy_xmu[0, width) (arrays, as in

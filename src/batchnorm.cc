@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <type_traits>
 
@@ -324,7 +325,7 @@ struct StatsReduction {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
       partials.units[u] = StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin,
-                                        unit.end, pivots[unit.ch]);
+                                        unit.end, pivots[unit.ch], plan.reduce_ahead);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       const int64_t at = unit.row_unit * p.c + unit.c0;
@@ -351,6 +352,24 @@ bool AcquireConstants(const bnorm_context* ctx, int64_t count, const void* y,
   return true;
 }
 
+// What a flat NCHW pass over elements [begin, end) prefetches when its output
+// streams: its inputs (up to three; null ones skipped) kStreamPrefetchBytes
+// ahead (lookahead.h), up to the tensor's end. Nothing where the output is
+// cached (the inputs are then in cache or on a hardware prefetcher's stream).
+Lookahead StreamingLookahead(const Problem& p, bool stream, int64_t begin, int64_t end,
+                             const void* a, const void* b, const void* c) {
+  Lookahead ahead;
+  const int64_t distance = kStreamPrefetchBytes / ElemBytes(p.dtype);
+  const int64_t beyond = std::min(end - begin, p.Elements() - begin - distance);
+  if (!stream || beyond <= 0) return ahead;
+  int k = 0;
+  for (const void* input : {a, b, c}) {
+    if (input != nullptr) ahead.input[k++] = At(input, begin + distance, p.dtype);
+  }
+  if (k != 0) ahead.elems = beyond;
+  return ahead;
+}
+
 // y = act((x - mean) * scale + shift + z) for flat elements [begin, end),
 // with the constants already set. Where the output streams, the inputs are
 // prefetched kStreamPrefetchBytes ahead (lookahead.h): here for NCHW, by
@@ -361,14 +380,7 @@ void NormalizeRange(const Problem& p, const ElementwisePlan& ep, int64_t target,
   if (p.nhwc) {
     NormalizeNhwc(target, p.dtype, x, y, ep.period, begin, end, affine, stream, GroupedRows(), epi);
   } else {
-    Lookahead ahead;
-    const int64_t distance = kStreamPrefetchBytes / ElemBytes(p.dtype);
-    const int64_t beyond = std::min(end - begin, p.Elements() - begin - distance);
-    if (stream && beyond > 0) {
-      ahead.input[0] = At(x, begin + distance, p.dtype);
-      if (epi.z != nullptr) ahead.input[1] = At(epi.z, begin + distance, p.dtype);
-      ahead.elems = beyond;
-    }
+    const Lookahead ahead = StreamingLookahead(p, stream, begin, end, x, epi.z, nullptr);
     NormalizeNchw(target, p.dtype, x, y, p.c, p.spatial, begin, end, affine, stream, ahead, epi);
   }
 }
@@ -637,12 +649,14 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     }
   };
 
-  // The apply pass over flat elements [begin, end).
+  // The apply pass over flat elements [begin, end); where dx streams, its
+  // inputs are prefetched as in NormalizeRange.
   const auto apply_range = [&](int64_t begin, int64_t end, bool stream) {
     if (p.nhwc) {
       GradApplyNhwc(target, p.dtype, args, out, ep.period, begin, end, grad, stream, GroupedRows());
     } else {
-      GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, begin, end, grad, stream);
+      const Lookahead ahead = StreamingLookahead(p, stream, begin, end, args.dy, args.x, args.y);
+      GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, begin, end, grad, stream, ahead);
     }
   };
   // A pure elementwise pass (frozen dx, dz only, or given sums) after the
@@ -672,7 +686,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
       parts.units[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch,
-                                        unit.begin, unit.end, mean[unit.ch]);
+                                        unit.begin, unit.end, mean[unit.ch], plan.reduce_ahead);
     } else {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       const int64_t at = unit.row_unit * p.c + unit.c0;

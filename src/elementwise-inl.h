@@ -333,18 +333,6 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   writer.Finish();
 }
 
-// Prefetches into L2 the line kStreamPrefetchBytes (lookahead.h) past p, once
-// per line of a walk in steps of kStepBytes (where p lies in the first
-// kStepBytes of its line). The address is formed as an integer: past the
-// end of a buffer it is never dereferenced, and a prefetch does not fault.
-template <size_t kStepBytes>
-HWY_INLINE void PrefetchAheadToL2(const void* p) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(p);
-  if ((at & 63) < kStepBytes) {
-    __builtin_prefetch(reinterpret_cast<const void*>(at + kStreamPrefetchBytes), 0, 2);
-  }
-}
-
 // Whether this target interleaves a reduction with the previous channel
 // group's writes (PacedWrites): the AVX2 and AVX-512 targets. The others
 // prefetch the next group instead (lookahead.h); each interleaved variant is

@@ -129,6 +129,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   plan.apply_units = rp.nhwc ? rp.row_units : rp.num_units;
   const int64_t read_bytes = p.Elements() * tensors_read * p.ElemBytes();
   plan.reduce_rows_at_once = read_bytes > caches.llc ? 1 : 4;
+  plan.reduce_ahead = read_bytes > caches.llc;
   plan.flat_apply = read_bytes > caches.llc;
   // NCHW units apply one channel's runs at a time: stream only when the runs
   // are long enough that their partial edge lines do not matter (flat tasks

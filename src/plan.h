@@ -185,6 +185,10 @@ struct ExecutionPlan {
   // 103 MB tensor, 3.1x -> 2.4x the inference time on Zen 3). Same sums in
   // the same order either way.
   int64_t reduce_rows_at_once = 4;
+  // Inputs beyond the LLC: the reductions prefetch their reads
+  // kStreamPrefetchBytes ahead (lookahead.h): NCHW along the unit's walk
+  // (WalkAhead), NHWC that many bytes of rows ahead (reduce_rows_at_once 1).
+  bool reduce_ahead = false;
   int threads = 1;  // threads worth using (small tensors use fewer)
 };
 

@@ -16,6 +16,7 @@
 
 #include "accumulators-inl.h"
 #include "hwy/highway.h"
+#include "lookahead.h"
 #include "plan.h"
 #include "stats-inl.h"
 
@@ -27,7 +28,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 // Shifted sums for `positions` lanes kept in memory (NHWC rows are wider than
 // a register file), all positions sharing one count: adds kRows consecutive
 // vector rows (`stride` floats apart) per load of the sums. With `ahead`
-// (else null), prefetches the same positions of the vector row there.
+// (else null), prefetches into L2 the same positions of the vector row there.
 template <DType kT, size_t kRows, class DF, class D1>
 HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_RESTRICT row,
                             size_t stride, const float* HWY_RESTRICT shift, float* HWY_RESTRICT sum,
@@ -42,7 +43,9 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
   };
   size_t p = 0;
   for (; p + N <= positions; p += N) {
-    if (ahead != nullptr) PrefetchOncePerLine<N * sizeof(Elem<kT>)>(ahead + p);
+    if (ahead != nullptr) {
+      PrefetchStepToL2<N * sizeof(Elem<kT>)>(reinterpret_cast<uintptr_t>(ahead + p));
+    }
     auto s = hn::Load(df, sum + p);
     auto q = hn::Load(df, sum_sq + p);
     update(df, p, hn::Load(df, shift + p), s, q);
@@ -143,12 +146,11 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     if (steps == kBlockSteps) close();
   }
   // One row at a time: tensors beyond the LLC (ExecutionPlan::
-  // reduce_rows_at_once), whose next row is fetched while this one is summed.
-  // 16-bit NHWC statistics from DRAM (64x1024x14x14, 2 threads, Xeon): bf16
-  // 1050 -> 960-980 us, f16 1080 -> 965 us; f32 within noise
-  // (docs/performance-history.md).
+  // reduce_rows_at_once), whose rows kStreamPrefetchBytes on (AheadRows) are
+  // fetched while this one is summed.
+  const int64_t ahead = AheadRows(rows_per_period, stride * sizeof(Elem<kT>));
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    const int64_t next = r + rows_per_period;
+    const int64_t next = r + ahead;
     ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq,
                        next + rows_per_period <= row_end ? x + next * c + c0 : nullptr);
     steps += 1;
@@ -183,16 +185,24 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
 }
 
 Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, int64_t ch,
-                      int64_t begin, int64_t end, float pivot) {
+                      int64_t begin, int64_t end, float pivot, bool ahead) {
   Moments m;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     const auto* xt = static_cast<const Elem<kT>*>(x);
-    if (ShortRuns(spatial, begin, end)) {
-      m = StatsShortRunsT<kT>(xt, c, spatial, ch, begin / spatial, (end - begin) / spatial, pivot,
-                              kNoSide);
+    const auto unit = [&](auto& side) HWY_ATTR {
+      if (ShortRuns(spatial, begin, end)) {
+        return StatsShortRunsT<kT>(xt, c, spatial, ch, begin / spatial, (end - begin) / spatial,
+                                   pivot, side);
+      }
+      return StatsNchwUnitT<kT>(xt, c, spatial, ch, begin, end, pivot, side);
+    };
+    if (ahead) {
+      const Elem<kT>* first = xt + (begin / spatial * c + ch) * spatial + begin % spatial;
+      AheadSide side(WalkAhead<Elem<kT>>(first, nullptr, nullptr, c, spatial, begin, end), kNoSide);
+      m = unit(side);
     } else {
-      m = StatsNchwUnitT<kT>(xt, c, spatial, ch, begin, end, pivot, kNoSide);
+      m = unit(kNoSide);
     }
   });
   return m;
@@ -331,9 +341,9 @@ void ChannelPivots(int64_t target, DType dtype, const void* x, int64_t c, int64_
 }
 
 Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                      int64_t ch, int64_t begin, int64_t end, float pivot) {
+                      int64_t ch, int64_t begin, int64_t end, float pivot, bool ahead) {
   const Moments m =
-      BNORM_DISPATCH(StatsNchwUnit, target)(dtype, x, c, spatial, ch, begin, end, pivot);
+      BNORM_DISPATCH(StatsNchwUnit, target)(dtype, x, c, spatial, ch, begin, end, pivot, ahead);
   if (Finite(m)) return m;
   return ExactMoments(end - begin, [&](int64_t k) {
     const int64_t v = begin + k;  // value index (i, s) of the channel

@@ -25,9 +25,11 @@ void ChannelPivots(int64_t target, DType dtype, const void* x, int64_t c, int64_
                    bool nhwc, int64_t values, int64_t c0, int64_t c1, float* pivots);
 
 // NCHW: moments of channel ch over its values [begin, end) in (i, s) order.
-// The mean is absolute (not shifted).
+// The mean is absolute (not shifted). ahead: long runs are prefetched
+// kStreamPrefetchBytes ahead (ExecutionPlan::reduce_ahead; a speed choice
+// only, the same bits either way).
 Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                      int64_t ch, int64_t begin, int64_t end, float pivot);
+                      int64_t ch, int64_t begin, int64_t end, float pivot, bool ahead = false);
 
 // NHWC: moments of channels [c0, c0 + width) over rows [row_begin, row_end),
 // as arrays: mean[0, width) and m2[0, width), all of count
