@@ -9,6 +9,8 @@
 // AVX-512, bf16/f16 forward training where a run holds four vectors and
 // plain bf16/f16 backward where it holds 8192 values: they reduce the next
 // group while they write this one (stats_apply.h, grad_sums_apply.h).
+// Passes over tensors beyond the LLC prefetch their DRAM reads ahead with the
+// helpers below (kStreamPrefetchBytes).
 #ifndef BNORM_SRC_LOOKAHEAD_H_
 #define BNORM_SRC_LOOKAHEAD_H_
 
@@ -18,8 +20,9 @@
 
 namespace bnorm {
 
-// How far ahead of their reads the streaming elementwise passes (NCHW and
-// NHWC, output beyond the LLC) prefetch their inputs into L2. The
+// How far ahead of their reads the passes over tensors beyond the LLC
+// prefetch into L2: each input of the streaming elementwise passes, all
+// the inputs of a two-phase reduction together (WalkAhead, AheadRows). The
 // hardware prefetcher stops at each 4 KiB page and starts again a few lines
 // into the next; fetched this far ahead, every page's first lines are on
 // their way before the loop needs them. Inference from DRAM, 2 threads,
