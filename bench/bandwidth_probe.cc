@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -58,13 +59,19 @@ BNORM_AVX2 void ReadPart(const float* a, size_t lo, size_t hi) {
 // prefetcher stops at each 4 KiB page).
 constexpr size_t kAheadFloats = (16 << 10) / sizeof(float);
 
+// Prefetches into L2 the line kAheadFloats past a[i]: an address formed as
+// an integer (it may lie past the buffer, where a prefetch does not fault).
+BNORM_AVX2 void PrefetchAhead(const float* a, size_t i) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(a) + (i + kAheadFloats) * sizeof(float);
+  _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T1);
+}
+
 // ReadPart with each line prefetched into L2 kAheadFloats ahead.
 BNORM_AVX2 void ReadAheadPart(const float* a, size_t lo, size_t hi) {
   __m256 s[8];
   for (auto& v : s) v = _mm256_setzero_ps();
   for (size_t i = lo; i < hi; i += 64) {
-    for (size_t l = 0; l < 64; l += 16)
-      _mm_prefetch(reinterpret_cast<const char*>(a + i + kAheadFloats + l), _MM_HINT_T1);
+    for (size_t l = 0; l < 64; l += 16) PrefetchAhead(a, i + l);
     for (int k = 0; k < 8; ++k) s[k] = _mm256_add_ps(s[k], _mm256_load_ps(a + i + 8 * k));
   }
   for (int k = 1; k < 8; ++k) s[0] = _mm256_add_ps(s[0], s[k]);
@@ -79,7 +86,7 @@ BNORM_AVX2 void CopyPart(const float* a, float* b, size_t lo, size_t hi) {
 // CopyPart with each line read prefetched into L2 kAheadFloats ahead.
 BNORM_AVX2 void CopyAheadPart(const float* a, float* b, size_t lo, size_t hi) {
   for (size_t i = lo; i < hi; i += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(a + i + kAheadFloats), _MM_HINT_T1);
+    PrefetchAhead(a, i);
     _mm256_stream_ps(b + i, _mm256_load_ps(a + i));
     _mm256_stream_ps(b + i + 8, _mm256_load_ps(a + i + 8));
   }
@@ -108,41 +115,25 @@ void Run(int threads) {
   float* a = static_cast<float*>(std::aligned_alloc(64, kFloats * sizeof(float)));
   float* b = static_cast<float*>(std::aligned_alloc(64, kFloats * sizeof(float)));
   for (size_t i = 0; i < kFloats; ++i) a[i] = 1.0f, b[i] = 0.0f;
-  const auto part = [threads](int t, size_t n, size_t* lo, size_t* hi) {
-    *lo = n * static_cast<size_t>(t) / static_cast<size_t>(threads) / 64 * 64;
-    *hi = n * static_cast<size_t>(t + 1) / static_cast<size_t>(threads) / 64 * 64;
+  // The median rate of pass(lo, hi) run on each thread's share of n items
+  // (floats, or rows for the column blocks), moving `bytes` in all.
+  const auto rate = [threads](size_t n, double bytes, const auto& pass) {
+    return MedianGBs(threads, bytes, [&](int t) {
+      const size_t lo = n * static_cast<size_t>(t) / static_cast<size_t>(threads) / 64 * 64;
+      const size_t hi = n * static_cast<size_t>(t + 1) / static_cast<size_t>(threads) / 64 * 64;
+      pass(lo, hi);
+    });
   };
   const double bytes = static_cast<double>(kFloats * sizeof(float));
-  const double read = MedianGBs(threads, bytes, [&](int t) {
-    size_t l, h;
-    part(t, kFloats, &l, &h);
-    ReadPart(a, l, h);
-  });
-  const double copy = MedianGBs(threads, 2 * bytes, [&](int t) {
-    size_t l, h;
-    part(t, kFloats, &l, &h);
-    CopyPart(a, b, l, h);
-  });
-  const double read_ahead = MedianGBs(threads, bytes, [&](int t) {
-    size_t l, h;
-    part(t, kFloats, &l, &h);
-    ReadAheadPart(a, l, h);
-  });
-  const double copy_ahead = MedianGBs(threads, 2 * bytes, [&](int t) {
-    size_t l, h;
-    part(t, kFloats, &l, &h);
-    CopyAheadPart(a, b, l, h);
-  });
-  const double write = MedianGBs(threads, bytes, [&](int t) {
-    size_t l, h;
-    part(t, kFloats, &l, &h);
-    WritePart(b, l, h);
-  });
-  const double columns = MedianGBs(threads, bytes, [&](int t) {
-    size_t l, h;
-    part(t, kFloats / kRow, &l, &h);
-    ColumnsPart(a, l, h);
-  });
+  const double read = rate(kFloats, bytes, [&](size_t l, size_t h) { ReadPart(a, l, h); });
+  const double copy = rate(kFloats, 2 * bytes, [&](size_t l, size_t h) { CopyPart(a, b, l, h); });
+  const double read_ahead =
+      rate(kFloats, bytes, [&](size_t l, size_t h) { ReadAheadPart(a, l, h); });
+  const double copy_ahead =
+      rate(kFloats, 2 * bytes, [&](size_t l, size_t h) { CopyAheadPart(a, b, l, h); });
+  const double write = rate(kFloats, bytes, [&](size_t l, size_t h) { WritePart(b, l, h); });
+  const double columns =
+      rate(kFloats / kRow, bytes, [&](size_t l, size_t h) { ColumnsPart(a, l, h); });
   std::printf(
       "threads %d: read-only %.1f GB/s, stream copy %.1f GB/s (read+write), stream write-only "
       "%.1f GB/s, 64-byte column blocks of 1 KiB rows %.1f GB/s; with reads prefetched 16 KiB "

@@ -68,9 +68,9 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
 }
 
 // How many rows on an NHWC reduction one row at a time prefetches (tensors
-// beyond the LLC): the first whole vector row (rows_per_period rows, whose
-// inputs together take `vector_row_bytes`) at least kStreamPrefetchBytes
-// (lookahead.h) of reads ahead. One vector row ahead, as before, put the
+// beyond the LLC): the first whole vector row (rows_per_period rows, of
+// which the unit reads `vector_row_bytes` of all its inputs together) at
+// least kStreamPrefetchBytes (lookahead.h) of reads ahead. One vector row ahead, as before, put the
 // prefetch a few hundred bytes ahead of the loads where rows are narrow.
 HWY_INLINE int64_t AheadRows(int64_t rows_per_period, size_t vector_row_bytes) {
   const int64_t bytes = static_cast<int64_t>(vector_row_bytes);

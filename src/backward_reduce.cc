@@ -94,7 +94,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
     for (; p < positions; ++p) body(d1, p, any_load, any_store);
   };
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
-  const int64_t ahead = AheadRows(rows_per_period, (kMask ? 3 : 2) * stride * sizeof(Elem<kT>));
+  const int64_t ahead = AheadRows(rows_per_period, (kMask ? 3 : 2) * positions * sizeof(Elem<kT>));
   for (const size_t rows : {size_t{4}, size_t{1}}) {
     if (rows > static_cast<size_t>(rows_at_once)) continue;
     const int64_t span = static_cast<int64_t>(rows) * rows_per_period;

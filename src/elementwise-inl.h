@@ -308,23 +308,25 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
   constexpr int64_t U = decltype(writer)::U;
   writer.Start(out, begin, end);
   constexpr int64_t kLineElems = 64 / sizeof(Elem<kT>);
-  const char* ahead0 = static_cast<const char*>(ahead.input[0]);
-  const char* ahead1 = static_cast<const char*>(ahead.input[1]);
-  const char* ahead2 = static_cast<const char*>(ahead.input[2]);
+  // Addresses, not pointers: the last line fetched may end past its input.
+  uintptr_t ahead0 = reinterpret_cast<uintptr_t>(ahead.input[0]);
+  uintptr_t ahead1 = reinterpret_cast<uintptr_t>(ahead.input[1]);
+  uintptr_t ahead2 = reinterpret_cast<uintptr_t>(ahead.input[2]);
+  const PrefetchToL2 fetch;
   int64_t ahead_left = ahead.input[0] != nullptr ? ahead.elems : 0;  // not yet fetched
   int64_t line_left = 0;  // output elements until the next prefetch
   while (writer.HasUnit()) {
     if (ahead_left > 0 && (line_left -= U) <= 0) {
       line_left += kLineElems;
       ahead_left -= kLineElems;
-      __builtin_prefetch(ahead0, 0, 2);
+      fetch(ahead0);
       ahead0 += 64;
-      if (ahead1 != nullptr) {
-        __builtin_prefetch(ahead1, 0, 2);
+      if (ahead1 != 0) {
+        fetch(ahead1);
         ahead1 += 64;
       }
-      if (ahead2 != nullptr) {
-        __builtin_prefetch(ahead2, 0, 2);
+      if (ahead2 != 0) {
+        fetch(ahead2);
         ahead2 += 64;
       }
     }

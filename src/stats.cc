@@ -148,7 +148,7 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // One row at a time: tensors beyond the LLC (ExecutionPlan::
   // reduce_rows_at_once), whose rows kStreamPrefetchBytes on (AheadRows) are
   // fetched while this one is summed.
-  const int64_t ahead = AheadRows(rows_per_period, stride * sizeof(Elem<kT>));
+  const int64_t ahead = AheadRows(rows_per_period, positions * sizeof(Elem<kT>));
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
     const int64_t next = r + ahead;
     ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq,

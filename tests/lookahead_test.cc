@@ -70,10 +70,11 @@ void CheckWalk(const Walk& w, uint32_t seed) {
     const auto it = fetched_at.find(line);
     ASSERT_NE(it, fetched_at.end()) << "line of value " << v_first << " not prefetched";
     EXPECT_EQ(fetched_at.count(line + delta), 1u);
-    // Prefetched while the walk was at most one step (< 200 values) and a
-    // line short of the distance behind it.
-    EXPECT_LE(it->second, v_first) << "prefetched after the walk read it";
-    EXPECT_GE(it->second, v_first - kDistance - 64) << "prefetched too early";
+    // Prefetched about the distance ahead: the walk position after the
+    // step that fetched the line is within one step (< 200 values) and a
+    // line (16 values) of v_first - kDistance.
+    EXPECT_LE(it->second, v_first - kDistance + 200 + 16) << "prefetched too late";
+    EXPECT_GE(it->second, v_first - kDistance - 16) << "prefetched too early";
   }
 }
 
@@ -82,7 +83,8 @@ TEST(WalkAhead, PrefetchesTheWalksOwnLinesAhead) {
       {3, 50176, 1, 0, 5 * 50176},          // long runs, several images
       {3, 50176, 2, 12345, 3 * 50176 + 7},  // starting and ending mid-run
       {64, 3136, 5, 0, 32 * 3136},          // runs shorter than the distance
-      {2048, 49, 7, 0, 32 * 49},            // 7x7 images
+      {2048, 49, 7, 0, 256 * 49},           // 7x7 images
+      {4, 1024, 1, 0, 10 * 1024},           // the distance ends on a run boundary
       {1, 1000, 0, 0, 40000},               // C = 1: runs adjacent
       {16, 7, 3, 0, 7 * 3000},              // runs shorter than a line
       {4, 100000, 3, 100, 2000},            // a unit shorter than the distance
