@@ -86,10 +86,9 @@ void GradApplyNhwcT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t period, int6
         // Streaming (beyond the LLC): each line of the inputs prefetched into
         // L2 kStreamPrefetchBytes ahead, as the NCHW pass does (Lookahead).
         if constexpr (kStream) {
-          constexpr size_t kStepBytes = hn::MaxLanes(decltype(d)()) * sizeof(Elem<kT>);
-          PrefetchAheadToL2<kStepBytes>(ts.dy + i);
-          if constexpr (!V::frozen) PrefetchAheadToL2<kStepBytes>(ts.x + i);
-          if constexpr (V::mask) PrefetchAheadToL2<kStepBytes>(ts.y + i);
+          const Elem<kT>* x_used = V::frozen ? nullptr : ts.x;
+          const Elem<kT>* y_used = V::mask ? ts.y : nullptr;
+          PrefetchInputsAhead<Elem<kT>>(d, i, ts.dy, x_used, y_used);
         }
         return Grad<kT, V, kStream>(d, ts, static_cast<int64_t>(i), kv);
       });

@@ -72,6 +72,17 @@ HWY_INLINE void StoreSpan(Elem<kT>* out, size_t len, const Value& value) {
   for (; j < len; ++j) StoreF32<kT, false>(d1, value(d1, j), out + j);
 }
 
+// For the value functions of streaming passes (beyond the LLC): prefetches
+// into L2 the lines of each input kStreamPrefetchBytes ahead of element i,
+// for the step of elements of type T a value call with tag d covers; the
+// hardware prefetcher starts over at every 4 KiB page. Null inputs are
+// skipped.
+template <typename T, class D, class... Inputs>
+HWY_INLINE void PrefetchInputsAhead(D /*d*/, size_t i, const Inputs*... inputs) {
+  constexpr size_t kStepBytes = hn::MaxLanes(D()) * sizeof(T);
+  ((inputs != nullptr ? PrefetchAheadToL2<kStepBytes>(inputs + i) : void()), ...);
+}
+
 // Stores value(d, i, constants(d, q)) to out + i for i in [0, len), where
 // q = (q0 + i) mod period indexes per-position constants. Constant arrays must
 // hold period + kMaxLanes entries (the first kMaxLanes repeated at the end), so

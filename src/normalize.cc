@@ -89,11 +89,7 @@ void NormalizeNhwcT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, int64_t p
                                            hn::LoadU(d, kc.shift + q)};
       },
       [xs, zs](auto d, size_t i, const auto& kv) HWY_ATTR {
-        if constexpr (kStream) {
-          constexpr size_t kStepBytes = hn::MaxLanes(decltype(d)()) * sizeof(Elem<kT>);
-          PrefetchAheadToL2<kStepBytes>(xs + i);
-          if (zs != nullptr) PrefetchAheadToL2<kStepBytes>(zs + i);
-        }
+        if constexpr (kStream) PrefetchInputsAhead<Elem<kT>>(d, i, xs, zs);
         return Normalized<kT, F>(d, xs + i, Offset<F>(zs, static_cast<int64_t>(i)), kv.mean,
                                  kv.scale, kv.shift);
       });
