@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -189,6 +191,58 @@ TEST(CppWrapper, ErrorsCarryTheStatusAndWriteNothing) {
   for (float v : y) EXPECT_EQ(v, 7.0f);
   for (float v : short_y) EXPECT_EQ(v, 7.0f);
   EXPECT_THROW(bnorm::Context(-1), bnorm::Error);
+}
+
+// Arguments that would write into const data, or keep the address of a
+// temporary vector past the end of the full expression, do not compile.
+using FloatVec = std::vector<float>;
+static_assert(std::is_constructible<bnorm::Channels, const FloatVec&>::value, "input, const");
+static_assert(std::is_constructible<bnorm::Channels, FloatVec&>::value, "input, non-const");
+static_assert(!std::is_constructible<bnorm::Channels, FloatVec&&>::value, "temporary");
+static_assert(!std::is_constructible<bnorm::Channels, const FloatVec&&>::value, "temporary");
+static_assert(!std::is_constructible<bnorm::Channels, std::vector<double>&>::value, "not float");
+static_assert(std::is_constructible<bnorm::ChannelsOut, FloatVec&>::value, "output");
+static_assert(!std::is_constructible<bnorm::ChannelsOut, const FloatVec&>::value, "const output");
+static_assert(!std::is_constructible<bnorm::ChannelsOut, const float*>::value, "const output");
+static_assert(!std::is_constructible<bnorm::ChannelsOut, FloatVec&&>::value, "temporary");
+static_assert(std::is_constructible<bnorm::Buffer, const FloatVec&>::value, "input, const");
+static_assert(std::is_constructible<bnorm::Buffer, const std::vector<uint16_t>&>::value, "16-bit");
+static_assert(!std::is_constructible<bnorm::Buffer, FloatVec&&>::value, "temporary");
+static_assert(!std::is_constructible<bnorm::Buffer, const FloatVec&&>::value, "temporary");
+static_assert(std::is_constructible<bnorm::BufferOut, FloatVec&>::value, "output");
+static_assert(!std::is_constructible<bnorm::BufferOut, const FloatVec&>::value, "const output");
+static_assert(!std::is_constructible<bnorm::BufferOut, const float*>::value, "const output");
+static_assert(!std::is_constructible<bnorm::BufferOut, FloatVec&&>::value, "temporary");
+
+// Sizes no vector can hold are errors of the call, not overflow or
+// std::length_error: the wrapper says what the C API would.
+TEST(CppWrapper, HugeShapesAreErrorsNotOverflow) {
+  const bnorm::Desc huge(int64_t{1} << 22, int64_t{1} << 21, int64_t{1} << 21);
+  EXPECT_EQ(huge.elements(), -1);
+  EXPECT_EQ(huge.bytes(), SIZE_MAX);
+  EXPECT_EQ(bnorm::Desc(2, -3, 4).elements(), -1);
+  std::vector<float> x(16, 1.0f), y(16, 7.0f);
+  try {
+    bnorm::forward_training(bnorm::Context::Default(), huge, x, y, {}, 1e-5f, 0.1f);
+    FAIL() << "no exception";
+  } catch (const bnorm::Error& e) {
+    EXPECT_EQ(e.status(), BNORM_ERR_BAD_SHAPE);
+  }
+  for (float v : y) EXPECT_EQ(v, 7.0f);
+
+  const std::vector<float> one(1, 1.0f);
+  try {  // more channels than a vector can hold
+    bnorm::fold(INT64_MAX / 2, {}, one, one, 1e-5f);
+    FAIL() << "no exception";
+  } catch (const bnorm::Error& e) {
+    EXPECT_EQ(e.status(), BNORM_ERR_BAD_SHAPE);
+  }
+  try {
+    bnorm::stats(bnorm::Context::Default(), bnorm::Desc(1, INT64_MAX / 2, 1), nullptr);
+    FAIL() << "no exception";
+  } catch (const bnorm::Error& e) {
+    EXPECT_EQ(e.status(), BNORM_ERR_BAD_SHAPE);
+  }
 }
 
 TEST(CppWrapper, ContextsMoveAndFoldWorks) {

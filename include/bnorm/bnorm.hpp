@@ -7,7 +7,10 @@
 //                           {running_mean, running_var}, {save_mean, save_invstd});
 //
 // x, y, ... are std::vector<T> (sizes checked) or raw pointers; per-channel
-// arguments are std::vector<float>, float pointers or nullptr.
+// arguments are std::vector<float>, float pointers or nullptr. Inputs take
+// const data, outputs (y, dx, running and saved statistics, gradients) only
+// non-const data; neither binds a temporary vector, whose storage would be
+// gone before the call.
 //
 // Every function throws bnorm::Error (carrying the bnorm_status) where the C
 // function returns an error; as in C, nothing is written then. Sizes are
@@ -18,8 +21,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -42,6 +48,21 @@ class Error : public std::runtime_error {
 namespace detail {
 inline void Check(bnorm_status status, const char* where) {
   if (status != BNORM_OK) throw Error(status, where);
+}
+
+// A vector of `count` zeros the wrapper returns (statistics, folded
+// constants): a count no vector can hold is BNORM_ERR_BAD_SHAPE, memory that
+// cannot be had BNORM_ERR_OUT_OF_MEMORY, as the C API would say.
+template <typename T>
+std::vector<T> Zeros(int64_t count, const char* where) {
+  if (count < 1 || static_cast<uint64_t>(count) > std::vector<T>().max_size()) {
+    throw Error(BNORM_ERR_BAD_SHAPE, where);
+  }
+  try {
+    return std::vector<T>(static_cast<std::size_t>(count));
+  } catch (const std::bad_alloc&) {
+    throw Error(BNORM_ERR_OUT_OF_MEMORY, where);
+  }
 }
 }  // namespace detail
 
@@ -81,47 +102,75 @@ struct Desc {
   Desc(int64_t n, int64_t c, int64_t spatial, bnorm_layout layout = BNORM_LAYOUT_NCHW,
        bnorm_dtype dtype = BNORM_DTYPE_F32)
       : d{n, c, spatial, layout, dtype} {}
-  int64_t elements() const { return d.n * d.c * d.spatial; }
-  std::size_t element_bytes() const { return d.dtype == BNORM_DTYPE_F32 ? 4 : 2; }
-  std::size_t bytes() const { return static_cast<std::size_t>(elements()) * element_bytes(); }
+  // n * c * spatial; -1 where a dimension is negative or the product
+  // overflows (the C API rejects such a descriptor: BNORM_ERR_BAD_SHAPE).
+  int64_t elements() const noexcept {
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    if (d.n < 0 || d.c < 0 || d.spatial < 0) return -1;
+    if (d.c != 0 && d.n > kMax / d.c) return -1;
+    const int64_t nc = d.n * d.c;
+    if (d.spatial != 0 && nc > kMax / d.spatial) return -1;
+    return nc * d.spatial;
+  }
+  std::size_t element_bytes() const noexcept { return d.dtype == BNORM_DTYPE_F32 ? 4 : 2; }
+  // The bytes of one tensor; SIZE_MAX where elements() is -1 or the bytes
+  // overflow (no vector is that long, so a vector argument is then too short).
+  std::size_t bytes() const noexcept {
+    const int64_t e = elements();
+    if (e < 0 || static_cast<uint64_t>(e) > std::numeric_limits<std::size_t>::max() / 4) {
+      return std::numeric_limits<std::size_t>::max();
+    }
+    return static_cast<std::size_t>(e) * element_bytes();
+  }
   const bnorm_tensor_desc* get() const { return &d; }
 };
 
 // Optional per-channel arrays: a pointer or nullptr, or a vector (then its
-// size is checked against c).
-class Channels {
+// size is checked against c). Channels are read, ChannelsOut written.
+template <typename F>
+class BasicChannels {
  public:
-  Channels() = default;
-  Channels(std::nullptr_t) {}                      // NOLINT: implicit by design
-  Channels(const float* p) : p_(const_cast<float*>(p)) {}  // NOLINT
-  Channels(float* p) : p_(p) {}                    // NOLINT
-  Channels(const std::vector<float>& v)            // NOLINT
-      : p_(const_cast<float*>(v.data())), size_(static_cast<int64_t>(v.size())) {}
-  Channels(std::vector<float>& v) : p_(v.data()), size_(static_cast<int64_t>(v.size())) {}  // NOLINT
+  BasicChannels() = default;
+  BasicChannels(std::nullptr_t) {}  // NOLINT: implicit by design
+  BasicChannels(F* p) : p_(p) {}    // NOLINT
+  template <typename V, typename = decltype(static_cast<F*>(std::declval<V&>().data()))>
+  BasicChannels(V& v)  // NOLINT: a std::vector<float> (const for Channels)
+      : p_(v.data()), size_(static_cast<int64_t>(v.size())) {}
+  template <typename V, typename = std::enable_if_t<!std::is_lvalue_reference<V>::value>,
+            typename = decltype(std::declval<V&>().data())>
+  BasicChannels(V&& v) = delete;  // a temporary vector would be gone before the call
 
-  float* get(int64_t c, const char* where) const {
+  F* get(int64_t c, const char* where) const {
     if (size_ >= 0 && size_ < c) throw Error(BNORM_ERR_BAD_SHAPE, where);
     return p_;
   }
 
  private:
-  float* p_ = nullptr;
+  F* p_ = nullptr;
   int64_t size_ = -1;  // unknown for raw pointers
 };
+using Channels = BasicChannels<const float>;
+using ChannelsOut = BasicChannels<float>;
 
 // Element buffers: raw pointers, or vectors whose byte size is checked.
-class Buffer {
+// Buffer is read, BufferOut written.
+template <typename P>
+class BasicBuffer {
  public:
-  Buffer(std::nullptr_t) {}             // NOLINT
-  Buffer(void* p) : p_(p) {}            // NOLINT
-  Buffer(const void* p) : p_(const_cast<void*>(p)) {}  // NOLINT
-  template <typename T>
-  Buffer(std::vector<T>& v) : p_(v.data()), bytes_(v.size() * sizeof(T)) {}  // NOLINT
-  template <typename T>
-  Buffer(const std::vector<T>& v)  // NOLINT
-      : p_(const_cast<T*>(v.data())), bytes_(v.size() * sizeof(T)) {}
+  BasicBuffer(std::nullptr_t) {}  // NOLINT
+  BasicBuffer(P* p) : p_(p) {}    // NOLINT
+  template <typename T, typename A, typename = std::enable_if_t<std::is_convertible<T*, P*>::value>>
+  BasicBuffer(std::vector<T, A>& v) : p_(v.data()), bytes_(v.size() * sizeof(T)) {}  // NOLINT
+  template <typename T, typename A,
+            typename = std::enable_if_t<std::is_convertible<const T*, P*>::value>>
+  BasicBuffer(const std::vector<T, A>& v)  // NOLINT
+      : p_(v.data()), bytes_(v.size() * sizeof(T)) {}
+  template <typename T, typename A>
+  BasicBuffer(std::vector<T, A>&& v) = delete;  // gone before the call
+  template <typename T, typename A>
+  BasicBuffer(const std::vector<T, A>&& v) = delete;
 
-  void* get(const Desc& desc, const char* where) const {
+  P* get(const Desc& desc, const char* where) const {
     if (p_ != nullptr && bytes_ != kUnknown && bytes_ < desc.bytes()) {
       throw Error(BNORM_ERR_BAD_SHAPE, where);
     }
@@ -130,21 +179,28 @@ class Buffer {
 
  private:
   static constexpr std::size_t kUnknown = ~std::size_t{0};
-  void* p_ = nullptr;
+  P* p_ = nullptr;
   std::size_t bytes_ = kUnknown;
 };
+using Buffer = BasicBuffer<const void>;
+using BufferOut = BasicBuffer<void>;
 
 struct Affine {
   Channels gamma, beta;  // nullptr: 1 and 0
 };
 struct Running {
-  Channels mean, var;  // nullptr: not updated
+  ChannelsOut mean, var;  // nullptr: not updated
 };
+// save_mean and save_invstd as the forward passes write them...
 struct Saved {
-  Channels mean, invstd;  // nullptr: not written
+  ChannelsOut mean, invstd;  // nullptr: not written
+};
+// ...and as the backward passes read them.
+struct SavedIn {
+  Channels mean, invstd;
 };
 
-inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, Buffer y,
+inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, BufferOut y,
                              Affine affine, float eps, float momentum, Running running = {},
                              Saved saved = {}) {
   constexpr const char* kWhere = "bnorm_forward_training";
@@ -157,7 +213,7 @@ inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, Buf
                 kWhere);
 }
 
-inline void forward_inference(const Context& ctx, const Desc& desc, Buffer x, Buffer y,
+inline void forward_inference(const Context& ctx, const Desc& desc, Buffer x, BufferOut y,
                               Affine affine, Channels mean, Channels var, float eps) {
   constexpr const char* kWhere = "bnorm_forward_inference";
   const int64_t c = desc.d.c;
@@ -169,7 +225,7 @@ inline void forward_inference(const Context& ctx, const Desc& desc, Buffer x, Bu
 }
 
 struct Grads {
-  Channels dgamma, dbeta;  // nullptr: not written
+  ChannelsOut dgamma, dbeta;  // nullptr: not written
 };
 
 // Fused epilogue of the forward passes: y = act(BN(x) + z).
@@ -178,7 +234,7 @@ struct Fused {
   bnorm_activation act = BNORM_ACT_NONE;
 };
 
-inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, Buffer y,
+inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, BufferOut y,
                              Fused fused, Affine affine, float eps, float momentum,
                              Running running = {}, Saved saved = {}) {
   constexpr const char* kWhere = "bnorm_forward_training_ex";
@@ -192,7 +248,7 @@ inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, Buf
                 kWhere);
 }
 
-inline void forward_inference(const Context& ctx, const Desc& desc, Buffer x, Buffer y,
+inline void forward_inference(const Context& ctx, const Desc& desc, Buffer x, BufferOut y,
                               Fused fused, Affine affine, Channels mean, Channels var, float eps) {
   constexpr const char* kWhere = "bnorm_forward_inference_ex";
   const int64_t c = desc.d.c;
@@ -207,8 +263,8 @@ inline void forward_inference(const Context& ctx, const Desc& desc, Buffer x, Bu
 // Backward of the fused forward: y is its output (needed for ReLU), dz
 // receives the residual's gradient (or nullptr); dx may be nullptr.
 inline void backward(const Context& ctx, const Desc& desc, Buffer x, Buffer y, Buffer dy,
-                     Buffer dx, Buffer dz, bnorm_activation act, Channels gamma, Saved saved,
-                     Grads grads = {}) {
+                     BufferOut dx, BufferOut dz, bnorm_activation act, Channels gamma,
+                     SavedIn saved, Grads grads = {}) {
   constexpr const char* kWhere = "bnorm_backward_ex";
   const int64_t c = desc.d.c;
   detail::Check(bnorm_backward_ex(ctx.get(), desc.get(), x.get(desc, kWhere), y.get(desc, kWhere),
@@ -220,8 +276,8 @@ inline void backward(const Context& ctx, const Desc& desc, Buffer x, Buffer y, B
 }
 
 // Training-mode backward; dx may be nullptr (parameter gradients only).
-inline void backward(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, Buffer dx,
-                     Channels gamma, Saved saved, Grads grads = {}) {
+inline void backward(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, BufferOut dx,
+                     Channels gamma, SavedIn saved, Grads grads = {}) {
   constexpr const char* kWhere = "bnorm_backward";
   const int64_t c = desc.d.c;
   detail::Check(bnorm_backward(ctx.get(), desc.get(), x.get(desc, kWhere), dy.get(desc, kWhere),
@@ -232,7 +288,7 @@ inline void backward(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, 
 }
 
 // Backward with frozen statistics (mean, invstd constants).
-inline void backward_frozen(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, Buffer dx,
+inline void backward_frozen(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, BufferOut dx,
                             Channels gamma, Channels mean, Channels invstd, Grads grads = {}) {
   constexpr const char* kWhere = "bnorm_backward_frozen";
   const int64_t c = desc.d.c;
@@ -249,8 +305,8 @@ inline std::pair<std::vector<float>, std::vector<float>> fold(int64_t c, Affine 
                                                               Channels mean, Channels var,
                                                               float eps) {
   constexpr const char* kWhere = "bnorm_fold";
-  if (c < 1) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
-  std::vector<float> scale(static_cast<std::size_t>(c)), shift(static_cast<std::size_t>(c));
+  std::vector<float> scale = detail::Zeros<float>(c, kWhere);
+  std::vector<float> shift = detail::Zeros<float>(c, kWhere);
   detail::Check(bnorm_fold(c, affine.gamma.get(c, kWhere), affine.beta.get(c, kWhere),
                            mean.get(c, kWhere), var.get(c, kWhere), eps, scale.data(),
                            shift.data()),
@@ -272,7 +328,7 @@ inline void fold_into_weights(bnorm_weight_layout layout, int64_t out_channels,
   }
   const int64_t per_output = static_cast<int64_t>(weights.size()) / out_channels;
   const bool had_bias = !bias.empty();
-  std::vector<float> bias_out(static_cast<std::size_t>(out_channels));
+  std::vector<float> bias_out = detail::Zeros<float>(out_channels, kWhere);
   detail::Check(bnorm_fold_into_weights(layout, out_channels, per_output, weights.data(),
                                         had_bias ? bias.data() : nullptr, weights.data(),
                                         bias_out.data(), affine.gamma.get(out_channels, kWhere),
@@ -296,14 +352,13 @@ struct Statistics {
 // Statistics of this part (desc.d.n may be 0; x may then be nullptr).
 inline Statistics stats(const Context& ctx, const Desc& desc, Buffer x) {
   constexpr const char* kWhere = "bnorm_stats";
-  if (desc.d.c < 1) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
   Statistics s;
-  s.count = desc.d.n * desc.d.spatial;
-  s.mean.resize(static_cast<std::size_t>(desc.d.c));
-  s.m2.resize(static_cast<std::size_t>(desc.d.c));
+  s.mean = detail::Zeros<double>(desc.d.c, kWhere);
+  s.m2 = detail::Zeros<double>(desc.d.c, kWhere);
   detail::Check(bnorm_stats(ctx.get(), desc.get(), x.get(desc, kWhere), s.mean.data(),
                             s.m2.data()),
                 kWhere);
+  s.count = desc.d.n * desc.d.spatial;  // the C call checked that n * c * spatial fits
   return s;
 }
 
@@ -322,8 +377,8 @@ inline Statistics merge(const std::vector<Statistics>& parts) {
     m2s.insert(m2s.end(), part.m2.begin(), part.m2.end());
   }
   Statistics total;
-  total.mean.resize(c);
-  total.m2.resize(c);
+  total.mean = detail::Zeros<double>(static_cast<int64_t>(c), kWhere);
+  total.m2 = detail::Zeros<double>(static_cast<int64_t>(c), kWhere);
   detail::Check(bnorm_stats_merge(static_cast<int64_t>(c), static_cast<int64_t>(parts.size()),
                                   counts.data(), means.data(), m2s.data(), &total.count,
                                   total.mean.data(), total.m2.data()),
@@ -332,8 +387,8 @@ inline Statistics merge(const std::vector<Statistics>& parts) {
 }
 
 // The forward pass of this part with the statistics of the whole batch.
-inline void forward_apply(const Context& ctx, const Desc& desc, Buffer x, Buffer y, Affine affine,
-                          const Statistics& total, float eps, float momentum,
+inline void forward_apply(const Context& ctx, const Desc& desc, Buffer x, BufferOut y,
+                          Affine affine, const Statistics& total, float eps, float momentum,
                           Running running = {}, Saved saved = {}) {
   constexpr const char* kWhere = "bnorm_forward_apply";
   const int64_t c = desc.d.c;
@@ -358,10 +413,9 @@ struct GradientSums {
 inline GradientSums backward_reduce(const Context& ctx, const Desc& desc, Buffer x, Buffer dy,
                                     Channels save_mean) {
   constexpr const char* kWhere = "bnorm_backward_reduce";
-  if (desc.d.c < 1) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
   GradientSums sums;
-  sums.sum_dy.resize(static_cast<std::size_t>(desc.d.c));
-  sums.sum_dy_xmu.resize(static_cast<std::size_t>(desc.d.c));
+  sums.sum_dy = detail::Zeros<double>(desc.d.c, kWhere);
+  sums.sum_dy_xmu = detail::Zeros<double>(desc.d.c, kWhere);
   detail::Check(bnorm_backward_reduce(ctx.get(), desc.get(), x.get(desc, kWhere),
                                       dy.get(desc, kWhere), save_mean.get(desc.d.c, kWhere),
                                       sums.sum_dy.data(), sums.sum_dy_xmu.data()),
@@ -371,8 +425,8 @@ inline GradientSums backward_reduce(const Context& ctx, const Desc& desc, Buffer
 
 // The backward pass of a part given the sums of the whole batch
 // (total_count values per channel); dgamma/dbeta are the whole batch's.
-inline void backward_apply(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, Buffer dx,
-                           Channels gamma, Saved saved, int64_t total_count,
+inline void backward_apply(const Context& ctx, const Desc& desc, Buffer x, Buffer dy, BufferOut dx,
+                           Channels gamma, SavedIn saved, int64_t total_count,
                            const GradientSums& total, Grads grads = {}) {
   constexpr const char* kWhere = "bnorm_backward_apply";
   const int64_t c = desc.d.c;
