@@ -35,10 +35,12 @@ The library is found through $BNORM_LIBRARY, next to this package, or on the
 system's library path (libbnorm.so.0).
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import operator
 import os
+import threading
 
 import numpy as np
 
@@ -140,16 +142,22 @@ _backward_apply = _declare(
 _LAYOUTS = {"NCHW": 0, "NHWC": 1}
 _ACTIVATIONS = {None: 0, "none": 0, "relu": 1}
 _F32, _BF16, _F16 = 0, 1, 2
+_BAD_ARGUMENT = 3  # BNORM_ERR_BAD_ARGUMENT
 _WEIGHT_LAYOUTS = {"OIHW": 0, "OHWI": 1, "OI": 2, "HWIO": 3, "IO": 4}
 
 
 class Error(RuntimeError):
-    """A bnorm call failed; ``status`` is the C bnorm_status value."""
+    """A bnorm call failed; ``status`` is the C bnorm_status value, ``where``
+    the C function that returned it."""
 
     def __init__(self, status, where):
         self.status = int(status)
+        self.where = where
         message = _status_string(status).decode()
         super().__init__(f"{where}: {message} (status {self.status})")
+
+    def __reduce__(self):  # pickle and copy (process pools re-raise it in the parent)
+        return (type(self), (self.status, self.where))
 
 
 def _check(status, where):
@@ -175,18 +183,35 @@ class Context:
     """
 
     def __init__(self, threads=0):
+        self._handle = None
+        threads = operator.index(threads)
+        if not -2**31 <= threads < 2**31:  # a C int; negative counts are the C API's to reject
+            raise Error(_BAD_ARGUMENT, "bnorm_context_create")
         handle = _ptr()
-        _check(_context_create(int(threads), ctypes.byref(handle)), "bnorm_context_create")
+        _check(_context_create(threads, ctypes.byref(handle)), "bnorm_context_create")
+        # Calls in flight on this context (in any thread): close() waits for
+        # them, since the C context must outlive every call using it.
+        self._calls = 0
+        self._idle = threading.Condition()
         self._handle = handle
 
     @property
     def threads(self):
-        return _context_threads(self._handle)
+        with _held(self) as handle:
+            return _context_threads(handle)
 
     def close(self):
-        if self._handle is not None:
-            _context_destroy(self._handle)
-            self._handle = None
+        """Destroys the context once the calls running on it (from other
+        threads) have returned; later calls with it raise ValueError."""
+        idle = getattr(self, "_idle", None)
+        if idle is None:  # __init__ failed
+            return
+        with idle:
+            while self._calls != 0:
+                idle.wait()
+            if self._handle is not None:
+                _context_destroy(self._handle)
+                self._handle = None
 
     def __enter__(self):
         return self
@@ -202,15 +227,27 @@ class Context:
 
 
 
-def _context(ctx):
-    """The C handle of ctx (None: the default context)."""
+@contextlib.contextmanager
+def _held(ctx):
+    """The C handle of ctx (None: the default context), held open for the
+    duration of the with-block."""
     if ctx is None:
-        return None
+        yield None
+        return
     if not isinstance(ctx, Context):
         raise TypeError("ctx must be a bnorm.Context or None")
-    if ctx._handle is None:
-        raise ValueError("bnorm.Context is closed")
-    return ctx._handle
+    with ctx._idle:
+        if ctx._handle is None:
+            raise ValueError("bnorm.Context is closed")
+        ctx._calls += 1
+        handle = ctx._handle
+    try:
+        yield handle
+    finally:
+        with ctx._idle:
+            ctx._calls -= 1
+            if ctx._calls == 0:
+                ctx._idle.notify_all()
 
 
 # ---- argument helpers ----
@@ -223,12 +260,13 @@ def _tensor(x, dtype, name):
             raise TypeError(f"{name}: bfloat16 data must be a uint16 array of bf16 patterns")
         code = _BF16
     elif dtype is None or dtype in ("float32", "float16", "f32", "f16"):
-        if x.dtype == np.float32:
+        if x.dtype == np.float32 and dtype in (None, "float32", "f32"):
             code = _F32
-        elif x.dtype == np.float16:
+        elif x.dtype == np.float16 and dtype in (None, "float16", "f16"):
             code = _F16
         else:
-            raise TypeError(f"{name}: expected float32 or float16 (got {x.dtype}); "
+            wanted = "float32 or float16" if dtype is None else dtype
+            raise TypeError(f"{name}: expected {wanted} data (got {x.dtype}); "
                             "pass dtype='bfloat16' for bf16 bits in uint16")
     else:
         raise ValueError(f"unknown dtype {dtype!r}")
@@ -346,9 +384,10 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
     w, b, rm, rv, save_mean, sm, save_invstd, si = _training_channels(
         weight, bias, running_mean, running_var, c)
     y = _empty_like(x)
-    _check(_forward_training_ex(_context(ctx), ctypes.byref(desc), _data(x),
-                                _data(z), _data(y), act, w, b, eps,
-                                momentum, rm, rv, sm, si), "bnorm_forward_training_ex")
+    with _held(ctx) as handle:
+        _check(_forward_training_ex(handle, ctypes.byref(desc), _data(x),
+                                    _data(z), _data(y), act, w, b, eps,
+                                    momentum, rm, rv, sm, si), "bnorm_forward_training_ex")
     return y, save_mean, save_invstd
 
 
@@ -363,9 +402,10 @@ def batch_norm_inference(x, mean, var, weight=None, bias=None, eps=1e-5, layout=
     _, w = _channels(weight, c, "weight")
     _, b = _channels(bias, c, "bias")
     y = _empty_like(x)
-    _check(_forward_inference_ex(_context(ctx), ctypes.byref(desc), _data(x),
-                                 _data(z), _data(y), act, w, b, m, v,
-                                 eps), "bnorm_forward_inference_ex")
+    with _held(ctx) as handle:
+        _check(_forward_inference_ex(handle, ctypes.byref(desc), _data(x),
+                                     _data(z), _data(y), act, w, b, m, v,
+                                     eps), "bnorm_forward_inference_ex")
     return y
 
 
@@ -409,7 +449,7 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
     output y; dy is masked where y <= 0, and need_dz=True also returns the
     residual's gradient dz (the masked dy), in the same pass.
     """
-    if frozen and (activation is not None or need_dz):
+    if frozen and (_activation(activation) or need_dz):
         raise ValueError("the fused backward is training-mode only (frozen=False)")
     x, dy, code, desc, c = _backward_args(x, dy, dtype, layout)
     act = _activation(activation)
@@ -426,11 +466,14 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
     dx = _empty_like(x) if need_dx else None
     dz = _empty_like(x) if need_dz else None
     if frozen:
-        _check(_backward_frozen(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx),
-                                w, m, s, dg, db), "bnorm_backward_frozen")
+        with _held(ctx) as handle:
+            _check(_backward_frozen(handle, ctypes.byref(desc), _data(x), _data(dy), _data(dx),
+                                    w, m, s, dg, db), "bnorm_backward_frozen")
     else:  # bnorm_backward_ex with act NONE and no dz is bnorm_backward
-        _check(_backward_ex(_context(ctx), ctypes.byref(desc), _data(x), _data(y), _data(dy),
-                            _data(dx), _data(dz), act, w, None, m, s, dg, db), "bnorm_backward_ex")
+        with _held(ctx) as handle:
+            _check(_backward_ex(handle, ctypes.byref(desc), _data(x), _data(y), _data(dy),
+                                _data(dx), _data(dz), act, w, None, m, s, dg, db),
+                   "bnorm_backward_ex")
     return (dx, dgamma, dbeta, dz) if need_dz else (dx, dgamma, dbeta)
 
 
@@ -504,7 +547,8 @@ def stats(x, layout="NCHW", dtype=None, ctx=None):
     desc, c = _desc(x, layout, code)
     mean, mp = _new_channels(c, np.float64)
     m2, m2p = _new_channels(c, np.float64)
-    _check(_stats(_context(ctx), ctypes.byref(desc), _data(x), mp, m2p), "bnorm_stats")
+    with _held(ctx) as handle:
+        _check(_stats(handle, ctypes.byref(desc), _data(x), mp, m2p), "bnorm_stats")
     return desc.n * desc.spatial, mean, m2
 
 
@@ -560,8 +604,9 @@ def forward_apply(x, weight, bias, count, mean, m2, eps=1e-5, momentum=0.1, runn
     w, b, rm, rv, save_mean, sm, save_invstd, si = _training_channels(
         weight, bias, running_mean, running_var, c)
     y = _empty_like(x)
-    _check(_forward_apply(_context(ctx), ctypes.byref(desc), _data(x), _data(y), w, b, count, m,
-                          v, eps, momentum, rm, rv, sm, si), "bnorm_forward_apply")
+    with _held(ctx) as handle:
+        _check(_forward_apply(handle, ctypes.byref(desc), _data(x), _data(y), w, b, count, m,
+                              v, eps, momentum, rm, rv, sm, si), "bnorm_forward_apply")
     return y, save_mean, save_invstd
 
 
@@ -582,8 +627,9 @@ def backward_reduce(x, dy, save_mean, layout="NCHW", dtype=None, ctx=None):
         raise ValueError("save_mean is required")
     sum_dy, sp = _new_channels(c, np.float64)
     sum_dy_xmu, sxp = _new_channels(c, np.float64)
-    _check(_backward_reduce(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), m, sp, sxp),
-           "bnorm_backward_reduce")
+    with _held(ctx) as handle:
+        _check(_backward_reduce(handle, ctypes.byref(desc), _data(x), _data(dy), m, sp, sxp),
+               "bnorm_backward_reduce")
     return sum_dy, sum_dy_xmu
 
 
@@ -609,6 +655,7 @@ def backward_apply(x, dy, weight, save_mean, save_invstd, total_count, sum_dy, s
     dgamma, dg = _new_channels(c)
     dbeta, db = _new_channels(c)
     dx = _empty_like(x) if need_dx else None
-    _check(_backward_apply(_context(ctx), ctypes.byref(desc), _data(x), _data(dy), _data(dx), w,
-                           m, s, total_count, sd, sx, dg, db), "bnorm_backward_apply")
+    with _held(ctx) as handle:
+        _check(_backward_apply(handle, ctypes.byref(desc), _data(x), _data(dy), _data(dx), w,
+                               m, s, total_count, sd, sx, dg, db), "bnorm_backward_apply")
     return dx, dgamma, dbeta

@@ -3,6 +3,9 @@
 Run: BNORM_LIBRARY=build/libbnorm.so.0 PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests
 """
 
+import copy
+import pickle
+import threading
 import unittest
 
 import numpy as np
@@ -239,6 +242,81 @@ class ApiTest(unittest.TestCase):
             bnorm.batch_norm_training(x, ctx=ctx)  # closed
         self.assertRegex(bnorm.version(), r"^\d+\.\d+\.\d+$")
         self.assertTrue(bnorm.active_target())
+
+    def test_error_pickles(self):
+        # Process pools pickle an exception to re-raise it in the parent.
+        with self.assertRaises(bnorm.Error) as cm:
+            bnorm.batch_norm_training(np.ones((2, 3, 4), np.float32), eps=-1.0)
+        for e in (pickle.loads(pickle.dumps(cm.exception)), copy.copy(cm.exception)):
+            self.assertIsInstance(e, bnorm.Error)
+            self.assertEqual((e.status, e.where, str(e)),
+                             (cm.exception.status, cm.exception.where, str(cm.exception)))
+
+    def test_context_arguments_and_lifetime(self):
+        for bad in (2**31, 2**32 + 1, -2**31 - 1):  # not a C int: never wrapped around
+            with self.assertRaises(bnorm.Error) as cm:
+                bnorm.Context(bad)
+            self.assertEqual(cm.exception.status, 3)  # BNORM_ERR_BAD_ARGUMENT
+        with self.assertRaises(bnorm.Error):
+            bnorm.Context(-1)
+        with self.assertRaises(TypeError):
+            bnorm.Context(1.5)
+        ctx = bnorm.Context(1)
+        ctx.close()
+        ctx.close()  # idempotent
+        with self.assertRaises(ValueError):
+            ctx.threads  # pylint: disable=pointless-statement
+
+    def test_close_waits_for_calls_in_flight(self):
+        # close() from one thread while others run calls on the context: the
+        # calls finish with the right results and later calls raise.
+        x = np.random.default_rng(5).standard_normal((16, 8, 4096)).astype(np.float32)
+        expected, _, _ = bnorm.batch_norm_training(x)
+        ctx = bnorm.Context(2)
+        started = threading.Barrier(3)
+        results, errors = [], []
+
+        def work():
+            started.wait()
+            try:
+                for _ in range(20):
+                    results.append(bnorm.batch_norm_training(x, ctx=ctx)[0])
+            except ValueError:  # closed under it: fine, nothing ran on a freed context
+                errors.append(None)
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        started.wait()
+        ctx.close()
+        for t in threads:
+            t.join()
+        for y in results:
+            np.testing.assert_array_equal(y, expected)
+        with self.assertRaises(ValueError):
+            bnorm.batch_norm_training(x, ctx=ctx)
+
+    def test_dtype_argument_is_checked(self):
+        x32 = np.ones((2, 3, 4), np.float32)
+        with self.assertRaises(TypeError):
+            bnorm.batch_norm_training(x32, dtype="float16")
+        with self.assertRaises(TypeError):
+            bnorm.batch_norm_training(x32.astype(np.float16), dtype="float32")
+        y, _, _ = bnorm.batch_norm_training(x32.astype(np.float16), dtype="f16")
+        self.assertEqual(y.dtype, np.float16)
+
+    def test_frozen_backward_takes_activation_none(self):
+        rng = np.random.default_rng(6)
+        x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+        dy = rng.standard_normal((4, 3, 5)).astype(np.float32)
+        mean, invstd = np.zeros(3, np.float32), np.ones(3, np.float32)
+        a = bnorm.batch_norm_backward(x, dy, mean, invstd, frozen=True)
+        b = bnorm.batch_norm_backward(x, dy, mean, invstd, frozen=True, activation="none")
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+        with self.assertRaises(ValueError):
+            bnorm.batch_norm_backward(x, dy, mean, invstd, frozen=True, activation="relu",
+                                      y=x)
 
     def test_fold(self):
         rng = np.random.default_rng(3)
