@@ -66,7 +66,7 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
 // channel whose float sums cannot be trusted (ShiftTrusted) is NaN,
 // Untrusted()'s mark (its M2 is left as computed: the caller redoes the
 // channel).
-HWY_INLINE void TrustedMoments(size_t width, const double* HWY_RESTRICT mean,
+HWY_INLINE void TrustedMoments(size_t width, double count, const double* HWY_RESTRICT mean,
                                const double* HWY_RESTRICT m2, const double* HWY_RESTRICT shifted,
                                double* HWY_RESTRICT out_mean, double* HWY_RESTRICT out_m2) {
   size_t ch = 0;
@@ -75,15 +75,23 @@ HWY_INLINE void TrustedMoments(size_t width, const double* HWY_RESTRICT mean,
   const size_t n = hn::Lanes(dd);
   const auto ratio = hn::Set(dd, kMaxShiftedRatio);
   const auto nan = hn::Set(dd, std::numeric_limits<double>::quiet_NaN());
+  const auto zero = hn::Zero(dd);
+  const auto tiny_m2 = hn::Set(dd, kTinyM2PerValue * count);
+  const auto tiny_mean = hn::Set(dd, kTinyMean);
   for (; ch + n <= width; ch += n) {
     const auto vm2 = hn::Load(dd, m2 + ch);
-    const auto trusted = hn::Le(hn::Load(dd, shifted + ch), hn::Mul(ratio, vm2));
-    hn::StoreU(hn::IfThenElse(trusted, hn::Load(dd, mean + ch), nan), dd, out_mean + ch);
+    const auto vmean = hn::Load(dd, mean + ch);
+    // MayHaveUnderflowed, in vectors
+    const auto tiny = hn::And(hn::And(hn::Lt(vm2, tiny_m2), hn::Lt(hn::Abs(vmean), tiny_mean)),
+                              hn::Or(hn::Ne(vmean, zero), hn::Ne(vm2, zero)));
+    const auto trusted = hn::AndNot(tiny, hn::Le(hn::Load(dd, shifted + ch), hn::Mul(ratio, vm2)));
+    hn::StoreU(hn::IfThenElse(trusted, vmean, nan), dd, out_mean + ch);
     hn::StoreU(vm2, dd, out_m2 + ch);
   }
 #endif
   for (; ch < width; ++ch) {
-    const bool trusted = shifted[ch] <= kMaxShiftedRatio * m2[ch];
+    const bool trusted =
+        shifted[ch] <= kMaxShiftedRatio * m2[ch] && !MayHaveUnderflowed(count, mean[ch], m2[ch]);
     out_mean[ch] = trusted ? mean[ch] : std::numeric_limits<double>::quiet_NaN();
     out_m2[ch] = m2[ch];
   }
@@ -160,7 +168,7 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // One position per channel: its state is the result (the same bits as the
   // general merge below).
   if (rows_per_period == 1 && r == row_end) {
-    TrustedMoments(static_cast<size_t>(width), mean, m2, shifted, out_mean, out_m2);
+    TrustedMoments(static_cast<size_t>(width), count, mean, m2, shifted, out_mean, out_m2);
     return AllFinite(static_cast<size_t>(width), out_mean, out_m2);
   }
   // Positions p, p + width, ... hold the same channel: merge them in order.

@@ -280,6 +280,35 @@ TEST_P(AccuracyTest, DenormalAndTinyInputs) {
   }
 }
 
+// Data of magnitude 1e-30..1e-22: their deviations' squares (1e-60..1e-44)
+// underflow in float, so the float sums lose M2 (all of it at 1e-25: a
+// variance of 0, save_invstd 0 with eps = 0). Those channels are summed in
+// double: M2 (bnorm_stats, double) and save_invstd (eps = 0) to float
+// precision of the reference, in both layouts, short and long NCHW runs,
+// NHWC periods of one row and of several.
+TEST_P(AccuracyTest, TinyDataKeepTheirVariance) {
+  for (const Shape& s : {Shape{4, 3, 33, layout()}, Shape{2, 64, 300, layout()},
+                         Shape{50, 20, 7, layout()}, Shape{3, 1, 2000, layout()}}) {
+    for (double scale : {1e-30, 1e-25, 1e-22}) {
+      SCOPED_TRACE(testing::Message() << s.Name() << " scale=" << scale);
+      const auto x = NormalData(s, 12, 0.0, scale, scale);
+      const auto ref = ReferenceStats(s, x);
+      const Result r = Train(s, x, 0.0f);
+      const size_t C = static_cast<size_t>(s.c);
+      std::vector<double> mean(C, -7.0), m2(C, -7.0);
+      const bnorm_tensor_desc desc = s.Desc();
+      ASSERT_EQ(bnorm_stats(nullptr, &desc, x.data(), mean.data(), m2.data()), BNORM_OK);
+      const LD m = static_cast<LD>(s.Values());
+      for (size_t c = 0; c < C; ++c) {
+        const double ref_m2 = static_cast<double>(ref[c].var * m);
+        const double ref_invstd = static_cast<double>(1.0L / std::sqrt(ref[c].var));
+        EXPECT_NEAR(m2[c], ref_m2, 1e-6 * ref_m2) << "channel " << c;
+        EXPECT_NEAR(r.invstd[c], ref_invstd, 1e-5 * ref_invstd) << "channel " << c;
+      }
+    }
+  }
+}
+
 TEST_P(AccuracyTest, HugeValuesWithFiniteVariance) {
   const Shape s{8, 3, 129, layout()};
   // std 1e18 on offset 3e18: var 1e36 fits in float, 128 squared deviations
