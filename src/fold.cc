@@ -11,9 +11,9 @@
 
 namespace {
 
-// scale and shift of channel ch, in double.
+// scale and shift of channel ch, in double, and beta (0 without).
 struct Affine {
-  double scale, shift;
+  double scale, shift, beta;
 };
 
 Affine ChannelAffine(const float* gamma, const float* beta, const float* mean, const float* var,
@@ -21,7 +21,7 @@ Affine ChannelAffine(const float* gamma, const float* beta, const float* mean, c
   const double g = gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0;
   const double b = beta != nullptr ? static_cast<double>(beta[ch]) : 0.0;
   const double scale = g / std::sqrt(static_cast<double>(var[ch]) + static_cast<double>(eps));
-  return {scale, b - static_cast<double>(mean[ch]) * scale};
+  return {scale, b - static_cast<double>(mean[ch]) * scale, b};
 }
 
 bool ValidEps(float eps) { return std::isfinite(eps) && eps >= 0.0f; }
@@ -88,7 +88,9 @@ bnorm_status bnorm_fold_into_weights(bnorm_weight_layout layout, int64_t out_cha
   for (int64_t o = 0; o < out_channels; ++o) {
     const Affine a = ChannelAffine(gamma, beta, mean, var, eps, o);
     const double b = bias != nullptr ? static_cast<double>(bias[o]) : 0.0;
-    bias_out[o] = static_cast<float>(b * a.scale + a.shift);
+    // As documented, (bias - mean) * scale + beta: bias * scale + shift
+    // would cancel where bias is near mean (1e20 and 1e20: 0, not beta).
+    bias_out[o] = static_cast<float>((b - static_cast<double>(mean[o])) * a.scale + a.beta);
     for (int64_t k = 0; k < per_output; ++k) {
       const int64_t e = output_outermost ? o * per_output + k : k * out_channels + o;
       weights_out[e] = static_cast<float>(static_cast<double>(weights[e]) * a.scale);

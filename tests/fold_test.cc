@@ -136,6 +136,37 @@ TEST(Fold, FoldedLayerEqualsLayerThenBatchNorm) {
   }
 }
 
+// bias_out is (bias - mean) * scale + beta in double, rounded once, as
+// bnorm.h documents: bit for bit on random inputs, and no cancellation where
+// bias and mean are huge and equal.
+TEST(Fold, BiasOutIsTheDocumentedFormula) {
+  const int64_t O = 4096;
+  const size_t N = static_cast<size_t>(O);
+  auto bias = UniformVector(N, 21, -50, 50), mean = UniformVector(N, 22, -50, 50);
+  auto gamma = UniformVector(N, 23, 0.5f, 2), beta = UniformVector(N, 24, -1, 1);
+  auto var = UniformVector(N, 25, 0.1f, 3);
+  bias[0] = mean[0] = 1e20f;
+  beta[0] = 1.0f;
+  bias[1] = mean[1] = -3e38f;
+  beta[1] = -2.5f;
+  const float eps = 1e-5f;
+  std::vector<float> w(N, 1.0f), w_out(N), bias_out(N);
+  ASSERT_EQ(bnorm_fold_into_weights(BNORM_WEIGHTS_OI, O, 1, w.data(), bias.data(), w_out.data(),
+                                    bias_out.data(), gamma.data(), beta.data(), mean.data(),
+                                    var.data(), eps),
+            BNORM_OK);
+  for (size_t o = 0; o < N; ++o) {
+    const double scale = static_cast<double>(gamma[o]) /
+                         std::sqrt(static_cast<double>(var[o]) + static_cast<double>(eps));
+    const float expected =
+        static_cast<float>((static_cast<double>(bias[o]) - static_cast<double>(mean[o])) * scale +
+                           static_cast<double>(beta[o]));
+    ASSERT_EQ(bias_out[o], expected) << "o=" << o;
+  }
+  EXPECT_EQ(bias_out[0], 1.0f);
+  EXPECT_EQ(bias_out[1], -2.5f);
+}
+
 TEST(Fold, BadArgumentsChangeNothing) {
   const int64_t O = 4, P = 6;
   std::vector<float> w(O * P, 1.0f), b(O, 2.0f), wo(O * P, 7.0f), bo(O, 7.0f), m(O, 0.5f),
