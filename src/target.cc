@@ -41,13 +41,13 @@ Lookup FindTarget(const char* name) {
   for (int64_t bit : RunnableTargets()) {
     if (EqualsIgnoreCase(name, hwy::TargetName(bit))) return {0, bit};
   }
-  // Any name Highway knows on any architecture is "known".
-  for (int shift = 0; shift < 63; ++shift) {
-    const int64_t bit = int64_t{1} << shift;
-    const char* known = hwy::TargetName(bit);
-    if (known != nullptr && !EqualsIgnoreCase(known, "Unknown") && EqualsIgnoreCase(name, known)) {
-      return {2, bit};
-    }
+  // Any target of Highway 1.0.3 on any architecture is known (unsupported
+  // here): hwy::TargetName names only this architecture's.
+  static constexpr const char* kAnyArchitecture[] = {
+      "SSSE3",   "SSE4",     "AVX2", "AVX3", "AVX3_DL",     "NEON", "SVE",    "SVE2",
+      "SVE_256", "SVE2_128", "PPC8", "WASM", "WASM_EMU256", "RVV",  "EMU128", "SCALAR"};
+  for (const char* known : kAnyArchitecture) {
+    if (EqualsIgnoreCase(name, known)) return {2, 0};
   }
   return {1, 0};
 }
