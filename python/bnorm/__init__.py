@@ -35,6 +35,7 @@ The library is found through $BNORM_LIBRARY, next to this package, or on the
 system's library path (libbnorm.so.0).
 """
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -142,7 +143,6 @@ _backward_apply = _declare(
 _LAYOUTS = {"NCHW": 0, "NHWC": 1}
 _ACTIVATIONS = {None: 0, "none": 0, "relu": 1}
 _F32, _BF16, _F16 = 0, 1, 2
-_BAD_ARGUMENT = 3  # BNORM_ERR_BAD_ARGUMENT
 _WEIGHT_LAYOUTS = {"OIHW": 0, "OHWI": 1, "OI": 2, "HWIO": 3, "IO": 4}
 
 
@@ -185,13 +185,15 @@ class Context:
     def __init__(self, threads=0):
         self._handle = None
         threads = operator.index(threads)
-        if not -2**31 <= threads < 2**31:  # a C int; negative counts are the C API's to reject
-            raise Error(_BAD_ARGUMENT, "bnorm_context_create")
+        # A C int: larger counts are clamped as the C library clamps them,
+        # negative ones left for it to reject.
+        threads = max(min(threads, 2**31 - 1), -1)
         handle = _ptr()
         _check(_context_create(threads, ctypes.byref(handle)), "bnorm_context_create")
-        # Calls in flight on this context (in any thread): close() waits for
+        # Calls in flight on this context, per thread: close() waits for
         # them, since the C context must outlive every call using it.
-        self._calls = 0
+        self._calls = collections.Counter()
+        self._closing = False
         self._idle = threading.Condition()
         self._handle = handle
 
@@ -201,13 +203,18 @@ class Context:
             return _context_threads(handle)
 
     def close(self):
-        """Destroys the context once the calls running on it (from other
-        threads) have returned; later calls with it raise ValueError."""
+        """Destroys the context once the calls running on it in other
+        threads have returned; calls started after close() raise ValueError.
+        Raises RuntimeError when called by a thread in a call on it (a
+        signal handler), where waiting would never end."""
         idle = getattr(self, "_idle", None)
         if idle is None:  # __init__ failed
             return
         with idle:
-            while self._calls != 0:
+            self._closing = True
+            if self._calls[threading.get_ident()]:
+                raise RuntimeError("bnorm.Context.close() inside a call on it")
+            while self._calls:
                 idle.wait()
             if self._handle is not None:
                 _context_destroy(self._handle)
@@ -220,11 +227,15 @@ class Context:
         self.close()
 
     def __del__(self):
+        # No call holds the context here (each holds a reference to it), and
+        # this must not wait: at interpreter exit a count left by an
+        # interrupted call would hang it. Such a context is leaked instead.
         try:
-            self.close()
-        except Exception:  # interpreter shutdown
+            if self._handle is not None and not self._calls:
+                _context_destroy(self._handle)
+                self._handle = None
+        except Exception:  # interpreter shutdown, or __init__ failed
             pass
-
 
 
 @contextlib.contextmanager
@@ -236,18 +247,23 @@ def _held(ctx):
         return
     if not isinstance(ctx, Context):
         raise TypeError("ctx must be a bnorm.Context or None")
-    with ctx._idle:
-        if ctx._handle is None:
-            raise ValueError("bnorm.Context is closed")
-        ctx._calls += 1
-        handle = ctx._handle
+    me = threading.get_ident()
+    entered = False
     try:
-        yield handle
-    finally:
         with ctx._idle:
-            ctx._calls -= 1
-            if ctx._calls == 0:
-                ctx._idle.notify_all()
+            if ctx._handle is None or ctx._closing:
+                raise ValueError("bnorm.Context is closed")
+            ctx._calls[me] += 1
+            entered = True
+        yield ctx._handle
+    finally:
+        if entered:
+            with ctx._idle:
+                ctx._calls[me] -= 1
+                if not ctx._calls[me]:
+                    del ctx._calls[me]
+                if not ctx._calls:
+                    ctx._idle.notify_all()
 
 
 # ---- argument helpers ----
