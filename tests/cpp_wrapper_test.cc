@@ -213,6 +213,9 @@ static_assert(std::is_constructible<bnorm::BufferOut, FloatVec&>::value, "output
 static_assert(!std::is_constructible<bnorm::BufferOut, const FloatVec&>::value, "const output");
 static_assert(!std::is_constructible<bnorm::BufferOut, const float*>::value, "const output");
 static_assert(!std::is_constructible<bnorm::BufferOut, FloatVec&&>::value, "temporary");
+static_assert(std::is_convertible<bnorm::ChannelsOut, bnorm::Channels>::value, "out reads as in");
+static_assert(!std::is_convertible<bnorm::Channels, bnorm::ChannelsOut>::value, "in is not out");
+static_assert(std::is_convertible<bnorm::Saved, bnorm::SavedIn>::value, "forward's to backward");
 
 // Sizes no vector can hold are errors of the call, not overflow or
 // std::length_error: the wrapper says what the C API would.

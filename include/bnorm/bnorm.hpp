@@ -9,8 +9,10 @@
 // x, y, ... are std::vector<T> (sizes checked) or raw pointers; per-channel
 // arguments are std::vector<float>, float pointers or nullptr. Inputs take
 // const data, outputs (y, dx, running and saved statistics, gradients) only
-// non-const data; neither binds a temporary vector, whose storage would be
-// gone before the call.
+// non-const data. Neither binds a temporary vector: an argument object kept
+// in a variable (bnorm::Affine a{std::vector<float>(c, 1.f), ...}) would
+// point into a vector destroyed at the end of its declaration; passed
+// straight to a call it would live long enough, but is refused alike.
 //
 // Every function throws bnorm::Error (carrying the bnorm_status) where the C
 // function returns an error; as in C, nothing is written then. Sizes are
@@ -105,7 +107,7 @@ struct Desc {
   // n * c * spatial; -1 where a dimension is negative or the product
   // overflows (the C API rejects such a descriptor: BNORM_ERR_BAD_SHAPE).
   int64_t elements() const noexcept {
-    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    constexpr int64_t kMax = (std::numeric_limits<int64_t>::max)();
     if (d.n < 0 || d.c < 0 || d.spatial < 0) return -1;
     if (d.c != 0 && d.n > kMax / d.c) return -1;
     const int64_t nc = d.n * d.c;
@@ -117,8 +119,8 @@ struct Desc {
   // overflow (no vector is that long, so a vector argument is then too short).
   std::size_t bytes() const noexcept {
     const int64_t e = elements();
-    if (e < 0 || static_cast<uint64_t>(e) > std::numeric_limits<std::size_t>::max() / 4) {
-      return std::numeric_limits<std::size_t>::max();
+    if (e < 0 || static_cast<uint64_t>(e) > (std::numeric_limits<std::size_t>::max)() / 4) {
+      return (std::numeric_limits<std::size_t>::max)();
     }
     return static_cast<std::size_t>(e) * element_bytes();
   }
@@ -138,7 +140,11 @@ class BasicChannels {
       : p_(v.data()), size_(static_cast<int64_t>(v.size())) {}
   template <typename V, typename = std::enable_if_t<!std::is_lvalue_reference<V>::value>,
             typename = decltype(std::declval<V&>().data())>
-  BasicChannels(V&& v) = delete;  // a temporary vector would be gone before the call
+  BasicChannels(V&& v) = delete;  // a temporary vector (see the top of this file)
+  template <typename G, typename = std::enable_if_t<std::is_convertible<G*, F*>::value &&
+                                                    !std::is_same<G, F>::value>>
+  BasicChannels(const BasicChannels<G>& other)  // NOLINT: ChannelsOut reads as Channels
+      : p_(other.p_), size_(other.size_) {}
 
   F* get(int64_t c, const char* where) const {
     if (size_ >= 0 && size_ < c) throw Error(BNORM_ERR_BAD_SHAPE, where);
@@ -146,6 +152,8 @@ class BasicChannels {
   }
 
  private:
+  template <typename G>
+  friend class BasicChannels;
   F* p_ = nullptr;
   int64_t size_ = -1;  // unknown for raw pointers
 };
@@ -166,7 +174,7 @@ class BasicBuffer {
   BasicBuffer(const std::vector<T, A>& v)  // NOLINT
       : p_(v.data()), bytes_(v.size() * sizeof(T)) {}
   template <typename T, typename A>
-  BasicBuffer(std::vector<T, A>&& v) = delete;  // gone before the call
+  BasicBuffer(std::vector<T, A>&& v) = delete;  // a temporary (see the top of this file)
   template <typename T, typename A>
   BasicBuffer(const std::vector<T, A>&& v) = delete;
 
@@ -191,13 +199,14 @@ struct Affine {
 struct Running {
   ChannelsOut mean, var;  // nullptr: not updated
 };
-// save_mean and save_invstd as the forward passes write them...
-struct Saved {
-  ChannelsOut mean, invstd;  // nullptr: not written
-};
-// ...and as the backward passes read them.
+// save_mean and save_invstd as the backward passes read them...
 struct SavedIn {
   Channels mean, invstd;
+};
+// ...and as the forward passes write them (and pass them on to backward).
+struct Saved {
+  ChannelsOut mean, invstd;                            // nullptr: not written
+  operator SavedIn() const { return {mean, invstd}; }  // NOLINT: implicit by design
 };
 
 inline void forward_training(const Context& ctx, const Desc& desc, Buffer x, BufferOut y,
