@@ -209,24 +209,26 @@ HWY_INLINE void CloseBlock(const ShiftedBlock& b, float shift, Moments& unit, do
 // away from the bulk goes over it and is redone in double (accuracy_test).
 constexpr double kMaxShiftedRatio = 4.0;
 
-// Float squares of deviations below sqrt(FLT_MIN) (about 1e-19) underflow.
-// Floats of magnitude 2^-38 or more differ by multiples of at least 2^-62,
-// whose squares are normal, so only data within 2^-37 of zero can lose
-// them: where such a channel's M2 is also below count * 2^-102 (count times
-// FLT_MIN * 2^24), the squares lost, each below FLT_MIN, may exceed float
-// precision of it, and the float sums are not trusted (1e-25-scale data:
-// M2 came out 0). A channel of exact zeros (mean and M2 both 0: every
-// value equal to a zero shift) is exact and kept; so, wrongly, is data
-// whose values all lie within 1e-19 of zero and happen to sum to exactly 0.
+// Float squares of deviations below sqrt(FLT_MIN) (about 1e-19) underflow:
+// each loses less than FLT_MIN = 2^-126, so less than count * 2^-126 in all.
+// Where the block sums of squares Q add up to count * 2^-102 or more (and
+// so, by the check above, M2 to a quarter of that), the loss is below float
+// precision of M2. Below that, and only where the mean is within 2^-37 of
+// zero (a value and a shift at least 2^-38 in magnitude that differ, differ
+// by 2^-62 or more, whose square is normal), the float sums are not trusted
+// (1e-25-scale data: M2 came out 0). A channel of exact zeros (mean and M2
+// both 0: every value equal to a zero shift) is exact and kept; so, wrongly,
+// is data whose values all lie within 1e-19 of zero and sum to exactly 0.
 constexpr double kTinyMean = 0x1p-37;
-constexpr double kTinyM2PerValue = 0x1p-102;
+constexpr double kTinyShiftedPerValue = 0x1p-102;
 
-HWY_INLINE bool MayHaveUnderflowed(double count, double mean, double m2) {
-  return m2 < kTinyM2PerValue * count && std::abs(mean) < kTinyMean && (mean != 0.0 || m2 != 0.0);
+HWY_INLINE bool MayHaveUnderflowed(double shifted, const Moments& m) {
+  return shifted < kTinyShiftedPerValue * m.count && std::abs(m.mean) < kTinyMean &&
+         (m.mean != 0.0 || m.m2 != 0.0);
 }
 
 HWY_INLINE bool ShiftTrusted(double shifted, const Moments& m) {
-  return shifted <= kMaxShiftedRatio * m.m2 && !MayHaveUnderflowed(m.count, m.mean, m.m2);
+  return shifted <= kMaxShiftedRatio * m.m2 && !MayHaveUnderflowed(shifted, m);
 }
 
 // Runs of at most this many values take the short-run kernels

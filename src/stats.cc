@@ -76,22 +76,23 @@ HWY_INLINE void TrustedMoments(size_t width, double count, const double* HWY_RES
   const auto ratio = hn::Set(dd, kMaxShiftedRatio);
   const auto nan = hn::Set(dd, std::numeric_limits<double>::quiet_NaN());
   const auto zero = hn::Zero(dd);
-  const auto tiny_m2 = hn::Set(dd, kTinyM2PerValue * count);
+  const auto tiny_shifted = hn::Set(dd, kTinyShiftedPerValue * count);
   const auto tiny_mean = hn::Set(dd, kTinyMean);
   for (; ch + n <= width; ch += n) {
     const auto vm2 = hn::Load(dd, m2 + ch);
     const auto vmean = hn::Load(dd, mean + ch);
-    // MayHaveUnderflowed, in vectors
-    const auto tiny = hn::And(hn::And(hn::Lt(vm2, tiny_m2), hn::Lt(hn::Abs(vmean), tiny_mean)),
-                              hn::Or(hn::Ne(vmean, zero), hn::Ne(vm2, zero)));
-    const auto trusted = hn::AndNot(tiny, hn::Le(hn::Load(dd, shifted + ch), hn::Mul(ratio, vm2)));
+    const auto vshifted = hn::Load(dd, shifted + ch);
+    // ShiftTrusted, in vectors
+    const auto tiny =
+        hn::And(hn::And(hn::Lt(vshifted, tiny_shifted), hn::Lt(hn::Abs(vmean), tiny_mean)),
+                hn::Or(hn::Ne(vmean, zero), hn::Ne(vm2, zero)));
+    const auto trusted = hn::AndNot(tiny, hn::Le(vshifted, hn::Mul(ratio, vm2)));
     hn::StoreU(hn::IfThenElse(trusted, vmean, nan), dd, out_mean + ch);
     hn::StoreU(vm2, dd, out_m2 + ch);
   }
 #endif
   for (; ch < width; ++ch) {
-    const bool trusted =
-        shifted[ch] <= kMaxShiftedRatio * m2[ch] && !MayHaveUnderflowed(count, mean[ch], m2[ch]);
+    const bool trusted = ShiftTrusted(shifted[ch], Moments{count, mean[ch], m2[ch]});
     out_mean[ch] = trusted ? mean[ch] : std::numeric_limits<double>::quiet_NaN();
     out_m2[ch] = m2[ch];
   }
