@@ -39,6 +39,7 @@ constexpr int64_t kCountAt = 1;   // values per channel
 constexpr int64_t kValuesAt = 2;  // c means (sum_dy), then c M2s (sum_dy_xmu)
 
 int64_t ExchangeDoubles(int64_t c) { return kValuesAt + 2 * c; }
+constexpr int64_t kMaxExchangeDoubles = INT_MAX / static_cast<int64_t>(sizeof(double));
 
 // Which call a rank is in, so that forward on one rank and backward on
 // another is a mismatch rather than a garbled exchange.
@@ -140,8 +141,12 @@ bnorm_status Exchange(MPI_Comm comm, Call call, bnorm_status local, const bnorm:
                       float eps, float momentum, MPI_Op op, const Reduce& reduce,
                       double** exchange) {
   double* buffer = nullptr;
-  // MPI counts are ints.
-  if (local == BNORM_OK && ExchangeDoubles(t.c) > INT_MAX) local = BNORM_ERR_BAD_SHAPE;
+  // MPI counts and type sizes are ints: the merge operator reads the
+  // record's c back from MPI_Type_size, which is MPI_UNDEFINED for a record
+  // of more than INT_MAX bytes (c > 134,217,726: it merged only the counts).
+  if (local == BNORM_OK && ExchangeDoubles(t.c) > kMaxExchangeDoubles) {
+    local = BNORM_ERR_BAD_SHAPE;
+  }
   if (local == BNORM_OK && !ExchangeBuffer(t.c, &buffer)) local = BNORM_ERR_OUT_OF_MEMORY;
   Agreement agree;
   agree.Set(local != BNORM_OK, call, t, eps, momentum);

@@ -1023,6 +1023,19 @@ TEST_F(Mpi, TooFewValuesAndEmptyBatch) {
   EXPECT_EQ(a.Call(), BNORM_OK);
 }
 
+// A channel count whose exchange record would exceed INT_MAX bytes (MPI
+// sizes are ints; the merge operator read c back as garbage and merged only
+// the counts): BNORM_ERR_BAD_SHAPE on every rank, checked before anything
+// is allocated (n = 0 and no per-channel arrays: nothing of that size exists).
+TEST_F(Mpi, ChannelCountBeyondMpiSizes) {
+  const bnorm_tensor_desc desc{0, 134217727, 1, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
+  const bnorm_status fwd =
+      bnorm_mpi_forward_training(MPI_COMM_WORLD, g_ctx, &desc, nullptr, nullptr, nullptr, nullptr,
+                                 kEps, kMomentum, nullptr, nullptr, nullptr, nullptr);
+  EXPECT_EQ(fwd, BNORM_ERR_BAD_SHAPE) << bnorm_status_string(fwd);
+  EXPECT_TRUE(AllTrue(fwd == BNORM_ERR_BAD_SHAPE, MPI_COMM_WORLD));
+}
+
 TEST_F(Mpi, NullCommunicator) {
   for (bool bwd : {false, true}) {
     ErrorCase(
@@ -1162,7 +1175,8 @@ class RankFailurePrinter : public testing::EmptyTestEventListener {
 }  // namespace bnorm_test
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  int provided = 0;  // bnorm contexts run worker threads (which never call MPI)
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   testing::InitGoogleTest(&argc, argv);
   const int rank = bnorm_test::Rank(MPI_COMM_WORLD), size = bnorm_test::Size(MPI_COMM_WORLD);
   if (rank != 0) {
