@@ -27,16 +27,22 @@
  *    its own status and every other rank BNORM_ERR_PEER; fields that
  *    disagree across ranks give BNORM_ERR_MISMATCH on every rank; fewer than
  *    2 values per channel in the whole batch give BNORM_ERR_TOO_FEW_VALUES
- *    (forward) on every rank. In all these cases no output is written on any
+ *    (forward) on every rank; c above 134,217,726 (an exchange of more than
+ *    INT_MAX bytes, which MPI's int sizes cannot describe) is
+ *    BNORM_ERR_BAD_SHAPE. In all these cases no output is written on any
  *    rank and no rank waits forever. An MPI error (with an error handler that
- *    returns) gives BNORM_ERR_COMM. BNORM_ERR_OUT_OF_MEMORY during the local
+ *    returns) gives BNORM_ERR_COMM; if MPI fails on some ranks only, or comm
+ *    is MPI_COMM_NULL on some ranks only, the others may wait forever, as in
+ *    any collective. BNORM_ERR_OUT_OF_MEMORY during the local
  *    reduction is agreed like a bad argument; during the final elementwise
  *    pass (after the exchange) it is returned by that rank alone, whose
  *    outputs are then unchanged.
  *  - Like every MPI collective, calls on one communicator must be made in
- *    the same order on every rank, from one thread at a time (concurrent
- *    calls on different communicators need MPI_THREAD_MULTIPLE). The
- *    context's worker threads never call MPI.
+ *    the same order on every rank. A context with worker threads makes the
+ *    process multithreaded (they never call MPI), so initialize MPI with
+ *    MPI_Init_thread at MPI_THREAD_FUNNELED or above: FUNNELED for calls from
+ *    the main thread, SERIALIZED for calls from any one thread at a time,
+ *    MULTIPLE for concurrent calls (on different communicators).
  */
 #ifndef BNORM_BNORM_MPI_H_
 #define BNORM_BNORM_MPI_H_
