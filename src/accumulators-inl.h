@@ -231,6 +231,21 @@ HWY_INLINE bool ShiftTrusted(double shifted, const Moments& m) {
   return shifted <= kMaxShiftedRatio * m.m2 && !MayHaveUnderflowed(shifted, m);
 }
 
+#if HWY_HAVE_FLOAT64
+// ShiftTrusted for the lanes of vectors of double (one channel per lane,
+// all of `count` values).
+template <class DD>
+HWY_INLINE hn::Mask<DD> ShiftTrustedLanes(DD dd, double count, hn::Vec<DD> shifted,
+                                          hn::Vec<DD> mean, hn::Vec<DD> m2) {
+  const auto zero = hn::Zero(dd);
+  const auto underflowed =
+      hn::And(hn::And(hn::Lt(shifted, hn::Set(dd, kTinyShiftedPerValue * count)),
+                      hn::Lt(hn::Abs(mean), hn::Set(dd, kTinyMean))),
+              hn::Or(hn::Ne(mean, zero), hn::Ne(m2, zero)));
+  return hn::AndNot(underflowed, hn::Le(shifted, hn::Mul(hn::Set(dd, kMaxShiftedRatio), m2)));
+}
+#endif
+
 // Runs of at most this many values take the short-run kernels
 // (StatsShortRunsT, GradSumsShortRunsT) when a unit holds whole runs: a
 // channel of 7x7 or 14x14 images is 49- or 196-value runs c * spatial apart,

@@ -73,20 +73,11 @@ HWY_INLINE void TrustedMoments(size_t width, double count, const double* HWY_RES
 #if HWY_HAVE_FLOAT64
   const hn::ScalableTag<double> dd;
   const size_t n = hn::Lanes(dd);
-  const auto ratio = hn::Set(dd, kMaxShiftedRatio);
   const auto nan = hn::Set(dd, std::numeric_limits<double>::quiet_NaN());
-  const auto zero = hn::Zero(dd);
-  const auto tiny_shifted = hn::Set(dd, kTinyShiftedPerValue * count);
-  const auto tiny_mean = hn::Set(dd, kTinyMean);
   for (; ch + n <= width; ch += n) {
     const auto vm2 = hn::Load(dd, m2 + ch);
     const auto vmean = hn::Load(dd, mean + ch);
-    const auto vshifted = hn::Load(dd, shifted + ch);
-    // ShiftTrusted, in vectors
-    const auto tiny =
-        hn::And(hn::And(hn::Lt(vshifted, tiny_shifted), hn::Lt(hn::Abs(vmean), tiny_mean)),
-                hn::Or(hn::Ne(vmean, zero), hn::Ne(vm2, zero)));
-    const auto trusted = hn::AndNot(tiny, hn::Le(vshifted, hn::Mul(ratio, vm2)));
+    const auto trusted = ShiftTrustedLanes(dd, count, hn::Load(dd, shifted + ch), vmean, vm2);
     hn::StoreU(hn::IfThenElse(trusted, vmean, nan), dd, out_mean + ch);
     hn::StoreU(vm2, dd, out_m2 + ch);
   }
