@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -14,6 +16,12 @@
 
 namespace bnorm_test {
 namespace {
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
 
 class AccuracyTest : public testing::TestWithParam<TargetLayout> {
  protected:
@@ -367,6 +375,192 @@ TEST_P(AccuracyTest, HugeGradientsStayFinite) {
                 1e-5 * static_cast<double>(rb.sum_abs_dy[c]));
   }
   for (float v : dx) ASSERT_TRUE(std::isfinite(v));
+}
+
+// Backward of data on a large offset (1e3..1e5 + N(0, 1)) against the
+// long-double reference, with backward_test's bounds: x - mean is exact
+// (Sterbenz: both within a factor of 2), so the bounds in terms of
+// sum|dy (x - mean)| do not depend on the offset. Summing dy * x and
+// subtracting mean * sum(dy) would miss them by orders of magnitude.
+TEST_P(AccuracyTest, BackwardOnLargeOffsets) {
+  constexpr double kSumTol = 1e-5, kDxTol = 2e-5;  // backward_test.cc
+  for (const Shape& s : {Shape{6, 5, 97, layout()}, Shape{2, 64, 300, layout()},
+                         Shape{50, 20, 7, layout()}, Shape{33, 9, 1, layout()}}) {
+    for (double offset : {1e3, 1e4, 1e5}) {
+      const size_t C = static_cast<size_t>(s.c);
+      const auto x = NormalData(s, 31, offset, 1.0);
+      const auto dy = NormalData(s, 32, 0.25, 1.0, 0.0);
+      const auto gamma = UniformVector(C, 33, -2.0f, 2.0f);
+      const auto ref_stats = ReferenceStats(s, x);
+      std::vector<float> mean(C), invstd(C);
+      for (size_t c = 0; c < C; ++c) {
+        mean[c] = static_cast<float>(ref_stats[c].mean);
+        invstd[c] = static_cast<float>(RefInvstd(ref_stats[c].var, 1e-5f));
+      }
+      const bnorm_tensor_desc d = s.Desc();
+      for (bool frozen : {false, true}) {
+        SCOPED_TRACE(testing::Message() << s.Name() << " offset=" << offset << " frozen=" << frozen);
+        const RefBackward ref = ReferenceBackward(s, frozen, x, dy, gamma.data(), mean, invstd);
+        std::vector<float> dx(x.size(), -7.0f), dgamma(C, -7.0f), dbeta(C, -7.0f);
+        const auto call = frozen ? bnorm_backward_frozen : bnorm_backward;
+        ASSERT_EQ(call(nullptr, &d, x.data(), dy.data(), dx.data(), gamma.data(), mean.data(),
+                       invstd.data(), dgamma.data(), dbeta.data()),
+                  BNORM_OK);
+        for (size_t c = 0; c < C; ++c) {
+          ASSERT_NEAR(dbeta[c], static_cast<double>(ref.dbeta[c]),
+                      kSumTol * static_cast<double>(ref.sum_abs_dy[c]))
+              << "channel " << c;
+          ASSERT_NEAR(dgamma[c], static_cast<double>(ref.dgamma[c]),
+                      kSumTol * static_cast<double>(ref.sum_abs_dy_xmu[c] * invstd[c]))
+              << "channel " << c;
+        }
+        for (size_t e = 0; e < x.size(); ++e) {
+          ASSERT_NEAR(dx[e], static_cast<double>(ref.dx[e]),
+                      kDxTol * static_cast<double>(ref.dx_scale[e]) + 1e-30)
+              << "element " << e;
+        }
+      }
+    }
+  }
+}
+
+// NaN or +-Inf in x or dy of one channel, at its first, middle or last value:
+// every output of the other channels is bit for bit that of the clean call
+// (a poisoned lane must not leak into a neighbour's sums or outputs, in NHWC
+// rows or NCHW vectors that span channels), and the channel's own gradient
+// sums are not finite where the poison enters them.
+TEST_P(AccuracyTest, BackwardNanAndInfStayInTheirChannel) {
+  const float poison[] = {std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()};
+  for (const Shape& s : {Shape{3, 5, 41, layout()}, Shape{8, 67, 49, layout()}}) {
+    const size_t C = static_cast<size_t>(s.c);
+    const auto x = NormalData(s, 41);
+    const auto dy = NormalData(s, 42, 0.1, 1.0, 0.0);
+    const auto gamma = UniformVector(C, 43, 0.5f, 2.0f);
+    const auto ref_stats = ReferenceStats(s, x);
+    std::vector<float> mean(C), invstd(C);
+    for (size_t c = 0; c < C; ++c) {
+      mean[c] = static_cast<float>(ref_stats[c].mean);
+      invstd[c] = static_cast<float>(RefInvstd(ref_stats[c].var, 1e-5f));
+    }
+    const bnorm_tensor_desc d = s.Desc();
+    struct Out {
+      std::vector<float> dx, dgamma, dbeta;
+    };
+    const auto run = [&](bool frozen, const std::vector<float>& xs, const std::vector<float>& g) {
+      Out o{std::vector<float>(xs.size(), -7.0f), std::vector<float>(C, -7.0f),
+            std::vector<float>(C, -7.0f)};
+      const auto call = frozen ? bnorm_backward_frozen : bnorm_backward;
+      EXPECT_EQ(call(nullptr, &d, xs.data(), g.data(), o.dx.data(), gamma.data(), mean.data(),
+                     invstd.data(), o.dgamma.data(), o.dbeta.data()),
+                BNORM_OK);
+      return o;
+    };
+    const int64_t ch = 2;
+    double sum_abs_dy = 0.0;
+    for (int64_t i = 0; i < s.n; ++i) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        sum_abs_dy += std::fabs(dy[static_cast<size_t>(s.Index(i, ch, sp))]);
+      }
+    }
+    for (bool frozen : {false, true}) {
+      const Out clean = run(frozen, x, dy);
+      for (bool in_x : {true, false}) {
+        for (float bad : poison) {
+          for (int64_t where : {int64_t{0}, s.Values() / 2, s.Values() - 1}) {
+            SCOPED_TRACE(testing::Message() << s.Name() << " frozen=" << frozen << " "
+                                            << (in_x ? "x" : "dy") << "=" << bad << " at value "
+                                            << where);
+            auto xs = x, g = dy;
+            (in_x ? xs : g)[static_cast<size_t>(s.Index(where / s.spatial, ch, where % s.spatial))] =
+                bad;
+            const Out r = run(frozen, xs, g);
+            for (int64_t c = 0; c < s.c; ++c) {
+              const size_t cc = static_cast<size_t>(c);
+              if (c == ch) {
+                EXPECT_FALSE(std::isfinite(r.dgamma[cc]));
+                EXPECT_EQ(std::isfinite(r.dbeta[cc]), in_x);
+                // dy is clean: dbeta as before (the channel's sums are redone
+                // in double, where non-finite: to within backward_test's bound).
+                if (in_x) {
+                  EXPECT_NEAR(r.dbeta[cc], clean.dbeta[cc], 1e-5 * static_cast<double>(sum_abs_dy));
+                }
+                continue;
+              }
+              EXPECT_EQ(Bits(r.dgamma[cc]), Bits(clean.dgamma[cc])) << "channel " << c;
+              EXPECT_EQ(Bits(r.dbeta[cc]), Bits(clean.dbeta[cc])) << "channel " << c;
+            }
+            for (int64_t i = 0; i < s.n; ++i) {
+              for (int64_t c = 0; c < s.c; ++c) {
+                if (c == ch) continue;
+                for (int64_t sp = 0; sp < s.spatial; ++sp) {
+                  const size_t e = static_cast<size_t>(s.Index(i, c, sp));
+                  ASSERT_EQ(Bits(r.dx[e]), Bits(clean.dx[e])) << "element " << e;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// One value per channel (n = 1, spatial = 1; training needs two): inference
+// and both backward modes against the long-double references, with
+// forward_test's and backward_test's bounds, from one channel to 1031.
+TEST_P(AccuracyTest, SingleValuePerChannel) {
+  constexpr double kSumTol = 1e-5, kDxTol = 2e-5;  // backward_test.cc
+  for (int64_t c : {1, 7, 64, 1031}) {
+    const Shape s{1, c, 1, layout()};
+    SCOPED_TRACE(s.Name());
+    const size_t C = static_cast<size_t>(c);
+    const auto x = NormalData(s, 51, 1.0, 3.0);
+    const auto dy = NormalData(s, 52, 0.25, 1.0, 0.0);
+    const auto mean = UniformVector(C, 53, -1.0f, 3.0f), var = UniformVector(C, 54, 0.25f, 9.0f);
+    const auto gamma = UniformVector(C, 55, -2.0f, 2.0f), beta = UniformVector(C, 56, -1.0f, 1.0f);
+    const float eps = 1e-3f;
+    std::vector<LD> lmean(C), linv(C);
+    std::vector<float> invstd(C);
+    for (size_t k = 0; k < C; ++k) {
+      lmean[k] = mean[k];
+      linv[k] = 1.0L / std::sqrt(static_cast<LD>(var[k]) + eps);
+      invstd[k] = static_cast<float>(linv[k]);
+    }
+    const bnorm_tensor_desc d = s.Desc();
+    std::vector<float> y(x.size(), -7.0f);
+    ASSERT_EQ(bnorm_forward_inference(nullptr, &d, x.data(), y.data(), gamma.data(), beta.data(),
+                                      mean.data(), var.data(), eps),
+              BNORM_OK);
+    const auto y_ref = ReferenceNormalize(s, x, lmean, linv, gamma.data(), beta.data());
+    for (size_t e = 0; e < x.size(); ++e) {
+      const LD centered = std::fabs(y_ref[e] - beta[e]);  // one value per channel: e = channel
+      ASSERT_NEAR(y[e], static_cast<double>(y_ref[e]),  // forward_test.cc's inference bound
+                  static_cast<double>(1.8e-7L * centered + 6e-8L * std::fabs(y_ref[e])) + 1e-30)
+          << "channel " << e;
+    }
+    for (bool frozen : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "frozen=" << frozen);
+      const RefBackward ref = ReferenceBackward(s, frozen, x, dy, gamma.data(), mean, invstd);
+      std::vector<float> dx(x.size(), -7.0f), dgamma(C, -7.0f), dbeta(C, -7.0f);
+      const auto call = frozen ? bnorm_backward_frozen : bnorm_backward;
+      ASSERT_EQ(call(nullptr, &d, x.data(), dy.data(), dx.data(), gamma.data(), mean.data(),
+                     invstd.data(), dgamma.data(), dbeta.data()),
+                BNORM_OK);
+      for (size_t k = 0; k < C; ++k) {
+        ASSERT_NEAR(dbeta[k], static_cast<double>(ref.dbeta[k]),
+                    kSumTol * static_cast<double>(ref.sum_abs_dy[k]))
+            << "channel " << k;
+        ASSERT_NEAR(dgamma[k], static_cast<double>(ref.dgamma[k]),
+                    kSumTol * static_cast<double>(ref.sum_abs_dy_xmu[k] * invstd[k]))
+            << "channel " << k;
+        ASSERT_NEAR(dx[k], static_cast<double>(ref.dx[k]),
+                    kDxTol * static_cast<double>(ref.dx_scale[k]) + 1e-30)
+            << "channel " << k;
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, AccuracyTest, testing::ValuesIn(TargetLayoutGrid()),

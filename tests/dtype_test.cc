@@ -650,6 +650,62 @@ TEST_P(DTypeTest, NaNPatternsComeOutCanonical) {
   EXPECT_EQ(nan_count, nans.size());
 }
 
+// The vector loads widen every 16-bit pattern exactly: f16 subnormals, Inf
+// and NaN take separate integer steps on targets without F16C (SSE4, SSSE3,
+// EMU128, SCALAR), and bf16 patterns widen to f32 subnormals. Each pattern
+// once, in lanes beside every other kind: an identity (mean 0, var 1,
+// eps 0, gamma 1, beta 0) gives every finite value back (-0 as +0), and the
+// frozen backward with invstd 1 gives dy back; both are compared with the f32
+// path on the exactly widened values too.
+TEST_P(DTypeTest, LoadsWidenEveryPatternExactly) {
+  const bool nhwc = GetParam().layout == BNORM_LAYOUT_NHWC;
+  const Shape s = nhwc ? MakeShape(16, 4096, 1) : MakeShape(1, 1024, 64);
+  const size_t C = static_cast<size_t>(s.c), count = static_cast<size_t>(s.Elements());
+  ASSERT_EQ(count, size_t{0x10000});
+  std::vector<uint16_t> x16(count);
+  std::vector<float> xw(count);
+  for (size_t i = 0; i < count; ++i) {
+    x16[i] = static_cast<uint16_t>(i);
+    xw[i] = Widen(x16[i]);
+  }
+  const std::vector<float> zeros(C, 0.0f), ones(C, 1.0f);
+  const bnorm_tensor_desc d32 = s.Desc(), d16 = Desc16(s);
+  std::vector<uint16_t> y16(count);
+  std::vector<float> y32(count);
+  ASSERT_EQ(bnorm_forward_inference(nullptr, &d16, x16.data(), y16.data(), ones.data(),
+                                    zeros.data(), zeros.data(), ones.data(), 0.0f),
+            BNORM_OK);
+  ASSERT_EQ(bnorm_forward_inference(nullptr, &d32, xw.data(), y32.data(), ones.data(), zeros.data(),
+                                    zeros.data(), ones.data(), 0.0f),
+            BNORM_OK);
+  ExpectRounded(y16, y32);
+  const uint16_t negative_zero = 0x8000;
+  size_t bad = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (std::isnan(xw[i])) continue;
+    const uint16_t want = x16[i] == negative_zero ? 0 : x16[i];
+    if (y16[i] != want && ++bad <= 5) {
+      ADD_FAILURE() << "pattern 0x" << std::hex << x16[i] << " came back as 0x" << y16[i];
+    }
+  }
+  EXPECT_EQ(bad, 0u);
+  // dy through the frozen backward: dx = dy * gamma * invstd = dy.
+  std::vector<uint16_t> dx16(count);
+  std::vector<float> dx32(count);
+  ASSERT_EQ(bnorm_backward_frozen(nullptr, &d16, x16.data(), x16.data(), dx16.data(), ones.data(),
+                                  zeros.data(), ones.data(), nullptr, nullptr),
+            BNORM_OK);
+  ASSERT_EQ(bnorm_backward_frozen(nullptr, &d32, xw.data(), xw.data(), dx32.data(), ones.data(),
+                                  zeros.data(), ones.data(), nullptr, nullptr),
+            BNORM_OK);
+  ExpectRounded(dx16, dx32);
+  for (size_t i = 0; i < count; ++i) {
+    if (!std::isnan(xw[i])) {
+      ASSERT_EQ(Bits(dx32[i]), Bits(xw[i])) << std::hex << x16[i];
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTargets, DTypeTest, testing::ValuesIn(Cases()), CaseName);
 
 }  // namespace

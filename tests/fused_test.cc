@@ -92,28 +92,56 @@ TEST_P(FusedTest, ForwardTrainingEqualsTheComposition) {
 
 TEST_P(FusedTest, ForwardInferenceEqualsTheComposition) {
   for (const Shape& s : Shapes()) {
-    SCOPED_TRACE(s.Name());
-    const size_t C = static_cast<size_t>(s.c);
-    const auto x = NormalData(s, 5, 0.0, 2.0);
-    const auto z = NormalData(s, 6);
-    const auto mean = UniformVector(C, 7, -1.f, 1.f), var = UniformVector(C, 8, 0.5f, 2.f);
-    const bnorm_tensor_desc d = s.Desc();
-    std::vector<float> yb(x.size()), y(x.size()), want(x.size());
-    ASSERT_EQ(bnorm_forward_inference(nullptr, &d, x.data(), yb.data(), nullptr, nullptr,
-                                      mean.data(), var.data(), 1e-5f),
-              BNORM_OK);
-    for (size_t e = 0; e < x.size(); ++e) want[e] = Relu(yb[e] + z[e]);
-    ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), z.data(), y.data(),
-                                         BNORM_ACT_RELU, nullptr, nullptr, mean.data(),
-                                         var.data(), 1e-5f),
-              BNORM_OK);
-    ExpectSameBits(y, want);
-    std::vector<float> xy = x;  // in place over x, z == nothing else
-    ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, xy.data(), z.data(), xy.data(),
-                                         BNORM_ACT_RELU, nullptr, nullptr, mean.data(),
-                                         var.data(), 1e-5f),
-              BNORM_OK);
-    ExpectSameBits(xy, want);
+    for (bool with_z : {false, true}) {
+      for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
+        for (bool affine : {false, true}) {
+          SCOPED_TRACE(s.Name() + (with_z ? " +z" : "") + (act ? " relu" : "") +
+                       (affine ? " affine" : ""));
+          const size_t C = static_cast<size_t>(s.c);
+          const auto x = NormalData(s, 5, 0.0, 2.0);
+          const auto z = NormalData(s, 6);
+          const auto mean = UniformVector(C, 7, -1.f, 1.f), var = UniformVector(C, 8, 0.5f, 2.f);
+          const auto gamma = UniformVector(C, 14, -2.f, 2.f), beta = UniformVector(C, 15, -1.f, 1.f);
+          const float* g = affine ? gamma.data() : nullptr;
+          const float* b = affine ? beta.data() : nullptr;
+          const float* zp = with_z ? z.data() : nullptr;
+          const bnorm_tensor_desc d = s.Desc();
+          std::vector<float> yb(x.size()), y(x.size(), -7.f), want(x.size());
+          ASSERT_EQ(bnorm_forward_inference(nullptr, &d, x.data(), yb.data(), g, b, mean.data(),
+                                            var.data(), 1e-5f),
+                    BNORM_OK);
+          for (size_t e = 0; e < x.size(); ++e) {
+            const float v = with_z ? yb[e] + z[e] : yb[e];
+            want[e] = act == BNORM_ACT_RELU ? Relu(v) : v;
+          }
+          ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), zp, y.data(), act, g, b,
+                                               mean.data(), var.data(), 1e-5f),
+                    BNORM_OK);
+          ExpectSameBits(y, want);
+          std::vector<float> xy = x;  // in place over x
+          ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, xy.data(), zp, xy.data(), act, g, b,
+                                               mean.data(), var.data(), 1e-5f),
+                    BNORM_OK);
+          ExpectSameBits(xy, want);
+          if (!with_z) continue;
+          // z in place too (y over z), and z the same tensor as x.
+          std::vector<float> zy = z;
+          ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), zy.data(), zy.data(), act, g,
+                                               b, mean.data(), var.data(), 1e-5f),
+                    BNORM_OK);
+          ExpectSameBits(zy, want);
+          std::vector<float> y_xx(x.size()), want_xx(x.size());
+          for (size_t e = 0; e < x.size(); ++e) {
+            const float v = yb[e] + x[e];
+            want_xx[e] = act == BNORM_ACT_RELU ? Relu(v) : v;
+          }
+          ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), x.data(), y_xx.data(), act,
+                                               g, b, mean.data(), var.data(), 1e-5f),
+                    BNORM_OK);
+          ExpectSameBits(y_xx, want_xx);
+        }
+      }
+    }
   }
 }
 
@@ -172,6 +200,42 @@ TEST_P(FusedTest, BackwardEqualsTheComposition) {
                 BNORM_OK);
       ExpectSameBits(inplace_dx, dx_want);
     }
+  }
+}
+
+// The ReLU backward's mask as bnorm.h states it: g = 0 where y <= 0 (both
+// zeros), dy elsewhere, so a NaN y and the smallest positive denormal pass
+// dy; mixed within every vector, y not the forward's output.
+TEST_P(FusedTest, BackwardMaskFollowsTheHeader) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  const std::vector<float> ys = {nan, 0.0f, -0.0f, tiny, -tiny, 1.0f, -1.0f, -nan, 3.0f};
+  for (const Shape& s : Shapes()) {
+    SCOPED_TRACE(s.Name());
+    const size_t C = static_cast<size_t>(s.c);
+    const auto x = NormalData(s, 21, 0.5, 2.0);
+    const auto dy = NormalData(s, 22);
+    std::vector<float> y(x.size()), g(x.size());
+    for (size_t e = 0; e < x.size(); ++e) {
+      y[e] = ys[(e * 7 + e / 5) % ys.size()];
+      g[e] = y[e] <= 0.0f ? 0.0f : dy[e];
+    }
+    const auto gamma = UniformVector(C, 23, 0.5f, 2.0f);
+    const auto mean = UniformVector(C, 24, 0.0f, 1.0f), invstd = UniformVector(C, 25, 0.5f, 2.0f);
+    const bnorm_tensor_desc d = s.Desc();
+    std::vector<float> dx_want(x.size()), dg_want(C), db_want(C);
+    ASSERT_EQ(bnorm_backward(nullptr, &d, x.data(), g.data(), dx_want.data(), gamma.data(),
+                             mean.data(), invstd.data(), dg_want.data(), db_want.data()),
+              BNORM_OK);
+    std::vector<float> dx(x.size(), -7.f), dz(x.size(), -7.f), dg(C), db(C);
+    ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), dx.data(), dz.data(),
+                                BNORM_ACT_RELU, gamma.data(), nullptr, mean.data(), invstd.data(),
+                                dg.data(), db.data()),
+              BNORM_OK);
+    ExpectSameBits(dz, g);
+    ExpectSameBits(dx, dx_want);
+    EXPECT_EQ(dg, dg_want);
+    EXPECT_EQ(db, db_want);
   }
 }
 

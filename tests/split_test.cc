@@ -847,16 +847,10 @@ TEST_P(SplitTest, EmptyPartWritesOnlyPerChannelOutputs) {
   }
 }
 
-// KNOWN LIBRARY DEFECT (reported, not fixed here): bnorm.h says of
-// bnorm_stats "NaN/Inf in a channel make its results NaN", but an Inf gives
-// mean = +-Inf, m2 = +Inf when it is the channel's last value, and
-// mean = NaN, m2 = +Inf at some other positions (e.g. n=1, c=1, spatial=3,
-// x = {1, 1.25, +Inf}: mean +Inf, m2 +Inf; x = {1, +Inf, 1.5}: mean NaN,
-// m2 +Inf; spatial=2, x = {+Inf, 1.25}: mean NaN, m2 +Inf), under every
-// target and in both layouts. bnorm_forward_training has the same bits
-// (save_mean +-Inf, save_invstd 0, running_var +Inf). The test checks the
-// documented behaviour and is skipped, with the cases listed, while the
-// defect is present; it checks for real once the library is fixed.
+// bnorm.h: "NaN/Inf in a channel make its results NaN", with the Inf at any
+// position of the channel. (Found by a review as mean = +-Inf, m2 = +Inf for
+// an Inf last, mean = NaN, m2 = +Inf elsewhere, e.g. n=1, c=1, spatial=3,
+// x = {1, +Inf, 1.5}; fixed since.) Every failing case is listed.
 TEST_P(SplitTest, StatsInfMakesTheChannelNaN) {
   std::vector<std::string> violations;
   for (int64_t len : {int64_t{2}, int64_t{3}, int64_t{4}, int64_t{33}, int64_t{132}}) {

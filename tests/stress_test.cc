@@ -1060,13 +1060,13 @@ void CheckBackward(const Request& r, const Views& v, Checker& ck) {
   const auto x = ReadTensor(r, v.before, kX);
   auto grad = ReadTensor(r, v.before, kDY);
   const unsigned char* dy_bytes = v.before + r.Offset(kDY);
-  // backward_ex with a ReLU: the gradient is dy where y > 0, else 0.
+  // backward_ex with a ReLU: the gradient is 0 where y <= 0, dy elsewhere.
   const bool relu = r.op == Op::kBackwardEx && r.act == BNORM_ACT_RELU;
   std::vector<char> pass(grad.size(), 1);
   if (relu) {
     const auto y = ReadTensor(r, v.before, kYIn);
     for (size_t e = 0; e < grad.size(); ++e) {
-      pass[e] = y[e] > 0 ? 1 : 0;
+      pass[e] = y[e] <= 0 ? 0 : 1;  // a NaN y passes dy (bnorm.h)
       if (!pass[e]) grad[e] = 0.0f;
     }
   }
