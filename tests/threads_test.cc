@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "test_support.h"
@@ -21,24 +24,40 @@ std::vector<Shape> ThreadShapes() {
           Shape{20000, 3, 7, BNORM_LAYOUT_NHWC},  Shape{9000, 33, 1, BNORM_LAYOUT_NCHW}};
 }
 
-// Every output of every entry point for one shape, as bytes.
+// Every output of every entry point for one shape: f32 through the plain and
+// the fused (_ex: residual, ReLU) calls, bf16 through training and backward.
 struct Outputs {
   std::vector<float> y, save_mean, save_invstd, running_mean, running_var, y_infer, dx, dgamma,
-      dbeta, dx_frozen;
+      dbeta, dx_frozen, dgamma_frozen, dbeta_frozen, y_ex, dx_ex, dz_ex, dgamma_ex, dbeta_ex,
+      save_mean16, save_invstd16, dgamma16, dbeta16;
+  std::vector<uint16_t> y16, dx16;
   bool operator==(const Outputs& o) const {
-    return Bytes(y) == Bytes(o.y) && Bytes(save_mean) == Bytes(o.save_mean) &&
-           Bytes(save_invstd) == Bytes(o.save_invstd) &&
-           Bytes(running_mean) == Bytes(o.running_mean) &&
-           Bytes(running_var) == Bytes(o.running_var) && Bytes(y_infer) == Bytes(o.y_infer) &&
-           Bytes(dx) == Bytes(o.dx) && Bytes(dgamma) == Bytes(o.dgamma) &&
-           Bytes(dbeta) == Bytes(o.dbeta) && Bytes(dx_frozen) == Bytes(o.dx_frozen);
+    const std::vector<float> Outputs::*floats[] = {
+        &Outputs::y,           &Outputs::save_mean,     &Outputs::save_invstd,
+        &Outputs::running_mean, &Outputs::running_var,  &Outputs::y_infer,
+        &Outputs::dx,          &Outputs::dgamma,        &Outputs::dbeta,
+        &Outputs::dx_frozen,   &Outputs::dgamma_frozen, &Outputs::dbeta_frozen,
+        &Outputs::y_ex,        &Outputs::dx_ex,         &Outputs::dz_ex,
+        &Outputs::dgamma_ex,   &Outputs::dbeta_ex,      &Outputs::save_mean16,
+        &Outputs::save_invstd16, &Outputs::dgamma16,    &Outputs::dbeta16};
+    for (const auto field : floats) {
+      if (Bytes(this->*field) != Bytes(o.*field)) return false;
+    }
+    return y16 == o.y16 && dx16 == o.dx16;
   }
 };
 
 struct Inputs {
   Shape s;
   std::vector<float> x, dy, gamma, beta;
+  std::vector<uint16_t> x16, dy16;  // x and dy rounded to bf16
 };
+
+uint16_t RoundToBf16(float f) {  // finite values
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 
 // Generated once per shape (generation costs more than the calls).
 const Inputs& InputsFor(const Shape& s) {
@@ -48,11 +67,11 @@ const Inputs& InputsFor(const Shape& s) {
   auto it = cache.find(s.Name());
   if (it == cache.end()) {
     const size_t C = static_cast<size_t>(s.c);
-    it = cache
-             .emplace(s.Name(),
-                      Inputs{s, NormalData(s, 21, 100.0, 3.0), NormalData(s, 22, 0.0, 1.0, 0.01),
-                             UniformVector(C, 23, 0.5f, 1.5f), UniformVector(C, 24, -1.0f, 1.0f)})
-             .first;
+    Inputs in{s, NormalData(s, 21, 100.0, 3.0), NormalData(s, 22, 0.0, 1.0, 0.01),
+              UniformVector(C, 23, 0.5f, 1.5f), UniformVector(C, 24, -1.0f, 1.0f), {}, {}};
+    for (float v : in.x) in.x16.push_back(RoundToBf16(v));
+    for (float v : in.dy) in.dy16.push_back(RoundToBf16(v));
+    it = cache.emplace(s.Name(), std::move(in)).first;
   }
   return it->second;
 }
@@ -66,16 +85,16 @@ Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
   const auto& beta = in.beta;
   const bnorm_tensor_desc d = s.Desc();
   Outputs o;
-  o.y.resize(x.size());
-  o.y_infer.resize(x.size());
-  o.dx.resize(x.size());
-  o.dx_frozen.resize(x.size());
-  o.save_mean.resize(C);
-  o.save_invstd.resize(C);
+  for (auto* v : {&o.y, &o.y_infer, &o.dx, &o.dx_frozen, &o.y_ex, &o.dx_ex, &o.dz_ex}) {
+    v->resize(x.size());
+  }
+  for (auto* v : {&o.save_mean, &o.save_invstd, &o.dgamma, &o.dbeta, &o.dgamma_frozen,
+                  &o.dbeta_frozen, &o.dgamma_ex, &o.dbeta_ex, &o.save_mean16, &o.save_invstd16,
+                  &o.dgamma16, &o.dbeta16}) {
+    v->resize(C);
+  }
   o.running_mean.assign(C, 0.5f);
   o.running_var.assign(C, 2.0f);
-  o.dgamma.resize(C);
-  o.dbeta.resize(C);
   EXPECT_EQ(bnorm_forward_training(ctx, &d, x.data(), o.y.data(), gamma.data(), beta.data(), 1e-5f,
                                    0.1f, o.running_mean.data(), o.running_var.data(),
                                    o.save_mean.data(), o.save_invstd.data()),
@@ -87,11 +106,32 @@ Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
       bnorm_backward(ctx, &d, x.data(), dy.data(), o.dx.data(), gamma.data(), o.save_mean.data(),
                      o.save_invstd.data(), o.dgamma.data(), o.dbeta.data()),
       BNORM_OK);
-  std::vector<float> dg(C), db(C);
-  EXPECT_EQ(
-      bnorm_backward_frozen(ctx, &d, x.data(), dy.data(), o.dx_frozen.data(), gamma.data(),
-                            o.running_mean.data(), o.save_invstd.data(), dg.data(), db.data()),
-      BNORM_OK);
+  EXPECT_EQ(bnorm_backward_frozen(ctx, &d, x.data(), dy.data(), o.dx_frozen.data(), gamma.data(),
+                                  o.running_mean.data(), o.save_invstd.data(),
+                                  o.dgamma_frozen.data(), o.dbeta_frozen.data()),
+            BNORM_OK);
+  // The fused calls, dy doubling as the residual.
+  EXPECT_EQ(bnorm_forward_training_ex(ctx, &d, x.data(), dy.data(), o.y_ex.data(), BNORM_ACT_RELU,
+                                      gamma.data(), beta.data(), 1e-5f, 0.1f, nullptr, nullptr,
+                                      nullptr, nullptr),
+            BNORM_OK);
+  EXPECT_EQ(bnorm_backward_ex(ctx, &d, x.data(), o.y_ex.data(), dy.data(), o.dx_ex.data(),
+                              o.dz_ex.data(), BNORM_ACT_RELU, gamma.data(), beta.data(),
+                              o.save_mean.data(), o.save_invstd.data(), o.dgamma_ex.data(),
+                              o.dbeta_ex.data()),
+            BNORM_OK);
+  bnorm_tensor_desc d16 = d;
+  d16.dtype = BNORM_DTYPE_BF16;
+  o.y16.resize(x.size());
+  o.dx16.resize(x.size());
+  EXPECT_EQ(bnorm_forward_training(ctx, &d16, in.x16.data(), o.y16.data(), gamma.data(),
+                                   beta.data(), 1e-5f, 0.1f, nullptr, nullptr, o.save_mean16.data(),
+                                   o.save_invstd16.data()),
+            BNORM_OK);
+  EXPECT_EQ(bnorm_backward(ctx, &d16, in.x16.data(), in.dy16.data(), o.dx16.data(), gamma.data(),
+                           o.save_mean16.data(), o.save_invstd16.data(), o.dgamma16.data(),
+                           o.dbeta16.data()),
+            BNORM_OK);
   return o;
 }
 
