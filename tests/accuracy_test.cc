@@ -399,7 +399,8 @@ TEST_P(AccuracyTest, BackwardOnLargeOffsets) {
       }
       const bnorm_tensor_desc d = s.Desc();
       for (bool frozen : {false, true}) {
-        SCOPED_TRACE(testing::Message() << s.Name() << " offset=" << offset << " frozen=" << frozen);
+        SCOPED_TRACE(testing::Message()
+                     << s.Name() << " offset=" << offset << " frozen=" << frozen);
         const RefBackward ref = ReferenceBackward(s, frozen, x, dy, gamma.data(), mean, invstd);
         std::vector<float> dx(x.size(), -7.0f), dgamma(C, -7.0f), dbeta(C, -7.0f);
         const auto call = frozen ? bnorm_backward_frozen : bnorm_backward;
@@ -469,11 +470,12 @@ TEST_P(AccuracyTest, BackwardNanAndInfStayInTheirChannel) {
       for (bool in_x : {true, false}) {
         for (float bad : poison) {
           for (int64_t where : {int64_t{0}, s.Values() / 2, s.Values() - 1}) {
-            SCOPED_TRACE(testing::Message() << s.Name() << " frozen=" << frozen << " "
-                                            << (in_x ? "x" : "dy") << "=" << bad << " at value "
-                                            << where);
+            SCOPED_TRACE(testing::Message()
+                         << s.Name() << " frozen=" << frozen << " " << (in_x ? "x" : "dy") << "="
+                         << bad << " at value " << where);
             auto xs = x, g = dy;
-            (in_x ? xs : g)[static_cast<size_t>(s.Index(where / s.spatial, ch, where % s.spatial))] =
+            (in_x ? xs
+                  : g)[static_cast<size_t>(s.Index(where / s.spatial, ch, where % s.spatial))] =
                 bad;
             const Out r = run(frozen, xs, g);
             for (int64_t c = 0; c < s.c; ++c) {
@@ -536,7 +538,7 @@ TEST_P(AccuracyTest, SingleValuePerChannel) {
     const auto y_ref = ReferenceNormalize(s, x, lmean, linv, gamma.data(), beta.data());
     for (size_t e = 0; e < x.size(); ++e) {
       const LD centered = std::fabs(y_ref[e] - beta[e]);  // one value per channel: e = channel
-      ASSERT_NEAR(y[e], static_cast<double>(y_ref[e]),  // forward_test.cc's inference bound
+      ASSERT_NEAR(y[e], static_cast<double>(y_ref[e]),    // forward_test.cc's inference bound
                   static_cast<double>(1.8e-7L * centered + 6e-8L * std::fabs(y_ref[e])) + 1e-30)
           << "channel " << e;
     }

@@ -101,7 +101,8 @@ TEST_P(FusedTest, ForwardInferenceEqualsTheComposition) {
           const auto x = NormalData(s, 5, 0.0, 2.0);
           const auto z = NormalData(s, 6);
           const auto mean = UniformVector(C, 7, -1.f, 1.f), var = UniformVector(C, 8, 0.5f, 2.f);
-          const auto gamma = UniformVector(C, 14, -2.f, 2.f), beta = UniformVector(C, 15, -1.f, 1.f);
+          const auto gamma = UniformVector(C, 14, -2.f, 2.f),
+                     beta = UniformVector(C, 15, -1.f, 1.f);
           const float* g = affine ? gamma.data() : nullptr;
           const float* b = affine ? beta.data() : nullptr;
           const float* zp = with_z ? z.data() : nullptr;
@@ -135,8 +136,8 @@ TEST_P(FusedTest, ForwardInferenceEqualsTheComposition) {
             const float v = yb[e] + x[e];
             want_xx[e] = act == BNORM_ACT_RELU ? Relu(v) : v;
           }
-          ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), x.data(), y_xx.data(), act,
-                                               g, b, mean.data(), var.data(), 1e-5f),
+          ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), x.data(), y_xx.data(), act, g,
+                                               b, mean.data(), var.data(), 1e-5f),
                     BNORM_OK);
           ExpectSameBits(y_xx, want_xx);
         }

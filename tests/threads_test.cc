@@ -32,14 +32,27 @@ struct Outputs {
       save_mean16, save_invstd16, dgamma16, dbeta16;
   std::vector<uint16_t> y16, dx16;
   bool operator==(const Outputs& o) const {
-    const std::vector<float> Outputs::*floats[] = {
-        &Outputs::y,           &Outputs::save_mean,     &Outputs::save_invstd,
-        &Outputs::running_mean, &Outputs::running_var,  &Outputs::y_infer,
-        &Outputs::dx,          &Outputs::dgamma,        &Outputs::dbeta,
-        &Outputs::dx_frozen,   &Outputs::dgamma_frozen, &Outputs::dbeta_frozen,
-        &Outputs::y_ex,        &Outputs::dx_ex,         &Outputs::dz_ex,
-        &Outputs::dgamma_ex,   &Outputs::dbeta_ex,      &Outputs::save_mean16,
-        &Outputs::save_invstd16, &Outputs::dgamma16,    &Outputs::dbeta16};
+    const std::vector<float> Outputs::*floats[] = {&Outputs::y,
+                                                   &Outputs::save_mean,
+                                                   &Outputs::save_invstd,
+                                                   &Outputs::running_mean,
+                                                   &Outputs::running_var,
+                                                   &Outputs::y_infer,
+                                                   &Outputs::dx,
+                                                   &Outputs::dgamma,
+                                                   &Outputs::dbeta,
+                                                   &Outputs::dx_frozen,
+                                                   &Outputs::dgamma_frozen,
+                                                   &Outputs::dbeta_frozen,
+                                                   &Outputs::y_ex,
+                                                   &Outputs::dx_ex,
+                                                   &Outputs::dz_ex,
+                                                   &Outputs::dgamma_ex,
+                                                   &Outputs::dbeta_ex,
+                                                   &Outputs::save_mean16,
+                                                   &Outputs::save_invstd16,
+                                                   &Outputs::dgamma16,
+                                                   &Outputs::dbeta16};
     for (const auto field : floats) {
       if (Bytes(this->*field) != Bytes(o.*field)) return false;
     }
@@ -67,8 +80,13 @@ const Inputs& InputsFor(const Shape& s) {
   auto it = cache.find(s.Name());
   if (it == cache.end()) {
     const size_t C = static_cast<size_t>(s.c);
-    Inputs in{s, NormalData(s, 21, 100.0, 3.0), NormalData(s, 22, 0.0, 1.0, 0.01),
-              UniformVector(C, 23, 0.5f, 1.5f), UniformVector(C, 24, -1.0f, 1.0f), {}, {}};
+    Inputs in{s,
+              NormalData(s, 21, 100.0, 3.0),
+              NormalData(s, 22, 0.0, 1.0, 0.01),
+              UniformVector(C, 23, 0.5f, 1.5f),
+              UniformVector(C, 24, -1.0f, 1.0f),
+              {},
+              {}};
     for (float v : in.x) in.x16.push_back(RoundToBf16(v));
     for (float v : in.dy) in.dy16.push_back(RoundToBf16(v));
     it = cache.emplace(s.Name(), std::move(in)).first;
@@ -88,9 +106,9 @@ Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
   for (auto* v : {&o.y, &o.y_infer, &o.dx, &o.dx_frozen, &o.y_ex, &o.dx_ex, &o.dz_ex}) {
     v->resize(x.size());
   }
-  for (auto* v : {&o.save_mean, &o.save_invstd, &o.dgamma, &o.dbeta, &o.dgamma_frozen,
-                  &o.dbeta_frozen, &o.dgamma_ex, &o.dbeta_ex, &o.save_mean16, &o.save_invstd16,
-                  &o.dgamma16, &o.dbeta16}) {
+  for (auto* v :
+       {&o.save_mean, &o.save_invstd, &o.dgamma, &o.dbeta, &o.dgamma_frozen, &o.dbeta_frozen,
+        &o.dgamma_ex, &o.dbeta_ex, &o.save_mean16, &o.save_invstd16, &o.dgamma16, &o.dbeta16}) {
     v->resize(C);
   }
   o.running_mean.assign(C, 0.5f);
@@ -115,11 +133,11 @@ Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
                                       gamma.data(), beta.data(), 1e-5f, 0.1f, nullptr, nullptr,
                                       nullptr, nullptr),
             BNORM_OK);
-  EXPECT_EQ(bnorm_backward_ex(ctx, &d, x.data(), o.y_ex.data(), dy.data(), o.dx_ex.data(),
-                              o.dz_ex.data(), BNORM_ACT_RELU, gamma.data(), beta.data(),
-                              o.save_mean.data(), o.save_invstd.data(), o.dgamma_ex.data(),
-                              o.dbeta_ex.data()),
-            BNORM_OK);
+  EXPECT_EQ(
+      bnorm_backward_ex(ctx, &d, x.data(), o.y_ex.data(), dy.data(), o.dx_ex.data(), o.dz_ex.data(),
+                        BNORM_ACT_RELU, gamma.data(), beta.data(), o.save_mean.data(),
+                        o.save_invstd.data(), o.dgamma_ex.data(), o.dbeta_ex.data()),
+      BNORM_OK);
   bnorm_tensor_desc d16 = d;
   d16.dtype = BNORM_DTYPE_BF16;
   o.y16.resize(x.size());
