@@ -322,6 +322,63 @@ TEST(Validation, Backward) {
   }
 }
 
+// Overlap of 16-bit tensors is judged in 2-byte elements: an output that
+// starts on the last element of an input (or a float parameter that covers
+// it) overlaps it; one just past its end does not. Every rejected call
+// leaves all bytes as they were.
+TEST(Validation, SixteenBitAliasBoundaries) {
+  constexpr int64_t kN = 2, kC = 3, kS = 6, kE = kN * kC * kS;  // kE even: floats stay aligned
+  for (bnorm_dtype dtype : {BNORM_DTYPE_BF16, BNORM_DTYPE_F16}) {
+    for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
+      SCOPED_TRACE(testing::Message() << "dtype " << dtype << " layout " << layout);
+      const bnorm_tensor_desc d{kN, kC, kS, layout, dtype};
+      // One arena: 16-bit x, then room for an output tensor, then floats.
+      std::vector<uint32_t> arena(static_cast<size_t>(3 * kE / 2 + 8 * kC + 8));
+      uint16_t* x = reinterpret_cast<uint16_t*>(arena.data());
+      float* params = reinterpret_cast<float*>(arena.data() + 3 * kE / 2 + 4);
+      float *gamma = params, *beta = params + kC, *mean = params + 2 * kC, *var = params + 3 * kC;
+      float *sm = params + 4 * kC, *si = params + 5 * kC, *dg = params + 6 * kC,
+            *db = params + 7 * kC;
+      const auto reset = [&]() {
+        for (int64_t e = 0; e < 3 * kE; ++e) x[e] = static_cast<uint16_t>(0x3C00 + e % 7);
+        for (int64_t k = 0; k < 8 * kC; ++k) params[k] = 1.0f + 0.25f * static_cast<float>(k % 5);
+      };
+      const auto train = [&](void* y, const float* g) {
+        return bnorm_forward_training(nullptr, &d, x, y, g, beta, 1e-5f, 0.1f, nullptr, nullptr,
+                                      sm, si);
+      };
+      const auto infer = [&](void* y, const float* g) {
+        return bnorm_forward_inference(nullptr, &d, x, y, g, beta, mean, var, 1e-5f);
+      };
+      // dy = x + kE, dx at the given place.
+      const auto back = [&](void* dx, const float* g) {
+        return bnorm_backward(nullptr, &d, x, x + kE, dx, g, mean, si, dg, db);
+      };
+      for (const auto& call : {std::function<bnorm_status(void*, const float*)>(train),
+                               std::function<bnorm_status(void*, const float*)>(infer)}) {
+        reset();
+        const std::vector<uint32_t> before = arena;
+        EXPECT_EQ(call(x + kE - 1, gamma), BNORM_ERR_ALIAS);  // y on x's last element
+        EXPECT_EQ(arena, before);
+        EXPECT_EQ(call(x + kE, reinterpret_cast<float*>(x + kE - 2)), BNORM_ERR_ALIAS);
+        EXPECT_EQ(arena, before);  // gamma over x's last two elements (4 bytes)
+        EXPECT_EQ(call(x + kE, gamma), BNORM_OK);  // just past x
+        reset();
+        EXPECT_EQ(call(x, gamma), BNORM_OK);  // in place
+      }
+      reset();
+      const std::vector<uint32_t> before = arena;
+      EXPECT_EQ(back(x + 2 * kE - 1, gamma), BNORM_ERR_ALIAS);  // dx on dy's last element
+      EXPECT_EQ(arena, before);
+      EXPECT_EQ(back(x + kE - 1, gamma), BNORM_ERR_ALIAS);  // dx over x's last and dy
+      EXPECT_EQ(arena, before);
+      EXPECT_EQ(back(x + kE, reinterpret_cast<float*>(x + 2 * kE - 2)), BNORM_ERR_ALIAS);
+      EXPECT_EQ(arena, before);  // gamma over dy's last two elements
+      EXPECT_EQ(back(x + kE, gamma), BNORM_OK);  // dx == dy: in place
+    }
+  }
+}
+
 // ---- context and misc ----
 
 TEST(Validation, Context) {
