@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -76,15 +77,15 @@ class Mpi : public testing::Test {
   }
 };
 
-// ---- Elements in f32 or bf16 ----
+// ---- Elements in f32, bf16 or f16 ----
 
-size_t ElementSize(bnorm_dtype d) { return d == BNORM_DTYPE_BF16 ? 2 : 4; }
+size_t ElementSize(bnorm_dtype d) { return d == BNORM_DTYPE_F32 ? 4 : 2; }
 
 std::vector<uint8_t> ToRaw(const std::vector<float>& v, bnorm_dtype d) {
   std::vector<uint8_t> raw(v.size() * ElementSize(d));
   for (size_t i = 0; i < v.size(); ++i) {
-    if (d == BNORM_DTYPE_BF16) {
-      const uint16_t h = RefFloatToBf16(v[i]);
+    if (d != BNORM_DTYPE_F32) {
+      const uint16_t h = d == BNORM_DTYPE_BF16 ? RefFloatToBf16(v[i]) : RefFloatToF16(v[i]);
       std::memcpy(raw.data() + 2 * i, &h, 2);
     } else {
       std::memcpy(raw.data() + 4 * i, &v[i], 4);
@@ -94,10 +95,10 @@ std::vector<uint8_t> ToRaw(const std::vector<float>& v, bnorm_dtype d) {
 }
 
 float ElementAt(const uint8_t* raw, size_t i, bnorm_dtype d) {
-  if (d == BNORM_DTYPE_BF16) {
+  if (d != BNORM_DTYPE_F32) {
     uint16_t h;
     std::memcpy(&h, raw + 2 * i, 2);
-    return RefBf16ToFloat(h);
+    return d == BNORM_DTYPE_BF16 ? RefBf16ToFloat(h) : RefF16ToFloat(h);
   }
   float f;
   std::memcpy(&f, raw + 4 * i, 4);
@@ -106,7 +107,8 @@ float ElementAt(const uint8_t* raw, size_t i, bnorm_dtype d) {
 
 // The relative size of one rounding of an output element.
 double OutputUlp(bnorm_dtype d) {
-  return d == BNORM_DTYPE_BF16 ? std::ldexp(1.0, -7) : FLT_EPSILON;
+  if (d == BNORM_DTYPE_F32) return FLT_EPSILON;
+  return std::ldexp(1.0, d == BNORM_DTYPE_BF16 ? -7 : -10);
 }
 
 bool SameBits(const void* a, const void* b, size_t bytes) {
@@ -206,7 +208,8 @@ struct Case {
     char buf[160];
     std::snprintf(buf, sizeof buf, "%" PRId64 "x%" PRId64 "x%" PRId64 " %s %s offset %g split %s",
                   n, c, spatial, layout == BNORM_LAYOUT_NCHW ? "NCHW" : "NHWC",
-                  dtype == BNORM_DTYPE_BF16 ? "bf16" : "f32", offset, SplitName(split));
+                  dtype == BNORM_DTYPE_F32 ? "f32" : (dtype == BNORM_DTYPE_BF16 ? "bf16" : "f16"),
+                  offset, SplitName(split));
     return buf;
   }
 };
@@ -216,7 +219,7 @@ struct Case {
 struct Batch {
   Shape whole;
   bnorm_dtype dtype;
-  std::vector<float> xf, dyf;  // values (bf16-representable for bf16)
+  std::vector<float> xf, dyf;  // values (representable in dtype)
   std::vector<uint8_t> x, dy;  // the same in dtype
   std::vector<int64_t> counts, starts;
   std::vector<float> gamma, beta, running_mean0, running_var0;
@@ -591,13 +594,15 @@ std::vector<Case> Cases(bool small) {
   uint64_t seed = 1000;
   for (const S& s : shapes) {
     for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
-      for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_BF16}) {
-        // bf16 cannot hold N(0,1) on top of 1e4 (its ulp there is 64).
+      for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_BF16, BNORM_DTYPE_F16}) {
+        // bf16 cannot hold N(0,1) on top of 1e4 (its ulp there is 64), nor
+        // f16 (8).
         const std::vector<double> offsets =
             dtype == BNORM_DTYPE_F32 ? std::vector<double>{0.0, 1e4} : std::vector<double>{3.0};
         for (double offset : offsets) {
           for (Split split : kSplits) {
-            if (small && split != Split::kUneven) continue;
+            // f16 takes bf16's path with another conversion: one split.
+            if ((small || dtype == BNORM_DTYPE_F16) && split != Split::kUneven) continue;
             out.push_back(Case{s.n, s.c, s.spatial, layout, dtype, offset, split, seed});
             seed += 10;
           }
@@ -1076,6 +1081,62 @@ TEST_F(Mpi, SignedZerosAgree) {
                                  nullptr, zero, zero, nullptr, nullptr, mean.data(), invstd.data());
   EXPECT_EQ(s, BNORM_OK) << bnorm_status_string(s);
   EXPECT_TRUE(AllTrue(s == BNORM_OK, MPI_COMM_WORLD));
+}
+
+// NaN in channel 1 and +Inf in channel 2 of the last rank's data (and a
+// constant channel 3 on every rank): every rank gets NaN statistics for
+// channels 1 and 2, the same bits everywhere, and for the other channels
+// the statistics of the clean data; the backward's parameter gradients of
+// channels 1 and 2 are not finite on every rank, the others' finite. NaN
+// and Inf must not leak into other channels through the exchange.
+TEST_F(Mpi, NanAndInfOnOneRankStayInTheirChannels) {
+  const int rank = Rank(MPI_COMM_WORLD), p = Size(MPI_COMM_WORLD);
+  for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
+    SCOPED_TRACE(layout == BNORM_LAYOUT_NCHW ? "NCHW" : "NHWC");
+    const Shape s{3, 5, 7, layout};
+    const bnorm_tensor_desc desc = s.Desc();
+    const size_t C = static_cast<size_t>(s.c);
+    auto x = NormalData(s, 9000 + static_cast<uint64_t>(rank), 1.0, 1.0);
+    for (int64_t i = 0; i < s.n; ++i) {
+      for (int64_t sp = 0; sp < s.spatial; ++sp) x[static_cast<size_t>(s.Index(i, 3, sp))] = 2.5f;
+    }
+    const auto clean = x;
+    if (rank == p - 1) {
+      x[static_cast<size_t>(s.Index(1, 1, 3))] = std::numeric_limits<float>::quiet_NaN();
+      x[static_cast<size_t>(s.Index(2, 2, 6))] = std::numeric_limits<float>::infinity();
+    }
+    const auto dy = NormalData(s, 9100 + static_cast<uint64_t>(rank), 0.0, 1.0, 0.0);
+    std::vector<float> y(x.size()), mean(C), invstd(C), rm(C, 0.0f), rv(C, 1.0f);
+    std::vector<float> y0(x.size()), mean0(C), invstd0(C), rm0(C, 0.0f), rv0(C, 1.0f);
+    const bnorm_status st0 = bnorm_mpi_forward_training(
+        MPI_COMM_WORLD, nullptr, &desc, clean.data(), y0.data(), nullptr, nullptr, 1e-5f, 0.5f,
+        rm0.data(), rv0.data(), mean0.data(), invstd0.data());
+    const bnorm_status st = bnorm_mpi_forward_training(
+        MPI_COMM_WORLD, nullptr, &desc, x.data(), y.data(), nullptr, nullptr, 1e-5f, 0.5f,
+        rm.data(), rv.data(), mean.data(), invstd.data());
+    ASSERT_TRUE(AllTrue(st == BNORM_OK && st0 == BNORM_OK, MPI_COMM_WORLD));
+    for (size_t c = 0; c < C; ++c) {
+      if (c == 1 || c == 2) {
+        EXPECT_TRUE(std::isnan(mean[c]) && std::isnan(invstd[c]) && std::isnan(rv[c])) << c;
+      } else {
+        EXPECT_TRUE(SameBits(&mean[c], &mean0[c], 4) && SameBits(&invstd[c], &invstd0[c], 4) &&
+                    SameBits(&rv[c], &rv0[c], 4))
+            << "channel " << c;
+      }
+    }
+    EXPECT_EQ(mean[3], 2.5f);
+    EXPECT_TRUE(SameOnAllRanks({&mean, &invstd, &rm, &rv}, MPI_COMM_WORLD));
+    std::vector<float> dx(x.size()), dgamma(C), dbeta(C);
+    const bnorm_status sb =
+        bnorm_mpi_backward(MPI_COMM_WORLD, nullptr, &desc, x.data(), dy.data(), dx.data(), nullptr,
+                           mean.data(), invstd.data(), dgamma.data(), dbeta.data());
+    ASSERT_TRUE(AllTrue(sb == BNORM_OK, MPI_COMM_WORLD));
+    for (size_t c = 0; c < C; ++c) {
+      EXPECT_EQ(std::isfinite(dgamma[c]), c != 1 && c != 2) << "channel " << c;
+      EXPECT_TRUE(std::isfinite(dbeta[c])) << "channel " << c;  // dy is clean
+    }
+    EXPECT_TRUE(SameOnAllRanks({&dgamma, &dbeta}, MPI_COMM_WORLD));
+  }
 }
 
 // 6: repeated calls give the first call's bits and do not grow memory.
