@@ -598,6 +598,62 @@ TEST_P(AccuracyTest, SingleValuePerChannel) {
   }
 }
 
+// bnorm.h: inference with var + eps <= 0 or NaN statistics gives the IEEE
+// result of y = (x - mean) / sqrt(var + eps) * gamma + beta: with var 0 and
+// eps 0, +-Inf by the sign of x - mean and NaN where x == mean (0 * Inf);
+// NaN for var -1, a NaN var or a NaN mean. Checked for bnorm_forward_inference,
+// bnorm_forward_inference_ex (no z, no activation; the same values) and
+// bnorm_fold (scale = gamma / sqrt(var + eps), shift = beta - mean * scale, in
+// double).
+TEST_P(AccuracyTest, InferenceWithDegenerateStatisticsIsIeee) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> mean = {1.0f, 1.0f, 1.0f, nan, 0.0f, -2.0f};
+  const std::vector<float> var = {0.0f, -1.0f, nan, 1.0f, 0.0f, 0.0f};
+  const std::vector<float> gamma = {2.0f, 1.0f, 1.0f, 1.0f, -1.0f, 0.5f};
+  const std::vector<float> beta = {0.5f, 0.0f, 0.0f, 0.0f, 3.0f, -1.0f};
+  const Shape s{4, 6, 17, layout()};
+  const size_t C = mean.size();
+  std::vector<float> x(static_cast<size_t>(s.Elements()));
+  const float values[] = {1.0f, 2.0f, 0.0f, -1.0f, -2.0f, 1.0f, 5.0f};
+  for (size_t e = 0; e < x.size(); ++e) x[e] = values[(e * 3 + e / 7) % 7];
+  const bnorm_tensor_desc d = s.Desc();
+  std::vector<float> y(x.size(), -7.0f), y_ex(x.size(), -7.0f);
+  ASSERT_EQ(bnorm_forward_inference(nullptr, &d, x.data(), y.data(), gamma.data(), beta.data(),
+                                    mean.data(), var.data(), 0.0f),
+            BNORM_OK);
+  ASSERT_EQ(bnorm_forward_inference_ex(nullptr, &d, x.data(), nullptr, y_ex.data(), BNORM_ACT_NONE,
+                                       gamma.data(), beta.data(), mean.data(), var.data(), 0.0f),
+            BNORM_OK);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      const size_t c = static_cast<size_t>(ch);
+      for (int64_t sp = 0; sp < s.spatial; ++sp) {
+        const size_t e = static_cast<size_t>(s.Index(i, ch, sp));
+        const double want = (static_cast<double>(x[e]) - mean[c]) /
+                                std::sqrt(static_cast<double>(var[c])) * gamma[c] +
+                            beta[c];
+        SCOPED_TRACE(testing::Message() << "channel " << c << " x " << x[e] << " want " << want);
+        if (std::isnan(want)) {
+          ASSERT_TRUE(std::isnan(y[e])) << y[e];
+        } else {
+          ASSERT_EQ(y[e], static_cast<float>(want));  // +-Inf
+        }
+        ASSERT_EQ(Bits(y_ex[e]), Bits(y[e]));
+      }
+    }
+  }
+  std::vector<float> scale(C, -7.0f), shift(C, -7.0f);
+  ASSERT_EQ(bnorm_fold(static_cast<int64_t>(C), gamma.data(), beta.data(), mean.data(),
+                       var.data(), 0.0f, scale.data(), shift.data()),
+            BNORM_OK);
+  for (size_t c = 0; c < C; ++c) {
+    const double sc = static_cast<double>(gamma[c]) / std::sqrt(static_cast<double>(var[c]));
+    const double sh = static_cast<double>(beta[c]) - static_cast<double>(mean[c]) * sc;
+    EXPECT_TRUE(std::isnan(sc) ? std::isnan(scale[c]) : scale[c] == static_cast<float>(sc)) << c;
+    EXPECT_TRUE(std::isnan(sh) ? std::isnan(shift[c]) : shift[c] == static_cast<float>(sh)) << c;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTargets, AccuracyTest, testing::ValuesIn(TargetLayoutGrid()),
                          TargetLayoutName);
 
