@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "test_support.h"
@@ -322,59 +323,219 @@ TEST(Validation, Backward) {
   }
 }
 
+// ---- the fused entry points (_ex) ----
+
+// Every descriptor case, and the arguments the _ex functions add (z, the
+// activation, y for the ReLU backward, dz), for each of the three: the
+// documented status and no byte changed. Forward calls read z from the
+// arena's dx slot; backward_ex reads y from the y slot and writes dz into
+// the dx slot, dx into the spare room of the y slot's neighbours below.
+TEST(Validation, FusedEntryPoints) {
+  struct ExArgs {
+    const float *x, *z, *y_in, *dy, *gamma, *beta, *mean, *var;
+    float *y, *dx, *dz, *sm, *si, *dgamma, *dbeta;
+    bnorm_activation act = BNORM_ACT_RELU;
+    float eps = 1e-5f, momentum = 0.1f;
+  };
+  const auto defaults = [](Arena& a) {
+    ExArgs t{};
+    t.x = a.x;
+    t.z = a.dx;
+    t.y_in = a.y;
+    t.dy = a.dy;
+    t.gamma = a.gamma;
+    t.beta = a.beta;
+    t.mean = a.rm;
+    t.var = a.rv;
+    t.y = a.y;
+    t.dx = nullptr;  // backward_ex: dz only, unless a case sets dx
+    t.dz = a.dx;
+    t.sm = a.sm;
+    t.si = a.si;
+    t.dgamma = a.dgamma;
+    t.dbeta = a.dbeta;
+    return t;
+  };
+  const auto train = [](const ExArgs& t, const bnorm_tensor_desc* d) {
+    return bnorm_forward_training_ex(nullptr, d, t.x, t.z, t.y, t.act, t.gamma, t.beta, t.eps,
+                                     t.momentum, nullptr, nullptr, t.sm, t.si);
+  };
+  const auto infer = [](const ExArgs& t, const bnorm_tensor_desc* d) {
+    return bnorm_forward_inference_ex(nullptr, d, t.x, t.z, t.y, t.act, t.gamma, t.beta, t.mean,
+                                      t.var, t.eps);
+  };
+  const auto back = [](const ExArgs& t, const bnorm_tensor_desc* d) {
+    return bnorm_backward_ex(nullptr, d, t.x, t.y_in, t.dy, t.dx, t.dz, t.act, t.gamma, t.beta,
+                             t.mean, t.si, t.dgamma, t.dbeta);
+  };
+  using Call = std::function<bnorm_status(const ExArgs&, const bnorm_tensor_desc*)>;
+  const std::vector<std::pair<std::string, Call>> calls = {
+      {"training_ex", train}, {"inference_ex", infer}, {"backward_ex", back}};
+  for (const auto& [fn, call] : calls) {
+    for (const Case& c : DescCases()) {
+      ExpectRejected(
+          fn + "/" + c.name, c.expected,
+          [&](Arena& a, const bnorm_tensor_desc* d) { return call(defaults(a), d); },
+          c.mutate_desc);
+    }
+  }
+  struct ArgCase {
+    std::string fn, name;
+    bnorm_status expected;
+    std::function<void(Arena&, ExArgs&)> mutate;
+  };
+  const auto act = [](int v) {
+    bnorm_activation a;
+    std::memcpy(&a, &v, sizeof a);
+    return a;
+  };
+  const std::vector<ArgCase> cases = {
+      {"training_ex", "act_2", BNORM_ERR_BAD_ARGUMENT, [&](Arena&, ExArgs& t) { t.act = act(2); }},
+      {"training_ex", "act_negative", BNORM_ERR_BAD_ARGUMENT,
+       [&](Arena&, ExArgs& t) { t.act = act(-1); }},
+      {"training_ex", "x_null", BNORM_ERR_NULL_POINTER, [](Arena&, ExArgs& t) { t.x = nullptr; }},
+      {"training_ex", "y_null", BNORM_ERR_NULL_POINTER, [](Arena&, ExArgs& t) { t.y = nullptr; }},
+      {"training_ex", "eps_nan", BNORM_ERR_BAD_ARGUMENT, [](Arena&, ExArgs& t) { t.eps = kNaN; }},
+      {"training_ex", "momentum_above_one", BNORM_ERR_BAD_ARGUMENT,
+       [](Arena&, ExArgs& t) { t.momentum = 2.0f; }},
+      {"training_ex", "y_partly_over_z", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.y = a.dx + 1; }},
+      {"training_ex", "y_partly_over_x", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.y = a.x + 3; }},
+      {"training_ex", "save_mean_in_z", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.sm = a.dx + 2; }},
+      {"inference_ex", "act_7", BNORM_ERR_BAD_ARGUMENT, [&](Arena&, ExArgs& t) { t.act = act(7); }},
+      {"inference_ex", "mean_null", BNORM_ERR_NULL_POINTER,
+       [](Arena&, ExArgs& t) { t.mean = nullptr; }},
+      {"inference_ex", "var_null", BNORM_ERR_NULL_POINTER,
+       [](Arena&, ExArgs& t) { t.var = nullptr; }},
+      {"inference_ex", "eps_negative", BNORM_ERR_BAD_ARGUMENT,
+       [](Arena&, ExArgs& t) { t.eps = -1.0f; }},
+      {"inference_ex", "y_partly_over_z", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.y = a.dx - 1; }},
+      {"inference_ex", "y_over_var", BNORM_ERR_ALIAS, [](Arena& a, ExArgs& t) { t.y = a.rv - 1; }},
+      {"backward_ex", "act_3", BNORM_ERR_BAD_ARGUMENT, [&](Arena&, ExArgs& t) { t.act = act(3); }},
+      {"backward_ex", "relu_without_y", BNORM_ERR_NULL_POINTER,
+       [](Arena&, ExArgs& t) { t.y_in = nullptr; }},
+      {"backward_ex", "dy_null", BNORM_ERR_NULL_POINTER, [](Arena&, ExArgs& t) { t.dy = nullptr; }},
+      {"backward_ex", "save_mean_null", BNORM_ERR_NULL_POINTER,
+       [](Arena&, ExArgs& t) { t.mean = nullptr; }},
+      {"backward_ex", "dz_partly_over_dy", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.dz = a.dy + 1; }},
+      {"backward_ex", "dz_over_y", BNORM_ERR_ALIAS, [](Arena& a, ExArgs& t) { t.dz = a.y + 2; }},
+      {"backward_ex", "dx_is_dz", BNORM_ERR_ALIAS, [](Arena& a, ExArgs& t) { t.dx = a.dx; }},
+      {"backward_ex", "dz_over_dgamma", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.dgamma = a.dx + 5; }},
+  };
+  for (const ArgCase& c : cases) {
+    const Call& call = c.fn == "training_ex" ? calls[0].second
+                       : c.fn == "inference_ex" ? calls[1].second
+                                                : calls[2].second;
+    ExpectRejected(
+        c.fn + "/" + c.name, c.expected,
+        [&](Arena& a, const bnorm_tensor_desc* d) {
+          ExArgs t = defaults(a);
+          c.mutate(a, t);
+          return call(t, d);
+        },
+        [](Arena&, bnorm_tensor_desc*&, bnorm_tensor_desc&) {});
+  }
+  // The defaults themselves are accepted (so each case above fails for its
+  // own reason), as are y == z and dz == dy in place.
+  for (const auto& [fn, call] : calls) {
+    Arena a;
+    const bnorm_tensor_desc d = Arena::Desc();
+    EXPECT_EQ(call(defaults(a), &d), BNORM_OK) << fn;
+  }
+  Arena a;
+  const bnorm_tensor_desc d = Arena::Desc();
+  ExArgs t = defaults(a);
+  t.y = a.dx;  // y over z, exactly
+  EXPECT_EQ(infer(t, &d), BNORM_OK);
+  EXPECT_EQ(train(t, &d), BNORM_OK);
+  t = defaults(a);
+  t.dz = a.dy;  // dz over dy, exactly
+  EXPECT_EQ(back(t, &d), BNORM_OK);
+}
+
 // Overlap of 16-bit tensors is judged in 2-byte elements: an output that
-// starts on the last element of an input (or a float parameter that covers
-// it) overlaps it; one just past its end does not. Every rejected call
-// leaves all bytes as they were.
+// starts on the last element of an input (or a float output that covers its
+// last two) overlaps it; one just past its end does not. Every rejected call
+// leaves all bytes as they were. (Inputs may overlap each other: only
+// outputs are checked against other buffers.)
 TEST(Validation, SixteenBitAliasBoundaries) {
   constexpr int64_t kN = 2, kC = 3, kS = 6, kE = kN * kC * kS;  // kE even: floats stay aligned
+  // Bytes: three 16-bit tensors of kE elements (x, then dy or spare room,
+  // then an output), then 8 * kC floats of parameters.
+  constexpr size_t kTensorBytes = 3 * kE * 2, kBytes = kTensorBytes + 8 * kC * 4;
+  alignas(16) unsigned char arena[kBytes];
   for (bnorm_dtype dtype : {BNORM_DTYPE_BF16, BNORM_DTYPE_F16}) {
     for (bnorm_layout layout : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC}) {
       SCOPED_TRACE(testing::Message() << "dtype " << dtype << " layout " << layout);
       const bnorm_tensor_desc d{kN, kC, kS, layout, dtype};
-      // One arena: 16-bit x, then room for an output tensor, then floats.
-      std::vector<uint32_t> arena(static_cast<size_t>(3 * kE / 2 + 8 * kC + 8));
-      uint16_t* x = reinterpret_cast<uint16_t*>(arena.data());
-      float* params = reinterpret_cast<float*>(arena.data() + 3 * kE / 2 + 4);
-      float *gamma = params, *beta = params + kC, *mean = params + 2 * kC, *var = params + 3 * kC;
-      float *sm = params + 4 * kC, *si = params + 5 * kC, *dg = params + 6 * kC,
-            *db = params + 7 * kC;
+      unsigned char* x = arena;  // element e at x + 2 e
+      const auto at = [&](int64_t element) { return x + 2 * element; };
+      const auto floats = [&](int64_t k) {
+        return reinterpret_cast<float*>(arena + kTensorBytes + 4 * k);
+      };
+      float *beta = floats(kC), *mean = floats(2 * kC), *var = floats(3 * kC), *sm = floats(4 * kC);
+      float *si = floats(5 * kC), *dg = floats(6 * kC), *db = floats(7 * kC);
       const auto reset = [&]() {
-        for (int64_t e = 0; e < 3 * kE; ++e) x[e] = static_cast<uint16_t>(0x3C00 + e % 7);
-        for (int64_t k = 0; k < 8 * kC; ++k) params[k] = 1.0f + 0.25f * static_cast<float>(k % 5);
+        for (int64_t e = 0; e < 3 * kE; ++e) {
+          const uint16_t h = static_cast<uint16_t>(0x3C00 + e % 7);  // 1.0 and up in both
+          std::memcpy(at(e), &h, 2);
+        }
+        for (int64_t k = 0; k < 8 * kC; ++k) {
+          const float f = 1.0f + 0.25f * static_cast<float>(k % 5);
+          std::memcpy(floats(k), &f, 4);
+        }
       };
-      const auto train = [&](void* y, const float* g) {
-        return bnorm_forward_training(nullptr, &d, x, y, g, beta, 1e-5f, 0.1f, nullptr, nullptr,
-                                      sm, si);
+      const auto expect_rejected = [&](bnorm_status got, const char* what) {
+        EXPECT_EQ(got, BNORM_ERR_ALIAS) << what;
       };
-      const auto infer = [&](void* y, const float* g) {
-        return bnorm_forward_inference(nullptr, &d, x, y, g, beta, mean, var, 1e-5f);
+      // Training: y in the third region unless a case moves it; save_mean
+      // over x's last two elements is an output over an input.
+      const auto train = [&](void* y, float* save_mean) {
+        return bnorm_forward_training(nullptr, &d, x, y, nullptr, beta, 1e-5f, 0.1f, nullptr,
+                                      nullptr, save_mean, si);
       };
-      // dy = x + kE, dx at the given place.
-      const auto back = [&](void* dx, const float* g) {
-        return bnorm_backward(nullptr, &d, x, x + kE, dx, g, mean, si, dg, db);
+      const auto infer = [&](void* y) {
+        return bnorm_forward_inference(nullptr, &d, x, y, nullptr, beta, mean, var, 1e-5f);
       };
-      for (const auto& call : {std::function<bnorm_status(void*, const float*)>(train),
-                               std::function<bnorm_status(void*, const float*)>(infer)}) {
-        reset();
-        const std::vector<uint32_t> before = arena;
-        EXPECT_EQ(call(x + kE - 1, gamma), BNORM_ERR_ALIAS);  // y on x's last element
-        EXPECT_EQ(arena, before);
-        EXPECT_EQ(call(x + kE, reinterpret_cast<float*>(x + kE - 2)), BNORM_ERR_ALIAS);
-        EXPECT_EQ(arena, before);  // gamma over x's last two elements (4 bytes)
-        EXPECT_EQ(call(x + kE, gamma), BNORM_OK);  // just past x
-        reset();
-        EXPECT_EQ(call(x, gamma), BNORM_OK);  // in place
-      }
+      // dy = the second region, dx where given.
+      const auto back = [&](void* dx, float* dgamma) {
+        return bnorm_backward(nullptr, &d, x, at(kE), dx, nullptr, mean, si, dgamma, db);
+      };
       reset();
-      const std::vector<uint32_t> before = arena;
-      EXPECT_EQ(back(x + 2 * kE - 1, gamma), BNORM_ERR_ALIAS);  // dx on dy's last element
-      EXPECT_EQ(arena, before);
-      EXPECT_EQ(back(x + kE - 1, gamma), BNORM_ERR_ALIAS);  // dx over x's last and dy
-      EXPECT_EQ(arena, before);
-      EXPECT_EQ(back(x + kE, reinterpret_cast<float*>(x + 2 * kE - 2)), BNORM_ERR_ALIAS);
-      EXPECT_EQ(arena, before);  // gamma over dy's last two elements
-      EXPECT_EQ(back(x + kE, gamma), BNORM_OK);  // dx == dy: in place
+      std::vector<unsigned char> before(arena, arena + kBytes);
+      const auto unchanged = [&]() {
+        EXPECT_EQ(std::memcmp(arena, before.data(), kBytes), 0) << "a byte changed on error";
+      };
+      expect_rejected(train(at(kE - 1), sm), "training: y on x's last element");
+      unchanged();
+      expect_rejected(train(at(2 * kE), reinterpret_cast<float*>(at(kE - 2))),
+                      "training: save_mean over x's last two elements");
+      unchanged();
+      expect_rejected(infer(at(kE - 1)), "inference: y on x's last element");
+      unchanged();
+      expect_rejected(back(at(2 * kE - 1), dg), "backward: dx on dy's last element");
+      unchanged();
+      // (dx NULL: dgamma over dy's end overlaps nothing else.)
+      expect_rejected(back(nullptr, reinterpret_cast<float*>(at(2 * kE - 2))),
+                      "backward: dgamma over dy's last two elements");
+      unchanged();
+      // Just past the end: accepted.
+      EXPECT_EQ(train(at(kE), sm), BNORM_OK);
+      reset();
+      EXPECT_EQ(train(at(2 * kE), reinterpret_cast<float*>(at(kE))), BNORM_OK);
+      reset();
+      EXPECT_EQ(infer(at(kE)), BNORM_OK);
+      reset();
+      EXPECT_EQ(infer(x), BNORM_OK);  // in place
+      reset();
+      EXPECT_EQ(back(nullptr, reinterpret_cast<float*>(at(2 * kE))), BNORM_OK);
+      reset();
+      EXPECT_EQ(back(at(kE), dg), BNORM_OK);  // dx == dy: in place
     }
   }
 }

@@ -106,6 +106,11 @@ float ElementAt(const uint8_t* raw, size_t i, bnorm_dtype d) {
 }
 
 // The relative size of one rounding of an output element.
+// The absolute rounding of an output element near zero: f16's subnormal
+// spacing (2^-24; two outputs rounded on either side of a value differ by at
+// most that); bf16 and f32 subnormals are far below every tolerance here.
+double OutputAbs(bnorm_dtype d) { return d == BNORM_DTYPE_F16 ? std::ldexp(1.0, -24) : 0.0; }
+
 double OutputUlp(bnorm_dtype d) {
   if (d == BNORM_DTYPE_F32) return FLT_EPSILON;
   return std::ldexp(1.0, d == BNORM_DTYPE_BF16 ? -7 : -10);
@@ -391,7 +396,7 @@ void RunCase(const Case& cs, MPI_Comm comm, const bnorm_context* ctx) {
           const double term = std::fabs(b.xf[off + i] - split.save_mean[ch]) *
                               split.save_invstd[ch] * std::fabs(b.gamma[ch]);
           return 4 * FLT_EPSILON * (term + std::fabs(b.beta[ch]) + std::fabs(yv)) +
-                 OutputUlp(dt) * std::fabs(yv);
+                 OutputUlp(dt) * std::fabs(yv) + OutputAbs(dt);
         });
   }
 
@@ -462,7 +467,7 @@ void RunCase(const Case& cs, MPI_Comm comm, const bnorm_context* ctx) {
         return g * is * 2e-6 * (std::fabs(static_cast<double>(ref[ch].mean)) + sd[ch]) +
                g * xmu * is * 1e-5 +
                4 * FLT_EPSILON * (g * xmu * is + std::fabs(b.beta[ch]) + std::fabs(yv)) +
-               2 * OutputUlp(dt) * std::fabs(yv) + 1e-30;
+               2 * OutputUlp(dt) * std::fabs(yv) + OutputAbs(dt) + 1e-30;
       });
 
   // ---- Distributed backward, with the distributed forward's statistics. ----
@@ -520,7 +525,7 @@ void RunCase(const Case& cs, MPI_Comm comm, const bnorm_context* ctx) {
           const double terms = a * (std::fabs(b.dyf[off + i]) + abs_dy[ch] / m) +
                                a * is * is * xmu * abs_dy_xmu[ch] / m;
           const double v = ElementAt(sback.dx.data(), i, dt);
-          return 4 * FLT_EPSILON * terms + OutputUlp(dt) * std::fabs(v) + 1e-30;
+          return 4 * FLT_EPSILON * terms + OutputUlp(dt) * std::fabs(v) + OutputAbs(dt) + 1e-30;
         });
   }
   // (b) The fused backward on the whole batch, with the long-double
@@ -544,7 +549,7 @@ void RunCase(const Case& cs, MPI_Comm comm, const bnorm_context* ctx) {
       [&](size_t i) {
         const double v = ElementAt(fback.dx.data(), off + i, dt);
         return 2e-5 * static_cast<double>(rb.dx_scale[off + i]) + 2 * OutputUlp(dt) * std::fabs(v) +
-               1e-30;
+               OutputAbs(dt) + 1e-30;
       });
   Near(
       "dbeta vs long double", C, per_channel(dback.dbeta), [&](size_t i) { return rb.dbeta[i]; },
