@@ -3,7 +3,7 @@
 // (interleaved, same thread count), and reports the ratio.
 //
 //   bnorm_bench [--threads=N] [--target=AVX2 | --all-targets] [--no-onednn]
-//               [--dtypes=f32,bf16,f16 | --dtypes=all]
+//               [--dtypes=f32,bf16,f16 | --dtypes=all] [--hugepages]
 //               [--shapes=NxCxHxW,...] [google benchmark flags]
 //
 // --shapes replaces the suite's shapes (kShapes) with your own, e.g. the
@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <sys/mman.h>
 #include <unistd.h>
 #include <iterator>
 #include <memory>
@@ -251,9 +252,19 @@ struct FreeBytes {
 };
 using AlignedBuffer = std::unique_ptr<unsigned char[], FreeBytes>;
 
+// With --hugepages, buffers of 2 MiB or more are 2 MiB-aligned and advised
+// as transparent huge pages (MADV_HUGEPAGE: for systems whose THP setting is
+// "madvise"), the copies' and the operations' alike.
+bool g_hugepages = false;
+constexpr size_t kHugePage = size_t{2} << 20;
+
 AlignedBuffer AlignedZeros(size_t bytes) {
-  AlignedBuffer buffer(static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  const bool huge = g_hugepages && bytes >= kHugePage;
+  const size_t align = huge ? kHugePage : 64;
+  const size_t size = (bytes + align - 1) / align * align;
+  AlignedBuffer buffer(static_cast<unsigned char*>(std::aligned_alloc(align, size)));
   if (buffer == nullptr) std::abort();
+  if (huge) madvise(buffer.get(), size, MADV_HUGEPAGE);  // advice only: failure is harmless
   std::memset(buffer.get(), 0, bytes);
   return buffer;
 }
@@ -546,6 +557,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-onednn") == 0) {
       g_onednn = false;
+    } else if (std::strcmp(argv[i], "--hugepages") == 0) {
+      g_hugepages = true;
     } else if (std::strcmp(argv[i], "--all-targets") == 0) {
       targets.clear();
       for (int t = 0; t < bnorm_target_count(); ++t) targets.emplace_back(bnorm_target_name(t));
@@ -588,6 +601,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&rest_argc, rest.data());
   benchmark::AddCustomContext("bnorm_target", bnorm_active_target());
   benchmark::AddCustomContext("bnorm_threads", std::to_string(bnorm_context_num_threads(g_ctx)));
+  if (g_hugepages) benchmark::AddCustomContext("hugepages", "MADV_HUGEPAGE, 2 MiB-aligned");
   RegisterAll(targets);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
