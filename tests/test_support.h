@@ -217,6 +217,50 @@ inline RefBackward ReferenceBackward(const Shape& s, bool frozen, const std::vec
   return r;
 }
 
+// save_mean and save_invstd as a training call gives them, from the
+// long-double statistics of x (rounded once to float).
+inline void ReferenceSaved(const Shape& s, const std::vector<float>& x, float eps,
+                           std::vector<float>* mean, std::vector<float>* invstd) {
+  const auto stats = ReferenceStats(s, x);
+  mean->resize(stats.size());
+  invstd->resize(stats.size());
+  for (size_t c = 0; c < stats.size(); ++c) {
+    (*mean)[c] = static_cast<float>(stats[c].mean);
+    (*invstd)[c] = static_cast<float>(RefInvstd(stats[c].var, eps));
+  }
+}
+
+// The backward's bounds against ReferenceBackward. Reductions: float lanes
+// sum at most 128 terms before folding into double, so the recursive
+// summation bound is 128u * sum|terms| (u = 2^-24) plus one rounding of each
+// product: 1e-5 * sum|terms| covers it, plus the final rounding to float.
+// dx: a few roundings of terms of size dx_scale, plus the sums' error
+// carried through (already part of dx_scale).
+constexpr double kBackwardSumTol = 1e-5;
+constexpr double kBackwardDxTol = 2e-5;
+
+// dbeta, dgamma (each may be empty: not checked) and dx (may be empty)
+// against the reference within those bounds.
+inline void ExpectBackwardNear(const RefBackward& ref, const std::vector<float>& invstd,
+                               const std::vector<float>& dx, const std::vector<float>& dgamma,
+                               const std::vector<float>& dbeta) {
+  for (size_t c = 0; c < dbeta.size(); ++c) {
+    ASSERT_NEAR(dbeta[c], static_cast<double>(ref.dbeta[c]),
+                kBackwardSumTol * static_cast<double>(ref.sum_abs_dy[c]))
+        << "channel " << c;
+  }
+  for (size_t c = 0; c < dgamma.size(); ++c) {
+    ASSERT_NEAR(dgamma[c], static_cast<double>(ref.dgamma[c]),
+                kBackwardSumTol * static_cast<double>(ref.sum_abs_dy_xmu[c] * invstd[c]))
+        << "channel " << c;
+  }
+  for (size_t e = 0; e < dx.size(); ++e) {
+    ASSERT_NEAR(dx[e], static_cast<double>(ref.dx[e]),
+                kBackwardDxTol * static_cast<double>(ref.dx_scale[e]) + 1e-30)
+        << "element " << e;
+  }
+}
+
 // Bytes of v, for "unchanged" checks.
 template <typename T>
 std::vector<unsigned char> Bytes(const std::vector<T>& v) {

@@ -428,7 +428,7 @@ TEST(Validation, FusedEntryPoints) {
        [](Arena& a, ExArgs& t) { t.dgamma = a.dx + 5; }},
   };
   for (const ArgCase& c : cases) {
-    const Call& call = c.fn == "training_ex" ? calls[0].second
+    const Call& call = c.fn == "training_ex"    ? calls[0].second
                        : c.fn == "inference_ex" ? calls[1].second
                                                 : calls[2].second;
     ExpectRejected(
