@@ -20,9 +20,6 @@ struct bnorm_context {
 namespace bnorm {
 namespace {
 
-// Idle buffers kept per context; more concurrent callers than this still work,
-// their buffers are just freed on return.
-constexpr size_t kMaxIdleBuffers = 64;
 
 // The machine's cores (respecting the process affinity mask), not the
 // concurrency of whatever arena the first caller happens to run in.
@@ -55,7 +52,8 @@ bnorm_context& Resolve(const bnorm_context* ctx) {
 
 }  // namespace
 
-ScratchPool::ScratchPool() { idle_.reserve(kMaxIdleBuffers); }
+// One slot more than kept: Release adds before it evicts, without allocating.
+ScratchPool::ScratchPool() { idle_.reserve(kMaxIdleBuffers + 1); }
 
 ScratchPool::~ScratchPool() {
   for (const Buffer& b : idle_) ::operator delete (b.data, std::align_val_t{64});
@@ -81,8 +79,7 @@ bool ScratchPool::Acquire(size_t bytes, Lease* lease) {
       lease->pool_ = this;
       lease->data_ = idle_[best].data;
       lease->bytes_ = idle_[best].bytes;
-      idle_[best] = idle_.back();
-      idle_.pop_back();
+      RemoveIdle(best);
       return true;
     }
     // Grow: replace the largest idle buffer (too small) by a new one.
@@ -92,8 +89,7 @@ bool ScratchPool::Acquire(size_t bytes, Lease* lease) {
         if (idle_[i].bytes > idle_[largest].bytes) largest = i;
       }
       stale = idle_[largest].data;
-      idle_[largest] = idle_.back();
-      idle_.pop_back();
+      RemoveIdle(largest);
     }
   }
   if (stale != nullptr) ::operator delete (stale, std::align_val_t{64});
@@ -105,15 +101,34 @@ bool ScratchPool::Acquire(size_t bytes, Lease* lease) {
   return true;
 }
 
+void ScratchPool::RemoveIdle(size_t i) {
+  idle_bytes_ -= idle_[i].bytes;
+  idle_[i] = idle_.back();
+  idle_.pop_back();
+}
+
 void ScratchPool::Release(void* data, size_t bytes) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (idle_.size() < idle_.capacity()) {
-      idle_.push_back(Buffer{data, bytes});
-      return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  idle_.push_back(Buffer{data, bytes});  // within the reserved capacity
+  idle_bytes_ += bytes;
+  while (idle_.size() > kMaxIdleBuffers || (idle_.size() > 1 && idle_bytes_ > kMaxIdleBytes)) {
+    size_t smallest = 0;
+    for (size_t i = 1; i < idle_.size(); ++i) {
+      if (idle_[i].bytes < idle_[smallest].bytes) smallest = i;
     }
+    ::operator delete (idle_[smallest].data, std::align_val_t{64});
+    RemoveIdle(smallest);
   }
-  ::operator delete (data, std::align_val_t{64});
+}
+
+size_t ScratchPool::IdleBytes() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return idle_bytes_;
+}
+
+size_t ScratchPool::IdleBuffers() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return idle_.size();
 }
 
 int ContextThreads(const bnorm_context* ctx) { return Resolve(ctx).num_threads; }

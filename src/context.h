@@ -23,6 +23,17 @@ namespace bnorm {
 
 class ScratchPool {
  public:
+  // Idle buffers kept, at most kMaxIdleBuffers of them holding at most
+  // kMaxIdleBytes in all, or a single buffer of any size: one caller's warm
+  // calls never allocate, and many concurrent calls with huge scratch (it
+  // grows with c: ~56 bytes per channel for training, 7x the tensor of an
+  // (N, C) input with N = 2) leave at most that much behind; the default
+  // context is never destroyed. Over the bounds, the smallest idle buffers
+  // are freed first (large ones cost most to allocate again). Concurrent
+  // callers beyond the bounds still work; their buffers are freed on return.
+  static constexpr size_t kMaxIdleBuffers = 64;
+  static constexpr size_t kMaxIdleBytes = size_t{64} << 20;
+
   // A buffer on loan from the pool, returned on destruction.
   class Lease {
    public:
@@ -47,15 +58,21 @@ class ScratchPool {
   // Leases at least `bytes` (64-byte aligned). False if memory ran out.
   bool Acquire(size_t bytes, Lease* lease);
 
+  // What the pool keeps between calls (tests).
+  size_t IdleBytes();
+  size_t IdleBuffers();
+
  private:
   struct Buffer {
     void* data;
     size_t bytes;
   };
   void Release(void* data, size_t bytes);
+  void RemoveIdle(size_t i);  // with mutex_ held
 
   std::mutex mutex_;
   std::vector<Buffer> idle_;  // capacity reserved up front: Release never allocates
+  size_t idle_bytes_ = 0;     // the sum of idle_[i].bytes
 };
 
 // Carves typed arrays out of a leased buffer, each aligned to 64 bytes.

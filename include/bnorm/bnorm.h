@@ -100,8 +100,12 @@ typedef struct bnorm_tensor_desc {
 
 /* A context owns a thread pool (a oneTBB arena) and scratch memory that it
  * keeps between calls, so that calls do not allocate once warmed up. A context
- * may be used by several threads at once. NULL wherever a context is taken
- * means the process default context, which uses all cores. */
+ * may be used by several threads at once; each call in flight leases its own
+ * scratch (it grows with the channel count), and what stays idle between
+ * calls is at most 64 MiB, or a single buffer of any size: threads that
+ * keep calling at once with very many channels are better served by a
+ * context each. NULL wherever a context is taken means the process default
+ * context, which uses all cores and is never destroyed. */
 typedef struct bnorm_context bnorm_context;
 
 /* Creates a context whose calls split their work for num_threads threads
