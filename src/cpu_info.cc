@@ -6,6 +6,7 @@
 #endif
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -14,22 +15,37 @@
 namespace bnorm {
 namespace {
 
+bool IsSpace(char ch) { return std::isspace(static_cast<unsigned char>(ch)) != 0; }
+
 // Parses "32K", "1024K", "32M", "65536" style sizes (sysfs's format, also
-// accepted in the environment); 0 if it is not one, or not in [4 KiB, 1 TiB].
+// accepted in the environment): digits, then K, M, G or T (either case) or
+// nothing for bytes, whitespace around allowed; 0 if it is not one, or not in
+// [4 KiB, 1 TiB].
 int64_t ParseSize(const char* text) {
+  while (IsSpace(*text)) ++text;
+  if (*text < '0' || *text > '9') return 0;  // no sign
   char* end = nullptr;
   const long long value = std::strtoll(text, &end, 10);
-  if (end == text || value <= 0) return 0;
-  int shift = 0;
-  if (*end == 'K' || *end == 'k') shift = 10;
-  if (*end == 'M' || *end == 'm') shift = 20;
-  if (*end == 'G' || *end == 'g') shift = 30;
+  if (value <= 0) return 0;
+  const int unit = std::toupper(static_cast<unsigned char>(*end));
+  const int shift = unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : unit == 'T' ? 40 : 0;
   if (shift > 0) ++end;
-  while (*end == '\n' || *end == ' ') ++end;
+  while (IsSpace(*end)) ++end;
   constexpr int64_t kMin = int64_t{4} << 10, kMax = int64_t{1} << 40;
   if (*end != '\0' || value > (kMax >> shift)) return 0;
   const int64_t bytes = static_cast<int64_t>(value) << shift;
   return bytes >= kMin ? bytes : 0;
+}
+
+// The value as printable text for a warning: control characters as '?' and
+// at most 40 of them.
+std::string Printable(const char* text) {
+  std::string out;
+  for (; *text != '\0' && out.size() < 40; ++text) {
+    out += std::isprint(static_cast<unsigned char>(*text)) ? *text : '?';
+  }
+  if (*text != '\0') out += "...";
+  return out;
 }
 
 // Reads a sysfs size file; 0 if absent.
@@ -50,8 +66,9 @@ int64_t Override(const char* name, int64_t detected) {
   if (env == nullptr || env[0] == '\0') return detected;
   const int64_t bytes = ParseSize(env);
   if (bytes == 0) {
-    std::fprintf(stderr, "bnorm: %s=%s is not a size (like 2M or 512K); using %lld bytes\n", name,
-                 env, static_cast<long long>(detected));
+    std::fprintf(stderr,
+                 "bnorm: %s=%s is not a size from 4K to 1T (like 2M or 512K); using %lld bytes\n",
+                 name, Printable(env).c_str(), static_cast<long long>(detected));
     return detected;
   }
   return bytes;

@@ -346,7 +346,14 @@ void ExpectGarbageWarnsOnce(const char* name, const std::vector<std::string>& ga
     EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
     EXPECT_EQ(run.signal, 0);
     EXPECT_EQ(run.out, plain.out) << name << "=" << value;
-    const std::string start = std::string("bnorm: ") + name + "=" + value + " " + complaint;
+    // The value as the warning prints it: control characters as '?', at
+    // most 40 characters and "...".
+    std::string shown;
+    for (char ch : value.substr(0, 40)) {
+      shown += std::isprint(static_cast<unsigned char>(ch)) ? ch : '?';
+    }
+    if (value.size() > 40) shown += "...";
+    const std::string start = std::string("bnorm: ") + name + "=" + shown + " " + complaint;
     EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
     EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
   }
@@ -358,14 +365,15 @@ TEST(CacheEnvironment, SizesChangeThePlanNotTheBits) {
   // Train's channel slices are 96 KB and its tensors 4.6 MB: a 64 KiB L2 makes
   // its plan two-phase, a 4 KiB LLC streams every output, 1 GiB none.
   ExpectSettingsKeepTheBits("BNORM_L2_SIZE", {"64K", "64M"});
-  ExpectSettingsKeepTheBits("BNORM_LLC_SIZE", {"4K", "1G", "1048576"});
+  ExpectSettingsKeepTheBits("BNORM_LLC_SIZE", {"4K", "1G", "1048576", "1T", " 2m\t", "8M\r\n"});
 }
 
 TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
   for (const char* name : {"BNORM_L2_SIZE", "BNORM_LLC_SIZE"}) {
     ExpectGarbageWarnsOnce(name,
-                           {"garbage", "-2M", "0", "12Q", "1K", "99999999999999999999", "2T",
-                            std::string(10000, '9'), "%s%n"},
+                           {"garbage", "-2M", "+2M", " -2M", "0", "12Q", "1K", "4095",
+                            "99999999999999999999", "2T", "1025G", std::string(10000, '9'),
+                            "%s%n", "2M\x1b[2J", "2 M"},
                            "is not a size");
   }
 }
