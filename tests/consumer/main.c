@@ -47,6 +47,33 @@ int main(void) {
       return 1;
     }
   }
+  /* An activation outside the enum (C may hold any int in it): a status,
+   * nothing written. */
+  {
+    static const int bad_acts[] = {2, -1, 7, 0x7fffffff};
+    float z[N * C * S], out[N * C * S], dz[N * C * S], var[C];
+    int k;
+    for (i = 0; i < N * C * S; ++i) z[i] = out[i] = dz[i] = 7.0f;
+    for (i = 0; i < C; ++i) var[i] = 1.0f;
+    for (k = 0; k < 4; ++k) {
+      const bnorm_activation act = (bnorm_activation)bad_acts[k];
+      if (bnorm_forward_training_ex(NULL, &desc, x, z, out, act, NULL, NULL, 1e-5f, 0.1f, NULL,
+                                    NULL, NULL, NULL) != BNORM_ERR_BAD_ARGUMENT ||
+          bnorm_forward_inference_ex(NULL, &desc, x, z, out, act, NULL, NULL, mean, var, 1e-5f) !=
+              BNORM_ERR_BAD_ARGUMENT ||
+          bnorm_backward_ex(NULL, &desc, x, y, z, NULL, dz, act, NULL, NULL, mean, invstd, NULL,
+                            NULL) != BNORM_ERR_BAD_ARGUMENT) {
+        fprintf(stderr, "activation %d was not BNORM_ERR_BAD_ARGUMENT\n", bad_acts[k]);
+        return 1;
+      }
+    }
+    for (i = 0; i < N * C * S; ++i) {
+      if (out[i] != 7.0f || dz[i] != 7.0f) {
+        fprintf(stderr, "a rejected call wrote element %d\n", i);
+        return 1;
+      }
+    }
+  }
   printf("bnorm %s on %s: ok\n", bnorm_version_string(), bnorm_active_target());
   return 0;
 }
