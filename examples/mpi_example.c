@@ -2,7 +2,7 @@
  * different number of samples per rank), and the forward and backward
  * passes use the statistics of the whole batch.
  *
- *   mpirun -np 2 build/examples/mpi_example     (or tests: ctest -L mpi)
+ *   mpirun -np 2 build/release/tests/mpi/mpi_example     (or tests: ctest -L mpi)
  */
 #include <bnorm/bnorm_mpi.h>
 #include <math.h>
