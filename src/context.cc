@@ -20,7 +20,6 @@ struct bnorm_context {
 namespace bnorm {
 namespace {
 
-
 // The machine's cores (respecting the process affinity mask), not the
 // concurrency of whatever arena the first caller happens to run in.
 int QueryCores() {

@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -66,12 +65,6 @@ struct Inputs {
   std::vector<uint16_t> x16, dy16;  // x and dy rounded to bf16
 };
 
-uint16_t RoundToBf16(float f) {  // finite values
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 // Generated once per shape (generation costs more than the calls).
 const Inputs& InputsFor(const Shape& s) {
   static std::mutex mutex;
@@ -87,8 +80,8 @@ const Inputs& InputsFor(const Shape& s) {
               UniformVector(C, 24, -1.0f, 1.0f),
               {},
               {}};
-    for (float v : in.x) in.x16.push_back(RoundToBf16(v));
-    for (float v : in.dy) in.dy16.push_back(RoundToBf16(v));
+    for (float v : in.x) in.x16.push_back(RefFloatToBf16(v));
+    for (float v : in.dy) in.dy16.push_back(RefFloatToBf16(v));
     it = cache.emplace(s.Name(), std::move(in)).first;
   }
   return it->second;

@@ -420,9 +420,10 @@ TEST(Validation, FusedEntryPoints) {
        [](Arena& a, ExArgs& t) { t.dgamma = a.dx + 5; }},
   };
   for (const ArgCase& c : cases) {
-    const Call& call = c.fn == "training_ex"    ? calls[0].second
-                       : c.fn == "inference_ex" ? calls[1].second
-                                                : calls[2].second;
+    const auto named = std::find_if(calls.begin(), calls.end(),
+                                    [&](const auto& entry) { return entry.first == c.fn; });
+    ASSERT_NE(named, calls.end()) << c.fn;
+    const Call& call = named->second;
     ExpectRejected(
         c.fn + "/" + c.name, c.expected,
         [&](Arena& a, const bnorm_tensor_desc* d) {
