@@ -34,4 +34,25 @@ if [ -e "$libdir/pkgconfig/bnorm_mpi.pc" ]; then
   done
   echo "install test: bnorm_mpi cmake and pkg-config consumers ok"
 fi
+# Installed programs find the installed library by their run path, and the
+# installed Python package finds it by _install_paths.py: no LD_LIBRARY_PATH,
+# no BNORM_LIBRARY.
+if [ -x "$work/prefix/bin/bnorm_bench" ]; then
+  env -u LD_LIBRARY_PATH "$work/prefix/bin/bnorm_bench" --benchmark_list_tests | grep -q forward_training
+  echo "install test: installed bnorm_bench runs without LD_LIBRARY_PATH"
+fi
+pkgdir=$(find "$work/prefix" -name _install_paths.py -printf '%h\n' | head -n 1)
+test -n "$pkgdir"
+if /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+  (cd "$work" && env -u LD_LIBRARY_PATH -u BNORM_LIBRARY PYTHONPATH="$(dirname "$pkgdir")" \
+    /usr/bin/python3 -c '
+import os, sys, numpy as np, bnorm
+lib = os.path.realpath(bnorm._lib._name)
+assert lib.startswith(os.path.realpath(sys.argv[1])), lib
+x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+y, mean, invstd = bnorm.batch_norm_training(x)
+assert np.allclose(mean, [3.5, 5.5, 7.5]), mean
+' "$work/prefix")
+  echo "install test: installed Python package loads the installed library"
+fi
 echo "install test: cmake and pkg-config consumers ok"

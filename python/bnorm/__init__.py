@@ -31,8 +31,9 @@ split functions, with any transport in between:
 
 A part may be empty (x.shape[0] == 0).
 
-The library is found through $BNORM_LIBRARY, next to this package, or on the
-system's library path (libbnorm.so.0).
+The library is found through $BNORM_LIBRARY, next to this package, where
+`cmake --install` put it (for a package it installed), or on the system's
+library path (libbnorm.so.0).
 """
 
 import collections
@@ -59,6 +60,12 @@ def _load_library():
         candidates.append(os.environ["BNORM_LIBRARY"])
     here = os.path.dirname(os.path.abspath(__file__))
     candidates += [os.path.join(here, "libbnorm.so.0"), os.path.join(here, "libbnorm.so")]
+    try:  # written by `cmake --install`: where the installed library is
+        from . import _install_paths
+        candidates.append(os.path.normpath(
+            os.path.join(here, _install_paths.LIBRARY_DIR, "libbnorm.so.0")))
+    except ImportError:
+        pass
     found = ctypes.util.find_library("bnorm")
     if found:
         candidates.append(found)
