@@ -12,10 +12,10 @@
 #include <cstring>
 #include <string>
 
+#include "env.h"
+
 namespace bnorm {
 namespace {
-
-bool IsSpace(char ch) { return std::isspace(static_cast<unsigned char>(ch)) != 0; }
 
 // Parses "32K", "1024K", "32M", "65536" style sizes (sysfs's format, also
 // accepted in the environment): digits, then K, M, G or T (either case) or
@@ -37,17 +37,6 @@ int64_t ParseSize(const char* text) {
   return bytes >= kMin ? bytes : 0;
 }
 
-// The value as printable text for a warning: control characters as '?' and
-// at most 40 of them.
-std::string Printable(const char* text) {
-  std::string out;
-  for (; *text != '\0' && out.size() < 40; ++text) {
-    out += std::isprint(static_cast<unsigned char>(*text)) ? *text : '?';
-  }
-  if (*text != '\0') out += "...";
-  return out;
-}
-
 // Reads a sysfs size file; 0 if absent.
 int64_t ReadSize(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "r");
@@ -63,7 +52,7 @@ int64_t ReadSize(const std::string& path) {
 // guests use). A value that is not a size is reported once and ignored.
 int64_t Override(const char* name, int64_t detected) {
   const char* env = std::getenv(name);
-  if (env == nullptr || env[0] == '\0') return detected;
+  if (env == nullptr || IsBlank(env)) return detected;
   const int64_t bytes = ParseSize(env);
   if (bytes == 0) {
     std::fprintf(stderr,
@@ -155,12 +144,11 @@ RowStores DetectRowStores() {
   const RowStores detected =
       CpuVendor() == "GenuineIntel" ? RowStores::kSequential : RowStores::kGrouped;
   const char* env = std::getenv("BNORM_NHWC_ROW_STORES");
-  if (env == nullptr || env[0] == '\0') return detected;
-  if (std::strcmp(env, "grouped") == 0) return RowStores::kGrouped;
-  if (std::strcmp(env, "sequential") == 0) return RowStores::kSequential;
-  std::fprintf(stderr,
-               "bnorm: BNORM_NHWC_ROW_STORES=%s is not grouped or sequential; using %s\n", env,
-               detected == RowStores::kGrouped ? "grouped" : "sequential");
+  if (env == nullptr || IsBlank(env)) return detected;
+  if (MatchesWord(env, "grouped")) return RowStores::kGrouped;
+  if (MatchesWord(env, "sequential")) return RowStores::kSequential;
+  std::fprintf(stderr, "bnorm: BNORM_NHWC_ROW_STORES=%s is not grouped or sequential; using %s\n",
+               Printable(env).c_str(), detected == RowStores::kGrouped ? "grouped" : "sequential");
   return detected;
 }
 
@@ -180,11 +168,11 @@ bool CpuHasAvx512Bf16() {
 bool DetectBf16Instruction() {
   const bool has = CpuHasAvx512Bf16();
   const char* env = std::getenv("BNORM_BF16_ROUNDING");
-  if (env == nullptr || env[0] == '\0') return has;
-  if (std::strcmp(env, "instruction") == 0) return has;
-  if (std::strcmp(env, "integer") == 0) return false;
+  if (env == nullptr || IsBlank(env)) return has;
+  if (MatchesWord(env, "instruction")) return has;
+  if (MatchesWord(env, "integer")) return false;
   std::fprintf(stderr, "bnorm: BNORM_BF16_ROUNDING=%s is not instruction or integer; using %s\n",
-               env, has ? "instruction" : "integer");
+               Printable(env).c_str(), has ? "instruction" : "integer");
   return has;
 }
 

@@ -7,19 +7,11 @@
 #include <mutex>
 
 #include "config.h"  // first: the dispatch configuration every kernel sees
+#include "env.h"
 #include "hwy/targets.h"
 
 namespace bnorm {
 namespace {
-
-bool EqualsIgnoreCase(const char* a, const char* b) {
-  for (; *a != '\0' && *b != '\0'; ++a, ++b) {
-    const char ca = (*a >= 'a' && *a <= 'z') ? static_cast<char>(*a - 'a' + 'A') : *a;
-    const char cb = (*b >= 'a' && *b <= 'z') ? static_cast<char>(*b - 'a' + 'A') : *b;
-    if (ca != cb) return false;
-  }
-  return *a == *b;
-}
 
 std::vector<int64_t> ComputeRunnableTargets() {
   std::vector<int64_t> targets;
@@ -39,7 +31,7 @@ struct Lookup {
 
 Lookup FindTarget(const char* name) {
   for (int64_t bit : RunnableTargets()) {
-    if (EqualsIgnoreCase(name, hwy::TargetName(bit))) return {0, bit};
+    if (MatchesWord(name, hwy::TargetName(bit))) return {0, bit};
   }
   // Any target of Highway 1.0.3 on any architecture is known (unsupported
   // here): hwy::TargetName names only this architecture's.
@@ -47,7 +39,7 @@ Lookup FindTarget(const char* name) {
       "SSSE3",   "SSE4",     "AVX2", "AVX3", "AVX3_DL",     "NEON", "SVE",    "SVE2",
       "SVE_256", "SVE2_128", "PPC8", "WASM", "WASM_EMU256", "RVV",  "EMU128", "SCALAR"};
   for (const char* known : kAnyArchitecture) {
-    if (EqualsIgnoreCase(name, known)) return {2, 0};
+    if (MatchesWord(name, known)) return {2, 0};
   }
   return {1, 0};
 }
@@ -57,10 +49,10 @@ int64_t DefaultTarget() {
   static const int64_t chosen = [] {
     const int64_t best = RunnableTargets().front();
     const char* env = std::getenv("BNORM_TARGET");
-    if (env == nullptr || env[0] == '\0') return best;
+    if (env == nullptr || IsBlank(env)) return best;
     const Lookup found = FindTarget(env);
     if (found.status == 0) return found.bit;
-    std::fprintf(stderr, "bnorm: BNORM_TARGET=%s is %s; using %s\n", env,
+    std::fprintf(stderr, "bnorm: BNORM_TARGET=%s is %s; using %s\n", Printable(env).c_str(),
                  found.status == 1 ? "not a known target" : "not supported by this CPU or build",
                  hwy::TargetName(best));
     return best;

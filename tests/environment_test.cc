@@ -263,23 +263,37 @@ TEST(TargetEnvironment, UnsetUsesTheBestTargetSilently) {
   EXPECT_EQ(run.err, "");
 }
 
+// A value as a warning quotes it: control characters as '?', at most 40
+// characters and "...".
+std::string Shown(const std::string& value) {
+  std::string shown;
+  for (char ch : value.substr(0, 40)) {
+    shown += std::isprint(static_cast<unsigned char>(ch)) ? ch : '?';
+  }
+  if (value.size() > 40) shown += "...";
+  return shown;
+}
+
 TEST(TargetEnvironment, EmptyUsesTheBestTargetSilently) {
-  const ProbeRun run = RunProbe("");
-  EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
-  EXPECT_EQ(run.out, "active=" + Best() + "\nok\n");
-  EXPECT_EQ(run.err, "");
+  for (const char* value : {"", " ", "\t \n"}) {
+    const ProbeRun run = RunProbe(value);
+    EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
+    EXPECT_EQ(run.out, "active=" + Best() + "\nok\n");
+    EXPECT_EQ(run.err, "");
+  }
 }
 
 TEST(TargetEnvironment, GarbageWarnsOnceAndUsesTheBest) {
   for (const std::string& value :
-       {std::string("garbage"), std::string("AVX2 "), std::string("\x01\x7f\xff"),
-        std::string(10000, 'x'), std::string("%s%n%s%n")}) {
+       {std::string("garbage"), std::string("AVX 2"), std::string("AVX2x"),
+        std::string("\x01\x7f\xff"), std::string(10000, 'x'), std::string("%s%n%s%n"),
+        std::string("AVX2\x1b[2J")}) {
     const ProbeRun run = RunProbe(value.c_str());
     EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
     EXPECT_EQ(run.signal, 0);
     EXPECT_EQ(run.out, "active=" + Best() + "\nok\n");
-    EXPECT_EQ(run.err,
-              "bnorm: BNORM_TARGET=" + value + " is not a known target; using " + Best() + "\n");
+    EXPECT_EQ(run.err, "bnorm: BNORM_TARGET=" + Shown(value) + " is not a known target; using " +
+                           Best() + "\n");
   }
 }
 
@@ -287,8 +301,8 @@ TEST(TargetEnvironment, EveryRunnableTargetIsHonoured) {
   for (int i = 0; i < bnorm_target_count(); ++i) {
     const std::string name = bnorm_target_name(i);
     for (std::string spelling : {name, std::string()}) {
-      if (spelling.empty()) {  // names are case-insensitive
-        spelling = name;
+      if (spelling.empty()) {  // names are case-insensitive, whitespace around ignored
+        spelling = " " + name + "\t\n";
         for (char& ch : spelling) ch = static_cast<char>(std::tolower(ch));
       }
       const ProbeRun run = RunProbe(spelling.c_str());
@@ -346,14 +360,7 @@ void ExpectGarbageWarnsOnce(const char* name, const std::vector<std::string>& ga
     EXPECT_EQ(run.exit_code, 0) << name << "=" << value << run.err;
     EXPECT_EQ(run.signal, 0);
     EXPECT_EQ(run.out, plain.out) << name << "=" << value;
-    // The value as the warning prints it: control characters as '?', at
-    // most 40 characters and "...".
-    std::string shown;
-    for (char ch : value.substr(0, 40)) {
-      shown += std::isprint(static_cast<unsigned char>(ch)) ? ch : '?';
-    }
-    if (value.size() > 40) shown += "...";
-    const std::string start = std::string("bnorm: ") + name + "=" + shown + " " + complaint;
+    const std::string start = std::string("bnorm: ") + name + "=" + Shown(value) + " " + complaint;
     EXPECT_EQ(run.err.rfind(start, 0), 0u) << run.err;
     EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
   }
@@ -365,7 +372,8 @@ TEST(CacheEnvironment, SizesChangeThePlanNotTheBits) {
   // Train's channel slices are 96 KB and its tensors 4.6 MB: a 64 KiB L2 makes
   // its plan two-phase, a 4 KiB LLC streams every output, 1 GiB none.
   ExpectSettingsKeepTheBits("BNORM_L2_SIZE", {"64K", "64M"});
-  ExpectSettingsKeepTheBits("BNORM_LLC_SIZE", {"4K", "1G", "1048576", "1T", " 2m\t", "8M\r\n"});
+  ExpectSettingsKeepTheBits("BNORM_LLC_SIZE",
+                            {"4K", "1G", "1048576", "1T", " 2m\t", "8M\r\n", " "});
 }
 
 TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
@@ -381,22 +389,25 @@ TEST(CacheEnvironment, GarbageWarnsOnceAndIsIgnored) {
 // The NHWC row order (BNORM_NHWC_ROW_STORES, detected from the CPU by
 // default) changes how rows are stored, never the bits.
 TEST(RowStoresEnvironment, OrderChangesNotTheBits) {
-  ExpectSettingsKeepTheBits("BNORM_NHWC_ROW_STORES", {"grouped", "sequential"});
+  ExpectSettingsKeepTheBits("BNORM_NHWC_ROW_STORES",
+                            {"grouped", "sequential", "Grouped", " SEQUENTIAL\n", " \t"});
 }
 
 TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
-  ExpectGarbageWarnsOnce("BNORM_NHWC_ROW_STORES", {"Grouped", "seq", "1", "%s%n"},
+  ExpectGarbageWarnsOnce("BNORM_NHWC_ROW_STORES",
+                         {"seq", "1", "%s%n", "grouped sequential", "grouped\x1b[2J"},
                          "is not grouped or sequential");
 }
 
 // bf16 stores by instruction or by integer steps (BNORM_BF16_ROUNDING, the
 // instruction by default where the CPU has AVX512_BF16) give the same bits.
 TEST(Bf16RoundingEnvironment, ChangesNotTheBits) {
-  ExpectSettingsKeepTheBits("BNORM_BF16_ROUNDING", {"instruction", "integer"});
+  ExpectSettingsKeepTheBits("BNORM_BF16_ROUNDING",
+                            {"instruction", "integer", "Integer", "\tINSTRUCTION ", "  "});
 }
 
 TEST(Bf16RoundingEnvironment, GarbageWarnsOnceAndIsIgnored) {
-  ExpectGarbageWarnsOnce("BNORM_BF16_ROUNDING", {"Integer", "avx512", "0", "%s%n"},
+  ExpectGarbageWarnsOnce("BNORM_BF16_ROUNDING", {"avx512", "0", "%s%n", "in teger", "integers"},
                          "is not instruction or integer");
 }
 

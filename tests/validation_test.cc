@@ -595,6 +595,15 @@ TEST(Validation, Targets) {
   EXPECT_EQ(last, bnorm_active_target());
   EXPECT_EQ(bnorm_set_target(""), BNORM_OK);
   EXPECT_EQ(active, bnorm_active_target());
+  // Surrounding whitespace is ignored; inside a name, or alone, it is not.
+  EXPECT_EQ(bnorm_set_target((" " + lower + "\t\n").c_str()), BNORM_OK);
+  EXPECT_EQ(last, bnorm_active_target());
+  for (const std::string& bad : {std::string(" "), last.substr(0, 1) + " " + last.substr(1)}) {
+    EXPECT_EQ(bnorm_set_target(bad.c_str()), BNORM_ERR_BAD_ARGUMENT) << bad;
+    EXPECT_EQ(last, bnorm_active_target());
+  }
+  EXPECT_EQ(bnorm_set_target(nullptr), BNORM_OK);
+  EXPECT_EQ(active, bnorm_active_target());
   (void)best;
 }
 

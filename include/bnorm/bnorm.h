@@ -143,9 +143,10 @@ BNORM_API int bnorm_target_count(void);
  * 0 <= i < bnorm_target_count(); NULL otherwise. */
 BNORM_API const char* bnorm_target_name(int i);
 
-/* Forces the ISA target for the whole process (case-insensitive name as given
- * by bnorm_target_name). NULL or "" returns to the default (BNORM_TARGET, or
- * the best). Calls already running finish on the target they started with.
+/* Forces the ISA target for the whole process (name as given by
+ * bnorm_target_name; case and surrounding whitespace ignored). NULL or ""
+ * returns to the default (BNORM_TARGET, or the best). Calls already running
+ * finish on the target they started with.
  * Returns BNORM_ERR_BAD_ARGUMENT for a name no build knows and
  * BNORM_ERR_UNSUPPORTED for a target this build or CPU cannot run; the active
  * target is then unchanged. */

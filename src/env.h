@@ -1,0 +1,27 @@
+// Reading bnorm's environment variables alike: words (BNORM_TARGET,
+// BNORM_NHWC_ROW_STORES, BNORM_BF16_ROUNDING) compare without regard to case
+// or surrounding whitespace, and a value quoted back in a warning has its
+// control characters masked.
+#ifndef BNORM_SRC_ENV_H_
+#define BNORM_SRC_ENV_H_
+
+#include <string>
+
+namespace bnorm {
+
+bool IsSpace(char ch);
+
+// Whether text, without its leading and trailing whitespace, is word
+// (ASCII letters compared without regard to case).
+bool MatchesWord(const char* text, const char* word);
+
+// Whether text is empty or only whitespace (an unset variable's meaning).
+bool IsBlank(const char* text);
+
+// text as printable for a warning: control characters as '?', at most 40
+// characters, then "...".
+std::string Printable(const char* text);
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_ENV_H_
