@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "bnorm/bnorm.h"
+#include "enum_calls.h"
 
 namespace {
 
@@ -1369,36 +1370,33 @@ bnorm_status Invoke(const Call& k, int ctx_index) {
   auto V = [&](int i) { return static_cast<void*>(k.Live(i)); };
   auto D = [&](int i) { return reinterpret_cast<double*>(k.Live(i)); };
   auto I = [&](int i) { return reinterpret_cast<int64_t*>(k.Live(i)); };
-  // Out-of-range enum values are passed as a C caller would. They are cast
-  // in the argument list itself: a load from an enum-typed variable holding
-  // one would be undefined here (UBSan's enum check); the library reads them
-  // through memcpy.
-#define act static_cast<bnorm_activation>(k.act)
-#define wl static_cast<bnorm_weight_layout>(k.layout)
+  // Enum arguments are decoded as ints, out-of-range values included, and
+  // passed through C (enum_calls.c), where an enum may hold any int; C++
+  // leaves such values undefined.
   switch (k.op) {
     case kFwdTrain:
       return bnorm_forward_training(ctx, d, V(0), V(2), F(3), F(4), k.eps, k.momentum, F(5), F(6),
                                     F(7), F(8));
     case kFwdTrainEx:
-      return bnorm_forward_training_ex(ctx, d, V(0), V(1), V(2), act, F(3), F(4), k.eps,
-                                       k.momentum, F(5), F(6), F(7), F(8));
+      return fuzz_forward_training_ex(ctx, d, V(0), V(1), V(2), k.act, F(3), F(4), k.eps,
+                                      k.momentum, F(5), F(6), F(7), F(8));
     case kFwdInfer:
       return bnorm_forward_inference(ctx, d, V(0), V(2), F(3), F(4), F(5), F(6), k.eps);
     case kFwdInferEx:
-      return bnorm_forward_inference_ex(ctx, d, V(0), V(1), V(2), act, F(3), F(4), F(5), F(6),
-                                        k.eps);
+      return fuzz_forward_inference_ex(ctx, d, V(0), V(1), V(2), k.act, F(3), F(4), F(5), F(6),
+                                       k.eps);
     case kBwd:
       return bnorm_backward(ctx, d, V(0), V(2), V(3), F(5), F(7), F(8), F(9), F(10));
     case kBwdFrozen:
       return bnorm_backward_frozen(ctx, d, V(0), V(2), V(3), F(5), F(7), F(8), F(9), F(10));
     case kBwdEx:
-      return bnorm_backward_ex(ctx, d, V(0), V(1), V(2), V(3), V(4), act, F(5), F(6), F(7), F(8),
-                               F(9), F(10));
+      return fuzz_backward_ex(ctx, d, V(0), V(1), V(2), V(3), V(4), k.act, F(5), F(6), F(7), F(8),
+                              F(9), F(10));
     case kFold:
       return bnorm_fold(k.c, F(0), F(1), F(2), F(3), k.eps, F(4), F(5));
     case kFoldWeights:
-      return bnorm_fold_into_weights(wl, k.c, k.sp, F(0), F(1), F(6), F(7), F(2), F(3), F(4), F(5),
-                                     k.eps);
+      return fuzz_fold_into_weights(k.layout, k.c, k.sp, F(0), F(1), F(6), F(7), F(2), F(3), F(4),
+                                    F(5), k.eps);
     case kStats:
       return bnorm_stats(ctx, d, V(0), D(1), D(2));
     case kStatsMerge:
@@ -1414,8 +1412,6 @@ bnorm_status Invoke(const Call& k, int ctx_index) {
     default:
       return BNORM_ERR_INTERNAL;
   }
-#undef act
-#undef wl
 }
 
 // ------------------------------------------------------------ value checks
