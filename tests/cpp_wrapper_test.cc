@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -248,10 +249,78 @@ TEST(CppWrapper, HugeShapesAreErrorsNotOverflow) {
   }
 }
 
+// An empty vector is a buffer of 0 bytes, not nullptr; a buffer whose
+// element type has another size than the descriptor's dtype is refused.
+TEST(CppWrapper, BuffersAreCheckedByTheirTypeAndSizeEvenWhenEmpty) {
+  const bnorm::Desc desc(2, 3, 4);
+  const bnorm::Context& ctx = bnorm::Context::Default();
+  const std::vector<float> x(24, 1.5f), dy(24, 0.5f), mean(3, 1.5f), invstd(3, 1.0f);
+  std::vector<float> y(24, 7.0f), z, dx, dz;  // z, dx, dz: forgotten resizes
+  auto expect_status = [&](bnorm_status want, auto&& call) {
+    try {
+      call();
+      ADD_FAILURE() << "no exception";
+    } catch (const bnorm::Error& e) {
+      EXPECT_EQ(e.status(), want) << e.what();
+    }
+  };
+  expect_status(BNORM_ERR_BAD_SHAPE, [&] {
+    bnorm::forward_training(ctx, desc, x, y, bnorm::Fused{z, BNORM_ACT_NONE}, {}, 1e-5f, 0.1f);
+  });
+  expect_status(BNORM_ERR_BAD_SHAPE, [&] {
+    bnorm::backward(ctx, desc, x, dy, dx, nullptr, bnorm::SavedIn{mean, invstd});
+  });
+  expect_status(BNORM_ERR_BAD_SHAPE, [&] {
+    bnorm::backward(ctx, desc, x, y, dy, nullptr, dz, BNORM_ACT_NONE, nullptr,
+                    bnorm::SavedIn{mean, invstd});
+  });
+  // float data for a bf16 descriptor (enough bytes, wrong type), double for
+  // f32, by vector and by typed pointer.
+  const bnorm::Desc bf16(2, 3, 4, BNORM_LAYOUT_NCHW, BNORM_DTYPE_BF16);
+  expect_status(BNORM_ERR_BAD_ARGUMENT,
+                [&] { bnorm::forward_training(ctx, bf16, x, y, {}, 1e-5f, 0.1f); });
+  const std::vector<double> xd(24, 1.0);
+  expect_status(BNORM_ERR_BAD_ARGUMENT,
+                [&] { bnorm::forward_training(ctx, desc, xd, y, {}, 1e-5f, 0.1f); });
+  expect_status(BNORM_ERR_BAD_ARGUMENT,
+                [&] { bnorm::forward_training(ctx, desc, xd.data(), y, {}, 1e-5f, 0.1f); });
+  for (float v : y) EXPECT_EQ(v, 7.0f);
+  // The right types pass: uint16_t for bf16, raw bytes (size checked) for f32,
+  // an untyped pointer unchecked.
+  const std::vector<uint16_t> x16(24, 0x3FC0);  // 1.5 in bf16
+  std::vector<uint16_t> y16(24);
+  bnorm::forward_training(ctx, bf16, x16, y16, {}, 1e-5f, 0.1f);
+  EXPECT_EQ(y16, std::vector<uint16_t>(24, 0));
+  std::vector<unsigned char> bytes(24 * sizeof(float));
+  std::memcpy(bytes.data(), x.data(), bytes.size());
+  bnorm::forward_training(ctx, desc, bytes, y, {}, 1e-5f, 0.1f);
+  EXPECT_EQ(y, std::vector<float>(24, 0.0f));
+  std::vector<unsigned char> short_bytes(24 * sizeof(float) - 1);
+  expect_status(BNORM_ERR_BAD_SHAPE,
+                [&] { bnorm::forward_training(ctx, desc, short_bytes, y, {}, 1e-5f, 0.1f); });
+  bnorm::forward_training(ctx, desc, static_cast<const void*>(x.data()), y, {}, 1e-5f, 0.1f);
+}
+
 TEST(CppWrapper, ContextsMoveAndFoldWorks) {
   bnorm::Context a(1);
   bnorm::Context b = std::move(a);
   EXPECT_EQ(b.num_threads(), 1);
+  // A moved-from context is refused, not silently the default one.
+  EXPECT_EQ(a.num_threads(), -1);  // NOLINT(bugprone-use-after-move): on purpose
+  const bnorm::Desc desc(2, 3, 4);
+  const std::vector<float> x(24, 1.0f);
+  std::vector<float> y(24, 7.0f);
+  try {
+    bnorm::forward_training(a, desc, x, y, {}, 1e-5f, 0.1f);  // NOLINT(bugprone-use-after-move)
+    ADD_FAILURE() << "no exception";
+  } catch (const bnorm::Error& e) {
+    EXPECT_EQ(e.status(), BNORM_ERR_NULL_POINTER);
+  }
+  EXPECT_EQ(y, std::vector<float>(24, 7.0f));
+  bnorm::Context c = std::move(b);
+  b = std::move(c);  // assigned again: usable
+  EXPECT_EQ(b.num_threads(), 1);
+  bnorm::forward_training(b, desc, x, y, {}, 1e-5f, 0.1f);
   a = bnorm::Context(3);
   EXPECT_EQ(a.num_threads(), 3);
 

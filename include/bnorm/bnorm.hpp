@@ -16,8 +16,10 @@
 //
 // Every function throws bnorm::Error (carrying the bnorm_status) where the C
 // function returns an error; as in C, nothing is written then. Sizes are
-// checked where the caller passes std::vector/spans: a buffer shorter than
-// the descriptor says is BNORM_ERR_BAD_SHAPE, before the C call.
+// checked where the caller passes std::vector: a buffer shorter than the
+// descriptor says is BNORM_ERR_BAD_SHAPE, and an element type of another
+// size than the descriptor's dtype (double, or float for bf16) is
+// BNORM_ERR_BAD_ARGUMENT, before the C call.
 #ifndef BNORM_BNORM_HPP_
 #define BNORM_BNORM_HPP_
 
@@ -69,8 +71,10 @@ std::vector<T> Zeros(int64_t count, const char* where) {
 }  // namespace detail
 
 // Owns a bnorm_context (a thread pool and scratch memory). Movable, not
-// copyable. Context() uses all cores; a default-constructed Context::Default()
-// refers to the process-wide default context (NULL in C).
+// copyable. Context() uses all cores; Context::Default() refers to the
+// process-wide default context (NULL in C). A moved-from Context refers to
+// nothing: calls given it throw BNORM_ERR_NULL_POINTER (not silently the
+// default) until a Context is assigned to it.
 class Context {
  public:
   explicit Context(int num_threads = 0) {
@@ -78,23 +82,32 @@ class Context {
   }
   static Context Default() noexcept { return Context(nullptr); }
   ~Context() { bnorm_context_destroy(ctx_); }
-  Context(Context&& other) noexcept : ctx_(std::exchange(other.ctx_, nullptr)) {}
+  Context(Context&& other) noexcept
+      : ctx_(std::exchange(other.ctx_, nullptr)),
+        moved_from_(std::exchange(other.moved_from_, true)) {}
   Context& operator=(Context&& other) noexcept {
     if (this != &other) {
       bnorm_context_destroy(ctx_);
       ctx_ = std::exchange(other.ctx_, nullptr);
+      moved_from_ = std::exchange(other.moved_from_, true);
     }
     return *this;
   }
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
 
-  int num_threads() const noexcept { return bnorm_context_num_threads(ctx_); }
-  const bnorm_context* get() const noexcept { return ctx_; }
+  // The threads calls on this context use (-1 for a moved-from Context).
+  int num_threads() const noexcept { return moved_from_ ? -1 : bnorm_context_num_threads(ctx_); }
+  // The C handle (NULL for the default context).
+  const bnorm_context* get() const {
+    if (moved_from_) throw Error(BNORM_ERR_NULL_POINTER, "bnorm::Context (moved from)");
+    return ctx_;
+  }
 
  private:
   explicit Context(std::nullptr_t) noexcept : ctx_(nullptr) {}
   bnorm_context* ctx_ = nullptr;
+  bool moved_from_ = false;
 };
 
 // A tensor descriptor with the arithmetic callers need.
@@ -161,34 +174,44 @@ using Channels = BasicChannels<const float>;
 using ChannelsOut = BasicChannels<float>;
 
 // Element buffers: raw pointers, or vectors whose byte size is checked.
-// Buffer is read, BufferOut written.
+// Buffer is read, BufferOut written. Where the element type is known (a
+// typed pointer or vector), its size must be the descriptor's element size
+// (float for f32, a 16-bit type such as uint16_t for bf16/f16; byte types
+// are raw storage and pass), else BNORM_ERR_BAD_ARGUMENT. A vector is
+// checked even when empty: an empty vector is not nullptr.
 template <typename P>
 class BasicBuffer {
  public:
   BasicBuffer(std::nullptr_t) {}  // NOLINT
-  BasicBuffer(P* p) : p_(p) {}    // NOLINT
+  BasicBuffer(P* p) : p_(p) {}    // NOLINT: an untyped pointer
+  template <typename T, typename = std::enable_if_t<std::is_convertible<T*, P*>::value &&
+                                                    !std::is_void<T>::value>>
+  BasicBuffer(T* p) : p_(p), element_(sizeof(T)) {}  // NOLINT
   template <typename T, typename A, typename = std::enable_if_t<std::is_convertible<T*, P*>::value>>
-  BasicBuffer(std::vector<T, A>& v) : p_(v.data()), bytes_(v.size() * sizeof(T)) {}  // NOLINT
+  BasicBuffer(std::vector<T, A>& v)  // NOLINT
+      : p_(v.data()), bytes_(v.size() * sizeof(T)), element_(sizeof(T)) {}
   template <typename T, typename A,
             typename = std::enable_if_t<std::is_convertible<const T*, P*>::value>>
   BasicBuffer(const std::vector<T, A>& v)  // NOLINT
-      : p_(v.data()), bytes_(v.size() * sizeof(T)) {}
+      : p_(v.data()), bytes_(v.size() * sizeof(T)), element_(sizeof(T)) {}
   template <typename T, typename A>
   BasicBuffer(std::vector<T, A>&& v) = delete;  // a temporary (see the top of this file)
   template <typename T, typename A>
   BasicBuffer(const std::vector<T, A>&& v) = delete;
 
   P* get(const Desc& desc, const char* where) const {
-    if (p_ != nullptr && bytes_ != kUnknown && bytes_ < desc.bytes()) {
-      throw Error(BNORM_ERR_BAD_SHAPE, where);
+    if (element_ > 1 && element_ != desc.element_bytes()) {
+      throw Error(BNORM_ERR_BAD_ARGUMENT, where);
     }
+    if (bytes_ != kUnknown && bytes_ < desc.bytes()) throw Error(BNORM_ERR_BAD_SHAPE, where);
     return p_;
   }
 
  private:
   static constexpr std::size_t kUnknown = ~std::size_t{0};
   P* p_ = nullptr;
-  std::size_t bytes_ = kUnknown;
+  std::size_t bytes_ = kUnknown;  // known for vectors
+  std::size_t element_ = 0;       // sizeof the element type; 0 unknown
 };
 using Buffer = BasicBuffer<const void>;
 using BufferOut = BasicBuffer<void>;
@@ -381,6 +404,16 @@ inline Statistics merge(const std::vector<Statistics>& parts) {
   std::vector<double> means, m2s;
   for (const Statistics& part : parts) {
     if (part.mean.size() != c || part.m2.size() != c) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+  }
+  if (parts.size() > std::vector<double>().max_size() / c) throw Error(BNORM_ERR_BAD_SHAPE, kWhere);
+  try {
+    counts.reserve(parts.size());
+    means.reserve(parts.size() * c);
+    m2s.reserve(parts.size() * c);
+  } catch (const std::bad_alloc&) {
+    throw Error(BNORM_ERR_OUT_OF_MEMORY, kWhere);
+  }
+  for (const Statistics& part : parts) {  // no allocation: reserved
     counts.push_back(part.count);
     means.insert(means.end(), part.mean.begin(), part.mean.end());
     m2s.insert(m2s.end(), part.m2.begin(), part.m2.end());
