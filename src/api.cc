@@ -60,7 +60,8 @@ const char* bnorm_status_string(bnorm_status status) {
     case BNORM_ERR_BAD_SHAPE:
       return "bad shape: n, c or spatial < 1, or the tensor size overflows";
     case BNORM_ERR_BAD_ARGUMENT:
-      return "bad argument: eps, momentum, layout, dtype or thread count out of range";
+      return "bad argument: a value outside its documented range (eps, momentum, an enum, a "
+             "count; see the function in bnorm.h)";
     case BNORM_ERR_ALIAS:
       return "an output buffer overlaps another buffer";
     case BNORM_ERR_TOO_FEW_VALUES:

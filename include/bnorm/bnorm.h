@@ -60,8 +60,10 @@ typedef enum bnorm_status {
   BNORM_OK = 0,
   BNORM_ERR_NULL_POINTER = 1, /* a required pointer is NULL */
   BNORM_ERR_BAD_SHAPE = 2,    /* n, c or spatial < 1, or the element count or byte size overflows */
-  BNORM_ERR_BAD_ARGUMENT = 3, /* eps < 0 or not finite; momentum outside [0,1] or NaN; unknown
-                                 layout/dtype; num_threads < 0 */
+  BNORM_ERR_BAD_ARGUMENT = 3, /* a value outside its documented range: eps < 0 or not finite;
+                                 momentum outside [0,1] or NaN; an unknown layout, dtype,
+                                 activation or weight layout; num_threads < 0; a negative
+                                 count or M2, or total_count too small (split functions) */
   BNORM_ERR_ALIAS =
       4, /* an output overlaps another buffer, other than the exact in-place pairs allowed */
   BNORM_ERR_TOO_FEW_VALUES = 5, /* training with n*spatial < 2: the variance is undefined */
