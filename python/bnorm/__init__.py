@@ -55,9 +55,13 @@ __all__ = [
 # ---- the library ----
 
 def _load_library():
+    explicit = os.environ.get("BNORM_LIBRARY")
+    if explicit:  # asked for: that library or an error, never another one
+        try:
+            return ctypes.CDLL(explicit)
+        except OSError as e:
+            raise ImportError(f"bnorm: cannot load BNORM_LIBRARY={explicit}: {e}") from e
     candidates = []
-    if os.environ.get("BNORM_LIBRARY"):
-        candidates.append(os.environ["BNORM_LIBRARY"])
     here = os.path.dirname(os.path.abspath(__file__))
     candidates += [os.path.join(here, "libbnorm.so.0"), os.path.join(here, "libbnorm.so")]
     try:  # written by `cmake --install`: where the installed library is
@@ -213,19 +217,30 @@ class Context:
         """Destroys the context once the calls running on it in other
         threads have returned; calls started after close() raise ValueError.
         Raises RuntimeError when called by a thread in a call on it (a
-        signal handler), where waiting would never end."""
+        signal handler), where waiting would never end; the context stays
+        open then."""
         idle = getattr(self, "_idle", None)
         if idle is None:  # __init__ failed
             return
         with idle:
-            self._closing = True
             if self._calls[threading.get_ident()]:
                 raise RuntimeError("bnorm.Context.close() inside a call on it")
+            self._closing = True
             while self._calls:
                 idle.wait()
             if self._handle is not None:
                 _context_destroy(self._handle)
                 self._handle = None
+
+    # One C context, one owner: a copy would destroy it twice.
+    def __copy__(self):
+        raise TypeError("bnorm.Context cannot be copied; share the object itself")
+
+    def __deepcopy__(self, memo):
+        raise TypeError("bnorm.Context cannot be copied; share the object itself")
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("bnorm.Context cannot be pickled")
 
     def __enter__(self):
         return self
@@ -275,27 +290,65 @@ def _held(ctx):
 
 # ---- argument helpers ----
 
+_DTYPE_NAMES = {"float32": np.dtype(np.float32), "f32": np.dtype(np.float32),
+                "float16": np.dtype(np.float16), "f16": np.dtype(np.float16)}
+
+
+def _storage(dtype):
+    """The storage a dtype argument asks for: None (from the data), "bfloat16",
+    or np.float32 / np.float16 (given as a name, np.dtype or numpy type)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        key = dtype.lower()
+        if key in ("bfloat16", "bf16"):
+            return "bfloat16"
+        if key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+    try:
+        wanted = np.dtype(dtype)
+    except TypeError:
+        wanted = None
+    if wanted is None or wanted not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise ValueError(f"unknown dtype {dtype!r}: float32, float16 or 'bfloat16'")
+    return wanted
+
+
+def _contiguous(a, dtype=None):
+    """a as a C-contiguous, aligned numpy array (copied only if it is not)."""
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
+
+
 def _tensor(x, dtype, name):
     """(contiguous array, bnorm dtype code) for a tensor argument."""
     x = np.asarray(x)
-    if dtype in ("bfloat16", "bf16"):
+    wanted = _storage(dtype)
+    if wanted == "bfloat16":
         if x.dtype != np.uint16:
             raise TypeError(f"{name}: bfloat16 data must be a uint16 array of bf16 patterns")
         code = _BF16
-    elif dtype is None or dtype in ("float32", "float16", "f32", "f16"):
-        if x.dtype == np.float32 and dtype in (None, "float32", "f32"):
-            code = _F32
-        elif x.dtype == np.float16 and dtype in (None, "float16", "f16"):
-            code = _F16
-        else:
-            wanted = "float32 or float16" if dtype is None else dtype
-            raise TypeError(f"{name}: expected {wanted} data (got {x.dtype}); "
-                            "pass dtype='bfloat16' for bf16 bits in uint16")
+    elif x.dtype == np.float32 and (wanted is None or wanted == np.float32):
+        code = _F32
+    elif x.dtype == np.float16 and (wanted is None or wanted == np.float16):
+        code = _F16
     else:
-        raise ValueError(f"unknown dtype {dtype!r}")
+        expected = "float32 or float16" if wanted is None else str(wanted)
+        raise TypeError(f"{name}: expected {expected} data (got {x.dtype}); "
+                        "pass dtype='bfloat16' for bf16 bits in uint16")
     if x.ndim < 2:
         raise ValueError(f"{name}: expected at least 2 dimensions, got shape {x.shape}")
-    return np.ascontiguousarray(x), code
+    return _contiguous(x), code
+
+
+def _real(value, name):
+    """A float argument (eps, momentum) as a Python float; TypeError if it is
+    not a real number."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{name} must be a real number, got {value!r}")
 
 
 def _desc(x, layout, code):
@@ -322,11 +375,11 @@ def _channels(a, c, name, writable=False, dtype=np.float32):
     dtype = np.dtype(dtype)
     if writable:
         if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
-                and a.flags.writeable):
-            raise TypeError(f"{name}: must be a writable contiguous {dtype} numpy array "
-                            "(it is updated in place)")
+                and a.flags.aligned and a.flags.writeable):
+            raise TypeError(f"{name}: must be a writable contiguous aligned {dtype} numpy "
+                            "array (it is updated in place)")
     else:
-        a = np.ascontiguousarray(a, dtype=dtype)
+        a = _contiguous(a, dtype)
     if a.size != c:
         raise ValueError(f"{name}: expected {c} values, got {a.size}")
     return a, a.ctypes.data_as(_POINTERS[dtype])
@@ -403,6 +456,7 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
     Fused epilogue: y = activation(BN(x) + z), z a residual like x (or None),
     activation None or "relu" (in the same pass over memory).
     """
+    eps, momentum = _real(eps, "eps"), _real(momentum, "momentum")
     x, desc, c, z, act = _forward_args(x, dtype, layout, z, activation)
     w, b, rm, rv, save_mean, sm, save_invstd, si = _training_channels(
         weight, bias, running_mean, running_var, c)
@@ -417,6 +471,7 @@ def batch_norm_training(x, weight=None, bias=None, running_mean=None, running_va
 def batch_norm_inference(x, mean, var, weight=None, bias=None, eps=1e-5, layout="NCHW",
                          dtype=None, ctx=None, z=None, activation=None):
     """Inference-mode batch norm with given statistics: returns y (= activation(BN(x) + z))."""
+    eps = _real(eps, "eps")
     x, desc, c, z, act = _forward_args(x, dtype, layout, z, activation)
     _, m = _channels(mean, c, "mean")
     _, v = _channels(var, c, "var")
@@ -504,6 +559,7 @@ def batch_norm_backward(x, dy, save_mean, save_invstd, weight=None, layout="NCHW
 
 def fold(mean, var, weight=None, bias=None, eps=1e-5):
     """(scale, shift) with y = x * scale + shift for a frozen batch norm."""
+    eps = _real(eps, "eps")
     _, m = _channels(mean, np.size(mean), "mean")
     c = int(np.size(mean))
     _, v = _channels(var, c, "var")
@@ -523,9 +579,10 @@ def fold_into_weights(weights, layer_bias, mean, var, weight=None, bias=None, ep
     output channel is the first axis for O*, the last for *O). layer_bias may
     be None (a layer without bias). weight/bias are the batch norm's gamma/beta.
     """
+    eps = _real(eps, "eps")
     if layout not in _WEIGHT_LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(_WEIGHT_LAYOUTS)}, got {layout!r}")
-    w_in = np.ascontiguousarray(weights, dtype=np.float32)
+    w_in = _contiguous(weights, np.float32)
     out_channels = w_in.shape[0] if layout.startswith("O") else w_in.shape[-1]
     per_output = w_in.size // out_channels if out_channels else 0
     _, m = _channels(mean, out_channels, "mean")
@@ -589,9 +646,9 @@ def stats_merge(counts, means, m2s):
     counts = np.asarray(counts)
     if counts.dtype.kind not in "iu":
         raise TypeError(f"counts: expected integers, got {counts.dtype}")
-    counts = np.ascontiguousarray(counts, np.int64)
-    means = np.ascontiguousarray(means, np.float64)
-    m2s = np.ascontiguousarray(m2s, np.float64)
+    counts = _contiguous(counts, np.int64)
+    means = _contiguous(means, np.float64)
+    m2s = _contiguous(m2s, np.float64)
     if counts.ndim != 1 or means.ndim != 2 or means.shape != m2s.shape or \
             means.shape[0] != counts.size:
         raise ValueError(f"expected counts of k and means, m2s of [k, c] (got counts "
@@ -617,6 +674,7 @@ def forward_apply(x, weight, bias, count, mean, m2, eps=1e-5, momentum=0.1, runn
     variance m2 / (count - 1): every rank keeps the same running statistics.
     An empty part gives an empty y and the per-channel outputs.
     """
+    eps, momentum = _real(eps, "eps"), _real(momentum, "momentum")
     x, code = _tensor(x, dtype, "x")
     desc, c = _desc(x, layout, code)
     count = _count(count, "count")

@@ -4,7 +4,10 @@ Run: BNORM_LIBRARY=build/libbnorm.so.0 PYTHONPATH=python /usr/bin/python3 -m uni
 """
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
 import threading
 import unittest
 
@@ -320,6 +323,77 @@ class ApiTest(unittest.TestCase):
             bnorm.batch_norm_training(x32.astype(np.float16), dtype="float32")
         y, _, _ = bnorm.batch_norm_training(x32.astype(np.float16), dtype="f16")
         self.assertEqual(y.dtype, np.float16)
+
+    def test_dtype_argument_takes_numpy_types(self):
+        x32 = np.ones((2, 3, 4), np.float32)
+        x16 = x32.astype(np.float16)
+        for dtype in (np.float32, np.dtype(np.float32), "float32", "F32"):
+            self.assertEqual(bnorm.batch_norm_training(x32, dtype=dtype)[0].dtype, np.float32)
+        for dtype in (np.float16, np.dtype("float16"), "f16"):
+            self.assertEqual(bnorm.batch_norm_training(x16, dtype=dtype)[0].dtype, np.float16)
+        with self.assertRaises(TypeError):
+            bnorm.batch_norm_training(x32, dtype=np.float16)
+        for bad in (np.float64, "int8", "nonsense", 3.5):
+            with self.assertRaises(ValueError):
+                bnorm.batch_norm_training(x32, dtype=bad)
+
+    def test_context_cannot_be_copied(self):
+        # A copy would share the C handle and destroy it twice.
+        with bnorm.Context(1) as ctx:
+            for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+                with self.assertRaises(TypeError):
+                    attempt(ctx)
+            self.assertEqual(ctx.threads, 1)
+
+    def test_refused_close_leaves_the_context_open(self):
+        x = np.ones((2, 3, 4), np.float32)
+        ctx = bnorm.Context(1)
+        with bnorm._held(ctx):  # pylint: disable=protected-access
+            with self.assertRaises(RuntimeError):
+                ctx.close()
+        bnorm.batch_norm_training(x, ctx=ctx)  # still usable
+        ctx.close()
+        with self.assertRaises(ValueError):
+            bnorm.batch_norm_training(x, ctx=ctx)
+
+    def test_misaligned_arrays(self):
+        # Inputs one byte off their element alignment are copied (the C API
+        # requires aligned elements); running statistics updated in place
+        # cannot be, and are refused.
+        rng = np.random.default_rng(8)
+        x = rng.standard_normal((4, 3, 10)).astype(np.float32)
+        raw = np.zeros(x.nbytes + 1, np.uint8)
+        off = raw[1:].view(np.float32).reshape(x.shape)
+        off[...] = x
+        self.assertFalse(off.flags.aligned)
+        np.testing.assert_array_equal(bnorm.batch_norm_training(off)[0],
+                                      bnorm.batch_norm_training(x)[0])
+        rm_raw = np.zeros(3 * 4 + 1, np.uint8)
+        rm = rm_raw[1:].view(np.float32)
+        self.assertFalse(rm.flags.aligned)
+        with self.assertRaises(TypeError):
+            bnorm.batch_norm_training(x, running_mean=rm)
+
+    def test_scalar_arguments_are_checked(self):
+        x = np.ones((2, 3, 4), np.float32)
+        for kwargs in ({"eps": None}, {"momentum": None}, {"eps": "1e-5"}, {"momentum": []}):
+            with self.assertRaises(TypeError):
+                bnorm.batch_norm_training(x, **kwargs)
+        y1 = bnorm.batch_norm_training(x, eps=np.float32(1e-5), momentum=np.array(0.1))[0]
+        np.testing.assert_array_equal(y1, bnorm.batch_norm_training(x)[0])
+        with self.assertRaises(TypeError):
+            bnorm.fold(np.zeros(3), np.ones(3), eps=None)
+
+    def test_unloadable_bnorm_library_is_an_error(self):
+        # BNORM_LIBRARY names the library to use: one that cannot be loaded
+        # is an ImportError, never a silent fall back to another copy.
+        env = dict(os.environ, BNORM_LIBRARY="/nonexistent/libbnorm.so.0")
+        env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(bnorm.__file__)))
+        run = subprocess.run([sys.executable, "-c", "import bnorm"], env=env,
+                             capture_output=True, text=True, check=False)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("ImportError", run.stderr)
+        self.assertIn("/nonexistent/libbnorm.so.0", run.stderr)
 
     def test_frozen_backward_takes_activation_none(self):
         rng = np.random.default_rng(6)
