@@ -27,7 +27,7 @@ int64_t ParseSize(const char* text) {
   char* end = nullptr;
   const long long value = std::strtoll(text, &end, 10);
   if (value <= 0) return 0;
-  const int unit = std::toupper(static_cast<unsigned char>(*end));
+  const char unit = AsciiUpper(*end);
   const int shift = unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : unit == 'T' ? 40 : 0;
   if (shift > 0) ++end;
   while (IsSpace(*end)) ++end;

@@ -9,7 +9,10 @@
 
 namespace bnorm {
 
+// ASCII only, whatever the process's locale (setlocale may run before the
+// variables are read, and a Turkish locale folds 'i' elsewhere).
 bool IsSpace(char ch);
+char AsciiUpper(char ch);
 
 // Whether text, without its leading and trailing whitespace, is word
 // (ASCII letters compared without regard to case).
@@ -18,8 +21,8 @@ bool MatchesWord(const char* text, const char* word);
 // Whether text is empty or only whitespace (an unset variable's meaning).
 bool IsBlank(const char* text);
 
-// text as printable for a warning: control characters as '?', at most 40
-// characters, then "...".
+// text as printable for a warning: bytes outside printable ASCII as '?', at
+// most 40 characters, then "...".
 std::string Printable(const char* text);
 
 }  // namespace bnorm

@@ -214,6 +214,11 @@ static_assert(std::is_constructible<bnorm::BufferOut, FloatVec&>::value, "output
 static_assert(!std::is_constructible<bnorm::BufferOut, const FloatVec&>::value, "const output");
 static_assert(!std::is_constructible<bnorm::BufferOut, const float*>::value, "const output");
 static_assert(!std::is_constructible<bnorm::BufferOut, FloatVec&&>::value, "temporary");
+struct Opaque;  // incomplete: a buffer of unknown element type, as void*
+static_assert(std::is_constructible<bnorm::Buffer, const Opaque*>::value, "incomplete type");
+static_assert(std::is_constructible<bnorm::BufferOut, Opaque*>::value, "incomplete type");
+static_assert(std::is_constructible<bnorm::Buffer, const double*>::value,
+              "typed: checked in calls");
 static_assert(std::is_convertible<bnorm::ChannelsOut, bnorm::Channels>::value, "out reads as in");
 static_assert(!std::is_convertible<bnorm::Channels, bnorm::ChannelsOut>::value, "in is not out");
 static_assert(std::is_convertible<bnorm::Saved, bnorm::SavedIn>::value, "forward's to backward");

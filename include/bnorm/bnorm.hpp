@@ -57,6 +57,13 @@ inline void Check(bnorm_status status, const char* where) {
 // A vector of `count` zeros the wrapper returns (statistics, folded
 // constants): a count no vector can hold is BNORM_ERR_BAD_SHAPE, memory that
 // cannot be had BNORM_ERR_OUT_OF_MEMORY, as the C API would say.
+// Whether T is a complete object type (sizeof(T) is known): pointers to void
+// or to incomplete types are buffers of unknown element type.
+template <typename T, typename = void>
+struct IsComplete : std::false_type {};
+template <typename T>
+struct IsComplete<T, std::void_t<decltype(sizeof(T))>> : std::true_type {};
+
 template <typename T>
 std::vector<T> Zeros(int64_t count, const char* where) {
   if (count < 1 || static_cast<uint64_t>(count) > std::vector<T>().max_size()) {
@@ -185,8 +192,8 @@ class BasicBuffer {
   BasicBuffer(std::nullptr_t) {}  // NOLINT
   BasicBuffer(P* p) : p_(p) {}    // NOLINT: an untyped pointer
   template <typename T, typename = std::enable_if_t<std::is_convertible<T*, P*>::value &&
-                                                    !std::is_void<T>::value>>
-  BasicBuffer(T* p) : p_(p), element_(sizeof(T)) {}  // NOLINT
+                                                    detail::IsComplete<T>::value>>
+  BasicBuffer(T* p) : p_(p), element_(sizeof(T)) {}  // NOLINT: typed, so checked
   template <typename T, typename A, typename = std::enable_if_t<std::is_convertible<T*, P*>::value>>
   BasicBuffer(std::vector<T, A>& v)  // NOLINT
       : p_(v.data()), bytes_(v.size() * sizeof(T)), element_(sizeof(T)) {}

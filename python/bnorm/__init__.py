@@ -55,14 +55,14 @@ __all__ = [
 # ---- the library ----
 
 def _load_library():
-    explicit = os.environ.get("BNORM_LIBRARY")
+    explicit = os.environ.get("BNORM_LIBRARY", "").strip()
     if explicit:  # asked for: that library or an error, never another one
         try:
             return ctypes.CDLL(explicit)
         except OSError as e:
             raise ImportError(f"bnorm: cannot load BNORM_LIBRARY={explicit}: {e}") from e
     candidates = []
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.realpath(__file__))  # where it was installed
     candidates += [os.path.join(here, "libbnorm.so.0"), os.path.join(here, "libbnorm.so")]
     try:  # written by `cmake --install`: where the installed library is
         from . import _install_paths

@@ -1,6 +1,6 @@
 """Tests of the Python binding against a numpy float64 reference.
 
-Run: BNORM_LIBRARY=build/libbnorm.so.0 PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests
+Run: BNORM_LIBRARY=build/release/libbnorm.so.0 PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests
 """
 
 import copy
@@ -366,6 +366,8 @@ class ApiTest(unittest.TestCase):
         off = raw[1:].view(np.float32).reshape(x.shape)
         off[...] = x
         self.assertFalse(off.flags.aligned)
+        # What reaches C is an aligned copy (x86 would not fault either way).
+        self.assertTrue(bnorm._tensor(off, None, "x")[0].flags.aligned)  # pylint: disable=protected-access
         np.testing.assert_array_equal(bnorm.batch_norm_training(off)[0],
                                       bnorm.batch_norm_training(x)[0])
         rm_raw = np.zeros(3 * 4 + 1, np.uint8)

@@ -1,7 +1,7 @@
 """Tests of the split-statistics functions (synchronized batch norm): stats,
 stats_merge, forward_apply, backward_reduce, backward_apply.
 
-Run: BNORM_LIBRARY=build/libbnorm.so.0 PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests
+Run: BNORM_LIBRARY=build/release/libbnorm.so.0 PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests
 
 Tolerances, for a batch split along n and merged, against the whole batch (the
 library's accuracy bars, as tests/split_test.cc states them):
