@@ -50,6 +50,7 @@
 #include <thread>
 #include <vector>
 
+#include "raw_enum_calls.h"
 #include "test_support.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -62,29 +63,6 @@
 #ifndef BNORM_STRESS_ASAN
 #define BNORM_STRESS_ASAN 0
 #endif
-
-// tests/stress_raw_enums.c: the entry points taking an enum by value, called
-// from C with any int (an out-of-range enum value is undefined in C++).
-extern "C" {
-bnorm_status stress_forward_training_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
-                                        const void* x, const void* z, void* y, int act,
-                                        const float* gamma, const float* beta, float eps,
-                                        float momentum, float* running_mean, float* running_var,
-                                        float* save_mean, float* save_invstd);
-bnorm_status stress_forward_inference_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
-                                         const void* x, const void* z, void* y, int act,
-                                         const float* gamma, const float* beta, const float* mean,
-                                         const float* var, float eps);
-bnorm_status stress_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
-                                const void* x, const void* y, const void* dy, void* dx, void* dz,
-                                int act, const float* gamma, const float* beta,
-                                const float* save_mean, const float* save_invstd, float* dgamma,
-                                float* dbeta);
-bnorm_status stress_fold_into_weights(int layout, int64_t out_channels, int64_t per_output,
-                                      const float* weights, const float* bias, float* weights_out,
-                                      float* bias_out, const float* gamma, const float* beta,
-                                      const float* mean, const float* var, float eps);
-}
 
 namespace bnorm_test {
 namespace {
@@ -678,14 +656,14 @@ bnorm_status Invoke(const Request& r, const bnorm_context* ctx) {
       return bnorm_forward_training(ctx, d, v(kX), v(kY), f(kGamma), f(kBeta), r.eps, r.momentum,
                                     f(kRunMean), f(kRunVar), f(kSaveMean), f(kSaveInvstd));
     case Op::kTrainEx:
-      return stress_forward_training_ex(ctx, d, v(kX), v(kZ), v(kY), r.act, f(kGamma), f(kBeta),
+      return raw_forward_training_ex(ctx, d, v(kX), v(kZ), v(kY), r.act, f(kGamma), f(kBeta),
                                         r.eps, r.momentum, f(kRunMean), f(kRunVar), f(kSaveMean),
                                         f(kSaveInvstd));
     case Op::kInfer:
       return bnorm_forward_inference(ctx, d, v(kX), v(kY), f(kGamma), f(kBeta), f(kMean), f(kVar),
                                      r.eps);
     case Op::kInferEx:
-      return stress_forward_inference_ex(ctx, d, v(kX), v(kZ), v(kY), r.act, f(kGamma), f(kBeta),
+      return raw_forward_inference_ex(ctx, d, v(kX), v(kZ), v(kY), r.act, f(kGamma), f(kBeta),
                                          f(kMean), f(kVar), r.eps);
     case Op::kBackward:
       return bnorm_backward(ctx, d, v(kX), v(kDY), v(kDX), f(kGamma), f(kMean), f(kInvstd),
@@ -694,13 +672,13 @@ bnorm_status Invoke(const Request& r, const bnorm_context* ctx) {
       return bnorm_backward_frozen(ctx, d, v(kX), v(kDY), v(kDX), f(kGamma), f(kMean), f(kInvstd),
                                    f(kDGamma), f(kDBeta));
     case Op::kBackwardEx:
-      return stress_backward_ex(ctx, d, v(kX), v(kYIn), v(kDY), v(kDX), v(kDZ), r.act, f(kGamma),
+      return raw_backward_ex(ctx, d, v(kX), v(kYIn), v(kDY), v(kDX), v(kDZ), r.act, f(kGamma),
                                 f(kBeta), f(kMean), f(kInvstd), f(kDGamma), f(kDBeta));
     case Op::kFold:
       return bnorm_fold(r.fold_c, f(kGamma), f(kBeta), f(kMean), f(kVar), r.eps, f(kScale),
                         f(kShift));
     case Op::kFoldWeights:
-      return stress_fold_into_weights(r.wlayout, r.out_channels, r.per_output, f(kW), f(kBias),
+      return raw_fold_into_weights(r.wlayout, r.out_channels, r.per_output, f(kW), f(kBias),
                                       f(kWOut), f(kBiasOut), f(kGamma), f(kBeta), f(kMean), f(kVar),
                                       r.eps);
   }

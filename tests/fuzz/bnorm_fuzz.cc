@@ -43,8 +43,8 @@
 #include <string>
 #include <vector>
 
+#include "../raw_enum_calls.h"
 #include "bnorm/bnorm.h"
-#include "enum_calls.h"
 
 namespace {
 
@@ -1371,32 +1371,32 @@ bnorm_status Invoke(const Call& k, int ctx_index) {
   auto D = [&](int i) { return reinterpret_cast<double*>(k.Live(i)); };
   auto I = [&](int i) { return reinterpret_cast<int64_t*>(k.Live(i)); };
   // Enum arguments are decoded as ints, out-of-range values included, and
-  // passed through C (enum_calls.c), where an enum may hold any int; C++
+  // passed through C (tests/raw_enum_calls.c), where an enum may hold any int; C++
   // leaves such values undefined.
   switch (k.op) {
     case kFwdTrain:
       return bnorm_forward_training(ctx, d, V(0), V(2), F(3), F(4), k.eps, k.momentum, F(5), F(6),
                                     F(7), F(8));
     case kFwdTrainEx:
-      return fuzz_forward_training_ex(ctx, d, V(0), V(1), V(2), k.act, F(3), F(4), k.eps,
-                                      k.momentum, F(5), F(6), F(7), F(8));
+      return raw_forward_training_ex(ctx, d, V(0), V(1), V(2), k.act, F(3), F(4), k.eps, k.momentum,
+                                     F(5), F(6), F(7), F(8));
     case kFwdInfer:
       return bnorm_forward_inference(ctx, d, V(0), V(2), F(3), F(4), F(5), F(6), k.eps);
     case kFwdInferEx:
-      return fuzz_forward_inference_ex(ctx, d, V(0), V(1), V(2), k.act, F(3), F(4), F(5), F(6),
-                                       k.eps);
+      return raw_forward_inference_ex(ctx, d, V(0), V(1), V(2), k.act, F(3), F(4), F(5), F(6),
+                                      k.eps);
     case kBwd:
       return bnorm_backward(ctx, d, V(0), V(2), V(3), F(5), F(7), F(8), F(9), F(10));
     case kBwdFrozen:
       return bnorm_backward_frozen(ctx, d, V(0), V(2), V(3), F(5), F(7), F(8), F(9), F(10));
     case kBwdEx:
-      return fuzz_backward_ex(ctx, d, V(0), V(1), V(2), V(3), V(4), k.act, F(5), F(6), F(7), F(8),
-                              F(9), F(10));
+      return raw_backward_ex(ctx, d, V(0), V(1), V(2), V(3), V(4), k.act, F(5), F(6), F(7), F(8),
+                             F(9), F(10));
     case kFold:
       return bnorm_fold(k.c, F(0), F(1), F(2), F(3), k.eps, F(4), F(5));
     case kFoldWeights:
-      return fuzz_fold_into_weights(k.layout, k.c, k.sp, F(0), F(1), F(6), F(7), F(2), F(3), F(4),
-                                    F(5), k.eps);
+      return raw_fold_into_weights(k.layout, k.c, k.sp, F(0), F(1), F(6), F(7), F(2), F(3), F(4),
+                                   F(5), k.eps);
     case kStats:
       return bnorm_stats(ctx, d, V(0), D(1), D(2));
     case kStatsMerge:
