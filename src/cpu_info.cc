@@ -6,7 +6,6 @@
 #endif
 
 #include <algorithm>
-#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -51,8 +50,8 @@ int64_t ReadSize(const std::string& path) {
 // BNORM_LLC_SIZE (a guest VM reports its host's whole L3, most of which other
 // guests use). A value that is not a size is reported once and ignored.
 int64_t Override(const char* name, int64_t detected) {
-  const char* env = std::getenv(name);
-  if (env == nullptr || IsBlank(env)) return detected;
+  const char* env = EnvValue(name);
+  if (env == nullptr) return detected;
   const int64_t bytes = ParseSize(env);
   if (bytes == 0) {
     std::fprintf(stderr,
@@ -143,8 +142,8 @@ std::string CpuVendor() {
 RowStores DetectRowStores() {
   const RowStores detected =
       CpuVendor() == "GenuineIntel" ? RowStores::kSequential : RowStores::kGrouped;
-  const char* env = std::getenv("BNORM_NHWC_ROW_STORES");
-  if (env == nullptr || IsBlank(env)) return detected;
+  const char* env = EnvValue("BNORM_NHWC_ROW_STORES");
+  if (env == nullptr) return detected;
   if (MatchesWord(env, "grouped")) return RowStores::kGrouped;
   if (MatchesWord(env, "sequential")) return RowStores::kSequential;
   std::fprintf(stderr, "bnorm: BNORM_NHWC_ROW_STORES=%s is not grouped or sequential; using %s\n",
@@ -167,8 +166,8 @@ bool CpuHasAvx512Bf16() {
 
 bool DetectBf16Instruction() {
   const bool has = CpuHasAvx512Bf16();
-  const char* env = std::getenv("BNORM_BF16_ROUNDING");
-  if (env == nullptr || IsBlank(env)) return has;
+  const char* env = EnvValue("BNORM_BF16_ROUNDING");
+  if (env == nullptr) return has;
   if (MatchesWord(env, "instruction")) return has;
   if (MatchesWord(env, "integer")) return false;
   std::fprintf(stderr, "bnorm: BNORM_BF16_ROUNDING=%s is not instruction or integer; using %s\n",

@@ -1,5 +1,6 @@
 #include "env.h"
 
+#include <cstdlib>
 #include <cstring>
 
 namespace bnorm {
@@ -21,9 +22,12 @@ bool MatchesWord(const char* text, const char* word) {
   return *text == '\0';
 }
 
-bool IsBlank(const char* text) {
-  while (IsSpace(*text)) ++text;
-  return *text == '\0';
+const char* EnvValue(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr) return nullptr;
+  const char* p = value;
+  while (IsSpace(*p)) ++p;
+  return *p == '\0' ? nullptr : value;
 }
 
 std::string Printable(const char* text) {

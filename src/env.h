@@ -1,7 +1,7 @@
-// Reading bnorm's environment variables alike: words (BNORM_TARGET,
-// BNORM_NHWC_ROW_STORES, BNORM_BF16_ROUNDING) compare without regard to case
-// or surrounding whitespace, and a value quoted back in a warning has its
-// control characters masked.
+// Reading bnorm's environment variables alike: a blank value is unset,
+// words (BNORM_TARGET, BNORM_NHWC_ROW_STORES, BNORM_BF16_ROUNDING) compare
+// without regard to case or surrounding whitespace, and a value quoted back
+// in a warning has its bytes outside printable ASCII masked.
 #ifndef BNORM_SRC_ENV_H_
 #define BNORM_SRC_ENV_H_
 
@@ -18,8 +18,9 @@ char AsciiUpper(char ch);
 // (ASCII letters compared without regard to case).
 bool MatchesWord(const char* text, const char* word);
 
-// Whether text is empty or only whitespace (an unset variable's meaning).
-bool IsBlank(const char* text);
+// The value of the environment variable `name`, or nullptr where it is unset,
+// empty or only whitespace.
+const char* EnvValue(const char* name);
 
 // text as printable for a warning: bytes outside printable ASCII as '?', at
 // most 40 characters, then "...".

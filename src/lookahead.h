@@ -18,15 +18,17 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "hwy/base.h"  // HWY_INLINE
+
 namespace bnorm {
 
-// The prefetch helpers below are always inlined. A helper whose body is only
-// __builtin_prefetch has no effect GCC must keep: where its inliner declined
-// a call (the kernels of NCHW elementwise passes are large), GCC 12 deleted
-// the out-of-line call as dead, and the NCHW streaming passes, which prefetch
-// through PrefetchToL2 (StoreChannelRuns), ran with no prefetch at all
-// (0 prefetch instructions in their kernels; docs/performance-history.md).
-#define BNORM_PREFETCH_INLINE inline __attribute__((always_inline))
+// The prefetch helpers below are always inlined (HWY_INLINE). A helper whose
+// body is only __builtin_prefetch has no effect GCC must keep: where its
+// inliner declined a call (the kernels of NCHW elementwise passes are large),
+// GCC 12 deleted the out-of-line call as dead, and the NCHW streaming passes,
+// which prefetch through PrefetchToL2 (StoreChannelRuns), ran with no
+// prefetch at all (0 prefetch instructions in their kernels;
+// docs/performance-history.md).
 
 // How far ahead of their reads the passes over tensors beyond the LLC
 // prefetch into L2: each input of the streaming elementwise passes, all
@@ -45,7 +47,7 @@ constexpr int64_t kStreamPrefetchBytes = 16 << 10;
 // longer one every line it covers. An address, not a pointer: it may lie past
 // the end of a buffer (a prefetch does not fault).
 template <size_t kStepBytes>
-BNORM_PREFETCH_INLINE void PrefetchStepToL2(uintptr_t at) {
+HWY_INLINE void PrefetchStepToL2(uintptr_t at) {
   if constexpr (kStepBytes < 64) {
     if ((at & 63) >= kStepBytes) return;
   }
@@ -57,13 +59,13 @@ BNORM_PREFETCH_INLINE void PrefetchStepToL2(uintptr_t at) {
 
 // The step of such a walk kStreamPrefetchBytes past the one at p.
 template <size_t kStepBytes>
-BNORM_PREFETCH_INLINE void PrefetchAheadToL2(const void* p) {
+HWY_INLINE void PrefetchAheadToL2(const void* p) {
   PrefetchStepToL2<kStepBytes>(reinterpret_cast<uintptr_t>(p) + kStreamPrefetchBytes);
 }
 
 // Prefetches the cache line at `line` into L2 (for reading).
 struct PrefetchToL2 {
-  BNORM_PREFETCH_INLINE void operator()(uintptr_t line) const {
+  HWY_INLINE void operator()(uintptr_t line) const {
     __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
   }
 };
@@ -126,7 +128,7 @@ class WalkAhead {
  private:
   static constexpr int64_t kAheadValues = kStreamPrefetchBytes / static_cast<int64_t>(sizeof(T));
 
-  BNORM_PREFETCH_INLINE void FetchLine(uintptr_t line) {
+  HWY_INLINE void FetchLine(uintptr_t line) {
     fetch_(line);
     if (has_b_) fetch_(line + b_delta_);
     if (has_c_) fetch_(line + c_delta_);

@@ -2,8 +2,6 @@
 
 #include <atomic>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 
 #include "config.h"  // first: the dispatch configuration every kernel sees
@@ -48,8 +46,8 @@ Lookup FindTarget(const char* name) {
 int64_t DefaultTarget() {
   static const int64_t chosen = [] {
     const int64_t best = RunnableTargets().front();
-    const char* env = std::getenv("BNORM_TARGET");
-    if (env == nullptr || IsBlank(env)) return best;
+    const char* env = EnvValue("BNORM_TARGET");
+    if (env == nullptr) return best;
     const Lookup found = FindTarget(env);
     if (found.status == 0) return found.bit;
     std::fprintf(stderr, "bnorm: BNORM_TARGET=%s is %s; using %s\n", Printable(env).c_str(),

@@ -54,9 +54,6 @@ inline void Check(bnorm_status status, const char* where) {
   if (status != BNORM_OK) throw Error(status, where);
 }
 
-// A vector of `count` zeros the wrapper returns (statistics, folded
-// constants): a count no vector can hold is BNORM_ERR_BAD_SHAPE, memory that
-// cannot be had BNORM_ERR_OUT_OF_MEMORY, as the C API would say.
 // Whether T is a complete object type (sizeof(T) is known): pointers to void
 // or to incomplete types are buffers of unknown element type.
 template <typename T, typename = void>
@@ -64,6 +61,9 @@ struct IsComplete : std::false_type {};
 template <typename T>
 struct IsComplete<T, std::void_t<decltype(sizeof(T))>> : std::true_type {};
 
+// A vector of `count` zeros the wrapper returns (statistics, folded
+// constants): a count no vector can hold is BNORM_ERR_BAD_SHAPE, memory that
+// cannot be had BNORM_ERR_OUT_OF_MEMORY, as the C API would say.
 template <typename T>
 std::vector<T> Zeros(int64_t count, const char* where) {
   if (count < 1 || static_cast<uint64_t>(count) > std::vector<T>().max_size()) {
