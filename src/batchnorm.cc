@@ -406,9 +406,9 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
-  const NextGroup next = StatsWhileNormalizingRuns(target, p.dtype, p.spatial)
-                             ? NextGroup::kReduce
-                             : NextGroup::kPrefetch;
+  const NextGroup next =
+      ChooseNextGroup(p, /*tensors_read=*/1, StatsWhileNormalizingRuns(target, p.dtype, p.spatial),
+                      DetectedNextGroupPolicy(), DetectedCacheSizes());
   const ExecutionPlan plan =
       PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes(), next);
   const int64_t klen = ConstantsLength(p, ep);
@@ -458,6 +458,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
     NormalizeRange(p, ep, target, x, y, affine, epi, plan.stream_output, begin, end);
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
+    if (next != NextGroup::kReduce) return false;
     const NchwStatsUnits units{c1,          c2,           rp.units_per_channel,
                                rp.unit_len, stats.pivots, stats.partials.units};
     return StatsWhileNormalizing(target, p.dtype, x, y, p.n, p.c, p.spatial, units, a0, a1, affine,
@@ -597,9 +598,9 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   // The apply pass: dx (and dz alongside), or dz alone.
   const GradArgs args = dz_only ? GradArgs{nullptr, dy, y, nullptr}
                                 : GradArgs{frozen ? nullptr : x, dy, y, frozen ? nullptr : dz};
-  const NextGroup next = GradSumsWhileApplyingRuns(target, p.dtype, args, p.spatial)
-                             ? NextGroup::kReduce
-                             : NextGroup::kPrefetch;
+  const NextGroup next =
+      ChooseNextGroup(p, tensors_read, GradSumsWhileApplyingRuns(target, p.dtype, args, p.spatial),
+                      DetectedNextGroupPolicy(), DetectedCacheSizes());
   const ExecutionPlan plan =
       empty ? ExecutionPlan()
             : PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes(), next);
@@ -723,6 +724,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     }
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
+    if (next != NextGroup::kReduce) return false;
     const NchwGradUnits units{c1, c2, rp.units_per_channel, rp.unit_len, mean, parts.units};
     return GradSumsWhileApplying(target, p.dtype, args, out, p.n, p.c, p.spatial, units, a0, a1,
                                  grad, plan.stream_output);

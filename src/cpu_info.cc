@@ -151,6 +151,19 @@ RowStores DetectRowStores() {
   return detected;
 }
 
+NextGroupPolicy DetectNextGroupPolicy() {
+  const NextGroupPolicy detected =
+      CpuVendor() == "GenuineIntel" ? NextGroupPolicy::kAlways : NextGroupPolicy::kWithinLlc;
+  const char* env = EnvValue("BNORM_NEXT_GROUP");
+  if (env == nullptr) return detected;
+  if (MatchesWord(env, "reduce")) return NextGroupPolicy::kAlways;
+  if (MatchesWord(env, "prefetch")) return NextGroupPolicy::kNever;
+  if (MatchesWord(env, "auto")) return detected;
+  std::fprintf(stderr, "bnorm: BNORM_NEXT_GROUP=%s is not reduce, prefetch or auto; using auto\n",
+               Printable(env).c_str());
+  return detected;
+}
+
 // AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5. Only the AVX-512 kernels
 // use it, and those run only where the OS saves the AVX-512 state.
 bool CpuHasAvx512Bf16() {
@@ -189,6 +202,11 @@ const CacheSizes& DetectedCacheSizes() {
 RowStores DetectedRowStores() {
   static const RowStores stores = DetectRowStores();
   return stores;
+}
+
+NextGroupPolicy DetectedNextGroupPolicy() {
+  static const NextGroupPolicy policy = DetectNextGroupPolicy();
+  return policy;
 }
 
 }  // namespace bnorm

@@ -1,7 +1,7 @@
 // What the planner and kernels need to know of the machine: cache sizes, read
 // once from the OS (Linux sysfs) with conservative defaults where the OS does
-// not say, the CPU's preferred store order for NHWC rows, and whether it
-// converts to bf16 in hardware.
+// not say, the CPU's preferred store order for NHWC rows and step to the next
+// channel group, and whether it converts to bf16 in hardware.
 #ifndef BNORM_SRC_CPU_INFO_H_
 #define BNORM_SRC_CPU_INFO_H_
 
@@ -19,6 +19,12 @@ const CacheSizes& DetectedCacheSizes();
 // CPUs, kGrouped on others; BNORM_NHWC_ROW_STORES=grouped|sequential in the
 // environment overrides it. Cached after the first call; thread-safe.
 RowStores DetectedRowStores();
+
+// When this CPU's channel-fused plans reduce the next group in the write loop
+// (NextGroupPolicy in plan.h): kAlways on Intel CPUs, kWithinLlc on others;
+// BNORM_NEXT_GROUP=reduce (kAlways), prefetch (kNever) or auto (detected) in
+// the environment overrides it. Cached after the first call; thread-safe.
+NextGroupPolicy DetectedNextGroupPolicy();
 
 namespace internal {
 extern const bool g_bf16_instruction;  // set once, when the library loads

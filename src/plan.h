@@ -168,6 +168,26 @@ enum class Strategy { kChannelFused, kTwoPhase };
 //    from memory there (stats_apply.h, grad_sums_apply.h).
 enum class NextGroup { kPrefetch, kReduce };
 
+// When a CPU's channel-fused plans reduce the next group in the write loop,
+// where the kernels can (NextGroup::kReduce), rather than prefetch it. A
+// property of the CPU, measured with tools/call_timer.cc (2 threads, f32
+// training and backward, docs/performance-history.md):
+//  kAlways: an Intel Xeon (Emerald Rapids), where it took 4-9 % less time in
+//    training and 0-16 % in backward than prefetching.
+//  kWithinLlc: while the inputs of the call fit the LLC; beyond it, prefetch.
+//    AMD Zen 4: with the inputs in DRAM, prefetching took 0.76-0.93 of the
+//    time on 49 to 3136-value runs (level on 9K and longer), but 1.10-1.19
+//    with them in the L3.
+//  kNever: prefetch always (an override, to compare the two on a CPU).
+enum class NextGroupPolicy { kAlways, kWithinLlc, kNever };
+
+// The step a channel-fused plan takes to its next group: kReduce where the
+// pipelined kernels apply to the call (`pipelined`: StatsWhileNormalizingRuns,
+// GradSumsWhileApplyingRuns) and the policy allows it for a call whose reduce
+// pass reads `tensors_read` tensors; else kPrefetch. Never changes a bit.
+NextGroup ChooseNextGroup(const Problem& p, int tensors_read, bool pipelined,
+                          NextGroupPolicy policy, const CacheSizes& caches);
+
 struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;
   int64_t channels_per_task = 1;  // kChannelFused: channels per group

@@ -399,6 +399,20 @@ TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
                          "is not grouped or sequential");
 }
 
+// The step to the next channel group (BNORM_NEXT_GROUP, detected from the
+// CPU by default): Train's 4.6 MB input fits every LLC the planner counts on,
+// so "auto" reduces it in the write loop where the kernels can, as "reduce"
+// does, and "prefetch" never does; the bits are the same.
+TEST(NextGroupEnvironment, StepChangesNotTheBits) {
+  ExpectSettingsKeepTheBits("BNORM_NEXT_GROUP",
+                            {"reduce", "prefetch", "auto", "Prefetch", "\tREDUCE\n", " "});
+}
+
+TEST(NextGroupEnvironment, GarbageWarnsOnceAndIsIgnored) {
+  ExpectGarbageWarnsOnce("BNORM_NEXT_GROUP", {"pre fetch", "0", "%s%n", "reduced", "auto\x1b[2J"},
+                         "is not reduce, prefetch or auto");
+}
+
 // bf16 stores by instruction or by integer steps (BNORM_BF16_ROUNDING, the
 // instruction by default where the CPU has AVX512_BF16) give the same bits.
 TEST(Bf16RoundingEnvironment, ChangesNotTheBits) {

@@ -171,6 +171,43 @@ TEST(Plan, ChannelGroupsFitTheirShareOfL2) {
             5);  // 256 KiB / 50176 B
 }
 
+// The step to the next channel group: never kReduce where the pipelined
+// kernels do not apply; with kWithinLlc, kReduce exactly while the reduce
+// pass's inputs fit the LLC (bytes of every tensor it reads, any dtype).
+TEST(Plan, NextGroupFollowsThePolicy) {
+  const CacheSizes caches;  // 1 MiB L2, 8 MiB LLC
+  std::vector<Problem> problems = BenchProblems();
+  problems.push_back(Canonicalize(1, 1, 1, false));
+  problems.push_back(Canonicalize(1, 2, int64_t{1} << 20, false));        // x: exactly 8 MiB
+  problems.push_back(Canonicalize(1, 2, (int64_t{1} << 20) + 1, false));  // 8 bytes beyond
+  for (Problem p : problems) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      p.dtype = dtype;
+      for (int tensors : {1, 2, 3}) {
+        SCOPED_TRACE(testing::Message() << p.n << "x" << p.c << "x" << p.spatial
+                                        << " bytes=" << p.ElemBytes() << " tensors=" << tensors);
+        for (NextGroupPolicy policy :
+             {NextGroupPolicy::kAlways, NextGroupPolicy::kWithinLlc, NextGroupPolicy::kNever}) {
+          EXPECT_EQ(ChooseNextGroup(p, tensors, false, policy, caches), NextGroup::kPrefetch);
+        }
+        EXPECT_EQ(ChooseNextGroup(p, tensors, true, NextGroupPolicy::kAlways, caches),
+                  NextGroup::kReduce);
+        EXPECT_EQ(ChooseNextGroup(p, tensors, true, NextGroupPolicy::kNever, caches),
+                  NextGroup::kPrefetch);
+        const bool fits = p.Elements() * tensors * p.ElemBytes() <= caches.llc;
+        EXPECT_EQ(ChooseNextGroup(p, tensors, true, NextGroupPolicy::kWithinLlc, caches),
+                  fits ? NextGroup::kReduce : NextGroup::kPrefetch);
+      }
+    }
+  }
+  // The boundary itself: 8 MiB of f32 reads fit, 8 more bytes do not.
+  const Problem at = Canonicalize(1, 2, int64_t{1} << 20, false);
+  const Problem over = Canonicalize(1, 2, (int64_t{1} << 20) + 1, false);
+  EXPECT_EQ(ChooseNextGroup(at, 1, true, NextGroupPolicy::kWithinLlc, caches), NextGroup::kReduce);
+  EXPECT_EQ(ChooseNextGroup(over, 1, true, NextGroupPolicy::kWithinLlc, caches),
+            NextGroup::kPrefetch);
+}
+
 // Reduce-then-apply strategies: channel-fused where a channel's slice fits
 // L2; two-phase otherwise, whose apply pass goes over the flat tensor
 // exactly when the reduce pass's inputs overflow the LLC (it re-reads DRAM
