@@ -1,7 +1,7 @@
-// Reading bnorm's environment variables alike: a blank value is unset,
-// words (BNORM_TARGET, BNORM_NHWC_ROW_STORES, BNORM_BF16_ROUNDING) compare
-// without regard to case or surrounding whitespace, and a value quoted back
-// in a warning has its bytes outside printable ASCII masked.
+// Reading bnorm's environment variables alike: a blank value is unset, words
+// (BNORM_TARGET, BNORM_NHWC_ROW_STORES, BNORM_NEXT_GROUP, BNORM_BF16_ROUNDING)
+// compare without regard to case or surrounding whitespace, and a value
+// quoted back in a warning has its bytes outside printable ASCII masked.
 #ifndef BNORM_SRC_ENV_H_
 #define BNORM_SRC_ENV_H_
 

@@ -89,14 +89,16 @@ int Probe() {
   return 0;
 }
 
-// NHWC training, inference and backward of an n x c x spatial tensor of
-// `dtype` (bytes per element: elem); every output is passed to mix. Shapes
-// with C = 64 (f32 rows of 256 bytes: four to 4 KiB) and C = 1024 (4 KiB
-// rows) take the grouped row stores (RowStores in src/plan.h) where enabled.
+// Training, inference and backward of an n x c x spatial tensor of `dtype`
+// (bytes per element: elem); every output is passed to mix. NHWC shapes with
+// C = 64 (f32 rows of 256 bytes: four to 4 KiB) and C = 1024 (4 KiB rows)
+// take the grouped row stores (RowStores in src/plan.h) where enabled; NCHW
+// shapes whose channels fit L2 take channel-fused plans, whose next group is
+// reduced in the write loop or prefetched (NextGroupPolicy in src/plan.h).
 template <class Mix>
-bool NhwcCalls(const bnorm_context* ctx, int64_t n, int64_t c, int64_t spatial, bnorm_dtype dtype,
-               size_t elem, const Mix& mix) {
-  const bnorm_tensor_desc desc{n, c, spatial, BNORM_LAYOUT_NHWC, dtype};
+bool Calls(const bnorm_context* ctx, bnorm_layout layout, int64_t n, int64_t c, int64_t spatial,
+           bnorm_dtype dtype, size_t elem, const Mix& mix) {
+  const bnorm_tensor_desc desc{n, c, spatial, layout, dtype};
   const size_t count = static_cast<size_t>(n * c * spatial);
   std::vector<unsigned char> x(count * elem), dy(count * elem), y(count * elem), dx(count * elem);
   uint32_t state = 12345u;
@@ -146,10 +148,10 @@ bool NhwcCalls(const bnorm_context* ctx, int64_t n, int64_t c, int64_t spatial, 
   return true;
 }
 
-// The bits probe: prints a hash of every output of Train and of NhwcCalls on
+// The bits probe: prints a hash of every output of Train and of Calls on
 // the default context and on a 1-thread context (the plan may change with the
-// cache sizes in the environment, the kernels with the NHWC row order and
-// the bf16 rounding; the bits may not).
+// cache sizes in the environment and the step to the next channel group, the
+// kernels with the NHWC row order and the bf16 rounding; the bits may not).
 int ProbeBits() {
   uint64_t hash = 1469598103934665603ull;  // FNV-1a over the outputs' bytes
   const auto mix_bytes = [&hash](const void* data, size_t size) {
@@ -168,9 +170,13 @@ int ProbeBits() {
     mix(r.y);
     mix(r.mean);
     mix(r.invstd);
-    if (!NhwcCalls(ctx, 37, 64, 5, BNORM_DTYPE_F32, 4, mix_bytes) ||
-        !NhwcCalls(ctx, 3, 1024, 7, BNORM_DTYPE_F32, 4, mix_bytes) ||
-        !NhwcCalls(ctx, 29, 32, 9, BNORM_DTYPE_BF16, 2, mix_bytes)) {
+    // The NCHW shapes: f32 runs of 1000 values, bf16 runs of 8200 (the
+    // 16-bit backward is pipelined from 8192 on: src/grad_sums_apply.cc).
+    if (!Calls(ctx, BNORM_LAYOUT_NHWC, 37, 64, 5, BNORM_DTYPE_F32, 4, mix_bytes) ||
+        !Calls(ctx, BNORM_LAYOUT_NHWC, 3, 1024, 7, BNORM_DTYPE_F32, 4, mix_bytes) ||
+        !Calls(ctx, BNORM_LAYOUT_NHWC, 29, 32, 9, BNORM_DTYPE_BF16, 2, mix_bytes) ||
+        !Calls(ctx, BNORM_LAYOUT_NCHW, 8, 24, 1000, BNORM_DTYPE_F32, 4, mix_bytes) ||
+        !Calls(ctx, BNORM_LAYOUT_NCHW, 2, 16, 8200, BNORM_DTYPE_BF16, 2, mix_bytes)) {
       return 1;
     }
   }
@@ -400,9 +406,10 @@ TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
 }
 
 // The step to the next channel group (BNORM_NEXT_GROUP, detected from the
-// CPU by default): Train's 4.6 MB input fits every LLC the planner counts on,
-// so "auto" reduces it in the write loop where the kernels can, as "reduce"
-// does, and "prefetch" never does; the bits are the same.
+// CPU by default): the NCHW calls of the bits probe (training and backward,
+// f32 and bf16) fit every LLC the planner counts on, so "auto" reduces the
+// next group in the write loop where the kernels can, as "reduce" does, and
+// "prefetch" never does; the bits are the same.
 TEST(NextGroupEnvironment, StepChangesNotTheBits) {
   ExpectSettingsKeepTheBits("BNORM_NEXT_GROUP",
                             {"reduce", "prefetch", "auto", "Prefetch", "\tREDUCE\n", " "});
