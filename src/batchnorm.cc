@@ -406,9 +406,10 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const int64_t target = ActiveTargetBit();
   const ReductionPlan rp = PlanReduction(p);
   const ElementwisePlan ep = PlanElementwise(p);
-  const NextGroup next =
-      ChooseNextGroup(p, /*tensors_read=*/1, StatsWhileNormalizingRuns(target, p.dtype, p.spatial),
-                      DetectedNextGroupPolicy(), DetectedCacheSizes());
+  // The policy counts every input of the call: x, and the residual z.
+  const NextGroup next = ChooseNextGroup(p, epi.z != nullptr ? 2 : 1,
+                                         StatsWhileNormalizingRuns(target, p.dtype, p.spatial),
+                                         DetectedNextGroupPolicy(), DetectedCacheSizes());
   const ExecutionPlan plan =
       PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes(), next);
   const int64_t klen = ConstantsLength(p, ep);
@@ -598,9 +599,10 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   // The apply pass: dx (and dz alongside), or dz alone.
   const GradArgs args = dz_only ? GradArgs{nullptr, dy, y, nullptr}
                                 : GradArgs{frozen ? nullptr : x, dy, y, frozen ? nullptr : dz};
-  const NextGroup next =
-      ChooseNextGroup(p, tensors_read, GradSumsWhileApplyingRuns(target, p.dtype, args, p.spatial),
-                      DetectedNextGroupPolicy(), DetectedCacheSizes());
+  // Without dx there is no write loop to reduce in (gradient sums alone).
+  const NextGroup next = ChooseNextGroup(
+      p, tensors_read, dx != nullptr && GradSumsWhileApplyingRuns(target, p.dtype, args, p.spatial),
+      DetectedNextGroupPolicy(), DetectedCacheSizes());
   const ExecutionPlan plan =
       empty ? ExecutionPlan()
             : PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes(), next);

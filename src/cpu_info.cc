@@ -159,8 +159,9 @@ NextGroupPolicy DetectNextGroupPolicy() {
   if (MatchesWord(env, "reduce")) return NextGroupPolicy::kAlways;
   if (MatchesWord(env, "prefetch")) return NextGroupPolicy::kNever;
   if (MatchesWord(env, "auto")) return detected;
-  std::fprintf(stderr, "bnorm: BNORM_NEXT_GROUP=%s is not reduce, prefetch or auto; using auto\n",
-               Printable(env).c_str());
+  std::fprintf(stderr, "bnorm: BNORM_NEXT_GROUP=%s is not reduce, prefetch or auto; using %s\n",
+               Printable(env).c_str(),
+               detected == NextGroupPolicy::kAlways ? "reduce" : "auto (reduce within the LLC)");
   return detected;
 }
 

@@ -26,7 +26,8 @@ struct NchwGradUnits {
 
 // Whether GradSumsWhileApplying runs for this target, dtype, tensors and run
 // length at all (it also declines a group too small to pace a store unit).
-// The planner sizes channel groups by it (NextGroup in plan.h).
+// With the CPU's policy it decides the plan's step to the next group, which
+// sizes the channel groups (ChooseNextGroup, NextGroup in plan.h).
 bool GradSumsWhileApplyingRuns(int64_t target, DType dtype, const GradArgs& args, int64_t spatial);
 
 // Sums `units` of (x, dy; dy masked where the fused ReLU's y <= 0 when

@@ -8,7 +8,8 @@
 // residual and ReLU) go further where a run holds a vector, and so do, on
 // AVX-512, bf16/f16 forward training where a run holds four vectors and
 // plain bf16/f16 backward where it holds 8192 values: they reduce the next
-// group while they write this one (stats_apply.h, grad_sums_apply.h).
+// group while they write this one (stats_apply.h, grad_sums_apply.h), where
+// the CPU's NextGroupPolicy (plan.h) allows it.
 // Passes over tensors beyond the LLC prefetch their DRAM reads ahead with the
 // helpers below (kStreamPrefetchBytes).
 #ifndef BNORM_SRC_LOOKAHEAD_H_

@@ -96,12 +96,12 @@ bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes) {
   return whole_lines && p.Elements() * tensors * p.ElemBytes() > cache_bytes;
 }
 
-NextGroup ChooseNextGroup(const Problem& p, int tensors_read, bool pipelined,
-                          NextGroupPolicy policy, const CacheSizes& caches) {
+NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGroupPolicy policy,
+                          const CacheSizes& caches) {
   if (!pipelined || policy == NextGroupPolicy::kNever) return NextGroup::kPrefetch;
   if (policy == NextGroupPolicy::kAlways) return NextGroup::kReduce;
-  const int64_t read_bytes = p.Elements() * tensors_read * p.ElemBytes();
-  return read_bytes > caches.llc ? NextGroup::kPrefetch : NextGroup::kReduce;
+  const int64_t input_bytes = p.Elements() * inputs * p.ElemBytes();
+  return input_bytes > caches.llc ? NextGroup::kPrefetch : NextGroup::kReduce;
 }
 
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,

@@ -183,10 +183,12 @@ enum class NextGroupPolicy { kAlways, kWithinLlc, kNever };
 
 // The step a channel-fused plan takes to its next group: kReduce where the
 // pipelined kernels apply to the call (`pipelined`: StatsWhileNormalizingRuns,
-// GradSumsWhileApplyingRuns) and the policy allows it for a call whose reduce
-// pass reads `tensors_read` tensors; else kPrefetch. Never changes a bit.
-NextGroup ChooseNextGroup(const Problem& p, int tensors_read, bool pipelined,
-                          NextGroupPolicy policy, const CacheSizes& caches);
+// GradSumsWhileApplyingRuns) and the policy allows it for a call that reads
+// `inputs` tensors (kWithinLlc compares their bytes with the LLC: inputs only,
+// as measured warm; the outputs stream past the caches); else kPrefetch.
+// Never changes a bit.
+NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGroupPolicy policy,
+                          const CacheSizes& caches);
 
 struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;

@@ -28,8 +28,9 @@ struct NchwStatsUnits {
 };
 
 // Whether StatsWhileNormalizing runs for this target, dtype and run length at
-// all (it also declines a group too small to pace a store unit). The planner
-// sizes channel groups by it (NextGroup in plan.h).
+// all (it also declines a group too small to pace a store unit). With the
+// CPU's policy it decides the plan's step to the next group, which sizes the
+// channel groups (ChooseNextGroup, NextGroup in plan.h).
 bool StatsWhileNormalizingRuns(int64_t target, DType dtype, int64_t spatial);
 
 // Sums `units` of x while writing y = act((x - mean) * scale + shift [+ z])
