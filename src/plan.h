@@ -175,8 +175,8 @@ enum class NextGroup { kPrefetch, kReduce };
 //  kAlways: an Intel Xeon (Emerald Rapids), where it took 4-9 % less time in
 //    training and 0-16 % in backward than prefetching.
 //  kWithinLlc: while the inputs of the call fit the LLC; beyond it, prefetch.
-//    AMD Zen 4: with the inputs in DRAM, prefetching took 0.76-0.93 of the
-//    time on 49 to 3136-value runs (level on 9K and longer), but 1.10-1.19
+//    AMD Zen 4: with the inputs in DRAM, prefetching took 0.76-0.97 of the
+//    time on 49 to 3136-value runs (level on 9K and longer), but 1.10-1.24
 //    with them in the L3.
 //  kNever: prefetch always (an override, to compare the two on a CPU).
 enum class NextGroupPolicy { kAlways, kWithinLlc, kNever };
