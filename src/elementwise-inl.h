@@ -349,9 +349,9 @@ HWY_INLINE void StoreChannelRuns(Elem<kT>* out, int64_t begin, int64_t end, int6
 // Whether this target interleaves a reduction with the previous channel
 // group's writes (PacedWrites): the AVX2 and AVX-512 targets, where the CPU's
 // NextGroupPolicy (plan.h) asks for it. The others prefetch the next group
-// instead (lookahead.h); each interleaved variant is
-// a large function, and building them for every target made the sanitizer
-// builds of CI minutes longer.
+// instead (lookahead.h); each interleaved variant is a large function, and
+// building them for every target made the sanitizer builds of CI minutes
+// longer.
 constexpr bool kPacedWrites = HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2;
 // The same for elements of type kT: 16-bit elements on the AVX-512 targets
 // only, where the conversions are cheap enough for the interleaved loop to
