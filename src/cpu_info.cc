@@ -142,27 +142,20 @@ std::string CpuVendor() {
 RowStores DetectRowStores() {
   const RowStores detected =
       CpuVendor() == "GenuineIntel" ? RowStores::kSequential : RowStores::kGrouped;
-  const char* env = EnvValue("BNORM_NHWC_ROW_STORES");
-  if (env == nullptr) return detected;
-  if (MatchesWord(env, "grouped")) return RowStores::kGrouped;
-  if (MatchesWord(env, "sequential")) return RowStores::kSequential;
-  std::fprintf(stderr, "bnorm: BNORM_NHWC_ROW_STORES=%s is not grouped or sequential; using %s\n",
-               Printable(env).c_str(), detected == RowStores::kGrouped ? "grouped" : "sequential");
-  return detected;
+  const RowStores chosen[] = {RowStores::kGrouped, RowStores::kSequential};
+  const int index = EnvWordIndex("BNORM_NHWC_ROW_STORES", {"grouped", "sequential"},
+                                 detected == RowStores::kGrouped ? "grouped" : "sequential");
+  return index < 0 ? detected : chosen[index];
 }
 
 NextGroupPolicy DetectNextGroupPolicy() {
   const NextGroupPolicy detected =
       CpuVendor() == "GenuineIntel" ? NextGroupPolicy::kAlways : NextGroupPolicy::kWithinLlc;
-  const char* env = EnvValue("BNORM_NEXT_GROUP");
-  if (env == nullptr) return detected;
-  if (MatchesWord(env, "reduce")) return NextGroupPolicy::kAlways;
-  if (MatchesWord(env, "prefetch")) return NextGroupPolicy::kNever;
-  if (MatchesWord(env, "auto")) return detected;
-  std::fprintf(stderr, "bnorm: BNORM_NEXT_GROUP=%s is not reduce, prefetch or auto; using %s\n",
-               Printable(env).c_str(),
-               detected == NextGroupPolicy::kAlways ? "reduce" : "auto (reduce within the LLC)");
-  return detected;
+  const NextGroupPolicy chosen[] = {NextGroupPolicy::kAlways, NextGroupPolicy::kNever, detected};
+  const int index = EnvWordIndex(
+      "BNORM_NEXT_GROUP", {"reduce", "prefetch", "auto"},
+      detected == NextGroupPolicy::kAlways ? "reduce" : "auto (reduce within the LLC)");
+  return index < 0 ? detected : chosen[index];
 }
 
 // AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5. Only the AVX-512 kernels
@@ -180,13 +173,10 @@ bool CpuHasAvx512Bf16() {
 
 bool DetectBf16Instruction() {
   const bool has = CpuHasAvx512Bf16();
-  const char* env = EnvValue("BNORM_BF16_ROUNDING");
-  if (env == nullptr) return has;
-  if (MatchesWord(env, "instruction")) return has;
-  if (MatchesWord(env, "integer")) return false;
-  std::fprintf(stderr, "bnorm: BNORM_BF16_ROUNDING=%s is not instruction or integer; using %s\n",
-               Printable(env).c_str(), has ? "instruction" : "integer");
-  return has;
+  const bool chosen[] = {has, false};
+  const int index = EnvWordIndex("BNORM_BF16_ROUNDING", {"instruction", "integer"},
+                                 has ? "instruction" : "integer");
+  return index < 0 ? has : chosen[index];
 }
 
 }  // namespace

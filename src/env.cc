@@ -1,5 +1,6 @@
 #include "env.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -37,6 +38,22 @@ std::string Printable(const char* text) {
   }
   if (*text != '\0') out += "...";
   return out;
+}
+
+int EnvWordIndex(const char* name, std::initializer_list<const char*> words, const char* fallback) {
+  const char* env = EnvValue(name);
+  if (env == nullptr) return -1;
+  int index = 0;
+  std::string list;
+  for (const char* word : words) {
+    if (MatchesWord(env, word)) return index;
+    ++index;
+    list += index == 1 ? "" : index == static_cast<int>(words.size()) ? " or " : ", ";
+    list += word;
+  }
+  std::fprintf(stderr, "bnorm: %s=%s is not %s; using %s\n", name, Printable(env).c_str(),
+               list.c_str(), fallback);
+  return -1;
 }
 
 }  // namespace bnorm

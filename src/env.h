@@ -5,6 +5,7 @@
 #ifndef BNORM_SRC_ENV_H_
 #define BNORM_SRC_ENV_H_
 
+#include <initializer_list>
 #include <string>
 
 namespace bnorm {
@@ -25,6 +26,12 @@ const char* EnvValue(const char* name);
 // text as printable for a warning: bytes outside printable ASCII as '?', at
 // most 40 characters, then "...".
 std::string Printable(const char* text);
+
+// Which of `words` the environment variable `name` holds (MatchesWord): its
+// index, or -1 where the variable is unset. Any other value is reported on
+// stderr as "bnorm: NAME=value is not A, B or C; using <fallback>" and gives
+// -1 too, so a caller maps indices to its settings and -1 to its default.
+int EnvWordIndex(const char* name, std::initializer_list<const char*> words, const char* fallback);
 
 }  // namespace bnorm
 
