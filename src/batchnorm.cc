@@ -171,7 +171,7 @@ struct NoReduceWhileApplying {
 
 // The skeleton of the reduce-then-apply operations (see Strategy in plan.h).
 //   prepare(c0, c1):    per-channel set-up the reduction needs (pivots)
-//   reduce(u):          computes the partials of reduction unit u
+//   reduce(u0, u1):     computes the partials of reduction units [u0, u1)
 //   finalize(c0, c1):   turns the partials of channels [c0, c1) into outputs
 //                       and apply constants
 //   apply_group(c0, c1, c2): applies to channels [c0, c1) and prefetches the
@@ -198,11 +198,7 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t c0 = g * cpt, c1 = std::min(p.c, c0 + cpt);
         if (!prepared) prepare(c0, c1);
-        if (!reduced) {
-          for (int64_t u = c0 * rp.units_per_channel; u < c1 * rp.units_per_channel; ++u) {
-            reduce(u);
-          }
-        }
+        if (!reduced) reduce(c0 * rp.units_per_channel, c1 * rp.units_per_channel);
         finalize(c0, c1);
         prepared = reduced = false;
         if (!apply) continue;
@@ -221,9 +217,7 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
   if constexpr (!std::is_same_v<Prepare, NoPrepare>) {
     ParallelFor(ctx, p.c, kChannelsPerChunk, prepare, single);
   }
-  ParallelForStatic(ctx, rp.num_units, single, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) reduce(u);
-  });
+  ParallelForStatic(ctx, rp.num_units, single, reduce);
   ParallelFor(ctx, p.c, kChannelsPerChunk, finalize, single);
   if (!apply) return;
   if (plan.flat_apply) {
@@ -321,12 +315,14 @@ struct StatsReduction {
   void Prepare(int64_t c0, int64_t c1) const {
     ChannelPivots(target, p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
   }
-  void Reduce(int64_t u) const {
+  void Reduce(int64_t u0, int64_t u1) const {
     if (!rp.nhwc) {
-      const NchwUnit unit = NchwUnitAt(p, rp, u);
-      partials.units[u] = StatsNchwUnit(target, p.dtype, x, p.c, p.spatial, unit.ch, unit.begin,
-                                        unit.end, pivots[unit.ch], plan.reduce_ahead);
-    } else {
+      const NchwUnitCut cut{rp.units_per_channel, rp.unit_len, p.Values()};
+      StatsNchwUnits(target, p.dtype, x, p.c, p.spatial, cut, u0, u1, pivots, plan.reduce_ahead,
+                     partials.units);
+      return;
+    }
+    for (int64_t u = u0; u < u1; ++u) {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       const int64_t at = unit.row_unit * p.c + unit.c0;
       StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period,
@@ -428,7 +424,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const double m = static_cast<double>(p.Values());
 
   const auto prepare = [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); };
-  const auto reduce = [&](int64_t u) { stats.Reduce(u); };
+  const auto reduce = [&](int64_t u0, int64_t u1) { stats.Reduce(u0, u1); };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     stats.Merge(c0, c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -496,8 +492,8 @@ bnorm_status Stats(const bnorm_context* ctx, const Problem& p, const void* x, do
   const auto none = [](auto...) {};
   RunReduceApply(
       ctx, p, rp, plan, ElementwisePlan(), /*apply=*/false,
-      [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); }, [&](int64_t u) { stats.Reduce(u); },
-      finalize, none, none, none);
+      [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); },
+      [&](int64_t u0, int64_t u1) { stats.Reduce(u0, u1); }, finalize, none, none, none);
   return BNORM_OK;
 }
 
@@ -685,7 +681,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     return BNORM_OK;
   }
 
-  const auto reduce = [&](int64_t u) {
+  const auto reduce_unit = [&](int64_t u) {
     if (!rp.nhwc) {
       const NchwUnit unit = NchwUnitAt(p, rp, u);
       parts.units[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch,
@@ -697,6 +693,9 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
                        unit.row_begin, unit.row_end, mean, plan.reduce_rows_at_once,
                        parts.sum_dy + at, parts.sum_dy_xmu + at);
     }
+  };
+  const auto reduce = [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) reduce_unit(u);
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     MergeGradSums(p, rp, parts, c0, c1, merged + c0);

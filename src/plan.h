@@ -89,6 +89,12 @@ inline NchwUnit NchwUnitOf(int64_t u, int64_t units_per_channel, int64_t unit_le
   return {u / units_per_channel, begin, std::min(values, begin + unit_len)};
 }
 
+// The same cut as one value, for kernels that walk a range of units.
+struct NchwUnitCut {
+  int64_t units_per_channel, unit_len, values;
+  NchwUnit Unit(int64_t u) const { return NchwUnitOf(u, units_per_channel, unit_len, values); }
+};
+
 // Calls f(u, unit) for each NCHW reduction unit u of channels [c0, c1), in
 // order (the cut of NchwUnitOf).
 template <class F>

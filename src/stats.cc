@@ -184,28 +184,53 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   return AllFinite(static_cast<size_t>(width), out_mean, out_m2);
 }
 
+// The moments of NCHW unit [begin, end) of channel ch (StatsNchwUnit).
+template <DType kT>
+HWY_INLINE Moments NchwUnitMomentsT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch,
+                                    int64_t begin, int64_t end, float pivot, bool ahead) {
+  const auto unit = [&](auto& side) HWY_ATTR {
+    if (ShortRuns(spatial, begin, end)) {
+      return StatsShortRunsT<kT>(x, c, spatial, ch, begin / spatial, (end - begin) / spatial, pivot,
+                                 side);
+    }
+    return StatsNchwUnitT<kT>(x, c, spatial, ch, begin, end, pivot, side);
+  };
+  if (ahead) {
+    const Elem<kT>* first = x + (begin / spatial * c + ch) * spatial + begin % spatial;
+    AheadSide side(WalkAhead<Elem<kT>>(first, nullptr, nullptr, c, spatial, begin, end), kNoSide);
+    return unit(side);
+  }
+  return unit(kNoSide);
+}
+
 Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, int64_t ch,
                       int64_t begin, int64_t end, float pivot, bool ahead) {
   Moments m;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
-    const auto* xt = static_cast<const Elem<kT>*>(x);
-    const auto unit = [&](auto& side) HWY_ATTR {
-      if (ShortRuns(spatial, begin, end)) {
-        return StatsShortRunsT<kT>(xt, c, spatial, ch, begin / spatial, (end - begin) / spatial,
-                                   pivot, side);
-      }
-      return StatsNchwUnitT<kT>(xt, c, spatial, ch, begin, end, pivot, side);
-    };
-    if (ahead) {
-      const Elem<kT>* first = xt + (begin / spatial * c + ch) * spatial + begin % spatial;
-      AheadSide side(WalkAhead<Elem<kT>>(first, nullptr, nullptr, c, spatial, begin, end), kNoSide);
-      m = unit(side);
-    } else {
-      m = unit(kNoSide);
-    }
+    m = NchwUnitMomentsT<kT>(static_cast<const Elem<kT>*>(x), c, spatial, ch, begin, end, pivot,
+                             ahead);
   });
   return m;
+}
+
+// Units [u0, u1) in one call: one dispatch and one type switch for them all.
+// Whether all came out finite.
+bool StatsNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, const NchwUnitCut& cut,
+                    int64_t u0, int64_t u1, const float* pivots, bool ahead, Moments* partials) {
+  bool finite = true;
+  ForDType(dtype, [&](auto t) HWY_ATTR {
+    constexpr DType kT = decltype(t)::value;
+    const auto* xt = static_cast<const Elem<kT>*>(x);
+    for (int64_t u = u0; u < u1; ++u) {
+      const NchwUnit unit = cut.Unit(u);
+      const Moments m = NchwUnitMomentsT<kT>(xt, c, spatial, unit.ch, unit.begin, unit.end,
+                                             pivots[unit.ch], ahead);
+      finite &= Finite(m);
+      partials[u] = m;
+    }
+  });
+  return finite;
 }
 
 bool StatsNhwcUnit(DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
@@ -333,6 +358,7 @@ Moments ExactMoments(int64_t count, const ValueAt& value_at) {
 
 HWY_EXPORT(ChannelPivots);
 HWY_EXPORT(StatsNchwUnit);
+HWY_EXPORT(StatsNchwUnits);
 HWY_EXPORT(StatsNhwcUnit);
 
 void ChannelPivots(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
@@ -340,16 +366,41 @@ void ChannelPivots(int64_t target, DType dtype, const void* x, int64_t c, int64_
   BNORM_DISPATCH(ChannelPivots, target)(dtype, x, c, spatial, nhwc, values, c0, c1, pivots);
 }
 
+namespace {
+
+// Value k of NCHW unit [begin, end) of channel ch, as a double.
+double NchwValue(const void* x, DType dtype, int64_t c, int64_t spatial, int64_t ch, int64_t begin,
+                 int64_t k) {
+  const int64_t v = begin + k;  // value index (i, s) of the channel
+  return static_cast<double>(
+      LoadAsFloat(x, ((v / spatial) * c + ch) * spatial + v % spatial, dtype));
+}
+
+}  // namespace
+
 Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
                       int64_t ch, int64_t begin, int64_t end, float pivot, bool ahead) {
   const Moments m =
       BNORM_DISPATCH(StatsNchwUnit, target)(dtype, x, c, spatial, ch, begin, end, pivot, ahead);
   if (Finite(m)) return m;
-  return ExactMoments(end - begin, [&](int64_t k) {
-    const int64_t v = begin + k;  // value index (i, s) of the channel
-    return static_cast<double>(
-        LoadAsFloat(x, ((v / spatial) * c + ch) * spatial + v % spatial, dtype));
-  });
+  return ExactMoments(end - begin,
+                      [&](int64_t k) { return NchwValue(x, dtype, c, spatial, ch, begin, k); });
+}
+
+void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
+                    const NchwUnitCut& cut, int64_t u0, int64_t u1, const float* pivots, bool ahead,
+                    Moments* partials) {
+  if (BNORM_DISPATCH(StatsNchwUnits, target)(dtype, x, c, spatial, cut, u0, u1, pivots, ahead,
+                                             partials)) {
+    return;
+  }
+  for (int64_t u = u0; u < u1; ++u) {
+    if (Finite(partials[u])) continue;
+    const NchwUnit unit = cut.Unit(u);
+    partials[u] = ExactMoments(unit.end - unit.begin, [&](int64_t k) {
+      return NchwValue(x, dtype, c, spatial, unit.ch, unit.begin, k);
+    });
+  }
 }
 
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
