@@ -87,6 +87,7 @@ HWY_INLINE GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, co
   const auto tail_mask = ShortRunTail(df, tail);
   const V vmean = hn::Set(df, mean);
   const int64_t stride = c * spatial;
+  const ShortRunAhead ahead(c, spatial, ch, sizeof(Elem<kT>));
   const int64_t first = (i0 * c + ch) * spatial;
   const Elem<kT>* xs = x + first;
   const Elem<kT>* gs = dy + first;
@@ -98,10 +99,8 @@ HWY_INLINE GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, co
     for (size_t a = 0; a < kAcc; ++a) s_dy[a] = s_xmu[a] = hn::Zero(df);
     V t_dy = hn::Zero(df), t_xmu = hn::Zero(df);
     for (int64_t k = 0; k < block_runs; ++k) {
-      if (r + k + 1 < runs) {  // the next image's run (see StatsShortRunsT)
-        PrefetchRun(xs + stride, spatial, sizeof(Elem<kT>));
-        PrefetchRun(gs + stride, spatial, sizeof(Elem<kT>));
-      }
+      ahead.Run(xs, r + k + 1 < runs);
+      ahead.Run(gs, r + k + 1 < runs);
       size_t j = 0;
       for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
         for (size_t a = 0; a < kAcc; ++a) {

@@ -143,6 +143,7 @@ HWY_INLINE Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial
   const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
   const auto tail_mask = ShortRunTail(df, tail);
   const int64_t stride = c * spatial;
+  const ShortRunAhead ahead(c, spatial, ch, sizeof(Elem<kT>));
   const Elem<kT>* p = x + (i0 * c + ch) * spatial;
   Moments unit;
   double shifted = 0.0;
@@ -154,9 +155,8 @@ HWY_INLINE Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial
     for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
     V tail_sum = hn::Zero(df), tail_sq = hn::Zero(df);
     for (int64_t k = 0; k < block_runs; ++k) {
-      // The next run is c * spatial values away: no hardware prefetcher
-      // follows it (StatsNchwUnitT).
-      if (r + k + 1 < runs) PrefetchRun(p + stride, spatial, sizeof(Elem<kT>));
+      // Runs c * spatial values apart: no hardware prefetcher follows them.
+      ahead.Run(p, r + k + 1 < runs);
       size_t j = 0;
       for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
         for (size_t a = 0; a < kAcc; ++a) {
