@@ -69,18 +69,21 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
 
 // What the NCHW short-run kernels prefetch while they sum a run of channel
 // ch (runs of a channel are stride = c * spatial values apart; this image's
-// run of channel ch + 1 follows this one). Runs of more than four lines fetch
-// the channel's next run, one run ahead. Shorter ones (7x7 f32) fetch this
-// image's run of the next channel, a whole unit ahead: one run of lead hid
-// little of DRAM's latency there (`call_timer 32 2048 49 0 OP 2`, evicted,
-// Zen 4 guest, minima of 3: statistics 662 -> 561 us; training that sums the
-// next group in the write loop 1229 -> 907), while on 196-value runs the
-// next-channel order was the slower (statistics 2116 -> 2358).
+// run of channel ch + 1 follows this one). Runs in cache, and runs of more
+// than four lines, fetch the channel's next run, one run ahead. Shorter runs
+// read from memory (ReduceReads::kMemory; 7x7 f32) fetch this image's run of
+// the next channel, a whole unit ahead: one run of lead hid little of DRAM's
+// latency there (`call_timer 32 2048 49 0 OP 2`, evicted, Zen 4 guest,
+// minima of 3: statistics 662 -> 561 us; training that sums the next group
+// in the write loop 1229 -> 907), while on 196-value runs the next-channel
+// order was the slower (statistics 2116 -> 2358), and so it was from L2
+// (a unit ahead, the two units' lines crowd L1: backward sums of 32x64x49,
+// one thread, 14.2 -> 16.8 us).
 class ShortRunAhead {
  public:
-  ShortRunAhead(int64_t c, int64_t spatial, int64_t ch, size_t elem_bytes)
+  ShortRunAhead(int64_t c, int64_t spatial, int64_t ch, size_t elem_bytes, bool from_memory)
       : spatial_(spatial),
-        next_channel_(static_cast<size_t>(spatial) * elem_bytes <= 4 * 64),
+        next_channel_(from_memory && static_cast<size_t>(spatial) * elem_bytes <= 4 * 64),
         offset_(next_channel_ ? (ch + 1 < c ? spatial : 0) : c * spatial),
         elem_bytes_(static_cast<int64_t>(elem_bytes)) {}
   // Prefetches for the run at p; more: whether the unit has a run after it.

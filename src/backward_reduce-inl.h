@@ -73,11 +73,11 @@ HWY_INLINE GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, con
 // Sums of `runs` whole runs of `spatial` values, from image i0 on, of channel
 // ch: the sums of GradSumsNchwUnitT (the same sums, not the same bits) with a
 // loop shape fixed for all runs, in groups of kAcc vectors, as StatsShortRunsT
-// does for the statistics (short runs, ShortRuns()).
+// does for the statistics (short runs, ShortRuns(); from_memory as there).
 template <DType kT, bool kMask, class Side>
 HWY_INLINE GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
                                        int64_t c, int64_t spatial, int64_t ch, int64_t i0,
-                                       int64_t runs, float mean, Side& side) {
+                                       int64_t runs, float mean, Side& side, bool from_memory) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   constexpr size_t N = hn::MaxLanes(df);
@@ -87,7 +87,7 @@ HWY_INLINE GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, co
   const auto tail_mask = ShortRunTail(df, tail);
   const V vmean = hn::Set(df, mean);
   const int64_t stride = c * spatial;
-  const ShortRunAhead ahead(c, spatial, ch, sizeof(Elem<kT>));
+  const ShortRunAhead ahead(c, spatial, ch, sizeof(Elem<kT>), from_memory);
   const int64_t first = (i0 * c + ch) * spatial;
   const Elem<kT>* xs = x + first;
   const Elem<kT>* gs = dy + first;

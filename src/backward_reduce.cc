@@ -138,36 +138,61 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
 #define BNORM_TYPED_ARGS(kT) \
   static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy), static_cast<const Elem<kT>*>(y)
 
+// The sums of NCHW unit [begin, end) of channel ch (GradSumsNchwUnit).
+template <DType kT, bool kMask>
+HWY_INLINE GradSums NchwUnitGradSumsT(const void* x, const void* dy, const void* y, int64_t c,
+                                      int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                                      float mean, ReduceReads reads) {
+  const auto unit = [&](auto& side) HWY_ATTR {
+    if (ShortRuns(spatial, begin, end)) {
+      return GradSumsShortRunsT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin / spatial,
+                                           (end - begin) / spatial, mean, side,
+                                           reads == ReduceReads::kMemory);
+    }
+    return GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean,
+                                        side);
+  };
+  if (reads == ReduceReads::kStream) {
+    const int64_t first = (begin / spatial * c + ch) * spatial + begin % spatial;
+    const auto at = [first](const void* p) {
+      return p != nullptr ? static_cast<const Elem<kT>*>(p) + first : nullptr;
+    };
+    AheadSide side(WalkAhead<Elem<kT>>(at(dy), at(x), at(y), c, spatial, begin, end), kNoSide);
+    return unit(side);
+  }
+  return unit(kNoSide);
+}
+
 GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean,
-                          bool ahead) {
+                          ReduceReads reads) {
   GradSums g;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
-      constexpr DType kT = decltype(t)::value;
-      constexpr bool kMask = decltype(mask)::value;
-      const auto unit = [&](auto& side) HWY_ATTR {
-        if (ShortRuns(spatial, begin, end)) {
-          return GradSumsShortRunsT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch,
-                                               begin / spatial, (end - begin) / spatial, mean,
-                                               side);
-        }
-        return GradSumsNchwUnitT<kT, kMask>(BNORM_TYPED_ARGS(kT), c, spatial, ch, begin, end, mean,
-                                            side);
-      };
-      if (ahead) {
-        const int64_t first = (begin / spatial * c + ch) * spatial + begin % spatial;
-        const auto at = [first](const void* p) {
-          return p != nullptr ? static_cast<const Elem<kT>*>(p) + first : nullptr;
-        };
-        AheadSide side(WalkAhead<Elem<kT>>(at(dy), at(x), at(y), c, spatial, begin, end), kNoSide);
-        g = unit(side);
-      } else {
-        g = unit(kNoSide);
-      }
+      g = NchwUnitGradSumsT<decltype(t)::value, decltype(mask)::value>(x, dy, y, c, spatial, ch,
+                                                                       begin, end, mean, reads);
     });
   });
   return g;
+}
+
+// Units [u0, u1) in one call (StatsNchwUnits). Whether all came out finite.
+bool GradSumsNchwUnits(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
+                       int64_t spatial, const NchwUnitCut& cut, int64_t u0, int64_t u1,
+                       const float* mean, ReduceReads reads, GradSums* partials) {
+  bool finite = true;
+  ForDType(dtype, [&](auto t) HWY_ATTR {
+    ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
+      for (int64_t u = u0; u < u1; ++u) {
+        const NchwUnit unit = cut.Unit(u);
+        const GradSums g = NchwUnitGradSumsT<decltype(t)::value, decltype(mask)::value>(
+            x, dy, y, c, spatial, unit.ch, unit.begin, unit.end, mean[unit.ch], reads);
+        finite &= Finite(g);
+        partials[u] = g;
+      }
+    });
+  });
+  return finite;
 }
 
 bool GradSumsNhwcUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
@@ -225,14 +250,14 @@ double MaskedGradAt(const void* dy, const void* y, int64_t e, DType dtype) {
 }  // namespace
 
 HWY_EXPORT(GradSumsNchwUnit);
+HWY_EXPORT(GradSumsNchwUnits);
 HWY_EXPORT(GradSumsNhwcUnit);
 
-GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
-                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          float mean, bool ahead) {
-  const GradSums g = BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, y, c, spatial, ch,
-                                                              begin, end, mean, ahead);
-  if (Finite(g)) return g;
+namespace {
+
+// Redoes NCHW unit [begin, end) of channel ch in double.
+GradSums ExactNchwGradSums(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
+                           int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean) {
   return ExactGradSums(
       end - begin,
       [&](int64_t k, double* xv, double* gv) {
@@ -242,6 +267,32 @@ GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void
         *gv = MaskedGradAt(dy, y, e, dtype);
       },
       mean);
+}
+
+}  // namespace
+
+GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
+                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
+                          float mean, ReduceReads reads) {
+  const GradSums g = BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, y, c, spatial, ch,
+                                                              begin, end, mean, reads);
+  if (Finite(g)) return g;
+  return ExactNchwGradSums(dtype, x, dy, y, c, spatial, ch, begin, end, mean);
+}
+
+void GradSumsNchwUnits(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
+                       int64_t c, int64_t spatial, const NchwUnitCut& cut, int64_t u0, int64_t u1,
+                       const float* mean, ReduceReads reads, GradSums* partials) {
+  if (BNORM_DISPATCH(GradSumsNchwUnits, target)(dtype, x, dy, y, c, spatial, cut, u0, u1, mean,
+                                                reads, partials)) {
+    return;
+  }
+  for (int64_t u = u0; u < u1; ++u) {
+    if (Finite(partials[u])) continue;
+    const NchwUnit unit = cut.Unit(u);
+    partials[u] = ExactNchwGradSums(dtype, x, dy, y, c, spatial, unit.ch, unit.begin, unit.end,
+                                    mean[unit.ch]);
+  }
 }
 
 void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,

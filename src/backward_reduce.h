@@ -9,14 +9,22 @@
 
 #include "dtype.h"
 #include "moments.h"
+#include "plan.h"
 
 namespace bnorm {
 
-// NCHW: channel ch over its values [begin, end) in (i, s) order; ahead as
+// NCHW: channel ch over its values [begin, end) in (i, s) order; reads as
 // for StatsNchwUnit.
 GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                           int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          float mean, bool ahead = false);
+                          float mean, ReduceReads reads = ReduceReads::kCached);
+
+// NCHW: GradSumsNchwUnit of units [u0, u1) of `cut` into partials[u0, u1),
+// each about mean[its channel], in one dispatch (StatsNchwUnits); the same
+// bits as one call per unit.
+void GradSumsNchwUnits(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
+                       int64_t c, int64_t spatial, const NchwUnitCut& cut, int64_t u0, int64_t u1,
+                       const float* mean, ReduceReads reads, GradSums* partials);
 
 // NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into the
 // arrays sum_dy[0, width) and sum_dy_xmu[0, width) (arrays, as in

@@ -171,7 +171,8 @@ struct NoReduceWhileApplying {
 
 // The skeleton of the reduce-then-apply operations (see Strategy in plan.h).
 //   prepare(c0, c1):    per-channel set-up the reduction needs (pivots)
-//   reduce(u0, u1):     computes the partials of reduction units [u0, u1)
+//   reduce(u0, u1, reads): computes the partials of reduction units [u0, u1),
+//                       whose inputs come from `reads` (ReduceReads)
 //   finalize(c0, c1):   turns the partials of channels [c0, c1) into outputs
 //                       and apply constants
 //   apply_group(c0, c1, c2): applies to channels [c0, c1) and prefetches the
@@ -198,7 +199,11 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t c0 = g * cpt, c1 = std::min(p.c, c0 + cpt);
         if (!prepared) prepare(c0, c1);
-        if (!reduced) reduce(c0 * rp.units_per_channel, c1 * rp.units_per_channel);
+        if (!reduced) {  // in L2 where the last group's apply prefetched them
+          const bool memory = plan.inputs_beyond_llc && !(g > g0 && apply);
+          reduce(c0 * rp.units_per_channel, c1 * rp.units_per_channel,
+                 memory ? ReduceReads::kMemory : ReduceReads::kCached);
+        }
         finalize(c0, c1);
         prepared = reduced = false;
         if (!apply) continue;
@@ -217,7 +222,9 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
   if constexpr (!std::is_same_v<Prepare, NoPrepare>) {
     ParallelFor(ctx, p.c, kChannelsPerChunk, prepare, single);
   }
-  ParallelForStatic(ctx, rp.num_units, single, reduce);
+  const ReduceReads reads = plan.reduce_ahead ? ReduceReads::kStream : ReduceReads::kCached;
+  ParallelForStatic(ctx, rp.num_units, single,
+                    [&](int64_t u0, int64_t u1) { reduce(u0, u1, reads); });
   ParallelFor(ctx, p.c, kChannelsPerChunk, finalize, single);
   if (!apply) return;
   if (plan.flat_apply) {
@@ -315,10 +322,10 @@ struct StatsReduction {
   void Prepare(int64_t c0, int64_t c1) const {
     ChannelPivots(target, p.dtype, x, p.c, p.spatial, p.nhwc, p.Values(), c0, c1, pivots);
   }
-  void Reduce(int64_t u0, int64_t u1) const {
+  void Reduce(int64_t u0, int64_t u1, ReduceReads reads) const {
     if (!rp.nhwc) {
       const NchwUnitCut cut{rp.units_per_channel, rp.unit_len, p.Values()};
-      StatsNchwUnits(target, p.dtype, x, p.c, p.spatial, cut, u0, u1, pivots, plan.reduce_ahead,
+      StatsNchwUnits(target, p.dtype, x, p.c, p.spatial, cut, u0, u1, pivots, reads,
                      partials.units);
       return;
     }
@@ -424,7 +431,9 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   const double m = static_cast<double>(p.Values());
 
   const auto prepare = [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); };
-  const auto reduce = [&](int64_t u0, int64_t u1) { stats.Reduce(u0, u1); };
+  const auto reduce = [&](int64_t u0, int64_t u1, ReduceReads reads) {
+    stats.Reduce(u0, u1, reads);
+  };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     stats.Merge(c0, c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -456,8 +465,13 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
     if (next != NextGroup::kReduce) return false;
-    const NchwStatsUnits units{c1,          c2,           rp.units_per_channel,
-                               rp.unit_len, stats.pivots, stats.partials.units};
+    const NchwStatsUnits units{c1,
+                               c2,
+                               rp.units_per_channel,
+                               rp.unit_len,
+                               stats.pivots,
+                               stats.partials.units,
+                               plan.inputs_beyond_llc};
     return StatsWhileNormalizing(target, p.dtype, x, y, p.n, p.c, p.spatial, units, a0, a1, affine,
                                  plan.stream_output, epi);
   };
@@ -493,7 +507,8 @@ bnorm_status Stats(const bnorm_context* ctx, const Problem& p, const void* x, do
   RunReduceApply(
       ctx, p, rp, plan, ElementwisePlan(), /*apply=*/false,
       [&](int64_t c0, int64_t c1) { stats.Prepare(c0, c1); },
-      [&](int64_t u0, int64_t u1) { stats.Reduce(u0, u1); }, finalize, none, none, none);
+      [&](int64_t u0, int64_t u1, ReduceReads reads) { stats.Reduce(u0, u1, reads); }, finalize,
+      none, none, none);
   return BNORM_OK;
 }
 
@@ -681,21 +696,20 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
     return BNORM_OK;
   }
 
-  const auto reduce_unit = [&](int64_t u) {
+  const auto reduce = [&](int64_t u0, int64_t u1, ReduceReads reads) {
     if (!rp.nhwc) {
-      const NchwUnit unit = NchwUnitAt(p, rp, u);
-      parts.units[u] = GradSumsNchwUnit(target, p.dtype, x, dy, y, p.c, p.spatial, unit.ch,
-                                        unit.begin, unit.end, mean[unit.ch], plan.reduce_ahead);
-    } else {
+      const NchwUnitCut cut{rp.units_per_channel, rp.unit_len, p.Values()};
+      GradSumsNchwUnits(target, p.dtype, x, dy, y, p.c, p.spatial, cut, u0, u1, mean, reads,
+                        parts.units);
+      return;
+    }
+    for (int64_t u = u0; u < u1; ++u) {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       const int64_t at = unit.row_unit * p.c + unit.c0;
       GradSumsNhwcUnit(target, p.dtype, x, dy, y, p.c, unit.c0, unit.width, rp.rows_per_period,
                        unit.row_begin, unit.row_end, mean, plan.reduce_rows_at_once,
                        parts.sum_dy + at, parts.sum_dy_xmu + at);
     }
-  };
-  const auto reduce = [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) reduce_unit(u);
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     MergeGradSums(p, rp, parts, c0, c1, merged + c0);
@@ -726,7 +740,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
     if (next != NextGroup::kReduce) return false;
-    const NchwGradUnits units{c1, c2, rp.units_per_channel, rp.unit_len, mean, parts.units};
+    const NchwGradUnits units{c1,   c2,          rp.units_per_channel,  rp.unit_len,
+                              mean, parts.units, plan.inputs_beyond_llc};
     return GradSumsWhileApplying(target, p.dtype, args, out, p.n, p.c, p.spatial, units, a0, a1,
                                  grad, plan.stream_output);
   };

@@ -51,12 +51,12 @@ bool GradSumsWhileApplyingT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t n, i
          ++u) {
       const NchwUnit r = NchwUnitOf(u, units.units_per_channel, units.unit_len, values);
       const float mean = units.mean[r.ch];
-      units.partials[u] =
-          ShortRuns(spatial, r.begin, r.end)
-              ? GradSumsShortRunsT<kT, kMask>(t.x, t.dy, y, c, spatial, r.ch, r.begin / spatial,
-                                              (r.end - r.begin) / spatial, mean, side)
-              : GradSumsNchwUnitT<kT, kMask>(t.x, t.dy, y, c, spatial, r.ch, r.begin, r.end, mean,
-                                             side);
+      units.partials[u] = ShortRuns(spatial, r.begin, r.end)
+                              ? GradSumsShortRunsT<kT, kMask>(
+                                    t.x, t.dy, y, c, spatial, r.ch, r.begin / spatial,
+                                    (r.end - r.begin) / spatial, mean, side, units.from_memory)
+                              : GradSumsNchwUnitT<kT, kMask>(t.x, t.dy, y, c, spatial, r.ch,
+                                                             r.begin, r.end, mean, side);
     }
     side.Drain();
     return true;

@@ -109,6 +109,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   ExecutionPlan plan;
   plan.threads = UsefulThreads(p.Elements() * tensors_read, threads);
   const int64_t slice_bytes = p.Values() * tensors_read * p.ElemBytes();
+  plan.inputs_beyond_llc = p.Elements() * tensors_read * p.ElemBytes() > caches.llc;
   // Groups of channels fill half of L2 where the next group is prefetched;
   // the rest holds the lines on their way in and out (three quarters measured
   // slower for backward on Zen 3). Where it is reduced in the write's loop, a
@@ -135,10 +136,9 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   }
   plan.strategy = Strategy::kTwoPhase;
   plan.apply_units = rp.nhwc ? rp.row_units : rp.num_units;
-  const int64_t read_bytes = p.Elements() * tensors_read * p.ElemBytes();
-  plan.reduce_rows_at_once = read_bytes > caches.llc ? 1 : 4;
-  plan.reduce_ahead = read_bytes > caches.llc;
-  plan.flat_apply = read_bytes > caches.llc;
+  plan.reduce_rows_at_once = plan.inputs_beyond_llc ? 1 : 4;
+  plan.reduce_ahead = plan.inputs_beyond_llc;
+  plan.flat_apply = plan.inputs_beyond_llc;
   // NCHW units apply one channel's runs at a time: stream only when the runs
   // are long enough that their partial edge lines do not matter (flat tasks
   // store whole lines across channel boundaries).

@@ -89,6 +89,18 @@ inline NchwUnit NchwUnitOf(int64_t u, int64_t units_per_channel, int64_t unit_le
   return {u / units_per_channel, begin, std::min(values, begin + unit_len)};
 }
 
+// Where an NCHW reduction's reads come from, which decides how its kernels
+// prefetch (a speed choice only: the same bits every way).
+enum class ReduceReads {
+  kCached,  // in cache: a group the fused plans prefetched into L2, or a
+            // tensor within the LLC; short runs fetch the next run into L1
+  kMemory,  // from DRAM (inputs beyond the LLC), nothing prefetched: short
+            // runs of at most four lines fetch the next channel's run, a unit
+            // ahead (ShortRunAhead)
+  kStream,  // from DRAM, beyond the LLC (ExecutionPlan::reduce_ahead):
+            // prefetched kStreamPrefetchBytes ahead along the unit's walk
+};
+
 // The same cut as one value, for kernels that walk a range of units.
 struct NchwUnitCut {
   int64_t units_per_channel, unit_len, values;
@@ -217,6 +229,9 @@ struct ExecutionPlan {
   // kStreamPrefetchBytes ahead (lookahead.h): NCHW along the unit's walk
   // (WalkAhead), NHWC that many bytes of rows ahead (reduce_rows_at_once 1).
   bool reduce_ahead = false;
+  // The reduction's inputs overflow the LLC (any strategy): what nothing
+  // prefetched comes from DRAM (ReduceReads::kMemory).
+  bool inputs_beyond_llc = false;
   int threads = 1;  // threads worth using (small tensors use fewer)
 };
 

@@ -130,10 +130,12 @@ HWY_INLINE Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial,
 // channel ch: the sums of StatsNchwUnitT (the same moments, not the same
 // bits) with a loop shape fixed for all runs (groups of kAcc vectors, the
 // leftover vectors one per accumulator, the last values of a run in a vector
-// of their own), and blocks of whole runs.
+// of their own), and blocks of whole runs. from_memory: the runs are not in
+// cache (ShortRunAhead).
 template <DType kT, class Side>
 HWY_INLINE Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch,
-                                   int64_t i0, int64_t runs, float pivot, Side& side) {
+                                   int64_t i0, int64_t runs, float pivot, Side& side,
+                                   bool from_memory) {
   const hn::ScalableTag<float> df;
   using V = hn::Vec<decltype(df)>;
   constexpr size_t N = hn::MaxLanes(df);
@@ -143,7 +145,7 @@ HWY_INLINE Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial
   const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
   const auto tail_mask = ShortRunTail(df, tail);
   const int64_t stride = c * spatial;
-  const ShortRunAhead ahead(c, spatial, ch, sizeof(Elem<kT>));
+  const ShortRunAhead ahead(c, spatial, ch, sizeof(Elem<kT>), from_memory);
   const Elem<kT>* p = x + (i0 * c + ch) * spatial;
   Moments unit;
   double shifted = 0.0;

@@ -187,15 +187,15 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
 // The moments of NCHW unit [begin, end) of channel ch (StatsNchwUnit).
 template <DType kT>
 HWY_INLINE Moments NchwUnitMomentsT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch,
-                                    int64_t begin, int64_t end, float pivot, bool ahead) {
+                                    int64_t begin, int64_t end, float pivot, ReduceReads reads) {
   const auto unit = [&](auto& side) HWY_ATTR {
     if (ShortRuns(spatial, begin, end)) {
       return StatsShortRunsT<kT>(x, c, spatial, ch, begin / spatial, (end - begin) / spatial, pivot,
-                                 side);
+                                 side, reads == ReduceReads::kMemory);
     }
     return StatsNchwUnitT<kT>(x, c, spatial, ch, begin, end, pivot, side);
   };
-  if (ahead) {
+  if (reads == ReduceReads::kStream) {
     const Elem<kT>* first = x + (begin / spatial * c + ch) * spatial + begin % spatial;
     AheadSide side(WalkAhead<Elem<kT>>(first, nullptr, nullptr, c, spatial, begin, end), kNoSide);
     return unit(side);
@@ -204,12 +204,12 @@ HWY_INLINE Moments NchwUnitMomentsT(const Elem<kT>* x, int64_t c, int64_t spatia
 }
 
 Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, int64_t ch,
-                      int64_t begin, int64_t end, float pivot, bool ahead) {
+                      int64_t begin, int64_t end, float pivot, ReduceReads reads) {
   Moments m;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     m = NchwUnitMomentsT<kT>(static_cast<const Elem<kT>*>(x), c, spatial, ch, begin, end, pivot,
-                             ahead);
+                             reads);
   });
   return m;
 }
@@ -217,7 +217,8 @@ Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, in
 // Units [u0, u1) in one call: one dispatch and one type switch for them all.
 // Whether all came out finite.
 bool StatsNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, const NchwUnitCut& cut,
-                    int64_t u0, int64_t u1, const float* pivots, bool ahead, Moments* partials) {
+                    int64_t u0, int64_t u1, const float* pivots, ReduceReads reads,
+                    Moments* partials) {
   bool finite = true;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
@@ -225,7 +226,7 @@ bool StatsNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, cons
     for (int64_t u = u0; u < u1; ++u) {
       const NchwUnit unit = cut.Unit(u);
       const Moments m = NchwUnitMomentsT<kT>(xt, c, spatial, unit.ch, unit.begin, unit.end,
-                                             pivots[unit.ch], ahead);
+                                             pivots[unit.ch], reads);
       finite &= Finite(m);
       partials[u] = m;
     }
@@ -379,18 +380,18 @@ double NchwValue(const void* x, DType dtype, int64_t c, int64_t spatial, int64_t
 }  // namespace
 
 Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                      int64_t ch, int64_t begin, int64_t end, float pivot, bool ahead) {
+                      int64_t ch, int64_t begin, int64_t end, float pivot, ReduceReads reads) {
   const Moments m =
-      BNORM_DISPATCH(StatsNchwUnit, target)(dtype, x, c, spatial, ch, begin, end, pivot, ahead);
+      BNORM_DISPATCH(StatsNchwUnit, target)(dtype, x, c, spatial, ch, begin, end, pivot, reads);
   if (Finite(m)) return m;
   return ExactMoments(end - begin,
                       [&](int64_t k) { return NchwValue(x, dtype, c, spatial, ch, begin, k); });
 }
 
 void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                    const NchwUnitCut& cut, int64_t u0, int64_t u1, const float* pivots, bool ahead,
-                    Moments* partials) {
-  if (BNORM_DISPATCH(StatsNchwUnits, target)(dtype, x, c, spatial, cut, u0, u1, pivots, ahead,
+                    const NchwUnitCut& cut, int64_t u0, int64_t u1, const float* pivots,
+                    ReduceReads reads, Moments* partials) {
+  if (BNORM_DISPATCH(StatsNchwUnits, target)(dtype, x, c, spatial, cut, u0, u1, pivots, reads,
                                              partials)) {
     return;
   }

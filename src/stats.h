@@ -26,11 +26,11 @@ void ChannelPivots(int64_t target, DType dtype, const void* x, int64_t c, int64_
                    bool nhwc, int64_t values, int64_t c0, int64_t c1, float* pivots);
 
 // NCHW: moments of channel ch over its values [begin, end) in (i, s) order.
-// The mean is absolute (not shifted). ahead: long runs are prefetched
-// kStreamPrefetchBytes ahead (ExecutionPlan::reduce_ahead; a speed choice
-// only, the same bits either way).
+// The mean is absolute (not shifted). reads: where the values come from
+// (ReduceReads in plan.h: how the kernel prefetches; the same bits any way).
 Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                      int64_t ch, int64_t begin, int64_t end, float pivot, bool ahead = false);
+                      int64_t ch, int64_t begin, int64_t end, float pivot,
+                      ReduceReads reads = ReduceReads::kCached);
 
 // NCHW: StatsNchwUnit of units [u0, u1) of `cut` into partials[u0, u1), each
 // unit from pivots[its channel]; the same bits as one call per unit, in one
@@ -38,8 +38,8 @@ Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int
 // the dispatch, type switch and set-up of a call per unit took longer than
 // its sums (2x1024x49 from L2: about 40 ns per unit, 4 ns per run).
 void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                    const NchwUnitCut& cut, int64_t u0, int64_t u1, const float* pivots, bool ahead,
-                    Moments* partials);
+                    const NchwUnitCut& cut, int64_t u0, int64_t u1, const float* pivots,
+                    ReduceReads reads, Moments* partials);
 
 // NHWC: moments of channels [c0, c0 + width) over rows [row_begin, row_end),
 // as arrays: mean[0, width) and m2[0, width), all of count

@@ -47,7 +47,7 @@ bool StatsWhileNormalizingT(const Elem<kT>* x, const Elem<kT>* z, Elem<kT>* y, i
       units.partials[u] =
           ShortRuns(spatial, t.begin, t.end)
               ? StatsShortRunsT<kT>(x, c, spatial, t.ch, t.begin / spatial,
-                                    (t.end - t.begin) / spatial, pivot, side)
+                                    (t.end - t.begin) / spatial, pivot, side, units.from_memory)
               : StatsNchwUnitT<kT>(x, c, spatial, t.ch, t.begin, t.end, pivot, side);
     }
     side.Drain();

@@ -212,6 +212,9 @@ TEST(Plan, NextGroupFollowsThePolicy) {
 // L2; two-phase otherwise, whose apply pass goes over the flat tensor
 // exactly when the reduce pass's inputs overflow the LLC (it re-reads DRAM
 // then, whichever thread applies), and unit by unit in reverse otherwise.
+// Every strategy records whether those inputs overflow the LLC (how the
+// short-run kernels prefetch: ReduceReads); two-phase reductions then stream
+// their reads ahead.
 TEST(Plan, StrategyAndApplyOrder) {
   const CacheSizes caches;  // 1 MiB L2, 8 MiB LLC
   for (const Problem& p : BenchProblems()) {
@@ -228,6 +231,8 @@ TEST(Plan, StrategyAndApplyOrder) {
           const bool fused = !p.nhwc && slice <= caches.l2 && p.c >= plan.threads;
           EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
           EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
+          EXPECT_EQ(plan.inputs_beyond_llc, read > caches.llc);
+          EXPECT_EQ(plan.reduce_ahead, !fused && read > caches.llc);
           // Outputs bypass the caches only where inputs and output overflow
           // half the LLC.
           if (plan.stream_output) {
