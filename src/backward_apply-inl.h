@@ -63,7 +63,7 @@ HWY_INLINE GradTensors<kT> Typed(const GradArgs& a, const void* dx) {
 }
 
 // dx for one lane group at offset e: g * a (frozen), else
-// (g - mean_dy) * a + (x - mean) * b, where g is dy (masked: see
+// ((g - mean_dy) - (x - mean) * b) * a, where g is dy (masked: see
 // MaskedGrad); g is stored to dz as it goes (kDz), in the same pass. With
 // kStream, dz is streamed like dx where t.stream_dz: the store loops call
 // this with a full vector only where dx + e is aligned for a streamed store
@@ -85,7 +85,7 @@ HWY_INLINE hn::Vec<D> Grad(D d, const GradTensors<kT>& t, int64_t e, const K& k)
   }
   if (V::frozen) return hn::Mul(g, k.a);
   const auto xmu = hn::Sub(LoadF32<kT>(d, t.x + e), k.mean);
-  return hn::MulAdd(hn::Sub(g, k.mean_dy), k.a, hn::Mul(xmu, k.b));
+  return hn::Mul(hn::NegMulAdd(xmu, k.b, hn::Sub(g, k.mean_dy)), k.a);
 }
 
 template <class D>

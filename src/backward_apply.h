@@ -1,5 +1,5 @@
 // Backward elementwise kernels:
-//   training: dx = (g - mean_dy) * a + (x - mean) * b
+//   training: dx = ((g - mean_dy) - (x - mean) * b) * a
 //   frozen:   dx = g * a            (x is not read; pass x == nullptr)
 // where g = dy, or dy masked where y <= 0 (fused ReLU), also stored to dz.
 // with constants per channel (NCHW) or per position of a period (NHWC).

@@ -658,8 +658,12 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       SetConstant(consts, p, klen, ch, mean[ch]);
       SetConstant(consts + klen, p, klen, ch, no_sums ? 0.0f : static_cast<float>(s.sum_dy / m));
       SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(a));
+      // b = invstd^2 * sum(g * (x - mean)) / m, the scale of (x - mean) before
+      // the common factor a: invstd^3 in one constant (a * b) overflowed
+      // float once invstd passed ~1e13 (data of spread ~1e-20 with eps 0: dx
+      // came out inf where it is ~1e20) and went subnormal for huge data.
       SetConstant(consts + 3 * klen, p, klen, ch,
-                  no_sums ? 0.0f : static_cast<float>(-a * is * is * s.sum_dy_xmu / m));
+                  no_sums ? 0.0f : static_cast<float>(is * is * s.sum_dy_xmu / m));
     }
   };
 

@@ -469,6 +469,26 @@ TEST_P(AccuracyTest, BackwardOnLargeOffsets) {
   }
 }
 
+// Backward of data spread over 1e-30 .. 1e30 with eps = 0: invstd reaches
+// 1e30 (or 1e-30), and dx (of order invstd * dy) stays in float's range. An
+// apply constant holding invstd^3 overflowed float above invstd ~ 1e13 (dx
+// inf where it is ~1e20) and went subnormal below ~1e-13 (dx 10 % off at
+// spreads of 1e25); each constant is now within invstd * |dy| of one.
+TEST_P(AccuracyTest, BackwardOnTinyAndHugeSpreads) {
+  for (const Shape& s : {Shape{6, 5, 97, layout()}, Shape{50, 20, 7, layout()}}) {
+    for (double scale : {1e-30, 1e-22, 1e-19, 1e19, 1e25, 1e30}) {
+      const size_t C = static_cast<size_t>(s.c);
+      const auto x = NormalData(s, 41, 0.0, scale, 0.0);
+      const auto dy = NormalData(s, 42, 0.25, 1.0, 0.0);
+      const auto gamma = UniformVector(C, 43, -2.0f, 2.0f);
+      std::vector<float> mean, invstd;
+      ReferenceSaved(s, x, 0.0f, &mean, &invstd);
+      SCOPED_TRACE(testing::Message() << s.Name() << " scale=" << scale);
+      ExpectBackwardsNear(s, x, dy, gamma, mean, invstd);
+    }
+  }
+}
+
 // NaN or +-Inf in x or dy of one channel, at its first, middle or last value:
 // every output of the other channels is bit for bit that of the clean call
 // (a poisoned lane must not leak into a neighbour's sums or outputs, in NHWC
