@@ -22,6 +22,7 @@
 #include "convert-inl.h"
 #include "hwy/highway.h"
 #include "moments.h"
+#include "plan.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
@@ -126,6 +127,74 @@ HWY_INLINE Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial,
   return ShiftTrusted(shifted, unit) ? unit : Untrusted();
 }
 
+// The float sums of `block_runs` whole runs of a channel from p on (runs
+// `stride` values apart), shifted by vshift, each folded into one vector:
+// a block of StatsShortRunsT before its close. runs_after: the unit's runs
+// after the block (for the prefetches). p ends past the block.
+template <DType kT, class D, class Side>
+HWY_INLINE void SumShortRunBlock(D df, const ShortRunShape& shape, hn::Mask<D> tail_mask,
+                                 const Elem<kT>*& p, int64_t stride, int64_t block_runs,
+                                 int64_t runs_after, const ShortRunAhead& ahead, hn::Vec<D> vshift,
+                                 Side& side, hn::Vec<D>& sum_out, hn::Vec<D>& sum_sq_out) {
+  using V = hn::Vec<D>;
+  constexpr size_t N = hn::MaxLanes(df);
+  static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
+  const size_t len = shape.len, groups = shape.groups, leftover = shape.leftover;
+  const size_t tail = shape.tail;
+  V sum[kAcc], sum_sq[kAcc];
+  for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
+  V tail_sum = hn::Zero(df), tail_sq = hn::Zero(df);
+  for (int64_t k = 0; k < block_runs; ++k) {
+    // Runs c * spatial values apart: no hardware prefetcher follows them.
+    ahead.Run(p, k + 1 < block_runs + runs_after);
+    size_t j = 0;
+    for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
+      for (size_t a = 0; a < kAcc; ++a) {
+        const V e = hn::Sub(LoadF32<kT>(df, p + j + a * N), vshift);
+        sum[a] = hn::Add(sum[a], e);
+        sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
+      }
+    }
+    if (leftover != 0) {
+      const V e0 = hn::Sub(LoadF32<kT>(df, p + j), vshift);
+      sum[0] = hn::Add(sum[0], e0);
+      sum_sq[0] = hn::MulAdd(e0, e0, sum_sq[0]);
+      if (leftover >= 2) {
+        const V e1 = hn::Sub(LoadF32<kT>(df, p + j + N), vshift);
+        sum[1] = hn::Add(sum[1], e1);
+        sum_sq[1] = hn::MulAdd(e1, e1, sum_sq[1]);
+      }
+      if (leftover == 3) {
+        const V e2 = hn::Sub(LoadF32<kT>(df, p + j + 2 * N), vshift);
+        sum[2] = hn::Add(sum[2], e2);
+        sum_sq[2] = hn::MulAdd(e2, e2, sum_sq[2]);
+      }
+    }
+    if (tail != 0) {
+      const V v = LoadF32<kT>(df, p + len - N);
+      const V e = hn::IfThenElseZero(tail_mask, hn::Sub(v, vshift));
+      tail_sum = hn::Add(tail_sum, e);
+      tail_sq = hn::MulAdd(e, e, tail_sq);
+    }
+    side.Step(len);
+    p += stride;
+  }
+  for (size_t a = 1; a < kAcc; ++a) {
+    sum[0] = hn::Add(sum[0], sum[a]);
+    sum_sq[0] = hn::Add(sum_sq[0], sum_sq[a]);
+  }
+  sum_out = hn::Add(sum[0], tail_sum);
+  sum_sq_out = hn::Add(sum_sq[0], tail_sq);
+}
+
+// Closes a block of `count` values (SumShortRunBlock's sums around `shift`)
+// into unit, re-centred as CloseBlock does.
+template <class D>
+HWY_INLINE void CloseShortRunBlock(D df, hn::Vec<D> sum, hn::Vec<D> sum_sq, double count,
+                                   float shift, Moments& unit, double* shifted) {
+  CloseBlock(ShiftedBlock{count, SumLanes(df, sum), SumLanes(df, sum_sq)}, shift, unit, shifted);
+}
+
 // Moments of `runs` whole runs of `spatial` values, from image i0 on, of
 // channel ch: the sums of StatsNchwUnitT (the same moments, not the same
 // bits) with a loop shape fixed for all runs (groups of kAcc vectors, the
@@ -137,13 +206,8 @@ HWY_INLINE Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial
                                    int64_t i0, int64_t runs, float pivot, Side& side,
                                    bool from_memory) {
   const hn::ScalableTag<float> df;
-  using V = hn::Vec<decltype(df)>;
-  constexpr size_t N = hn::MaxLanes(df);
-  static_assert(kAcc == 4, "the leftover vectors are unrolled for four accumulators");
   const ShortRunShape shape(df, spatial);
-  const size_t len = shape.len, groups = shape.groups, leftover = shape.leftover;
-  const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
-  const auto tail_mask = ShortRunTail(df, tail);
+  const auto tail_mask = ShortRunTail(df, shape.tail);
   const int64_t stride = c * spatial;
   const ShortRunAhead ahead(c, spatial, ch, sizeof(Elem<kT>), from_memory);
   const Elem<kT>* p = x + (i0 * c + ch) * spatial;
@@ -151,60 +215,84 @@ HWY_INLINE Moments StatsShortRunsT(const Elem<kT>* x, int64_t c, int64_t spatial
   double shifted = 0.0;
   float shift = pivot;
   for (int64_t r = 0; r < runs;) {
-    const int64_t block_runs = std::min<int64_t>(static_cast<int64_t>(runs_per_block), runs - r);
-    const V vshift = hn::Set(df, shift);
-    V sum[kAcc], sum_sq[kAcc];
-    for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);
-    V tail_sum = hn::Zero(df), tail_sq = hn::Zero(df);
-    for (int64_t k = 0; k < block_runs; ++k) {
-      // Runs c * spatial values apart: no hardware prefetcher follows them.
-      ahead.Run(p, r + k + 1 < runs);
-      size_t j = 0;
-      for (size_t g = 0; g < groups; ++g, j += kAcc * N) {
-        for (size_t a = 0; a < kAcc; ++a) {
-          const V e = hn::Sub(LoadF32<kT>(df, p + j + a * N), vshift);
-          sum[a] = hn::Add(sum[a], e);
-          sum_sq[a] = hn::MulAdd(e, e, sum_sq[a]);
-        }
-      }
-      if (leftover != 0) {
-        const V e0 = hn::Sub(LoadF32<kT>(df, p + j), vshift);
-        sum[0] = hn::Add(sum[0], e0);
-        sum_sq[0] = hn::MulAdd(e0, e0, sum_sq[0]);
-        if (leftover >= 2) {
-          const V e1 = hn::Sub(LoadF32<kT>(df, p + j + N), vshift);
-          sum[1] = hn::Add(sum[1], e1);
-          sum_sq[1] = hn::MulAdd(e1, e1, sum_sq[1]);
-        }
-        if (leftover == 3) {
-          const V e2 = hn::Sub(LoadF32<kT>(df, p + j + 2 * N), vshift);
-          sum[2] = hn::Add(sum[2], e2);
-          sum_sq[2] = hn::MulAdd(e2, e2, sum_sq[2]);
-        }
-      }
-      if (tail != 0) {
-        const V v = LoadF32<kT>(df, p + len - N);
-        const V e = hn::IfThenElseZero(tail_mask, hn::Sub(v, vshift));
-        tail_sum = hn::Add(tail_sum, e);
-        tail_sq = hn::MulAdd(e, e, tail_sq);
-      }
-      side.Step(len);
-      p += stride;
-    }
+    const int64_t block_runs =
+        std::min<int64_t>(static_cast<int64_t>(shape.runs_per_block), runs - r);
+    hn::Vec<decltype(df)> sum, sum_sq;
+    SumShortRunBlock<kT>(df, shape, tail_mask, p, stride, block_runs, runs - r - block_runs, ahead,
+                         hn::Set(df, shift), side, sum, sum_sq);
     r += block_runs;
     // Close the block and re-centre on the mean so far.
-    for (size_t a = 1; a < kAcc; ++a) {
-      sum[0] = hn::Add(sum[0], sum[a]);
-      sum_sq[0] = hn::Add(sum_sq[0], sum_sq[a]);
-    }
-    sum[0] = hn::Add(sum[0], tail_sum);
-    sum_sq[0] = hn::Add(sum_sq[0], tail_sq);
-    const ShiftedBlock b{static_cast<double>(block_runs) * static_cast<double>(len),
-                         SumLanes(df, sum[0]), SumLanes(df, sum_sq[0])};
-    CloseBlock(b, shift, unit, &shifted);
+    CloseShortRunBlock(df, sum, sum_sq,
+                       static_cast<double>(block_runs) * static_cast<double>(shape.len), shift,
+                       unit, &shifted);
     shift = static_cast<float>(unit.mean);
   }
   return ShiftTrusted(shifted, unit) ? unit : Untrusted();
+}
+
+// Closes a unit's last block into its moments (CloseShortRunBlock) and
+// writes them, or Untrusted(), to *out; whether they are finite.
+template <class D>
+HWY_INLINE bool CloseShortRunUnit(D df, hn::Vec<D> sum, hn::Vec<D> sum_sq, double count,
+                                  float shift, Moments unit, double shifted, Moments* out) {
+  CloseShortRunBlock(df, sum, sum_sq, count, shift, unit, &shifted);
+  *out = ShiftTrusted(shifted, unit) ? unit : Untrusted();
+  return Finite(*out);
+}
+
+// Whether every unit of `cut` is whole short runs of at most one block
+// (StatsShortRunUnitsT).
+HWY_INLINE bool SingleBlockShortRunUnits(int64_t spatial, const NchwUnitCut& cut) {
+  const hn::ScalableTag<float> df;
+  return ShortRuns(spatial, 0, cut.unit_len) &&
+         cut.unit_len / spatial <= static_cast<int64_t>(ShortRunShape(df, spatial).runs_per_block);
+}
+
+// StatsShortRunsT of units [u0, u1) of `cut`, each whole short runs of one
+// block (SingleBlockShortRunUnits), into partials[u0, u1), each from
+// pivots[its channel]: the same bits, with a unit's close (two sums of
+// lanes in double, a division, the merge: a chain of latencies) issued after
+// the next unit's sums, which overlap it instead of waiting for it. Units of
+// several blocks keep StatsShortRunsT: with the blocks' closes in this loop
+// too, GCC kept the accumulators on the stack (twice the time).
+// Whether all came out finite.
+template <DType kT>
+HWY_INLINE bool StatsShortRunUnitsT(const Elem<kT>* x, int64_t c, int64_t spatial,
+                                    const NchwUnitCut& cut, int64_t u0, int64_t u1,
+                                    const float* pivots, bool from_memory, Moments* partials) {
+  const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
+  const ShortRunShape shape(df, spatial);
+  const auto tail_mask = ShortRunTail(df, shape.tail);
+  const int64_t stride = c * spatial;
+  bool finite = true;
+  // The unit summed last, not yet closed.
+  V open_sum = hn::Zero(df), open_sum_sq = hn::Zero(df);
+  double open_count = 0.0;
+  float open_shift = 0.0f;
+  for (int64_t u = u0; u < u1; ++u) {
+    const NchwUnit t = cut.Unit(u);
+    const int64_t runs = (t.end - t.begin) / spatial;
+    const ShortRunAhead ahead(c, spatial, t.ch, sizeof(Elem<kT>), from_memory);
+    const Elem<kT>* p = x + (t.begin / spatial * c + t.ch) * spatial;
+    const float shift = pivots[t.ch];
+    V sum, sum_sq;
+    SumShortRunBlock<kT>(df, shape, tail_mask, p, stride, runs, 0, ahead, hn::Set(df, shift),
+                         kNoSide, sum, sum_sq);
+    if (u > u0) {
+      finite &= CloseShortRunUnit(df, open_sum, open_sum_sq, open_count, open_shift, Moments(), 0.0,
+                                  &partials[u - 1]);
+    }
+    open_sum = sum;
+    open_sum_sq = sum_sq;
+    open_count = static_cast<double>(runs) * static_cast<double>(shape.len);
+    open_shift = shift;
+  }
+  if (u1 > u0) {
+    finite &= CloseShortRunUnit(df, open_sum, open_sum_sq, open_count, open_shift, Moments(), 0.0,
+                                &partials[u1 - 1]);
+  }
+  return finite;
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

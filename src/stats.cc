@@ -223,6 +223,11 @@ bool StatsNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, cons
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     const auto* xt = static_cast<const Elem<kT>*>(x);
+    if (reads != ReduceReads::kStream && SingleBlockShortRunUnits(spatial, cut)) {
+      finite = StatsShortRunUnitsT<kT>(xt, c, spatial, cut, u0, u1, pivots,
+                                       reads == ReduceReads::kMemory, partials);
+      return;
+    }
     for (int64_t u = u0; u < u1; ++u) {
       const NchwUnit unit = cut.Unit(u);
       const Moments m = NchwUnitMomentsT<kT>(xt, c, spatial, unit.ch, unit.begin, unit.end,
