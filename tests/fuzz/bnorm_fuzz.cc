@@ -1700,16 +1700,16 @@ void CheckBackward(const Call& k) {
       const double tol = std::fabs(is) * dsdyxmu + 4 * kU * std::fabs(ref) + kTiny;
       CheckValue(k, "dgamma", ch, LoadF(k.Live(9), ch), ref, tol, !dgamma_wild, dgamma_wild);
     }
-    // dx = a * g - c - b * (x - mean) with per-channel float constants (sum_dy / m
-    // is one of them: denormal, it is off by up to half a denormal, times a)
-    // a = gamma * invstd, c = a * sum_dy / m, b = a * invstd^2 * sum_dy_xmu / m:
-    // none of them may overflow. Each may round in the denormals, or to 0: a
-    // by half a denormal times |g - sum_dy / m|, b times |x - mean|.
+    // dx = ((g - c) - b * (x - mean)) * a with per-channel float constants
+    // a = gamma * invstd, c = sum_dy / m, b = invstd^2 * sum_dy_xmu / m: none
+    // of them may overflow, nor the bracket before its product with a. Each
+    // may round in the denormals, or to 0: a by half a denormal times the
+    // bracket, c times |a|, b times |x - mean| |a|, the bracket times |a|.
     const double a = gm * is;
     const bool a_wild = !Finite(gm) || !Finite(is) || std::fabs(gm) > kLarge ||
                         std::fabs(is) > kLarge;
-    const bool consts_wild = a_wild || std::fabs(a) * (std::fabs(sdy) + sabs) / md > kHuge ||
-                             std::fabs(a) * is * is * (std::fabs(sdyxmu) + sxabs) / md > kHuge;
+    const bool consts_wild = a_wild || (std::fabs(sdy) + sabs) / md > kHuge ||
+                             is * is * (std::fabs(sdyxmu) + sxabs) / md > kHuge;
     for (int64_t v = 0; v < m; ++v) {
       const int64_t e = k.Index(v / k.sp, ch, v % k.sp);
       const double g = gs[static_cast<size_t>(v)];
@@ -1728,17 +1728,20 @@ void CheckBackward(const Call& k) {
         continue;
       }
       const double xmu = xs[static_cast<size_t>(v)] - mean;
-      const double t1 = std::fabs(a) * (std::fabs(g) + std::fabs(sdy) / md);
-      const double t2 = std::fabs(a) * is * is * std::fabs(xmu) * std::fabs(sdyxmu) / md;
+      // The bracket's two terms, then each times |a|.
+      const double u1 = std::fabs(g) + std::fabs(sdy) / md;
+      const double u2 = is * is * std::fabs(xmu) * std::fabs(sdyxmu) / md;
+      const double t1 = std::fabs(a) * u1, t2 = std::fabs(a) * u2;
       const double ref = a * (g - sdy / md) - a * is * is * xmu * sdyxmu / md;
-      const bool wild = gamma_wild || consts_wild || t1 > kHuge || t2 > kHuge ||
+      const bool wild = gamma_wild || consts_wild || u1 > kHuge || u2 > kHuge || t1 > kHuge ||
+                        t2 > kHuge || is * is * std::fabs(xmu) * sxabs / md > kHuge ||
                         std::fabs(a) * is * is * std::fabs(xmu) * sxabs / md > kHuge;
-      const double tol = std::fabs(a) * dsdy / md +
-                         std::fabs(a) * is * is * std::fabs(xmu) * dsdyxmu / md +
-                         8 * kU * (t1 + t2 + std::fabs(ref)) +
-                         4 * kDenorm * (std::fabs(xmu) + std::fabs(g) + std::fabs(sdy) / md +
-                                        std::fabs(a) + 1) +
-                         kTiny;
+      const double tol =
+          std::fabs(a) * dsdy / md + std::fabs(a) * is * is * std::fabs(xmu) * dsdyxmu / md +
+          8 * kU * (t1 + t2 + std::fabs(ref)) +
+          4 * kDenorm *
+              (u1 + u2 + std::fabs(a) * (std::fabs(xmu) + 1) + std::fabs(xmu) + std::fabs(a) + 1) +
+          kTiny;
       CheckElem(k, "dx", 3, e, ref, tol, !wild, wild);
     }
   }
