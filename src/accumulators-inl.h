@@ -71,14 +71,15 @@ HWY_INLINE void PrefetchRun(const void* p, int64_t count, int64_t elem_bytes) {
 // ch (runs of a channel are stride = c * spatial values apart; this image's
 // run of channel ch + 1 follows this one). Runs in cache, and runs of more
 // than four lines, fetch the channel's next run, one run ahead. Shorter runs
-// read from memory (ReduceReads::kMemory; 7x7 f32) fetch this image's run of
-// the next channel, a whole unit ahead: one run of lead hid little of DRAM's
-// latency there (`call_timer 32 2048 49 0 OP 2`, evicted, Zen 4 guest,
-// minima of 3: statistics 662 -> 561 us; training that sums the next group
-// in the write loop 1229 -> 907), while on 196-value runs the next-channel
-// order was the slower (statistics 2116 -> 2358), and so it was from L2
-// (a unit ahead, the two units' lines crowd L1: backward sums of 32x64x49,
-// one thread, 14.2 -> 16.8 us).
+// read from memory in units of whole channels (from_memory:
+// ReduceReads::kMemory; 7x7 f32) fetch this image's run of the next channel,
+// a whole unit ahead: one run of lead hid little of DRAM's latency there
+// (`call_timer 32 2048 49 0 OP 2`, evicted, Zen 4 guest:
+// docs/performance-history.md, "short NCHW runs"; statistics 689 -> 653 us,
+// training that sums the next group in the write loop 1069 -> 912), while
+// on 196-value runs the next-channel order was the slower (statistics 2116
+// -> 2358), and so it was from L2 (a unit ahead, the two units' lines crowd
+// L1: backward sums of 32x64x49, one thread, 14.2 -> 16.8 us).
 class ShortRunAhead {
  public:
   ShortRunAhead(int64_t c, int64_t spatial, int64_t ch, size_t elem_bytes, bool from_memory)

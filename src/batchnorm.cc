@@ -59,6 +59,14 @@ NchwUnit NchwUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
   return NchwUnitOf(u, rp.units_per_channel, rp.unit_len, p.Values());
 }
 
+// Whether NCHW reductions that nothing prefetched read from DRAM a unit per
+// channel: their short runs then fetch the next channel's run, a unit ahead
+// (ReduceReads::kMemory). Channels cut into several units would read that
+// run several units later, and their own next run not at all.
+bool UnitsFromMemory(const ExecutionPlan& plan, const ReductionPlan& rp) {
+  return plan.inputs_beyond_llc && rp.units_per_channel == 1;
+}
+
 // Channels [c0, c0 + width) and rows [row_begin, row_end) of NHWC unit u; its
 // partials start at index row_unit * c + c0.
 struct NhwcUnit {
@@ -200,7 +208,7 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
         const int64_t c0 = g * cpt, c1 = std::min(p.c, c0 + cpt);
         if (!prepared) prepare(c0, c1);
         if (!reduced) {  // in L2 where the last group's apply prefetched them
-          const bool memory = plan.inputs_beyond_llc && !(g > g0 && apply);
+          const bool memory = UnitsFromMemory(plan, rp) && !(g > g0 && apply);
           reduce(c0 * rp.units_per_channel, c1 * rp.units_per_channel,
                  memory ? ReduceReads::kMemory : ReduceReads::kCached);
         }
@@ -471,7 +479,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
                                rp.unit_len,
                                stats.pivots,
                                stats.partials.units,
-                               plan.inputs_beyond_llc};
+                               UnitsFromMemory(plan, rp)};
     return StatsWhileNormalizing(target, p.dtype, x, y, p.n, p.c, p.spatial, units, a0, a1, affine,
                                  plan.stream_output, epi);
   };
@@ -724,7 +732,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       const int64_t next = (i * p.c + c1) * p.spatial;
       Lookahead ahead;
       ahead.input[0] = At(dy, next, p.dtype);
-      ahead.input[1] = args.x != nullptr ? At(x, next, p.dtype) : nullptr;
+      ahead.input[1] = At(x, next, p.dtype);  // the next group's sums read x, frozen or not
       ahead.input[2] = y != nullptr ? At(y, next, p.dtype) : nullptr;
       ahead.elems = (c2 - c1) * p.spatial;
       GradApplyNchw(target, p.dtype, args, out, p.c, p.spatial, (i * p.c + c0) * p.spatial,
@@ -744,8 +752,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   };
   const auto reduce_while_applying = [&](int64_t c1, int64_t c2, int64_t a0, int64_t a1) {
     if (next != NextGroup::kReduce) return false;
-    const NchwGradUnits units{c1,   c2,          rp.units_per_channel,  rp.unit_len,
-                              mean, parts.units, plan.inputs_beyond_llc};
+    const NchwGradUnits units{c1,   c2,          rp.units_per_channel,     rp.unit_len,
+                              mean, parts.units, UnitsFromMemory(plan, rp)};
     return GradSumsWhileApplying(target, p.dtype, args, out, p.n, p.c, p.spatial, units, a0, a1,
                                  grad, plan.stream_output);
   };

@@ -22,7 +22,7 @@ struct NchwGradUnits {
   int64_t units_per_channel, unit_len;
   const float* mean;  // indexed by channel
   GradSums* partials;
-  bool from_memory;  // the inputs overflow the LLC (ShortRunAhead)
+  bool from_memory;  // UnitsFromMemory (batchnorm.cc): see ShortRunAhead
 };
 
 // Whether GradSumsWhileApplying runs for this target, dtype, tensors and run

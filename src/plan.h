@@ -94,9 +94,9 @@ inline NchwUnit NchwUnitOf(int64_t u, int64_t units_per_channel, int64_t unit_le
 enum class ReduceReads {
   kCached,  // in cache: a group the fused plans prefetched into L2, or a
             // tensor within the LLC; short runs fetch the next run into L1
-  kMemory,  // from DRAM (inputs beyond the LLC), nothing prefetched: short
-            // runs of at most four lines fetch the next channel's run, a unit
-            // ahead (ShortRunAhead)
+  kMemory,  // from DRAM (inputs beyond the LLC), nothing prefetched, a unit
+            // per channel: short runs of at most four lines fetch the next
+            // channel's run, a unit ahead (ShortRunAhead)
   kStream,  // from DRAM, beyond the LLC (ExecutionPlan::reduce_ahead):
             // prefetched kStreamPrefetchBytes ahead along the unit's walk
 };

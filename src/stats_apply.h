@@ -25,7 +25,7 @@ struct NchwStatsUnits {
   int64_t units_per_channel, unit_len;
   const float* pivots;  // indexed by channel
   Moments* partials;
-  bool from_memory;  // the inputs overflow the LLC (ShortRunAhead)
+  bool from_memory;  // UnitsFromMemory (batchnorm.cc): see ShortRunAhead
 };
 
 // Whether StatsWhileNormalizing runs for this target, dtype and run length at
