@@ -200,22 +200,33 @@ TEST_P(AccuracyTest, PivotFarFromTheRestOfTheChannel) {
   }
 }
 
-// The same far pivot in every third channel only: the statistics kernels
-// take a thread's units in one call (StatsNchwUnits), and the units redone in
-// double must be those and no others, with small batches (units of one to
-// three 7x7 runs) as with large.
+// The same far pivot in every third channel only (at least 98 values per
+// channel, so that their float sums are redone in double): the statistics
+// kernels take a thread's units in one call (StatsNchwUnits), and the units
+// redone must be those and no others. The others' results are bit for bit
+// those of the data without the pivots, with small batches (units of two to
+// five 7x7 runs) as with large.
 TEST_P(AccuracyTest, PivotFarFromTheRestInSomeChannels) {
-  for (const Shape& s : {Shape{1, 64, 49, layout()}, Shape{3, 67, 49, layout()},
+  for (const Shape& s : {Shape{2, 64, 49, layout()}, Shape{3, 67, 49, layout()},
                          Shape{32, 40, 49, layout()}, Shape{5, 33, 196, layout()}}) {
     SCOPED_TRACE(s.Name());
-    auto x = NormalData(s, 9, 0.0, 1.0, 0.0);
+    const auto clean = NormalData(s, 9, 0.0, 1.0, 0.0);
+    auto x = clean;
     for (int64_t ch = 1; ch < s.c; ch += 3) {
       for (int64_t v = 0; v < 16; ++v)
         x[static_cast<size_t>(s.Index(v / s.spatial, ch, v % s.spatial))] = 1e4f;
     }
-    const StatErrors e = WorstStatErrors(s, x, Train(s, x, 0.0f));
+    const Result r = Train(s, x, 0.0f);
+    const StatErrors e = WorstStatErrors(s, x, r);
     EXPECT_LE(e.var, 1e-6);
     EXPECT_LE(e.mean, 1e-6);
+    const Result base = Train(s, clean, 0.0f);
+    for (size_t ch = 0; ch < static_cast<size_t>(s.c); ++ch) {
+      if (ch % 3 == 1) continue;
+      EXPECT_EQ(Bits(r.mean[ch]), Bits(base.mean[ch])) << "channel " << ch;
+      EXPECT_EQ(Bits(r.invstd[ch]), Bits(base.invstd[ch])) << "channel " << ch;
+      EXPECT_EQ(Bits(r.running_var[ch]), Bits(base.running_var[ch])) << "channel " << ch;
+    }
   }
 }
 
@@ -484,6 +495,13 @@ TEST_P(AccuracyTest, BackwardOnTinyAndHugeSpreads) {
       std::vector<float> mean, invstd;
       ReferenceSaved(s, x, 0.0f, &mean, &invstd);
       SCOPED_TRACE(testing::Message() << s.Name() << " scale=" << scale);
+      // The forward's saved statistics of the same data (squares beyond
+      // float's range either way: summed again in double).
+      const Result r = Train(s, x, 0.0f);
+      for (size_t ch = 0; ch < C; ++ch) {
+        EXPECT_NEAR(r.mean[ch], mean[ch], 1e-6 * scale) << "channel " << ch;
+        EXPECT_NEAR(r.invstd[ch], invstd[ch], 1e-5 * invstd[ch]) << "channel " << ch;
+      }
       ExpectBackwardsNear(s, x, dy, gamma, mean, invstd);
     }
   }
