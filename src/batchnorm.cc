@@ -666,10 +666,11 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       SetConstant(consts, p, klen, ch, mean[ch]);
       SetConstant(consts + klen, p, klen, ch, no_sums ? 0.0f : static_cast<float>(s.sum_dy / m));
       SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(a));
-      // b = invstd^2 * sum(g * (x - mean)) / m, the scale of (x - mean) before
-      // the common factor a: invstd^3 in one constant (a * b) overflowed
-      // float once invstd passed ~1e13 (data of spread ~1e-20 with eps 0: dx
-      // came out inf where it is ~1e20) and went subnormal for huge data.
+      // b = invstd^2 * sum(g * (x - mean)) / m (of order invstd * |g|), the
+      // scale of (x - mean) before the common factor a. With a in it, the
+      // constant was of order invstd^2: it overflowed float once invstd
+      // passed ~1e19 (data of spread 1e-20, eps 0: dx inf where it is ~1e20)
+      // and went subnormal below ~1e-19 (spread 1e25: dx 9-11 % off).
       SetConstant(consts + 3 * klen, p, klen, ch,
                   no_sums ? 0.0f : static_cast<float>(is * is * s.sum_dy_xmu / m));
     }

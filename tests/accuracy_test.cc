@@ -482,9 +482,10 @@ TEST_P(AccuracyTest, BackwardOnLargeOffsets) {
 
 // Backward of data spread over 1e-30 .. 1e30 with eps = 0: invstd reaches
 // 1e30 (or 1e-30), and dx (of order invstd * dy) stays in float's range. An
-// apply constant holding invstd^3 overflowed float above invstd ~ 1e13 (dx
-// inf where it is ~1e20) and went subnormal below ~1e-13 (dx 10 % off at
-// spreads of 1e25); each constant is now within invstd * |dy| of one.
+// apply constant holding invstd^3 * sum(dy (x - mean)) / m (of order
+// invstd^2) overflowed float above invstd ~ 1e19 (dx inf where it is ~1e20)
+// and went subnormal below ~1e-19 (dx 10 % off at spreads of 1e25); each
+// constant is now within invstd * |dy| of one.
 TEST_P(AccuracyTest, BackwardOnTinyAndHugeSpreads) {
   for (const Shape& s : {Shape{6, 5, 97, layout()}, Shape{50, 20, 7, layout()}}) {
     for (double scale : {1e-30, 1e-22, 1e-19, 1e19, 1e25, 1e30}) {
