@@ -44,7 +44,7 @@ HWY_INLINE GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, con
   for (int64_t pos = begin; pos < end; ++i, s = 0) {
     const size_t len = static_cast<size_t>(std::min(spatial - s, end - pos));
     const int64_t offset = (i * c + ch) * spatial + s;
-    if (pos + static_cast<int64_t>(len) < end) {  // next image's run (see StatsNchwUnit)
+    if (pos + static_cast<int64_t>(len) < end) {  // next image's run (see StatsNchwUnitT)
       const int64_t next = ((i + 1) * c + ch) * spatial;
       const int64_t count = std::min(spatial, end - pos - static_cast<int64_t>(len));
       PrefetchRun(x + next, count, sizeof(Elem<kT>));

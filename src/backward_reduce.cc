@@ -138,7 +138,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
 #define BNORM_TYPED_ARGS(kT) \
   static_cast<const Elem<kT>*>(x), static_cast<const Elem<kT>*>(dy), static_cast<const Elem<kT>*>(y)
 
-// The sums of NCHW unit [begin, end) of channel ch (GradSumsNchwUnit).
+// The sums of NCHW unit [begin, end) of channel ch (GradSumsNchwUnits).
 template <DType kT, bool kMask>
 HWY_INLINE GradSums NchwUnitGradSumsT(const void* x, const void* dy, const void* y, int64_t c,
                                       int64_t spatial, int64_t ch, int64_t begin, int64_t end,
@@ -161,19 +161,6 @@ HWY_INLINE GradSums NchwUnitGradSumsT(const void* x, const void* dy, const void*
     return unit(side);
   }
   return unit(kNoSide);
-}
-
-GradSums GradSumsNchwUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
-                          int64_t spatial, int64_t ch, int64_t begin, int64_t end, float mean,
-                          ReduceReads reads) {
-  GradSums g;
-  ForDType(dtype, [&](auto t) HWY_ATTR {
-    ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
-      g = NchwUnitGradSumsT<decltype(t)::value, decltype(mask)::value>(x, dy, y, c, spatial, ch,
-                                                                       begin, end, mean, reads);
-    });
-  });
-  return g;
 }
 
 // Units [u0, u1) in one call (StatsNchwUnits). Whether all came out finite.
@@ -249,7 +236,6 @@ double MaskedGradAt(const void* dy, const void* y, int64_t e, DType dtype) {
 
 }  // namespace
 
-HWY_EXPORT(GradSumsNchwUnit);
 HWY_EXPORT(GradSumsNchwUnits);
 HWY_EXPORT(GradSumsNhwcUnit);
 
@@ -271,13 +257,15 @@ GradSums ExactNchwGradSums(DType dtype, const void* x, const void* dy, const voi
 
 }  // namespace
 
-GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
-                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          float mean, ReduceReads reads) {
-  const GradSums g = BNORM_DISPATCH(GradSumsNchwUnit, target)(dtype, x, dy, y, c, spatial, ch,
-                                                              begin, end, mean, reads);
-  if (Finite(g)) return g;
-  return ExactNchwGradSums(dtype, x, dy, y, c, spatial, ch, begin, end, mean);
+void RedoNchwGradUnits(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
+                       int64_t spatial, const NchwUnitCut& cut, int64_t u0, int64_t u1,
+                       const float* mean, GradSums* partials) {
+  for (int64_t u = u0; u < u1; ++u) {
+    if (Finite(partials[u])) continue;
+    const NchwUnit unit = cut.Unit(u);
+    partials[u] = ExactNchwGradSums(dtype, x, dy, y, c, spatial, unit.ch, unit.begin, unit.end,
+                                    mean[unit.ch]);
+  }
 }
 
 void GradSumsNchwUnits(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
@@ -287,12 +275,7 @@ void GradSumsNchwUnits(int64_t target, DType dtype, const void* x, const void* d
                                                 reads, partials)) {
     return;
   }
-  for (int64_t u = u0; u < u1; ++u) {
-    if (Finite(partials[u])) continue;
-    const NchwUnit unit = cut.Unit(u);
-    partials[u] = ExactNchwGradSums(dtype, x, dy, y, c, spatial, unit.ch, unit.begin, unit.end,
-                                    mean[unit.ch]);
-  }
+  RedoNchwGradUnits(dtype, x, dy, y, c, spatial, cut, u0, u1, mean, partials);
 }
 
 void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,

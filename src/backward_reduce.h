@@ -13,18 +13,19 @@
 
 namespace bnorm {
 
-// NCHW: channel ch over its values [begin, end) in (i, s) order; reads as
-// for StatsNchwUnit.
-GradSums GradSumsNchwUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
-                          int64_t c, int64_t spatial, int64_t ch, int64_t begin, int64_t end,
-                          float mean, ReduceReads reads = ReduceReads::kCached);
-
-// NCHW: GradSumsNchwUnit of units [u0, u1) of `cut` into partials[u0, u1),
-// each about mean[its channel], in one dispatch (StatsNchwUnits); the same
-// bits as one call per unit.
+// NCHW: the sums of units [u0, u1) of `cut` (values [begin, end) of a
+// channel in (i, s) order) into partials[u0, u1), each about mean[its
+// channel]; reads as for StatsNchwUnits. The bits of a unit do not depend on
+// the range it comes in, and units are taken in one dispatch.
 void GradSumsNchwUnits(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                        int64_t c, int64_t spatial, const NchwUnitCut& cut, int64_t u0, int64_t u1,
                        const float* mean, ReduceReads reads, GradSums* partials);
+
+// The units of [u0, u1) whose partials are not finite (float products or
+// sums that overflowed) summed again in double (RedoNchwUnits).
+void RedoNchwGradUnits(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
+                       int64_t spatial, const NchwUnitCut& cut, int64_t u0, int64_t u1,
+                       const float* mean, GradSums* partials);
 
 // NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into the
 // arrays sum_dy[0, width) and sum_dy_xmu[0, width) (arrays, as in

@@ -139,15 +139,12 @@ bool GradSumsWhileApplying(int64_t target, DType dtype, const GradArgs& args, vo
                                                      k, stream)) {
     return false;
   }
-  // Units whose float sums overflowed: GradSumsNchwUnit sums them again (in
-  // float, then in double), as it would have had they been summed there.
-  ForEachNchwUnit(units.c0, units.c1, units.units_per_channel, units.unit_len, n * spatial,
-                  [&](int64_t u, const NchwUnit& t) {
-                    if (Finite(units.partials[u])) return;
-                    units.partials[u] =
-                        GradSumsNchwUnit(target, dtype, args.x, args.dy, args.y, c, spatial, t.ch,
-                                         t.begin, t.end, units.mean[t.ch]);
-                  });
+  // Units whose float sums overflowed (the same float sums as
+  // GradSumsNchwUnits', so the same verdict): summed again in double, as there.
+  const NchwUnitCut cut{units.units_per_channel, units.unit_len, n * spatial};
+  RedoNchwGradUnits(dtype, args.x, args.dy, args.y, c, spatial, cut,
+                    units.c0 * units.units_per_channel, units.c1 * units.units_per_channel,
+                    units.mean, units.partials);
   return true;
 }
 

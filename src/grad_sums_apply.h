@@ -1,7 +1,7 @@
 // The pipelined step of the channel-fused backward plan (plan.h): the
 // gradient sums of the next channel group are taken while the current group's
 // dx is written, in one loop, as stats_apply.h does for the forward
-// statistics. Each unit's sums are those GradSumsNchwUnit gives, bit for bit:
+// statistics. Each unit's sums are those GradSumsNchwUnits gives, bit for bit:
 // the same kernels run with the writes interleaved between their steps.
 #ifndef BNORM_SRC_GRAD_SUMS_APPLY_H_
 #define BNORM_SRC_GRAD_SUMS_APPLY_H_

@@ -107,16 +107,6 @@ struct NchwUnitCut {
   NchwUnit Unit(int64_t u) const { return NchwUnitOf(u, units_per_channel, unit_len, values); }
 };
 
-// Calls f(u, unit) for each NCHW reduction unit u of channels [c0, c1), in
-// order (the cut of NchwUnitOf).
-template <class F>
-void ForEachNchwUnit(int64_t c0, int64_t c1, int64_t units_per_channel, int64_t unit_len,
-                     int64_t values, const F& f) {
-  for (int64_t u = c0 * units_per_channel; u < c1 * units_per_channel; ++u) {
-    f(u, NchwUnitOf(u, units_per_channel, unit_len, values));
-  }
-}
-
 // Elementwise passes: the flat tensor is cut into tasks. NHWC tasks start at a
 // multiple of `period`, where per-position constant arrays of `period` floats
 // repeat (period = lcm(c, kMaxLanes) * 1 when small, else c).

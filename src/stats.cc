@@ -184,7 +184,7 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   return AllFinite(static_cast<size_t>(width), out_mean, out_m2);
 }
 
-// The moments of NCHW unit [begin, end) of channel ch (StatsNchwUnit).
+// The moments of NCHW unit [begin, end) of channel ch (StatsNchwUnits).
 template <DType kT>
 HWY_INLINE Moments NchwUnitMomentsT(const Elem<kT>* x, int64_t c, int64_t spatial, int64_t ch,
                                     int64_t begin, int64_t end, float pivot, ReduceReads reads) {
@@ -201,17 +201,6 @@ HWY_INLINE Moments NchwUnitMomentsT(const Elem<kT>* x, int64_t c, int64_t spatia
     return unit(side);
   }
   return unit(kNoSide);
-}
-
-Moments StatsNchwUnit(DType dtype, const void* x, int64_t c, int64_t spatial, int64_t ch,
-                      int64_t begin, int64_t end, float pivot, ReduceReads reads) {
-  Moments m;
-  ForDType(dtype, [&](auto t) HWY_ATTR {
-    constexpr DType kT = decltype(t)::value;
-    m = NchwUnitMomentsT<kT>(static_cast<const Elem<kT>*>(x), c, spatial, ch, begin, end, pivot,
-                             reads);
-  });
-  return m;
 }
 
 // Units [u0, u1) in one call: one dispatch and one type switch for them all.
@@ -363,7 +352,6 @@ Moments ExactMoments(int64_t count, const ValueAt& value_at) {
 }  // namespace
 
 HWY_EXPORT(ChannelPivots);
-HWY_EXPORT(StatsNchwUnit);
 HWY_EXPORT(StatsNchwUnits);
 HWY_EXPORT(StatsNhwcUnit);
 
@@ -384,13 +372,15 @@ double NchwValue(const void* x, DType dtype, int64_t c, int64_t spatial, int64_t
 
 }  // namespace
 
-Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                      int64_t ch, int64_t begin, int64_t end, float pivot, ReduceReads reads) {
-  const Moments m =
-      BNORM_DISPATCH(StatsNchwUnit, target)(dtype, x, c, spatial, ch, begin, end, pivot, reads);
-  if (Finite(m)) return m;
-  return ExactMoments(end - begin,
-                      [&](int64_t k) { return NchwValue(x, dtype, c, spatial, ch, begin, k); });
+void RedoNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, const NchwUnitCut& cut,
+                   int64_t u0, int64_t u1, Moments* partials) {
+  for (int64_t u = u0; u < u1; ++u) {
+    if (Finite(partials[u])) continue;
+    const NchwUnit unit = cut.Unit(u);
+    partials[u] = ExactMoments(unit.end - unit.begin, [&](int64_t k) {
+      return NchwValue(x, dtype, c, spatial, unit.ch, unit.begin, k);
+    });
+  }
 }
 
 void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
@@ -400,13 +390,7 @@ void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64
                                              partials)) {
     return;
   }
-  for (int64_t u = u0; u < u1; ++u) {
-    if (Finite(partials[u])) continue;
-    const NchwUnit unit = cut.Unit(u);
-    partials[u] = ExactMoments(unit.end - unit.begin, [&](int64_t k) {
-      return NchwValue(x, dtype, c, spatial, unit.ch, unit.begin, k);
-    });
-  }
+  RedoNchwUnits(dtype, x, c, spatial, cut, u0, u1, partials);
 }
 
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,

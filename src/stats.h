@@ -25,21 +25,24 @@ constexpr int64_t kPivotValues = 16;
 void ChannelPivots(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
                    bool nhwc, int64_t values, int64_t c0, int64_t c1, float* pivots);
 
-// NCHW: moments of channel ch over its values [begin, end) in (i, s) order.
-// The mean is absolute (not shifted). reads: where the values come from
-// (ReduceReads in plan.h: how the kernel prefetches; the same bits any way).
-Moments StatsNchwUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
-                      int64_t ch, int64_t begin, int64_t end, float pivot,
-                      ReduceReads reads = ReduceReads::kCached);
-
-// NCHW: StatsNchwUnit of units [u0, u1) of `cut` into partials[u0, u1), each
-// unit from pivots[its channel]; the same bits as one call per unit, in one
-// dispatch. Small batches of 7x7 images make units of a few short runs, where
+// NCHW: moments of units [u0, u1) of `cut` (values [begin, end) of a channel
+// in (i, s) order; absolute means, not shifted) into partials[u0, u1), each
+// unit from pivots[its channel]. reads: where the values come from
+// (ReduceReads in plan.h: how the kernels prefetch; the same bits any way).
+// The bits of a unit do not depend on the range it comes in, and units are
+// taken in one dispatch. Small batches of 7x7 images make units of a few short runs, where
 // the dispatch, type switch and set-up of a call per unit took longer than
 // its sums (2x1024x49 from L2: about 40 ns per unit, 3.5 ns per run).
 void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64_t spatial,
                     const NchwUnitCut& cut, int64_t u0, int64_t u1, const float* pivots,
                     ReduceReads reads, Moments* partials);
+
+// The units of [u0, u1) whose partials are not finite (float sums that
+// overflowed or cannot be trusted: the kernels return NaN for those) summed
+// again in double. StatsNchwUnits does it; the kernels that sum the next
+// group while they write (stats_apply.h) call it after.
+void RedoNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, const NchwUnitCut& cut,
+                   int64_t u0, int64_t u1, Moments* partials);
 
 // NHWC: moments of channels [c0, c0 + width) over rows [row_begin, row_end),
 // as arrays: mean[0, width) and m2[0, width), all of count

@@ -111,14 +111,11 @@ bool StatsWhileNormalizing(int64_t target, DType dtype, const void* x, void* y, 
                                                      stream, epi)) {
     return false;
   }
-  // Units whose float sums cannot be trusted: StatsNchwUnit sums them again
-  // (in float, then in double), as it would have had they been summed there.
-  ForEachNchwUnit(units.c0, units.c1, units.units_per_channel, units.unit_len, n * spatial,
-                  [&](int64_t u, const NchwUnit& t) {
-                    if (Finite(units.partials[u])) return;
-                    units.partials[u] = StatsNchwUnit(target, dtype, x, c, spatial, t.ch, t.begin,
-                                                      t.end, units.pivots[t.ch]);
-                  });
+  // Units whose float sums cannot be trusted (the same float sums as
+  // StatsNchwUnits', so the same verdict): summed again in double, as there.
+  const NchwUnitCut cut{units.units_per_channel, units.unit_len, n * spatial};
+  RedoNchwUnits(dtype, x, c, spatial, cut, units.c0 * units.units_per_channel,
+                units.c1 * units.units_per_channel, units.partials);
   return true;
 }
 

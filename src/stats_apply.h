@@ -3,7 +3,7 @@
 // output is written, in one loop. The next group's reads from memory then
 // overlap the current group's writes, as a copy's do, and its sums need no
 // pass of their own over L2 (docs/performance-history.md). Each unit's moments are
-// those StatsNchwUnit gives, bit for bit: the same kernels run with the writes
+// those StatsNchwUnits gives, bit for bit: the same kernels run with the writes
 // interleaved between their steps.
 #ifndef BNORM_SRC_STATS_APPLY_H_
 #define BNORM_SRC_STATS_APPLY_H_
