@@ -54,9 +54,13 @@ inline void ReplicatePeriod(float* arrays, int arrays_count, const Problem& p, i
   }
 }
 
-// Values [begin, end) of NCHW unit u, and its channel.
+// The plan's cut of NCHW channels into units, and unit u of it: values
+// [begin, end) of its channel.
+NchwUnitCut NchwCut(const Problem& p, const ReductionPlan& rp) {
+  return NchwUnitCut{rp.units_per_channel, rp.unit_len, p.Values()};
+}
 NchwUnit NchwUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
-  return NchwUnitOf(u, rp.units_per_channel, rp.unit_len, p.Values());
+  return NchwCut(p, rp).Unit(u);
 }
 
 // Whether NCHW reductions that nothing prefetched read from DRAM a unit per
@@ -332,8 +336,7 @@ struct StatsReduction {
   }
   void Reduce(int64_t u0, int64_t u1, ReduceReads reads) const {
     if (!rp.nhwc) {
-      const NchwUnitCut cut{rp.units_per_channel, rp.unit_len, p.Values()};
-      StatsNchwUnits(target, p.dtype, x, p.c, p.spatial, cut, u0, u1, pivots, reads,
+      StatsNchwUnits(target, p.dtype, x, p.c, p.spatial, NchwCut(p, rp), u0, u1, pivots, reads,
                      partials.units);
       return;
     }
@@ -711,9 +714,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
 
   const auto reduce = [&](int64_t u0, int64_t u1, ReduceReads reads) {
     if (!rp.nhwc) {
-      const NchwUnitCut cut{rp.units_per_channel, rp.unit_len, p.Values()};
-      GradSumsNchwUnits(target, p.dtype, x, dy, y, p.c, p.spatial, cut, u0, u1, mean, reads,
-                        parts.units);
+      GradSumsNchwUnits(target, p.dtype, x, dy, y, p.c, p.spatial, NchwCut(p, rp), u0, u1, mean,
+                        reads, parts.units);
       return;
     }
     for (int64_t u = u0; u < u1; ++u) {
