@@ -101,6 +101,7 @@ def chart(runs, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     series = collections.OrderedDict()  # (label, impl) -> {(op, shape, layout): ratio}
     groups = collections.OrderedDict()  # (shape, layout) in order of appearance
@@ -128,6 +129,16 @@ def chart(runs, out):
                 ax.bar(xs, ys, width, label=name, color=colors[i % len(colors)])
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        # Plain numbers on the log axis: matplotlib labels only powers of ten,
+        # and a panel whose bars all lie between 0.7 and 2 showed one label.
+        lo, hi = ax.get_ylim()
+        ticks = [t for t in (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.3, 1.5, 1.6, 2, 2.5,
+                             3, 4, 5, 7, 10, 20, 30, 50, 100) if lo <= t <= hi]
+        dense = len(ticks) <= 12
+        ticks = [t for t in ticks if dense or t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)]
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylabel("time / copy time")
         ax.set_title(op + " (lower is better; 1 = a copy of the same bytes)")
         ax.set_xticks(range(len(groups)))
