@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <limits>
+#include <type_traits>
 
 #include "config.h"  // first: dispatch configuration
 
@@ -95,6 +97,56 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   };
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
   const int64_t ahead = AheadRows(rows_per_period, (kMask ? 3 : 2) * positions * sizeof(Elem<kT>));
+  // Rows of one or two vectors: the sums in registers for a whole block, as
+  // in StatsNhwcUnitT; the same adds in the same order as the loop below,
+  // which then finds no row left.
+  const auto in_registers = [&](auto vectors) HWY_ATTR {
+    constexpr size_t kVectors = decltype(vectors)::value;
+    using V = hn::Vec<decltype(df)>;
+    V s_dy[kVectors], s_xmu[kVectors], mu[kVectors];
+    for (size_t v = 0; v < kVectors; ++v) mu[v] = hn::Load(df, pmean + v * N);
+    const auto load = [&]() HWY_ATTR {
+      for (size_t v = 0; v < kVectors; ++v) {
+        s_dy[v] = hn::Load(df, sum_dy + v * N);
+        s_xmu[v] = hn::Load(df, sum_dy_xmu + v * N);
+      }
+    };
+    const auto store = [&]() HWY_ATTR {
+      for (size_t v = 0; v < kVectors; ++v) {
+        hn::Store(s_dy[v], df, sum_dy + v * N);
+        hn::Store(s_xmu[v], df, sum_dy_xmu + v * N);
+      }
+    };
+    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
+    load();
+    for (; r + rows_per_period <= row_end; r += rows_per_period) {
+      const int64_t at = r * c + c0;
+      if (r + lead + rows_per_period <= row_end) {
+        constexpr size_t kStep = N * sizeof(Elem<kT>);
+        for (size_t v = 0; v < kVectors; ++v) {
+          const int64_t e = at + lead * c + static_cast<int64_t>(v * N);
+          PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(x + e));
+          PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(dy + e));
+          if constexpr (kMask) PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(y + e));
+        }
+      }
+      for (size_t v = 0; v < kVectors; ++v) {
+        const int64_t e = at + static_cast<int64_t>(v * N);
+        const V g = SumsGrad<kT, kMask>(df, dy + e, kMask ? y + e : nullptr);
+        s_dy[v] = hn::Add(s_dy[v], g);
+        s_xmu[v] = hn::MulAdd(g, hn::Sub(LoadF32<kT>(df, x + e), mu[v]), s_xmu[v]);
+      }
+      if (++steps == kBlockSteps) {
+        store();
+        fold();
+        steps = 0;
+        load();
+      }
+    }
+    store();
+  };
+  if (positions == N) in_registers(std::integral_constant<size_t, 1>());
+  if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
   for (const size_t rows : {size_t{4}, size_t{1}}) {
     if (rows > static_cast<size_t>(rows_at_once)) continue;
     const int64_t span = static_cast<int64_t>(rows) * rows_per_period;
