@@ -97,9 +97,10 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   };
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a fold");
   const int64_t ahead = AheadRows(rows_per_period, (kMask ? 3 : 2) * positions * sizeof(Elem<kT>));
-  // Rows of one or two vectors: the sums in registers for a whole block, as
-  // in StatsNhwcUnitT; the same adds in the same order as the loop below,
-  // which then finds no row left.
+  // Periods of one or two vectors: the sums in registers for a whole block,
+  // as in StatsNhwcUnitT; the same adds in the same order as the loop
+  // below, which then finds no row left (rows_at_once only decides the
+  // prefetch here).
   const auto in_registers = [&](auto vectors) HWY_ATTR {
     constexpr size_t kVectors = decltype(vectors)::value;
     using V = hn::Vec<decltype(df)>;

@@ -213,7 +213,9 @@ struct ExecutionPlan {
   // Four save state traffic from cache; one row at a time keeps a single
   // read stream, which reads DRAM faster (NHWC training 32x256x56x56, a
   // 103 MB tensor, 3.1x -> 2.4x the inference time on Zen 3). Same sums in
-  // the same order either way.
+  // the same order either way. Periods of one or two vectors keep their
+  // sums in registers for a block whatever this says (then it only decides
+  // whether the rows ahead are prefetched).
   int64_t reduce_rows_at_once = 4;
   // Inputs beyond the LLC: the reductions prefetch their reads
   // kStreamPrefetchBytes ahead (lookahead.h): NCHW along the unit's walk

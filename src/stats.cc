@@ -138,15 +138,18 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     steps = 0;
   };
   int64_t r = row_begin;
-  // Rows of one or two vectors (C = 8, 16 or 32 on AVX-512): the sums stay
-  // in registers for a whole block. Through the arrays, each row's adds
-  // waited for the stores of the row before (C = 8 from L2: 4.5 cycles a
-  // vector). Rows of three or more vectors have enough independent chains
-  // and measured level either way. The same adds in the same order as
-  // below, which then find no row left.
+  // Periods of one or two vectors (C dividing 16, or 32, on AVX-512; C
+  // dividing 16 on AVX2; blocks of 16 or 32 channels): the sums stay in
+  // registers for a whole block. Through the arrays, each group of rows
+  // (four within the LLC, one beyond) waited for the stores of the group
+  // before (C = 8 from L2: 4.5 cycles a vector). Periods of three or more
+  // vectors have enough independent chains and measured level either way.
+  // The same adds in the same order as below, which then find no row left;
+  // rows_at_once only decides the prefetch here.
+  constexpr size_t N = hn::MaxLanes(hn::ScalableTag<float>());
+  const int64_t ahead = AheadRows(rows_per_period, positions * sizeof(Elem<kT>));
   const auto in_registers = [&](auto vectors) HWY_ATTR {
     constexpr size_t kVectors = decltype(vectors)::value;
-    constexpr size_t N = hn::MaxLanes(df);
     using V = hn::Vec<decltype(df)>;
     V s[kVectors], q[kVectors], t[kVectors];
     const auto load = [&]() HWY_ATTR {
@@ -162,16 +165,14 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
         hn::Store(q[v], df, sum_sq + v * N);
       }
     };
-    const int64_t ahead = rows_at_once == 1
-                              ? AheadRows(rows_per_period, positions * sizeof(Elem<kT>))
-                              : std::numeric_limits<int64_t>::max() / 2;
+    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
     load();
     for (; r + rows_per_period <= row_end; r += rows_per_period) {
       const Elem<kT>* HWY_RESTRICT row = x + r * c + c0;
-      if (r + ahead + rows_per_period <= row_end) {
+      if (r + lead + rows_per_period <= row_end) {
         for (size_t v = 0; v < kVectors; ++v) {
           PrefetchStepToL2<N * sizeof(Elem<kT>)>(
-              reinterpret_cast<uintptr_t>(x + (r + ahead) * c + c0 + v * N));
+              reinterpret_cast<uintptr_t>(x + (r + lead) * c + c0 + v * N));
         }
       }
       for (size_t v = 0; v < kVectors; ++v) {
@@ -187,9 +188,8 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     }
     store();
   };
-  const size_t lanes = hn::MaxLanes(df);
-  if (positions == lanes) in_registers(std::integral_constant<size_t, 1>());
-  if (positions == 2 * lanes) in_registers(std::integral_constant<size_t, 2>());
+  if (positions == N) in_registers(std::integral_constant<size_t, 1>());
+  if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a close");
   for (; rows_at_once == 4 && r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
@@ -200,7 +200,6 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // One row at a time: tensors beyond the LLC (ExecutionPlan::
   // reduce_rows_at_once), whose rows kStreamPrefetchBytes on (AheadRows) are
   // fetched while this one is summed.
-  const int64_t ahead = AheadRows(rows_per_period, positions * sizeof(Elem<kT>));
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
     const int64_t next = r + ahead;
     ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq,
