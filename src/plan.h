@@ -162,7 +162,8 @@ enum class RowStores { kGrouped, kSequential };
 //    then the same units are applied, each thread taking the units it reduced
 //    in reverse order, so the most recently read data (still in L2/LLC) goes
 //    first; beyond the LLC the apply pass goes over the flat tensor instead
-//    (flat_apply). Used when channels are fewer than threads or larger than L2, and
+//    (flat_apply), each thread taking a contiguous piece of it, its last task
+//    first. Used when channels are fewer than threads or larger than L2, and
 //    for NHWC.
 // The reduction units and their merge order are the same in both: the
 // strategy never changes a result bit.
@@ -204,7 +205,8 @@ struct ExecutionPlan {
   int64_t apply_units = 0;        // kTwoPhase: units of the apply pass
   // kTwoPhase with inputs beyond the LLC: the apply pass re-reads them from
   // DRAM whichever thread runs it, so it goes over the flat tensor in
-  // contiguous tasks (ElementwisePlan) instead of unit by unit in reverse.
+  // contiguous tasks (ElementwisePlan) instead of unit by unit (still from
+  // the end of each thread's piece: what the LLC kept comes first).
   // NCHW units are runs `c * spatial` apart; contiguous tasks keep each
   // stream on a few pages (measured with bnorm_bench: docs/performance-history.md).
   bool flat_apply = false;
