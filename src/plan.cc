@@ -131,7 +131,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
     const int64_t by_balance = std::max<int64_t>(1, p.c / (4 * int64_t{plan.threads}));
     const int64_t by_overhead = CeilDiv(kMinTaskElems, p.Values());
     plan.channels_per_task = std::min(by_cache, std::max(by_balance, by_overhead));
-    plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc / 2);
+    plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc);
     return plan;
   }
   plan.strategy = Strategy::kTwoPhase;
@@ -142,7 +142,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   // NCHW units apply one channel's runs at a time: stream only when the runs
   // are long enough that their partial edge lines do not matter (flat tasks
   // store whole lines across channel boundaries).
-  plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc / 2) &&
+  plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc) &&
                        (p.nhwc || plan.flat_apply || p.spatial * p.ElemBytes() >= 4096);
   return plan;
 }

@@ -248,10 +248,15 @@ constexpr int64_t kMinTaskElems = int64_t{1} << 14;
 int UsefulThreads(int64_t elements, int threads);
 // True when the output should bypass the caches: the call's `tensors` (inputs
 // and output) together overflow `cache_bytes`, and the output is written in
-// runs long enough for whole-line non-temporal stores. Elementwise passes
-// compare with the LLC; reduce-then-apply passes with half of it, since
-// their inputs must stay cached between the passes (measured on Zen 3:
-// training 4096x1024 1.55 -> 1.2-1.3 ms, 32x2048x7x7 0.89 -> 0.82 ms).
+// runs long enough for whole-line non-temporal stores. Every pass compares
+// with the LLC the planner counts (UsableLlc). Reduce-then-apply passes
+// compared with half of it while that was the whole L3 a guest reported
+// (Zen 3, 32 MiB: training 4096x1024 1.55 -> 1.2-1.3 ms, 32x2048x7x7 0.89 ->
+// 0.82 ms); with at most kLlcPerCpu counted, half of it streamed outputs that
+// fit: training of 1x64x112x112 (x and y 6.4 MB, 2 threads, Zen 4 guest,
+// tools/call_timer.cc, warm, medians of 6) NHWC 109 -> 85 us, NCHW 74 -> 64
+// with the output cached; with x evicted beforehand 4-14 % slower, as the
+// stores then read their lines from DRAM first.
 bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes);
 
 // Placement of scratch arrays that a kernel walks in step with a tensor.
