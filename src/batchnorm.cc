@@ -241,12 +241,17 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
   if (!apply) return;
   if (plan.flat_apply) {
     // Each thread takes a contiguous piece of the flat tensor and walks its
-    // tasks from the last to the first: what the reduction read last (the
-    // end of each thread's units) is what L2 and the LLC still hold, read
-    // again before this walk evicts it; forward, the walk evicted it first.
-    // Zen 4 guest, tools/call_timer.cc, evicted, medians of 8-16 alternated
-    // runs: NHWC backward 5-11 % faster on 1 thread (32x64x56x56, 8x64x6144)
-    // and 5-9 % on 2 (32x64x56x56, 4096x1024); training within the noise.
+    // tasks from the last to the first. Where a thread's reduction units are
+    // a contiguous range of rows (NHWC, one block of up to 1024 channels),
+    // what it read last is what L2 and the LLC still hold, read again here
+    // before this walk evicts it; forward, the walk evicted it first. Zen 4
+    // guest, tools/call_timer.cc, evicted, medians of 8-16 alternated runs:
+    // NHWC backward 5-11 % faster on 1 thread (32x64x56x56, 8x64x6144) and
+    // 5-9 % on 2 (32x64x56x56, 4096x1024); training, NCHW (256x3x224x224)
+    // and two-block NHWC (32x2048x7x7) level. A task's streaming prefetch
+    // still runs past its end, into the task done just before: ~6 % of an
+    // f32 task's lines are not prefetched ahead (tasks of four times the
+    // size measured alike).
     const int64_t elems = p.Elements(), grain = ep.task_elems;
     ParallelForStatic(ctx, ep.num_tasks, single, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t1; t-- > t0;) apply_flat(t * grain, std::min(elems, (t + 1) * grain));
@@ -435,7 +440,8 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
                                          StatsWhileNormalizingRuns(target, p.dtype, p.spatial),
                                          DetectedNextGroupPolicy(), DetectedCacheSizes());
   const ExecutionPlan plan =
-      PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes(), next);
+      PlanExecution(p, rp, /*tensors_read=*/1, ContextThreads(ctx), DetectedCacheSizes(), next,
+                    /*apply_only=*/epi.z != nullptr ? 1 : 0);
   const int64_t klen = ConstantsLength(p, ep);
 
   ScratchLayout layout;
@@ -637,7 +643,8 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       DetectedNextGroupPolicy(), DetectedCacheSizes());
   const ExecutionPlan plan =
       empty ? ExecutionPlan()
-            : PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes(), next);
+            : PlanExecution(p, rp, tensors_read, ContextThreads(ctx), DetectedCacheSizes(), next,
+                            /*apply_only=*/args.dz != nullptr ? 1 : 0);
   const bool apply_pass = dx != nullptr || dz != nullptr;
   const int64_t klen = apply_pass ? ConstantsLength(p, ep) : 0;
   const bool reduce_pass = need_sums && !given_sums && !empty;

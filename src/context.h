@@ -196,9 +196,13 @@ void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const B
 }
 
 // Calls body(begin, end) over [0, count) split evenly into one contiguous
-// piece per thread, in a pattern that repeats from call to call for the same
-// count: a second pass over the same items lands on the threads (and caches)
-// of the first. Runs inline when single_thread.
+// piece per thread, in a pattern that repeats from call to call: a second
+// pass over the same items lands on the threads (and caches) of the first.
+// oneTBB's static partitioner sends piece k to the k-th arena slot from the
+// caller's (an affinity hint, partitioner.h) whatever the count, so passes
+// over the same data in different units (a reduction's units, then flat
+// tasks) line up too; where they do not, only speed changes. Runs inline
+// when single_thread.
 template <typename Body>
 void ParallelForStatic(const bnorm_context* ctx, int64_t count, bool single_thread,
                        const Body& body) {

@@ -105,11 +105,13 @@ NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGrou
 }
 
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
-                            int threads, const CacheSizes& caches, NextGroup next) {
+                            int threads, const CacheSizes& caches, NextGroup next,
+                            int apply_only) {
   ExecutionPlan plan;
   plan.threads = UsefulThreads(p.Elements() * tensors_read, threads);
   const int64_t slice_bytes = p.Values() * tensors_read * p.ElemBytes();
   plan.inputs_beyond_llc = p.Elements() * tensors_read * p.ElemBytes() > caches.llc;
+  const int touched = tensors_read + apply_only + 1;  // and the output
   // Groups of channels fill half of L2 where the next group is prefetched;
   // the rest holds the lines on their way in and out (three quarters measured
   // slower for backward on Zen 3). Where it is reduced in the write's loop, a
@@ -131,7 +133,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
     const int64_t by_balance = std::max<int64_t>(1, p.c / (4 * int64_t{plan.threads}));
     const int64_t by_overhead = CeilDiv(kMinTaskElems, p.Values());
     plan.channels_per_task = std::min(by_cache, std::max(by_balance, by_overhead));
-    plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc);
+    plan.stream_output = ShouldStream(p, touched, caches.llc);
     return plan;
   }
   plan.strategy = Strategy::kTwoPhase;
@@ -142,7 +144,7 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   // NCHW units apply one channel's runs at a time: stream only when the runs
   // are long enough that their partial edge lines do not matter (flat tasks
   // store whole lines across channel boundaries).
-  plan.stream_output = ShouldStream(p, tensors_read + 1, caches.llc) &&
+  plan.stream_output = ShouldStream(p, touched, caches.llc) &&
                        (p.nhwc || plan.flat_apply || p.spatial * p.ElemBytes() >= 4096);
   return plan;
 }

@@ -203,10 +203,10 @@ struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;
   int64_t channels_per_task = 1;  // kChannelFused: channels per group
   int64_t apply_units = 0;        // kTwoPhase: units of the apply pass
-  // kTwoPhase with inputs beyond the LLC: the apply pass re-reads them from
-  // DRAM whichever thread runs it, so it goes over the flat tensor in
-  // contiguous tasks (ElementwisePlan) instead of unit by unit (still from
-  // the end of each thread's piece: what the LLC kept comes first).
+  // kTwoPhase with inputs beyond the LLC: the apply pass re-reads most of
+  // them from DRAM, so it goes over the flat tensor in contiguous tasks
+  // (ElementwisePlan) instead of unit by unit; each thread still starts from
+  // the end of its piece, where what the caches kept lies.
   // NCHW units are runs `c * spatial` apart; contiguous tasks keep each
   // stream on a few pages (measured with bnorm_bench: docs/performance-history.md).
   bool flat_apply = false;
@@ -229,11 +229,14 @@ struct ExecutionPlan {
   int threads = 1;  // threads worth using (small tensors use fewer)
 };
 
-// tensors_read: tensors the reduce pass reads (1 forward, 2 backward).
-// next: how the kernels of a channel-fused plan would step to the next group.
+// tensors_read: tensors the reduce pass reads (1 forward, 2 backward; 3 with
+// the ReLU mask's y). next: how the kernels of a channel-fused plan would
+// step to the next group. apply_only: tensors the apply pass alone touches
+// besides its output (the fused residual z read, or dz written alongside
+// dx), counted with the others where the output's stores are chosen.
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
                             int threads, const CacheSizes& caches,
-                            NextGroup next = NextGroup::kPrefetch);
+                            NextGroup next = NextGroup::kPrefetch, int apply_only = 0);
 
 // Elements each task of a reduce-then-apply plan touches (for the fused
 // strategy a channel group, for two-phase a reduction unit), in task order.
@@ -254,9 +257,10 @@ int UsefulThreads(int64_t elements, int threads);
 // (Zen 3, 32 MiB: training 4096x1024 1.55 -> 1.2-1.3 ms, 32x2048x7x7 0.89 ->
 // 0.82 ms); with at most kLlcPerCpu counted, half of it streamed outputs that
 // fit: training of 1x64x112x112 (x and y 6.4 MB, 2 threads, Zen 4 guest,
-// tools/call_timer.cc, warm, medians of 6) NHWC 109 -> 85 us, NCHW 74 -> 64
-// with the output cached; with x evicted beforehand 4-14 % slower, as the
-// stores then read their lines from DRAM first.
+// tools/call_timer.cc, warm, medians of 6 alternated) NHWC 109 -> 85 us,
+// NCHW 74 -> 64 with the output cached (streamed, y goes to DRAM, and single
+// runs the same hour took 150-160 us NHWC); with the tensors evicted
+// beforehand 4-14 % slower, as the stores then read y's lines first.
 bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes);
 
 // Placement of scratch arrays that a kernel walks in step with a tensor.

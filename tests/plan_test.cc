@@ -210,8 +210,8 @@ TEST(Plan, NextGroupFollowsThePolicy) {
 
 // Reduce-then-apply strategies: channel-fused where a channel's slice fits
 // L2; two-phase otherwise, whose apply pass goes over the flat tensor
-// exactly when the reduce pass's inputs overflow the LLC (it re-reads DRAM
-// then, whichever thread applies), and unit by unit in reverse otherwise.
+// exactly when the reduce pass's inputs overflow the LLC (it re-reads them
+// mostly from DRAM then), and unit by unit in reverse otherwise.
 // Every strategy records whether those inputs overflow the LLC (how the
 // short-run kernels prefetch: ReduceReads); two-phase reductions then stream
 // their reads ahead.
@@ -221,31 +221,55 @@ TEST(Plan, StrategyAndApplyOrder) {
     for (int tensors : {1, 2}) {
       for (int threads : {1, 2, 16}) {
         for (NextGroup next : {NextGroup::kPrefetch, NextGroup::kReduce}) {
-          SCOPED_TRACE(testing::Message()
-                       << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc << " tensors="
-                       << tensors << " threads=" << threads << " next=" << static_cast<int>(next));
-          const ExecutionPlan plan =
-              PlanExecution(p, PlanReduction(p), tensors, threads, caches, next);
-          const int64_t slice = p.Values() * tensors * p.ElemBytes();
-          const int64_t read = p.Elements() * tensors * p.ElemBytes();
-          const bool fused = !p.nhwc && slice <= caches.l2 && p.c >= plan.threads;
-          EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
-          EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
-          EXPECT_EQ(plan.inputs_beyond_llc, read > caches.llc);
-          EXPECT_EQ(plan.reduce_ahead, !fused && read > caches.llc);
-          // Outputs bypass the caches exactly where inputs and output
-          // overflow the LLC (NCHW two-phase units of short runs excepted:
-          // their edge lines would be written in parts).
-          const bool overflow = read + p.Elements() * p.ElemBytes() > caches.llc;
-          if (plan.stream_output) {
-            EXPECT_TRUE(overflow);
-          }
-          if (overflow && (p.nhwc || fused || plan.flat_apply)) {
-            EXPECT_EQ(plan.stream_output, p.nhwc || p.spatial >= kMaxLanes);
+          for (int apply_only : {0, 1}) {
+            SCOPED_TRACE(testing::Message()
+                         << p.n << "x" << p.c << "x" << p.spatial << " nhwc=" << p.nhwc
+                         << " tensors=" << tensors << " threads=" << threads
+                         << " next=" << static_cast<int>(next) << " apply_only=" << apply_only);
+            const ExecutionPlan plan =
+                PlanExecution(p, PlanReduction(p), tensors, threads, caches, next, apply_only);
+            const int64_t slice = p.Values() * tensors * p.ElemBytes();
+            const int64_t read = p.Elements() * tensors * p.ElemBytes();
+            const bool fused = !p.nhwc && slice <= caches.l2 && p.c >= plan.threads;
+            EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
+            EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
+            EXPECT_EQ(plan.inputs_beyond_llc, read > caches.llc);
+            EXPECT_EQ(plan.reduce_ahead, !fused && read > caches.llc);
+            // Outputs bypass the caches exactly where every tensor of the
+            // call (inputs, the apply pass's own, the output) together
+            // overflows the LLC (NCHW two-phase units of short runs
+            // excepted: their edge lines would be written in parts).
+            const bool overflow =
+                read + (1 + apply_only) * p.Elements() * p.ElemBytes() > caches.llc;
+            if (plan.stream_output) {
+              EXPECT_TRUE(overflow);
+            }
+            if (overflow && (p.nhwc || fused || plan.flat_apply)) {
+              EXPECT_EQ(plan.stream_output, p.nhwc || p.spatial >= kMaxLanes);
+            }
           }
         }
       }
     }
+  }
+}
+
+// The stores' choice at its edge: tensors of exactly the LLC stay cached,
+// a vector more per channel streams; a residual or second output counts.
+TEST(Plan, StreamThreshold) {
+  const CacheSizes caches;  // 8 MiB LLC
+  const int64_t half = caches.llc / 2 / static_cast<int64_t>(sizeof(float));
+  for (bool nhwc : {false, true}) {
+    SCOPED_TRACE(nhwc ? "NHWC" : "NCHW");
+    // x and y of 4 MiB each: 8 MiB in all.
+    const Problem at = Canonicalize(1, 4, half / 4, nhwc);
+    const Problem over = Canonicalize(1, 4, half / 4 + kMaxLanes, nhwc);
+    EXPECT_FALSE(PlanExecution(at, PlanReduction(at), 1, 2, caches).stream_output);
+    EXPECT_TRUE(PlanExecution(over, PlanReduction(over), 1, 2, caches).stream_output);
+    EXPECT_TRUE(
+        PlanExecution(at, PlanReduction(at), 1, 2, caches, NextGroup::kPrefetch, 1).stream_output);
+    EXPECT_FALSE(ShouldStream(at, 2, caches.llc));
+    EXPECT_TRUE(ShouldStream(over, 2, caches.llc));
   }
 }
 
