@@ -104,47 +104,47 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   const auto in_registers = [&](auto vectors) HWY_ATTR {
     constexpr size_t kVectors = decltype(vectors)::value;
     using V = hn::Vec<decltype(df)>;
-    V s_dy[kVectors], s_xmu[kVectors], mu[kVectors];
-    for (size_t v = 0; v < kVectors; ++v) mu[v] = hn::Load(df, pmean + v * N);
-    const auto load = [&]() HWY_ATTR {
+    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
+    // A block per turn, its sums in locals no lambda captures (as in
+    // StatsNhwcUnitT: GCC kept captured ones on the stack for bf16/f16).
+    while (r + rows_per_period <= row_end) {
+      V s_dy[kVectors], s_xmu[kVectors], mu[kVectors];
       for (size_t v = 0; v < kVectors; ++v) {
         s_dy[v] = hn::Load(df, sum_dy + v * N);
         s_xmu[v] = hn::Load(df, sum_dy_xmu + v * N);
+        mu[v] = hn::Load(df, pmean + v * N);
       }
-    };
-    const auto store = [&]() HWY_ATTR {
+      // Rows of this block: a counted loop.
+      const int64_t rows = std::min<int64_t>(static_cast<int64_t>(kBlockSteps - steps),
+                                             (row_end - r) / rows_per_period);
+      for (int64_t k = 0; k < rows; ++k, r += rows_per_period) {
+        const int64_t at = r * c + c0;
+        if (r + lead + rows_per_period <= row_end) {
+          constexpr size_t kStep = N * sizeof(Elem<kT>);
+          for (size_t v = 0; v < kVectors; ++v) {
+            const int64_t e = at + lead * c + static_cast<int64_t>(v * N);
+            PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(x + e));
+            PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(dy + e));
+            if constexpr (kMask) PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(y + e));
+          }
+        }
+        for (size_t v = 0; v < kVectors; ++v) {
+          const int64_t e = at + static_cast<int64_t>(v * N);
+          const V g = SumsGrad<kT, kMask>(df, dy + e, kMask ? y + e : nullptr);
+          s_dy[v] = hn::Add(s_dy[v], g);
+          s_xmu[v] = hn::MulAdd(g, hn::Sub(LoadF32<kT>(df, x + e), mu[v]), s_xmu[v]);
+        }
+      }
+      steps += static_cast<size_t>(rows);
       for (size_t v = 0; v < kVectors; ++v) {
         hn::Store(s_dy[v], df, sum_dy + v * N);
         hn::Store(s_xmu[v], df, sum_dy_xmu + v * N);
       }
-    };
-    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
-    load();
-    for (; r + rows_per_period <= row_end; r += rows_per_period) {
-      const int64_t at = r * c + c0;
-      if (r + lead + rows_per_period <= row_end) {
-        constexpr size_t kStep = N * sizeof(Elem<kT>);
-        for (size_t v = 0; v < kVectors; ++v) {
-          const int64_t e = at + lead * c + static_cast<int64_t>(v * N);
-          PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(x + e));
-          PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(dy + e));
-          if constexpr (kMask) PrefetchStepToL2<kStep>(reinterpret_cast<uintptr_t>(y + e));
-        }
-      }
-      for (size_t v = 0; v < kVectors; ++v) {
-        const int64_t e = at + static_cast<int64_t>(v * N);
-        const V g = SumsGrad<kT, kMask>(df, dy + e, kMask ? y + e : nullptr);
-        s_dy[v] = hn::Add(s_dy[v], g);
-        s_xmu[v] = hn::MulAdd(g, hn::Sub(LoadF32<kT>(df, x + e), mu[v]), s_xmu[v]);
-      }
-      if (++steps == kBlockSteps) {
-        store();
+      if (steps == kBlockSteps) {
         fold();
         steps = 0;
-        load();
       }
     }
-    store();
   };
   if (positions == N) in_registers(std::integral_constant<size_t, 1>());
   if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());

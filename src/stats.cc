@@ -148,45 +148,47 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // rows_at_once only decides the prefetch here.
   constexpr size_t N = hn::MaxLanes(hn::ScalableTag<float>());
   const int64_t ahead = AheadRows(rows_per_period, positions * sizeof(Elem<kT>));
+  // One block per turn of the outer loop, its sums loaded into locals and
+  // stored back around the inner loop: no lambda takes the vectors by
+  // reference. With load and store lambdas GCC kept the sums of the
+  // two-vector bf16 and f16 instances on the stack (a store and reload per
+  // row: statistics of 2x32x4096 bf16 from L2, 1 thread, 39 us against
+  // f32's 15; 16 us now).
   const auto in_registers = [&](auto vectors) HWY_ATTR {
     constexpr size_t kVectors = decltype(vectors)::value;
     using V = hn::Vec<decltype(df)>;
-    V s[kVectors], q[kVectors], t[kVectors];
-    const auto load = [&]() HWY_ATTR {
+    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
+    while (r + rows_per_period <= row_end) {
+      V s[kVectors], q[kVectors], t[kVectors];
       for (size_t v = 0; v < kVectors; ++v) {
         s[v] = hn::Load(df, sum + v * N);
         q[v] = hn::Load(df, sum_sq + v * N);
         t[v] = hn::Load(df, shift + v * N);
       }
-    };
-    const auto store = [&]() HWY_ATTR {
+      // Rows of this block: a counted loop.
+      const int64_t rows = std::min<int64_t>(static_cast<int64_t>(kBlockSteps - steps),
+                                             (row_end - r) / rows_per_period);
+      for (int64_t k = 0; k < rows; ++k, r += rows_per_period) {
+        const Elem<kT>* HWY_RESTRICT row = x + r * c + c0;
+        if (r + lead + rows_per_period <= row_end) {
+          for (size_t v = 0; v < kVectors; ++v) {
+            PrefetchStepToL2<N * sizeof(Elem<kT>)>(
+                reinterpret_cast<uintptr_t>(x + (r + lead) * c + c0 + v * N));
+          }
+        }
+        for (size_t v = 0; v < kVectors; ++v) {
+          const V e = hn::Sub(LoadF32<kT>(df, row + v * N), t[v]);
+          s[v] = hn::Add(s[v], e);
+          q[v] = hn::MulAdd(e, e, q[v]);
+        }
+      }
+      steps += static_cast<size_t>(rows);
       for (size_t v = 0; v < kVectors; ++v) {
         hn::Store(s[v], df, sum + v * N);
         hn::Store(q[v], df, sum_sq + v * N);
       }
-    };
-    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
-    load();
-    for (; r + rows_per_period <= row_end; r += rows_per_period) {
-      const Elem<kT>* HWY_RESTRICT row = x + r * c + c0;
-      if (r + lead + rows_per_period <= row_end) {
-        for (size_t v = 0; v < kVectors; ++v) {
-          PrefetchStepToL2<N * sizeof(Elem<kT>)>(
-              reinterpret_cast<uintptr_t>(x + (r + lead) * c + c0 + v * N));
-        }
-      }
-      for (size_t v = 0; v < kVectors; ++v) {
-        const V e = hn::Sub(LoadF32<kT>(df, row + v * N), t[v]);
-        s[v] = hn::Add(s[v], e);
-        q[v] = hn::MulAdd(e, e, q[v]);
-      }
-      if (++steps == kBlockSteps) {
-        store();
-        close();
-        load();
-      }
+      if (steps == kBlockSteps) close();
     }
-    store();
   };
   if (positions == N) in_registers(std::integral_constant<size_t, 1>());
   if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
