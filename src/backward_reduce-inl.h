@@ -27,18 +27,49 @@ namespace bnorm {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// The sums of the last values of runs, fewer than a vector per run, in
+// accumulators of kLanes lanes, then half as many, down to one (as TailSums
+// in stats-inl.h): a run's tail [j, len) (len - j < 2 * kLanes) adds each
+// width once at most. One value at a time, each run of 3x3 values was a
+// chain of nine dependent adds.
+template <DType kT, bool kMask, size_t kLanes>
+struct GradTailSums {
+  using D = hn::CappedTag<float, kLanes>;
+  HWY_INLINE GradTailSums() : regs(D()) {}
+
+  HWY_INLINE void Add(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, size_t j,
+                      size_t len, float mean) {
+    if (j + kLanes <= len) {
+      regs.template Add<kT, kMask>(x + j, dy + j, kMask ? y + j : nullptr, 1, hn::Set(D(), mean));
+      j += kLanes;
+    }
+    next.Add(x, dy, y, j, len, mean);
+  }
+  HWY_INLINE void AddTo(GradSums& out) {
+    regs.AddTo(out);
+    next.AddTo(out);
+  }
+
+  GradSumRegisters<D, 1> regs;
+  GradTailSums<kT, kMask, kLanes / 2> next;
+};
+
+template <DType kT, bool kMask>
+struct GradTailSums<kT, kMask, 0> {
+  HWY_INLINE void Add(const Elem<kT>*, const Elem<kT>*, const Elem<kT>*, size_t, size_t, float) {}
+  HWY_INLINE void AddTo(GradSums&) {}
+};
+
 template <DType kT, bool kMask, class Side>
 HWY_INLINE GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
                                       int64_t c, int64_t spatial, int64_t ch, int64_t begin,
                                       int64_t end, float mean, Side& side) {
   const hn::ScalableTag<float> df;
-  const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
   GradSumRegisters<decltype(df), kLongAcc> main(df);
   GradSumRegisters<decltype(df), 1> rest(df);
-  GradSumRegisters<decltype(d1), 1> one(d1);
+  GradTailSums<kT, kMask, N / 2> tail;
   const auto vmean = hn::Set(df, mean);
-  const auto vmean1 = hn::Set(d1, mean);
   int64_t i = begin / spatial;
   int64_t s = begin % spatial;
   for (int64_t pos = begin; pos < end; ++i, s = 0) {
@@ -60,13 +91,13 @@ HWY_INLINE GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, con
     j = groups * kLongAcc * N;
     if (j < len) side.Step(len - j);
     for (; j + N <= len; j += N) rest.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean);
-    for (; j < len; ++j) one.template Add<kT, kMask>(xs + j, gs + j, at(j), 1, vmean1);
+    tail.Add(xs, gs, ys, j, len, mean);
     pos += static_cast<int64_t>(len);
   }
   GradSums sums;
   main.AddTo(sums);
   rest.AddTo(sums);
-  one.AddTo(sums);
+  tail.AddTo(sums);
   return sums;
 }
 
