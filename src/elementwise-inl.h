@@ -1,5 +1,6 @@
-// The store loop shared by the elementwise kernels (normalize, backward apply):
-// full vectors, then a one-lane tail (never a masked or overlapping access, so
+// The store loops shared by the elementwise kernels (normalize, backward
+// apply): full vectors, then a tail in narrower vectors (StoreSpan: 8, 4, 2,
+// 1 lanes) or one lane at a time (never a masked or overlapping access, so
 // unaligned user buffers and in-place calls are safe). With kStream, outputs
 // go around the caches with non-temporal stores after peeling to alignment.
 // Include after hwy/highway.h inside a foreach_target translation unit.
@@ -33,9 +34,9 @@ namespace hn = hwy::HWY_NAMESPACE;
 // kStream, a value function is called with a full-vector tag only for
 // elements whose output address starts an aligned store unit (plus, for
 // 16-bit types, the unit's second f32 vector), every other element with a
-// one-lane tag; so a value function may stream a second output at the same
-// offsets when that output shares the first one's alignment (Grad's dz,
-// backward_apply-inl.h). A value function may be called twice for the same
+// tag of fewer lanes (capped: 8, 4, 2 or 1); so a value function may stream
+// a second output, with full vectors only, at the same offsets when that
+// output shares the first one's alignment (Grad's dz, backward_apply-inl.h). A value function may be called twice for the same
 // elements (ChannelRunWriter, at a channel boundary) and must then store
 // the same values.
 

@@ -63,7 +63,7 @@ struct TailSums {
     }
     next.Add(p, j, len, shift);
   }
-  // Sum and sum of squares, widest accumulators first.
+  // Sum and sum of squares: this width's lanes plus the narrower ones'.
   HWY_INLINE double Sum() const { return SumLanes(D(), sum) + next.Sum(); }
   HWY_INLINE double SumSq() const { return SumLanes(D(), sum_sq) + next.SumSq(); }
 };
