@@ -129,13 +129,16 @@ HWY_INLINE Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial,
         side.Step(kLongAcc * N);
       }
       if (steps == kBlockSteps) break;
-      for (; j + N <= len; j += N, ++rest_steps) {
+      // At most kBlockSteps vectors per block here too: a run's leftover
+      // vectors may straddle two blocks (checked only after each run, up
+      // to kBlockSteps + kLongAcc - 2 got in).
+      for (; j + N <= len && rest_steps < kBlockSteps; j += N, ++rest_steps) {
         const V e = hn::Sub(LoadF32<kT>(df, p + j), vshift);
         rest_sum = hn::Add(rest_sum, e);
         rest_sq = hn::MulAdd(e, e, rest_sq);
         side.Step(N);
       }
-      if (j < len) {
+      if (j < len && j + N > len) {
         side.Step(len - j);
         tail.Add(p, j, len, shift);
         tail_values += len - j;
