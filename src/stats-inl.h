@@ -132,12 +132,14 @@ HWY_INLINE Moments StatsNchwUnitT(const Elem<kT>* x, int64_t c, int64_t spatial,
       // At most kBlockSteps vectors per block here too: a run's leftover
       // vectors may straddle two blocks (checked only after each run, up
       // to kBlockSteps + kLongAcc - 2 got in).
-      for (; j + N <= len && rest_steps < kBlockSteps; j += N, ++rest_steps) {
+      const size_t rest_n = std::min((len - j) / N, kBlockSteps - rest_steps);
+      for (size_t k = 0; k < rest_n; ++k, j += N) {
         const V e = hn::Sub(LoadF32<kT>(df, p + j), vshift);
         rest_sum = hn::Add(rest_sum, e);
         rest_sq = hn::MulAdd(e, e, rest_sq);
         side.Step(N);
       }
+      rest_steps += rest_n;
       if (j < len && j + N > len) {
         side.Step(len - j);
         tail.Add(p, j, len, shift);
