@@ -36,9 +36,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 // 16-bit types, the unit's second f32 vector), every other element with a
 // tag of fewer lanes (capped: 8, 4, 2 or 1); so a value function may stream
 // a second output, with full vectors only, at the same offsets when that
-// output shares the first one's alignment (Grad's dz, backward_apply-inl.h). A value function may be called twice for the same
-// elements (ChannelRunWriter, at a channel boundary) and must then store
-// the same values.
+// output shares the first one's alignment (Grad's dz, backward_apply-inl.h).
+// A value function may be called twice for the same elements
+// (ChannelRunWriter, at a channel boundary) and must then store the same
+// values.
 
 // Elements of out before the first one at which a vector of N lanes of type
 // T (N * sizeof(T) bytes) can be streamed, at most len.
