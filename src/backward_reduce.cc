@@ -29,8 +29,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 template <DType kT, bool kMask>
 bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y, int64_t c,
                        int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
-                       int64_t row_end, const float* mean, int64_t rows_at_once, double* out_dy,
-                       double* out_dy_xmu) {
+                       int64_t row_end, const float* mean, int64_t rows_at_once, bool rows_ahead,
+                       double* out_dy, double* out_dy_xmu) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t N = hn::MaxLanes(df);
@@ -58,8 +58,8 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   int64_t r = row_begin;
   // `rows` consecutive vector rows (stride floats apart) per load of the sums.
   const size_t stride = static_cast<size_t>(rows_per_period * c);
-  // With `ahead`, prefetches the vector row that many elements further on
-  // (one row at a time: AheadRows on, as in StatsNhwcUnitT).
+  // With `ahead`, prefetches the `rows` vector rows that many elements
+  // further on (rows_ahead: AheadRows on, as in StatsNhwcUnitT).
   const auto add_rows = [&](int64_t r0, size_t rows, int64_t ahead) HWY_ATTR {
     const Elem<kT>* xr = x + r0 * c + c0;
     const Elem<kT>* gr = dy + r0 * c + c0;
@@ -71,9 +71,11 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
           PrefetchStepToL2<kStep>(
               reinterpret_cast<uintptr_t>(row + ahead + static_cast<int64_t>(p)));
         };
-        fetch(xr);
-        fetch(gr);
-        if (kMask) fetch(yr);
+        for (size_t k = 0; k < rows; ++k) {
+          fetch(xr + k * stride);
+          fetch(gr + k * stride);
+          if (kMask) fetch(yr + k * stride);
+        }
       }
       const auto mu = load(d, pmean + p);
       auto s_dy = load(d, sum_dy + p);
@@ -99,12 +101,11 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   const int64_t ahead = AheadRows(rows_per_period, (kMask ? 3 : 2) * positions * sizeof(Elem<kT>));
   // Periods of one or two vectors: the sums in registers for a whole block,
   // as in StatsNhwcUnitT; the same adds in the same order as the loop
-  // below, which then finds no row left (rows_at_once only decides the
-  // prefetch here).
+  // below, which then finds no row left (rows_at_once does not apply here).
   const auto in_registers = [&](auto vectors) HWY_ATTR {
     constexpr size_t kVectors = decltype(vectors)::value;
     using V = hn::Vec<decltype(df)>;
-    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
+    const int64_t lead = rows_ahead ? ahead : std::numeric_limits<int64_t>::max() / 2;
     // A block per turn, its sums in locals no lambda captures (as in
     // StatsNhwcUnitT: GCC kept captured ones on the stack for bf16/f16).
     while (r + rows_per_period <= row_end) {
@@ -152,7 +153,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
     if (rows > static_cast<size_t>(rows_at_once)) continue;
     const int64_t span = static_cast<int64_t>(rows) * rows_per_period;
     for (; r + span <= row_end; r += span) {
-      add_rows(r, rows, rows == 1 && r + ahead + span <= row_end ? ahead * c : 0);
+      add_rows(r, rows, rows_ahead && r + ahead + span <= row_end ? ahead * c : 0);
       steps += rows;
       if (steps == kBlockSteps) {
         fold();
@@ -237,15 +238,16 @@ bool GradSumsNchwUnits(DType dtype, const void* x, const void* dy, const void* y
 
 bool GradSumsNhwcUnit(DType dtype, const void* x, const void* dy, const void* y, int64_t c,
                       int64_t c0, int64_t width, int64_t rows_per_period, int64_t row_begin,
-                      int64_t row_end, const float* mean, int64_t rows_at_once, double* sum_dy,
-                      double* sum_dy_xmu) {
+                      int64_t row_end, const float* mean, int64_t rows_at_once, bool rows_ahead,
+                      double* sum_dy, double* sum_dy_xmu) {
   bool finite = true;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     ForFlag(y != nullptr, [&](auto mask) HWY_ATTR {
       constexpr DType kT = decltype(t)::value;
       finite = GradSumsNhwcUnitT<kT, decltype(mask)::value>(BNORM_TYPED_ARGS(kT), c, c0, width,
                                                             rows_per_period, row_begin, row_end,
-                                                            mean, rows_at_once, sum_dy, sum_dy_xmu);
+                                                            mean, rows_at_once, rows_ahead, sum_dy,
+                                                            sum_dy_xmu);
     });
   });
   return finite;
@@ -334,10 +336,10 @@ void GradSumsNchwUnits(int64_t target, DType dtype, const void* x, const void* d
 void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                       int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
                       int64_t row_begin, int64_t row_end, const float* mean, int64_t rows_at_once,
-                      double* sum_dy, double* sum_dy_xmu) {
+                      bool rows_ahead, double* sum_dy, double* sum_dy_xmu) {
   if (BNORM_DISPATCH(GradSumsNhwcUnit, target)(dtype, x, dy, y, c, c0, width, rows_per_period,
-                                               row_begin, row_end, mean, rows_at_once, sum_dy,
-                                               sum_dy_xmu)) {
+                                               row_begin, row_end, mean, rows_at_once, rows_ahead,
+                                               sum_dy, sum_dy_xmu)) {
     return;
   }
   for (int64_t ch = 0; ch < width; ++ch) {

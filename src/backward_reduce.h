@@ -29,12 +29,12 @@ void RedoNchwGradUnits(DType dtype, const void* x, const void* dy, const void* y
 
 // NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into the
 // arrays sum_dy[0, width) and sum_dy_xmu[0, width) (arrays, as in
-// StatsNhwcUnit); mean holds c floats. rows_per_period and rows_at_once as in
-// StatsNhwcUnit.
+// StatsNhwcUnit); mean holds c floats. rows_per_period, rows_at_once and
+// rows_ahead as in StatsNhwcUnit.
 void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                       int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
                       int64_t row_begin, int64_t row_end, const float* mean, int64_t rows_at_once,
-                      double* sum_dy, double* sum_dy_xmu);
+                      bool rows_ahead, double* sum_dy, double* sum_dy_xmu);
 
 }  // namespace bnorm
 

@@ -360,7 +360,7 @@ struct StatsReduction {
       const int64_t at = unit.row_unit * p.c + unit.c0;
       StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period,
                     unit.row_begin, unit.row_end, pivots, plan.reduce_rows_at_once,
-                    partials.mean + at, partials.m2 + at);
+                    plan.reduce_ahead, partials.mean + at, partials.m2 + at);
     }
   }
   // Merges the partials of channels [c0, c1) into merged[c0, c1).
@@ -740,7 +740,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       const int64_t at = unit.row_unit * p.c + unit.c0;
       GradSumsNhwcUnit(target, p.dtype, x, dy, y, p.c, unit.c0, unit.width, rp.rows_per_period,
                        unit.row_begin, unit.row_end, mean, plan.reduce_rows_at_once,
-                       parts.sum_dy + at, parts.sum_dy_xmu + at);
+                       plan.reduce_ahead, parts.sum_dy + at, parts.sum_dy_xmu + at);
     }
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {

@@ -211,17 +211,15 @@ struct ExecutionPlan {
   // stream on a few pages (measured with bnorm_bench: docs/performance-history.md).
   bool flat_apply = false;
   bool stream_output = false;  // non-temporal stores: see ShouldStream
-  // NHWC reductions: vector rows added per load of the per-position sums.
-  // Four save state traffic from cache; one row at a time keeps a single
-  // read stream, which reads DRAM faster (NHWC training 32x256x56x56, a
-  // 103 MB tensor, 3.1x -> 2.4x the inference time on Zen 3). Same sums in
-  // the same order either way. Periods of one or two vectors keep their
-  // sums in registers for a block whatever this says (then it only decides
-  // whether the rows ahead are prefetched).
+  // NHWC reductions: vector rows added per load of the per-position sums
+  // (1 or 4; same sums in the same order either way). Periods of one or two
+  // vectors keep their sums in registers for a block whatever this says.
+  // Four save loads and stores of the sums; one row at a time keeps a single
+  // read stream per input (see PlanExecution for where each is used).
   int64_t reduce_rows_at_once = 4;
   // Inputs beyond the LLC: the reductions prefetch their reads
   // kStreamPrefetchBytes ahead (lookahead.h): NCHW along the unit's walk
-  // (WalkAhead), NHWC that many bytes of rows ahead (reduce_rows_at_once 1).
+  // (WalkAhead), NHWC that many bytes of rows ahead (AheadRows).
   bool reduce_ahead = false;
   // The reduction's inputs overflow the LLC (any strategy): what nothing
   // prefetched comes from DRAM (ReduceReads::kMemory).

@@ -28,7 +28,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 // Shifted sums for `positions` lanes kept in memory (NHWC rows are wider than
 // a register file), all positions sharing one count: adds kRows consecutive
 // vector rows (`stride` floats apart) per load of the sums. With `ahead`
-// (else null), prefetches into L2 the same positions of the vector row there.
+// (else null), prefetches into L2 the same positions of the kRows vector
+// rows from there on.
 template <DType kT, size_t kRows, class DF, class D1>
 HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_RESTRICT row,
                             size_t stride, const float* HWY_RESTRICT shift, float* HWY_RESTRICT sum,
@@ -44,7 +45,9 @@ HWY_INLINE void ShiftedRows(DF df, D1 d1, size_t positions, const Elem<kT>* HWY_
   size_t p = 0;
   for (; p + N <= positions; p += N) {
     if (ahead != nullptr) {
-      PrefetchStepToL2<N * sizeof(Elem<kT>)>(reinterpret_cast<uintptr_t>(ahead + p));
+      for (size_t r = 0; r < kRows; ++r) {
+        PrefetchStepToL2<N * sizeof(Elem<kT>)>(reinterpret_cast<uintptr_t>(ahead + r * stride + p));
+      }
     }
     auto s = hn::Load(df, sum + p);
     auto q = hn::Load(df, sum_sq + p);
@@ -94,7 +97,8 @@ HWY_INLINE void TrustedMoments(size_t width, double count, const double* HWY_RES
 template <DType kT>
 bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
                     int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                    const float* pivots, int64_t rows_at_once, double* out_mean, double* out_m2) {
+                    const float* pivots, int64_t rows_at_once, bool rows_ahead,
+                    double* out_mean, double* out_m2) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t positions = static_cast<size_t>(width * rows_per_period);
@@ -141,11 +145,10 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // Periods of one or two vectors (C dividing 16, or 32, on AVX-512; C
   // dividing 16 on AVX2; blocks of 16 or 32 channels): the sums stay in
   // registers for a whole block. Through the arrays, each group of rows
-  // (four within the LLC, one beyond) waited for the stores of the group
-  // before (C = 8 from L2: 4.5 cycles a vector). Periods of three or more
-  // vectors have enough independent chains and measured level either way.
-  // The same adds in the same order as below, which then find no row left;
-  // rows_at_once only decides the prefetch here.
+  // waited for the stores of the group before (C = 8 from L2: 4.5 cycles a
+  // vector). Periods of three or more vectors have enough independent chains
+  // and measured level either way. The same adds in the same order as below,
+  // which then find no row left (rows_at_once does not apply here).
   constexpr size_t N = hn::MaxLanes(hn::ScalableTag<float>());
   const int64_t ahead = AheadRows(rows_per_period, positions * sizeof(Elem<kT>));
   // One block per turn of the outer loop, its sums loaded into locals and
@@ -157,7 +160,7 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   const auto in_registers = [&](auto vectors) HWY_ATTR {
     constexpr size_t kVectors = decltype(vectors)::value;
     using V = hn::Vec<decltype(df)>;
-    const int64_t lead = rows_at_once == 1 ? ahead : std::numeric_limits<int64_t>::max() / 2;
+    const int64_t lead = rows_ahead ? ahead : std::numeric_limits<int64_t>::max() / 2;
     while (r + rows_per_period <= row_end) {
       V s[kVectors], q[kVectors], t[kVectors];
       for (size_t v = 0; v < kVectors; ++v) {
@@ -194,18 +197,21 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a close");
+  // With rows_ahead (tensors beyond the LLC), the rows kStreamPrefetchBytes
+  // on (AheadRows) are fetched while these are summed.
+  const auto ahead_of = [&](int64_t rows) -> const Elem<kT>* {
+    const int64_t next = r + ahead;
+    return rows_ahead && next + rows * rows_per_period <= row_end ? x + next * c + c0 : nullptr;
+  };
   for (; rows_at_once == 4 && r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
-    ShiftedRows<kT, 4>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq);
+    ShiftedRows<kT, 4>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq, ahead_of(4));
     steps += 4;
     if (steps == kBlockSteps) close();
   }
-  // One row at a time: tensors beyond the LLC (ExecutionPlan::
-  // reduce_rows_at_once), whose rows kStreamPrefetchBytes on (AheadRows) are
-  // fetched while this one is summed.
+  // One row at a time: rows_at_once 1, or the last rows of the unit.
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
-    const int64_t next = r + ahead;
     ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq,
-                       next + rows_per_period <= row_end ? x + next * c + c0 : nullptr);
+                       ahead_of(1));
     steps += 1;
     if (steps == kBlockSteps) close();
   }
@@ -283,12 +289,12 @@ bool StatsNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, cons
 
 bool StatsNhwcUnit(DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
-                   int64_t rows_at_once, double* mean, double* m2) {
+                   int64_t rows_at_once, bool rows_ahead, double* mean, double* m2) {
   bool finite = true;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     finite = StatsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), c, c0, width, rows_per_period,
-                                row_begin, row_end, pivots, rows_at_once, mean, m2);
+                                row_begin, row_end, pivots, rows_at_once, rows_ahead, mean, m2);
   });
   return finite;
 }
@@ -448,9 +454,9 @@ void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64
 
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
-                   int64_t rows_at_once, double* mean, double* m2) {
+                   int64_t rows_at_once, bool rows_ahead, double* mean, double* m2) {
   if (BNORM_DISPATCH(StatsNhwcUnit, target)(dtype, x, c, c0, width, rows_per_period, row_begin,
-                                            row_end, pivots, rows_at_once, mean, m2)) {
+                                            row_end, pivots, rows_at_once, rows_ahead, mean, m2)) {
     return;
   }
   for (int64_t ch = 0; ch < width; ++ch) {

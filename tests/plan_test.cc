@@ -254,6 +254,29 @@ TEST(Plan, StrategyAndApplyOrder) {
   }
 }
 
+// NHWC reductions add four rows per load of their sums, except the f32
+// gradient sums of inputs beyond the LLC (one row); the rows ahead are
+// prefetched exactly beyond the LLC, whatever the rows at once.
+TEST(Plan, ReductionRowsAtOnce) {
+  const CacheSizes caches;  // 8 MiB LLC
+  for (Problem p : BenchProblems()) {
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      p.dtype = dtype;
+      for (int tensors : {1, 2, 3}) {
+        SCOPED_TRACE(testing::Message() << p.n << "x" << p.c << "x" << p.spatial << " nhwc="
+                                        << p.nhwc << " dtype=" << static_cast<int>(dtype)
+                                        << " tensors=" << tensors);
+        const ExecutionPlan plan = PlanExecution(p, PlanReduction(p), tensors, 2, caches);
+        const bool beyond = p.Elements() * tensors * p.ElemBytes() > caches.llc;
+        const bool one_row = beyond && tensors >= 2 && dtype == DType::kF32;
+        if (!p.nhwc) continue;  // NCHW kernels walk runs, not rows
+        EXPECT_EQ(plan.reduce_rows_at_once, one_row ? 1 : 4);
+        EXPECT_EQ(plan.reduce_ahead, beyond);
+      }
+    }
+  }
+}
+
 // The stores' choice at its edge: tensors of exactly the LLC stay cached,
 // a vector more per channel streams; a residual or second output counts.
 TEST(Plan, StreamThreshold) {
