@@ -142,16 +142,19 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     steps = 0;
   };
   int64_t r = row_begin;
-  // Periods of one to four vectors (C = 2, 3, 4, 6, 8, 12, 16, 24, 32, 48
-  // or 64 on AVX-512; 2, 4, 8, 16 or 32 on AVX2; 2, 4, 8 or 16 on SSE4; a
-  // last block of 16 to 64 channels): the sums stay in registers for a
-  // whole block. Through the arrays, each group of
-  // rows waited for the stores of the group before (C = 8 from L2: 4.5
-  // cycles a vector), and with three or four vectors the loads and stores of
-  // the sums cost 10-20 % (C = 3 and 64 from L2, 1 thread, statistics f32
-  // 0.82 and 0.88 of the time, bf16 0.88 and 0.93; tools/call_timer.cc,
-  // paired medians of 6 alternated runs). The same adds in the same order as
-  // below, which then find no row left (rows_at_once does not apply here).
+  // Periods of one to four vectors, and six or eight on AVX-512 (its 32
+  // registers hold the 24 vectors of sums and shifts): C = 2, 3, 4, 6, 8,
+  // 12, 16, 24, 32, 48, 64, 96 or 128 on AVX-512; 2, 4, 8, 16 or 32 on
+  // AVX2; 2, 4, 8 or 16 on SSE4; a last block of 16 to 64 (AVX-512: 128)
+  // channels. The sums stay in registers for a whole block. Through the
+  // arrays, each group of rows waited for the stores of the group before (C
+  // = 8 from L2: 4.5 cycles a vector), and with three or more vectors the
+  // loads and stores of the sums cost 5-20 % (tools/call_timer.cc, paired
+  // medians of 6 alternated runs: statistics from L2, 1 thread, C = 3 and
+  // 64 f32 0.82 and 0.88 of the time, bf16 0.88 and 0.93; 2 threads,
+  // training of 32x128x784 bf16 0.95, f32 level). The same adds in the same
+  // order as below, which then find no row left (rows_at_once does not
+  // apply here).
   constexpr size_t N = hn::MaxLanes(hn::ScalableTag<float>());
   const int64_t ahead = AheadRows(rows_per_period, positions * sizeof(Elem<kT>));
   // One block per turn of the outer loop, its sums loaded into locals and
@@ -200,6 +203,10 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
   if (positions == 3 * N) in_registers(std::integral_constant<size_t, 3>());
   if (positions == 4 * N) in_registers(std::integral_constant<size_t, 4>());
+#if HWY_TARGET <= HWY_AVX3
+  if (positions == 6 * N) in_registers(std::integral_constant<size_t, 6>());
+  if (positions == 8 * N) in_registers(std::integral_constant<size_t, 8>());
+#endif
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a close");
   // With rows_ahead (tensors beyond the LLC), the rows kStreamPrefetchBytes
