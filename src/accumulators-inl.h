@@ -101,11 +101,12 @@ class ShortRunAhead {
   int64_t elem_bytes_;
 };
 
-// How many rows on an NHWC reduction one row at a time prefetches (tensors
-// beyond the LLC): the first whole vector row (rows_per_period rows, of
-// which the unit reads `vector_row_bytes` of all its inputs together) at
-// least kStreamPrefetchBytes (lookahead.h) of reads ahead. One vector row ahead, as before, put the
-// prefetch a few hundred bytes ahead of the loads where rows are narrow.
+// How many rows ahead an NHWC reduction prefetches (tensors beyond the LLC,
+// rows_ahead): the first whole vector row (rows_per_period rows, of which
+// the unit reads `vector_row_bytes` of all its inputs together) at least
+// kStreamPrefetchBytes (lookahead.h) of reads ahead. One vector row ahead,
+// as before, put the prefetch a few hundred bytes ahead of the loads where
+// rows are narrow.
 HWY_INLINE int64_t AheadRows(int64_t rows_per_period, size_t vector_row_bytes) {
   const int64_t bytes = static_cast<int64_t>(vector_row_bytes);
   return rows_per_period * std::max<int64_t>(1, (kStreamPrefetchBytes + bytes - 1) / bytes);

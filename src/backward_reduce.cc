@@ -56,7 +56,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   };
   size_t steps = 0;
   int64_t r = row_begin;
-  // `rows` consecutive vector rows (stride floats apart) per load of the sums.
+  // `rows` consecutive vector rows (stride elements apart) per load of the sums.
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   // With `ahead`, prefetches the `rows` vector rows that many elements
   // further on (rows_ahead: AheadRows on, as in StatsNhwcUnitT).
@@ -154,7 +154,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
   if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
   if (positions == 3 * N) in_registers(std::integral_constant<size_t, 3>());
   if (positions == 4 * N) in_registers(std::integral_constant<size_t, 4>());
-#if HWY_TARGET <= HWY_AVX3
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
   if (positions == 6 * N) in_registers(std::integral_constant<size_t, 6>());
   if (positions == 8 * N) in_registers(std::integral_constant<size_t, 8>());
 #endif

@@ -145,12 +145,13 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   // half the bytes; the f32 gradient sums, reading x and dy from four rows
   // at once, were level from DRAM and slower with the tensors partly in L3
   // (Zen 4 guest, 2 threads, tools/call_timer.cc, warm, paired medians of
-  // 8-10 alternated runs, four rows over one: NHWC training f32 32x64x3136
-  // 0.88, 4096x1024 0.94, 32x2048x49 0.92, 64x1024x196 1.01; bf16 0.78-0.98;
-  // backward bf16 0.82-1.01; backward f32 4096x1024 1.07, 32x2048x49 1.03,
-  // 64x1024x196 0.94). One row at a time was chosen on Zen 3 before the
-  // rows ahead were prefetched (training 32x256x56x56: 3.1x -> 2.4x the
-  // inference time).
+  // 8 alternated runs of the libraries before and after, NHWC: training f32
+  // 32x64x3136 0.88, 64x1024x196 0.94, 4096x1024 0.96, 32x2048x49 0.89;
+  // bf16 0.81-1.01; backward bf16 0.87-1.01. Four rows for the f32 gradient
+  // sums, 8-10 runs: 4096x1024 1.07, 32x2048x49 1.03, 32x256x3136 1.03,
+  // 64x1024x196 0.94; evicted 0.96-1.01; docs/performance-history.md). One
+  // row at a time was chosen on Zen 3 before the rows ahead were prefetched
+  // (training 32x256x56x56: 3.1x -> 2.4x the inference time).
   const bool f32_gradient_sums = tensors_read >= 2 && p.dtype == DType::kF32;
   plan.reduce_rows_at_once = plan.inputs_beyond_llc && f32_gradient_sums ? 1 : 4;
   plan.reduce_ahead = plan.inputs_beyond_llc;

@@ -212,8 +212,9 @@ struct ExecutionPlan {
   bool flat_apply = false;
   bool stream_output = false;  // non-temporal stores: see ShouldStream
   // NHWC reductions: vector rows added per load of the per-position sums
-  // (1 or 4; same sums in the same order either way). Periods of one or two
-  // vectors keep their sums in registers for a block whatever this says.
+  // (1 or 4; same sums in the same order either way). Periods of one to four
+  // vectors (six or eight on AVX-512) keep their sums in registers for a
+  // block whatever this says.
   // Four save loads and stores of the sums; one row at a time keeps a single
   // read stream per input (see PlanExecution for where each is used).
   int64_t reduce_rows_at_once = 4;

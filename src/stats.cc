@@ -27,7 +27,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // Shifted sums for `positions` lanes kept in memory (NHWC rows are wider than
 // a register file), all positions sharing one count: adds kRows consecutive
-// vector rows (`stride` floats apart) per load of the sums. With `ahead`
+// vector rows (`stride` elements apart) per load of the sums. With `ahead`
 // (else null), prefetches into L2 the same positions of the kRows vector
 // rows from there on.
 template <DType kT, size_t kRows, class DF, class D1>
@@ -145,14 +145,16 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // Periods of one to four vectors, and six or eight on AVX-512 (its 32
   // registers hold the 24 vectors of sums and shifts): C = 2, 3, 4, 6, 8,
   // 12, 16, 24, 32, 48, 64, 96 or 128 on AVX-512; 2, 4, 8, 16 or 32 on
-  // AVX2; 2, 4, 8 or 16 on SSE4; a last block of 16 to 64 (AVX-512: 128)
-  // channels. The sums stay in registers for a whole block. Through the
-  // arrays, each group of rows waited for the stores of the group before (C
-  // = 8 from L2: 4.5 cycles a vector), and with three or more vectors the
-  // loads and stores of the sums cost 5-20 % (tools/call_timer.cc, paired
-  // medians of 6 alternated runs: statistics from L2, 1 thread, C = 3 and
-  // 64 f32 0.82 and 0.88 of the time, bf16 0.88 and 0.93; 2 threads,
-  // training of 32x128x784 bf16 0.95, f32 level). The same adds in the same
+  // AVX2; 2, 4, 8 or 16 on SSE4 and SSSE3; for C > 1024, a last block of
+  // 16, 32, 48, 64, 96 or 128 channels (AVX-512), 8 to 32 in steps of 8
+  // (AVX2), 4 to 16 in steps of 4 (SSE4, SSSE3). The sums stay in registers
+  // for a whole block. Through the arrays, each group of rows waited for the
+  // stores of the group before (C = 8 from L2: 4.5 cycles a vector), and
+  // with three or more vectors the loads and stores of the sums cost 5-18 %
+  // (tools/call_timer.cc, paired medians of 6 alternated runs: statistics
+  // from L2, 1 thread, C = 3 and 64 f32 0.82 and 0.88 of the time, bf16 0.88
+  // and 0.93; C = 32 on AVX2 0.84; 2 threads, training of 32x128x784 bf16
+  // 0.95, f32 level). The same adds in the same
   // order as below, which then find no row left (rows_at_once does not
   // apply here).
   constexpr size_t N = hn::MaxLanes(hn::ScalableTag<float>());
@@ -203,7 +205,7 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
   if (positions == 3 * N) in_registers(std::integral_constant<size_t, 3>());
   if (positions == 4 * N) in_registers(std::integral_constant<size_t, 4>());
-#if HWY_TARGET <= HWY_AVX3
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
   if (positions == 6 * N) in_registers(std::integral_constant<size_t, 6>());
   if (positions == 8 * N) in_registers(std::integral_constant<size_t, 8>());
 #endif

@@ -52,8 +52,9 @@ void RedoNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, const
 // (then rows_per_period consecutive rows form one contiguous vector row).
 // rows_at_once (1 or 4): vector rows per load of the sums; rows_ahead:
 // prefetch the rows kStreamPrefetchBytes ahead (speed choices only:
-// ExecutionPlan::reduce_rows_at_once and reduce_ahead; periods of one or two
-// vectors keep their sums in registers whatever rows_at_once says).
+// ExecutionPlan::reduce_rows_at_once and reduce_ahead; periods of one to
+// four vectors, six or eight on AVX-512, keep their sums in registers
+// whatever rows_at_once says, and prefetch as rows_ahead says).
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end,
                    const float* pivots /* c floats */, int64_t rows_at_once, bool rows_ahead,
