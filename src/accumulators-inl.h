@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "hwy/cache_control.h"
 
@@ -202,6 +203,24 @@ constexpr size_t kLongAcc = 8;
 #else
 constexpr size_t kLongAcc = kAcc;
 #endif
+
+// The NHWC reductions' register paths (StatsNhwcUnitT, GradSumsNhwcUnitT):
+// calls in_registers(std::integral_constant<size_t, k>()) when a period of
+// `positions` floats is k whole vectors and k vectors of sums and of their
+// per-position constant (three arrays of k) fit the register file: k = 1
+// to 4, and 6 or 8 on AVX-512 (32 registers). Else does nothing.
+template <class InRegisters>
+HWY_INLINE void ForRegisterPeriod(size_t positions, const InRegisters& in_registers) {
+  constexpr size_t N = hn::MaxLanes(hn::ScalableTag<float>());
+  if (positions == N) in_registers(std::integral_constant<size_t, 1>());
+  if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
+  if (positions == 3 * N) in_registers(std::integral_constant<size_t, 3>());
+  if (positions == 4 * N) in_registers(std::integral_constant<size_t, 4>());
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  if (positions == 6 * N) in_registers(std::integral_constant<size_t, 6>());
+  if (positions == 8 * N) in_registers(std::integral_constant<size_t, 8>());
+#endif
+}
 
 // Vector steps (per lane) of float accumulation before a fold into double.
 // Equal shifted values round the same way at every step, so the error of a

@@ -150,14 +150,7 @@ bool GradSumsNhwcUnitT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
       }
     }
   };
-  if (positions == N) in_registers(std::integral_constant<size_t, 1>());
-  if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
-  if (positions == 3 * N) in_registers(std::integral_constant<size_t, 3>());
-  if (positions == 4 * N) in_registers(std::integral_constant<size_t, 4>());
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  if (positions == 6 * N) in_registers(std::integral_constant<size_t, 6>());
-  if (positions == 8 * N) in_registers(std::integral_constant<size_t, 8>());
-#endif
+  ForRegisterPeriod(positions, in_registers);
   for (const size_t rows : {size_t{4}, size_t{1}}) {
     if (rows > static_cast<size_t>(rows_at_once)) continue;
     const int64_t span = static_cast<int64_t>(rows) * rows_per_period;

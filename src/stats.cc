@@ -201,14 +201,7 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
       if (steps == kBlockSteps) close();
     }
   };
-  if (positions == N) in_registers(std::integral_constant<size_t, 1>());
-  if (positions == 2 * N) in_registers(std::integral_constant<size_t, 2>());
-  if (positions == 3 * N) in_registers(std::integral_constant<size_t, 3>());
-  if (positions == 4 * N) in_registers(std::integral_constant<size_t, 4>());
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  if (positions == 6 * N) in_registers(std::integral_constant<size_t, 6>());
-  if (positions == 8 * N) in_registers(std::integral_constant<size_t, 8>());
-#endif
+  ForRegisterPeriod(positions, in_registers);
   const size_t stride = static_cast<size_t>(rows_per_period * c);
   static_assert(kBlockSteps % 4 == 0, "blocks of four rows must not straddle a close");
   // With rows_ahead (tensors beyond the LLC), the rows kStreamPrefetchBytes
