@@ -29,8 +29,9 @@ void RedoNchwGradUnits(DType dtype, const void* x, const void* dy, const void* y
 
 // NHWC: channels [c0, c0 + width) over rows [row_begin, row_end) into the
 // arrays sum_dy[0, width) and sum_dy_xmu[0, width) (arrays, as in
-// StatsNhwcUnit); mean holds c floats. rows_per_period, rows_at_once and
-// rows_ahead as in StatsNhwcUnit.
+// StatsNhwcUnit); mean holds c floats. rows_per_period and rows_ahead as in
+// StatsNhwcUnit; rows_at_once (1 or 4): vector rows per load of the sums
+// (ExecutionPlan::reduce_rows_at_once; periods kept in registers ignore it).
 void GradSumsNhwcUnit(int64_t target, DType dtype, const void* x, const void* dy, const void* y,
                       int64_t c, int64_t c0, int64_t width, int64_t rows_per_period,
                       int64_t row_begin, int64_t row_end, const float* mean, int64_t rows_at_once,

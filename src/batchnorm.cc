@@ -359,8 +359,8 @@ struct StatsReduction {
       const NhwcUnit unit = NhwcUnitAt(p, rp, u);
       const int64_t at = unit.row_unit * p.c + unit.c0;
       StatsNhwcUnit(target, p.dtype, x, p.c, unit.c0, unit.width, rp.rows_per_period,
-                    unit.row_begin, unit.row_end, pivots, plan.reduce_rows_at_once,
-                    plan.reduce_ahead, partials.mean + at, partials.m2 + at);
+                    unit.row_begin, unit.row_end, pivots, plan.reduce_ahead, partials.mean + at,
+                    partials.m2 + at);
     }
   }
   // Merges the partials of channels [c0, c1) into merged[c0, c1).

@@ -211,8 +211,9 @@ struct ExecutionPlan {
   // stream on a few pages (measured with bnorm_bench: docs/performance-history.md).
   bool flat_apply = false;
   bool stream_output = false;  // non-temporal stores: see ShouldStream
-  // NHWC reductions: vector rows added per load of the per-position sums
-  // (1 or 4; same sums in the same order either way). Periods of one to four
+  // NHWC gradient sums: vector rows added per load of the per-position sums
+  // (1 or 4; same sums in the same order either way; the statistics always
+  // take four). Periods of one to four
   // vectors (six or eight on AVX-512) keep their sums in registers for a
   // block whatever this says.
   // Four save loads and stores of the sums; one row at a time keeps a single

@@ -97,8 +97,8 @@ HWY_INLINE void TrustedMoments(size_t width, double count, const double* HWY_RES
 template <DType kT>
 bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
                     int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                    const float* pivots, int64_t rows_at_once, bool rows_ahead,
-                    double* out_mean, double* out_m2) {
+                    const float* pivots, bool rows_ahead, double* out_mean,
+                    double* out_m2) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t positions = static_cast<size_t>(width * rows_per_period);
@@ -154,9 +154,8 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // (tools/call_timer.cc, paired medians of 6 alternated runs: statistics
   // from L2, 1 thread, C = 3 and 64 f32 0.82 and 0.88 of the time, bf16 0.88
   // and 0.93; C = 32 on AVX2 0.84; 2 threads, training of 32x128x784 bf16
-  // 0.95, f32 level). The same adds in the same
-  // order as below, which then find no row left (rows_at_once does not
-  // apply here).
+  // 0.95, f32 level). The same adds in the same order as below, which then
+  // find no row left.
   constexpr size_t N = hn::MaxLanes(hn::ScalableTag<float>());
   const int64_t ahead = AheadRows(rows_per_period, positions * sizeof(Elem<kT>));
   // One block per turn of the outer loop, its sums loaded into locals and
@@ -210,12 +209,15 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
     const int64_t next = r + ahead;
     return rows_ahead && next + rows * rows_per_period <= row_end ? x + next * c + c0 : nullptr;
   };
-  for (; rows_at_once == 4 && r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
+  // Four rows per load of the sums, within the LLC and beyond: one at a time
+  // (a single read stream) was slower or level for the statistics (plan.cc,
+  // at reduce_rows_at_once, which only the gradient sums take).
+  for (; r + 4 * rows_per_period <= row_end; r += 4 * rows_per_period) {
     ShiftedRows<kT, 4>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq, ahead_of(4));
     steps += 4;
     if (steps == kBlockSteps) close();
   }
-  // One row at a time: rows_at_once 1, or the last rows of the unit.
+  // The last rows of the unit, one at a time.
   for (; r + rows_per_period <= row_end; r += rows_per_period) {
     ShiftedRows<kT, 1>(df, d1, positions, x + r * c + c0, stride, shift, sum, sum_sq,
                        ahead_of(1));
@@ -296,12 +298,12 @@ bool StatsNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, cons
 
 bool StatsNhwcUnit(DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
-                   int64_t rows_at_once, bool rows_ahead, double* mean, double* m2) {
+                   bool rows_ahead, double* mean, double* m2) {
   bool finite = true;
   ForDType(dtype, [&](auto t) HWY_ATTR {
     constexpr DType kT = decltype(t)::value;
     finite = StatsNhwcUnitT<kT>(static_cast<const Elem<kT>*>(x), c, c0, width, rows_per_period,
-                                row_begin, row_end, pivots, rows_at_once, rows_ahead, mean, m2);
+                                row_begin, row_end, pivots, rows_ahead, mean, m2);
   });
   return finite;
 }
@@ -461,9 +463,9 @@ void StatsNchwUnits(int64_t target, DType dtype, const void* x, int64_t c, int64
 
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end, const float* pivots,
-                   int64_t rows_at_once, bool rows_ahead, double* mean, double* m2) {
+                   bool rows_ahead, double* mean, double* m2) {
   if (BNORM_DISPATCH(StatsNhwcUnit, target)(dtype, x, c, c0, width, rows_per_period, row_begin,
-                                            row_end, pivots, rows_at_once, rows_ahead, mean, m2)) {
+                                            row_end, pivots, rows_ahead, mean, m2)) {
     return;
   }
   for (int64_t ch = 0; ch < width; ++ch) {

@@ -50,14 +50,13 @@ void RedoNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, const
 // per-channel work (the final checks, the merge) as sums per channel, and
 // arrays let both run in vectors. rows_per_period > 1 only when width == c
 // (then rows_per_period consecutive rows form one contiguous vector row).
-// rows_at_once (1 or 4): vector rows per load of the sums; rows_ahead:
-// prefetch the rows kStreamPrefetchBytes ahead (speed choices only:
-// ExecutionPlan::reduce_rows_at_once and reduce_ahead; periods of one to
-// four vectors, six or eight on AVX-512, keep their sums in registers
-// whatever rows_at_once says, and prefetch as rows_ahead says).
+// Four vector rows per load of the sums (periods of one to four vectors,
+// six or eight on AVX-512, keep their sums in registers instead);
+// rows_ahead: prefetch the rows kStreamPrefetchBytes ahead (a speed choice
+// only: ExecutionPlan::reduce_ahead).
 void StatsNhwcUnit(int64_t target, DType dtype, const void* x, int64_t c, int64_t c0, int64_t width,
                    int64_t rows_per_period, int64_t row_begin, int64_t row_end,
-                   const float* pivots /* c floats */, int64_t rows_at_once, bool rows_ahead,
+                   const float* pivots /* c floats */, bool rows_ahead,
                    double* mean, double* m2);
 
 }  // namespace bnorm
