@@ -18,7 +18,12 @@ struct Moments {
 inline bool Finite(const Moments& m) { return std::isfinite(m.mean) && std::isfinite(m.m2); }
 
 // a <- a ∪ b. Exact in exact arithmetic; in floating point the delta^2 term is
-// the only cross term, so no cancellation between large sums occurs.
+// the only cross term, so no cancellation between large sums occurs. The term
+// is delta * (delta * cross), not (delta * delta) * cross: when the square is
+// subnormal (means given to bnorm_stats_merge may be anything), this order
+// rounds it once, where the other would round it (an absolute error of up to
+// half the smallest subnormal) and then multiply that error by cross, which
+// grows with the counts.
 inline void MergeMoments(Moments& a, const Moments& b) {
   if (b.count == 0.0) return;
   if (a.count == 0.0) {
@@ -29,7 +34,7 @@ inline void MergeMoments(Moments& a, const Moments& b) {
   const double delta = b.mean - a.mean;
   const double fraction_b = b.count / count;
   a.mean += delta * fraction_b;
-  a.m2 += b.m2 + delta * delta * (a.count * fraction_b);
+  a.m2 += b.m2 + delta * (delta * (a.count * fraction_b));
   a.count = count;
 }
 
@@ -60,7 +65,7 @@ inline double MergeMomentsRow(double count_a, const double* mean_a, const double
   for (long long k = 0; k < width; ++k) {
     const double ma = mean_a[k], mb = mean_b[k];
     const double delta = mb - ma;
-    const double m2 = m2_a[k] + (m2_b[k] + delta * delta * cross);
+    const double m2 = m2_a[k] + (m2_b[k] + delta * (delta * cross));
     mean_out[k] = ma + delta * fraction_b;
     m2_out[k] = m2;
   }

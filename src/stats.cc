@@ -133,7 +133,7 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
       const double offset = s * inv_n;
       const double delta = static_cast<double>(shift[p]) + offset - mean[p];
       mean[p] += delta * fraction;
-      m2[p] += std::max(q - s * offset, 0.0) + delta * delta * cross;
+      m2[p] += std::max(q - s * offset, 0.0) + delta * (delta * cross);  // as MergeMoments
       shifted[p] += q;
       shift[p] = static_cast<float>(mean[p]);
       sum[p] = sum_sq[p] = 0.0f;

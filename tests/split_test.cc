@@ -1046,6 +1046,42 @@ TEST(StatsMerge, MergedPartialsAreTheStatisticsOfTheUnion) {
   }
 }
 
+// Means whose squared difference is subnormal, with large counts: the
+// cross term n_a n_b / n delta^2 must round about once (a denorm_min or two
+// of error per merge), not carry the rounding of a subnormal delta^2
+// multiplied by n_a n_b / n (the fuzzer's input merge_subnormal_square; up to
+// 2^51 denorm_min for counts near 2^53). Exact values: the long double
+// reference has no subnormals at these magnitudes.
+TEST(StatsMerge, SubnormalCrossTermsRoundOnce) {
+  const double dmin = std::numeric_limits<double>::denorm_min();
+  struct Case {
+    int64_t count_a, count_b;
+    double mean_a, mean_b;
+  };
+  const Case cases[] = {
+      {3, 9, 0.0, 1.7e-161},           // delta^2 ~ 3e-322, cross 2.25
+      {1 << 20, 1 << 20, 1e-160, 0.0},  // cross 2^19: the square's rounding would be x5e5
+      {(int64_t{1} << 52) - 3, int64_t{1} << 52, -1.1e-165, 2.3e-166},
+      {5, 7, 3e-170, -4e-170},  // delta^2 * cross < denorm_min / 2: rounds to 0
+  };
+  for (const Case& t : cases) {
+    SCOPED_TRACE(testing::Message() << t.count_a << " + " << t.count_b);
+    const std::vector<double> m2_in = {1e-320, 2.5e-322};  // subnormal partial M2s
+    const Merged r = Merge(1, {t.count_a, t.count_b}, {t.mean_a, t.mean_b}, m2_in);
+    ASSERT_EQ(r.status, BNORM_OK);
+    const LD na = static_cast<LD>(t.count_a), nb = static_cast<LD>(t.count_b);
+    const LD delta = static_cast<LD>(t.mean_b) - static_cast<LD>(t.mean_a);
+    const LD m2 = static_cast<LD>(m2_in[0]) + static_cast<LD>(m2_in[1]) +
+                  delta * delta * (na * nb / (na + nb));
+    const LD mean = static_cast<LD>(t.mean_a) + delta * (nb / (na + nb));
+    // delta * cross and the product each round (half a denorm_min when
+    // subnormal, 2^-53 relative otherwise); the sums of subnormals are exact.
+    EXPECT_NEAR(r.m2[0], static_cast<double>(m2), 2 * dmin + 0x1p-51 * static_cast<double>(m2));
+    EXPECT_NEAR(r.mean[0], static_cast<double>(mean),
+                dmin + 0x1p-51 * std::fabs(static_cast<double>(mean)));
+  }
+}
+
 // Random partials over many channels.
 struct Partials {
   int64_t c;

@@ -1836,9 +1836,9 @@ void CheckMerge(const Call& k) {
       const long double delta = mb - mean;
       const long double mean_new = mean + delta * f;
       e_m2 += (2 * std::fabs(delta) * e_mean + e_mean * e_mean) * cross +
-              8 * kU53 * (std::fabs(m2) + std::fabs(m2b) + delta * delta * cross);
+              8 * kU53 * (std::fabs(m2) + std::fabs(m2b) + delta * (delta * cross));
       e_mean += 4 * kU53 * (std::fabs(mean) + std::fabs(delta) * f + std::fabs(mean_new));
-      m2 += m2b + delta * delta * cross;
+      m2 += m2b + delta * (delta * cross);
       mean = mean_new;
       count = n;
     }
@@ -1849,6 +1849,12 @@ void CheckMerge(const Call& k) {
       }
       continue;
     }
+    // Subnormal results: the relative bounds above do not hold there; each
+    // product that lands below DBL_MIN adds up to half a denorm_min (sums of
+    // subnormals are exact). The library forms delta * (delta * cross), so an
+    // underflowing square costs about one denorm_min per merge; formed as
+    // (delta * delta) * cross, its error would scale with cross (a crash
+    // input in tests/fuzz/corpus/merge_subnormal_square: 590 denorm_min).
     const double slack = 16 * std::numeric_limits<double>::denorm_min() * static_cast<double>(parts);
     CheckValue(k, "mean_out", ch, got_mean, static_cast<double>(mean),
                static_cast<double>(2 * e_mean) + slack, !wild, wild);
