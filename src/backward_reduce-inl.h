@@ -105,15 +105,18 @@ HWY_INLINE GradSums GradSumsNchwUnitT(const Elem<kT>* x, const Elem<kT>* dy, con
 // ch: the sums of GradSumsNchwUnitT (the same sums, not the same bits) with a
 // loop shape fixed for all runs, in groups of kAcc vectors, as StatsShortRunsT
 // does for the statistics (short runs, ShortRuns(); from_memory as there).
-template <DType kT, bool kMask, class Side>
-HWY_INLINE GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
-                                       int64_t c, int64_t spatial, int64_t ch, int64_t i0,
-                                       int64_t runs, float mean, Side& side, bool from_memory) {
-  const hn::ScalableTag<float> df;
-  using V = hn::Vec<decltype(df)>;
+// df: full or half vectors (ShortRunHalves, GradSumsShortRunsT).
+template <DType kT, bool kMask, class DF, class Side>
+HWY_INLINE GradSums GradSumsShortRunsOf(DF df, const Elem<kT>* x, const Elem<kT>* dy,
+                                        const Elem<kT>* y, int64_t c, int64_t spatial, int64_t ch,
+                                        int64_t i0, int64_t runs, float mean, Side& side,
+                                        bool from_memory) {
+  using V = hn::Vec<DF>;
   constexpr size_t N = hn::MaxLanes(df);
   const ShortRunShape shape(df, spatial);
-  const size_t len = shape.len, groups = shape.groups, leftover = shape.leftover;
+  constexpr bool kHalf = kIsShortRunHalf<DF>;  // groups 0, leftover 1
+  const size_t len = shape.len, groups = kHalf ? 0 : shape.groups;
+  const size_t leftover = kHalf ? 1 : shape.leftover;
   const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
   const auto tail_mask = ShortRunTail(df, tail);
   const V vmean = hn::Set(df, mean);
@@ -175,6 +178,30 @@ HWY_INLINE GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, co
     sums.sum_dy_xmu += SumLanes(df, hn::Add(s_xmu[0], t_xmu));
   }
   return sums;
+}
+
+// Half vectors out of line, as StatsShortRunsHalfT.
+template <DType kT, bool kMask, class Side>
+HWY_NOINLINE GradSums GradSumsShortRunsHalfT(const Elem<kT>* x, const Elem<kT>* dy,
+                                             const Elem<kT>* y, int64_t c, int64_t spatial,
+                                             int64_t ch, int64_t i0, int64_t runs, float mean,
+                                             Side& side, bool from_memory) {
+  return GradSumsShortRunsOf<kT, kMask>(ShortRunHalf(), x, dy, y, c, spatial, ch, i0, runs, mean,
+                                        side, from_memory);
+}
+
+template <DType kT, bool kMask, class Side>
+HWY_INLINE GradSums GradSumsShortRunsT(const Elem<kT>* x, const Elem<kT>* dy, const Elem<kT>* y,
+                                       int64_t c, int64_t spatial, int64_t ch, int64_t i0,
+                                       int64_t runs, float mean, Side& side, bool from_memory) {
+  if constexpr (kShortRunHalves) {
+    if (ShortRunHalves(spatial)) {
+      return GradSumsShortRunsHalfT<kT, kMask>(x, dy, y, c, spatial, ch, i0, runs, mean, side,
+                                               from_memory);
+    }
+  }
+  return GradSumsShortRunsOf<kT, kMask>(hn::ScalableTag<float>(), x, dy, y, c, spatial, ch, i0,
+                                        runs, mean, side, from_memory);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
