@@ -307,11 +307,37 @@ HWY_INLINE hn::Mask<DD> ShiftTrustedLanes(DD dd, double count, hn::Vec<DD> shift
 // checks per loop) cost as much as the sums themselves.
 constexpr int64_t kShortRun = 512;
 
-// The lanes of the short-run kernels' narrowest vectors: half the target's
-// on AVX2 and AVX-512 (ShortRunHalves), the target's own on the others.
-constexpr int64_t kShortRunMinLanes = hn::MaxLanes(hn::ScalableTag<float>()) >= 8
-                                          ? hn::MaxLanes(hn::ScalableTag<float>()) / 2
-                                          : hn::MaxLanes(hn::ScalableTag<float>());
+// Runs shorter than the target's vectors (9-value 3x3 images on AVX-512, 4-
+// to 7-value runs on AVX2) take the short-run kernels in half vectors
+// (ShortRunHalf), which the general kernels summed with a run's worth of
+// control flow around two partial vectors (statistics of 64x512x3x3 from
+// L2, 1 thread, AVX-512: 171 us against inference's 74; 77-82 us in half
+// vectors; tools/call_timer.cc, paired medians of 6 alternated runs:
+// statistics 0.37-0.47 of the time for 3x3 and 12-value runs, 2 threads
+// training of 64x512x3x3 0.65, backward 0.68; AVX2, 4- and 6-value runs,
+// statistics 0.55 and 0.43). Every caller of the short-run kernels chooses
+// through ShortRunHalves, so a shape's sums take the same vectors in every
+// plan. Not on SSE4 and SSSE3 (half vectors of two lanes) nor SCALAR.
+constexpr bool kShortRunHalves = hn::MaxLanes(hn::ScalableTag<float>()) >= 8;
+using ShortRunHalf =
+    hn::CappedTag<float, std::max<size_t>(hn::MaxLanes(hn::ScalableTag<float>()) / 2, 1)>;
+// The lanes of the short-run kernels' narrowest vectors (ShortRuns).
+constexpr int64_t kShortRunMinLanes =
+    static_cast<int64_t>(kShortRunHalves ? hn::MaxLanes(ShortRunHalf())
+                                         : hn::MaxLanes(hn::ScalableTag<float>()));
+// Half vectors sum runs of half a full vector's lanes up to one lane fewer
+// than a full vector: no group of kAcc vectors, one whole half vector and a
+// tail (0 to lanes/2 - 1 values). Given as constants, so that the loop has
+// that shape without GCC having to unswitch it (inlined into
+// StatsNchwUnits, GCC unswitched it; out of line, it did not, and
+// 64x512x3x3 took twice the time).
+template <class DF>
+constexpr bool kIsShortRunHalf =
+    kShortRunHalves && hn::MaxLanes(DF()) < hn::MaxLanes(hn::ScalableTag<float>());
+HWY_INLINE bool ShortRunHalves(int64_t spatial) {
+  return kShortRunHalves &&
+         spatial < static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()));
+}
 
 // Whether a unit [begin, end) of a channel takes the short-run kernels: whole
 // runs of at most kShortRun values, each at most kBlockSteps steps of the
@@ -324,33 +350,6 @@ HWY_INLINE bool ShortRuns(int64_t spatial, int64_t begin, int64_t end) {
   constexpr int64_t kMaxRun = static_cast<int64_t>(kBlockSteps * kAcc) * kLanes;
   return spatial >= kShortRunMinLanes && spatial <= std::min(kShortRun, kMaxRun) &&
          begin % spatial == 0 && end % spatial == 0;
-}
-
-// Runs shorter than the target's vectors (9-value 3x3 images on AVX-512, 4-
-// to 7-value runs on AVX2) take the short-run kernels in half vectors
-// (ShortRunHalf), which the general kernels summed with a run's worth of
-// control flow around two partial vectors (statistics of 64x512x3x3 from
-// L2, 1 thread, AVX-512: 171 us against inference's 74; 77-82 us in half
-// vectors; tools/call_timer.cc, paired medians of 6 alternated runs:
-// statistics 0.37-0.47 of the time for 3x3 and 12-value runs, 2 threads
-// training of 64x512x3x3 0.65, backward 0.68; AVX2, 4- and 6-value runs,
-// statistics 0.55 and 0.43). Every caller of the short-run kernels chooses
-// through ShortRunHalves, so a shape's sums take the same vectors in every
-// plan. Not on SSE4 and SSSE3 (two-lane vectors).
-constexpr bool kShortRunHalves = hn::MaxLanes(hn::ScalableTag<float>()) >= 8;
-using ShortRunHalf =
-    hn::CappedTag<float, std::max<size_t>(hn::MaxLanes(hn::ScalableTag<float>()) / 2, 1)>;
-// Half vectors sum runs of half to all of a full vector's lanes: no group
-// of kAcc vectors, one whole vector and a tail (of 0 to lanes/2 - 1 values).
-// Given as constants, so that the loop is that shape without GCC having to
-// unswitch it (it did inlined into StatsNchwUnits; out of line it did not,
-// and 64x512x3x3 took twice the time).
-template <class DF>
-constexpr bool kIsShortRunHalf =
-    kShortRunHalves && hn::MaxLanes(DF()) < hn::MaxLanes(hn::ScalableTag<float>());
-HWY_INLINE bool ShortRunHalves(int64_t spatial) {
-  return kShortRunHalves &&
-         spatial < static_cast<int64_t>(hn::MaxLanes(hn::ScalableTag<float>()));
 }
 
 // How the short-run kernels cut every run of a unit: `groups` groups of kAcc

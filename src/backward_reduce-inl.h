@@ -117,6 +117,7 @@ HWY_INLINE GradSums GradSumsShortRunsOf(DF df, const Elem<kT>* x, const Elem<kT>
   constexpr bool kHalf = kIsShortRunHalf<DF>;  // groups 0, leftover 1
   const size_t len = shape.len, groups = kHalf ? 0 : shape.groups;
   const size_t leftover = kHalf ? 1 : shape.leftover;
+  HWY_DASSERT(!kHalf || (shape.groups == 0 && shape.leftover == 1));  // ShortRuns
   const size_t tail = shape.tail, runs_per_block = shape.runs_per_block;
   const auto tail_mask = ShortRunTail(df, tail);
   const V vmean = hn::Set(df, mean);

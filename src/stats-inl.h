@@ -186,6 +186,7 @@ HWY_INLINE void SumShortRunBlock(D df, const ShortRunShape& shape, hn::Mask<D> t
   constexpr bool kHalf = kIsShortRunHalf<D>;  // groups 0, leftover 1
   const size_t len = shape.len, groups = kHalf ? 0 : shape.groups;
   const size_t leftover = kHalf ? 1 : shape.leftover;
+  HWY_DASSERT(!kHalf || (shape.groups == 0 && shape.leftover == 1));  // ShortRuns
   const size_t tail = shape.tail;
   V sum[kAcc], sum_sq[kAcc];
   for (size_t a = 0; a < kAcc; ++a) sum[a] = sum_sq[a] = hn::Zero(df);

@@ -1049,9 +1049,10 @@ TEST(StatsMerge, MergedPartialsAreTheStatisticsOfTheUnion) {
 // Means whose squared difference is subnormal, with large counts: the
 // cross term n_a n_b / n delta^2 must round about once (a denorm_min or two
 // of error per merge), not carry the rounding of a subnormal delta^2
-// multiplied by n_a n_b / n (the fuzzer's input merge_subnormal_square; up to
-// 2^51 denorm_min for counts near 2^53). Exact values: the long double
-// reference has no subnormals at these magnitudes.
+// multiplied by n_a n_b / n (the fuzzer's input
+// regress_merge_subnormal_square; up to 2^51 denorm_min for counts near
+// 2^53). Exact values: the long double reference has no subnormals at these
+// magnitudes.
 TEST(StatsMerge, SubnormalCrossTermsRoundOnce) {
   const double dmin = std::numeric_limits<double>::denorm_min();
   struct Case {

@@ -1854,7 +1854,7 @@ void CheckMerge(const Call& k) {
     // subnormals are exact). The library forms delta * (delta * cross), so an
     // underflowing square costs about one denorm_min per merge; formed as
     // (delta * delta) * cross, its error would scale with cross (a crash
-    // input in tests/fuzz/corpus/merge_subnormal_square: 590 denorm_min).
+    // input in tests/fuzz/corpus/regress_merge_subnormal_square: 590 denorm_min).
     const double slack = 16 * std::numeric_limits<double>::denorm_min() * static_cast<double>(parts);
     CheckValue(k, "mean_out", ch, got_mean, static_cast<double>(mean),
                static_cast<double>(2 * e_mean) + slack, !wild, wild);
