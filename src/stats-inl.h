@@ -279,7 +279,7 @@ HWY_INLINE Moments StatsShortRunsOf(DF df, const Elem<kT>* x, int64_t c, int64_t
 
 // Half vectors out of line (here and below): inlined beside the full ones,
 // they cost the full vectors' loop 18-22 % on 49-value runs (statistics of
-// 16x64x49 and 8x128x49 from L2, 1 thread: 4.15 -> 5.1 us, 5.1 -> 6.1).
+// 16x64x49 and 8x128x49 from L2, 1 thread: 4.15 -> 5.0 us, 5.1 -> 5.9).
 template <DType kT, class Side>
 HWY_NOINLINE Moments StatsShortRunsHalfT(const Elem<kT>* x, int64_t c, int64_t spatial,
                                          int64_t ch, int64_t i0, int64_t runs, float pivot,
