@@ -71,17 +71,8 @@ bool UnitsFromMemory(const ExecutionPlan& plan, const ReductionPlan& rp) {
   return plan.inputs_beyond_llc && rp.units_per_channel == 1;
 }
 
-// Channels [c0, c0 + width) and rows [row_begin, row_end) of NHWC unit u; its
-// partials start at index row_unit * c + c0.
-struct NhwcUnit {
-  int64_t c0, width, row_unit, row_begin, row_end;
-};
 NhwcUnit NhwcUnitAt(const Problem& p, const ReductionPlan& rp, int64_t u) {
-  const int64_t c0 = (u / rp.row_units) * rp.block_width;
-  const int64_t row_unit = u % rp.row_units;
-  const int64_t row_begin = row_unit * rp.unit_rows;
-  return {c0, std::min(rp.block_width, p.c - c0), row_unit, row_begin,
-          std::min(p.Values(), row_begin + rp.unit_rows)};
+  return NhwcUnitOf(rp, p.c, p.Values(), u);
 }
 
 // The partial statistics of a forward pass's reduction units (MergeStats).
@@ -242,8 +233,8 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
   if (plan.flat_apply) {
     // Each thread takes a contiguous piece of the flat tensor and walks its
     // tasks from the last to the first. Where a thread's reduction units are
-    // a contiguous range of rows (NHWC, one block of up to 1024 channels),
-    // what it read last is what L2 and the LLC still hold, read again here
+    // a contiguous range of rows (NHWC: row units one after another,
+    // NhwcUnitOf), what it read last is what L2 and the LLC still hold, read again here
     // before this walk evicts it; forward, the walk evicted it first. Zen 4
     // guest, tools/call_timer.cc, evicted, medians of 8-16 alternated runs:
     // NHWC backward 5-11 % faster on 1 thread (32x64x56x56, 8x64x6144) and

@@ -49,12 +49,16 @@ Problem Canonicalize(int64_t n, int64_t c, int64_t spatial, bool nhwc);
 // `unit_len` consecutive values in (i, s) order (the last may be shorter).
 // Unit u of channel ch has index ch * units_per_channel + u.
 //
-// NHWC reductions: channels are cut into blocks of `block_width` (all of them
-// when c <= kMaxPositions), rows into units of `unit_rows` rows. When one block
-// holds all channels, `rows_per_period` rows (a "period" of `period` floats, a
-// multiple of kMaxLanes where possible) are treated as one vector row, so
-// small C (3, 24, ...) still fills whole vectors. A unit's partial for channel
-// ch has index row_unit * c + ch.
+// NHWC reductions: channels are cut into `num_blocks` blocks of at most
+// `block_width` (all of them when c <= kMaxPositions; beyond, whole vectors of
+// kMaxLanes channels, as many in each block as can be, the last one holding
+// the partial vector: NhwcBlockStart), rows into units of `unit_rows` rows. Units go row unit by row unit, the blocks of
+// one row unit consecutive (NhwcUnitOf), so that a thread's range of units is
+// a range of rows across all channels. When one block holds all channels,
+// `rows_per_period` rows (a "period" of `period` floats, a multiple of
+// kMaxLanes where possible) are treated as one vector row, so small C (3, 24,
+// ...) still fills whole vectors. A unit's partial for channel ch has index
+// row_unit * c + ch.
 struct ReductionPlan {
   bool nhwc = false;
   int64_t num_units = 0;   // total units (all channels / blocks)
@@ -65,7 +69,7 @@ struct ReductionPlan {
   int64_t unit_len = 0;
 
   // NHWC
-  int64_t block_width = 0;
+  int64_t block_width = 0;  // the widest block's
   int64_t num_blocks = 0;
   int64_t rows_per_period = 1;
   int64_t period = 0;  // rows_per_period * block_width
@@ -76,6 +80,28 @@ struct ReductionPlan {
 };
 
 ReductionPlan PlanReduction(const Problem& p);
+
+// Channels [c0, c0 + width) and rows [row_begin, row_end) of NHWC reduction
+// unit u of a plan for c channels and `values` rows; its partials start at
+// index row_unit * c + c0. The one definition of the order of NHWC units.
+struct NhwcUnit {
+  int64_t c0, width, row_unit, row_begin, row_end;
+};
+// The first channel of NHWC block b of num_blocks over c channels (b ==
+// num_blocks: c): the ceil(c / kMaxLanes) vectors of channels split as
+// evenly as whole vectors allow.
+inline int64_t NhwcBlockStart(int64_t c, int64_t num_blocks, int64_t b) {
+  const int64_t vectors = (c + kMaxLanes - 1) / kMaxLanes;
+  return std::min(c, b * vectors / num_blocks * kMaxLanes);
+}
+inline NhwcUnit NhwcUnitOf(const ReductionPlan& rp, int64_t c, int64_t values, int64_t u) {
+  const int64_t b = u % rp.num_blocks;
+  const int64_t c0 = NhwcBlockStart(c, rp.num_blocks, b);
+  const int64_t row_unit = u / rp.num_blocks;
+  const int64_t row_begin = row_unit * rp.unit_rows;
+  return {c0, NhwcBlockStart(c, rp.num_blocks, b + 1) - c0, row_unit, row_begin,
+          std::min(values, row_begin + rp.unit_rows)};
+}
 
 // Values [begin, end) of NCHW reduction unit u, and its channel: the cut of
 // ReductionPlan (units_per_channel units of unit_len values, `values` values

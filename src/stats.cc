@@ -145,9 +145,8 @@ bool StatsNhwcUnitT(const Elem<kT>* x, int64_t c, int64_t c0, int64_t width,
   // Periods of one to four vectors, and six or eight on AVX-512 (its 32
   // registers hold the 24 vectors of sums and shifts): C = 2, 3, 4, 6, 8,
   // 12, 16, 24, 32, 48, 64, 96 or 128 on AVX-512; 2, 4, 8, 16 or 32 on
-  // AVX2; 2, 4, 8 or 16 on SSE4 and SSSE3; for C > 1024, a last block of
-  // 16, 32, 48, 64, 96 or 128 channels (AVX-512), 8 to 32 in steps of 8
-  // (AVX2), 4 to 16 in steps of 4 (SSE4, SSSE3). The sums stay in registers
+  // AVX2; 2, 4, 8 or 16 on SSE4 and SSSE3 (blocks of C > 1024 are wider
+  // than 500 channels: PlanReduction). The sums stay in registers
   // for a whole block. Through the arrays, each group of rows waited for the
   // stores of the group before (C = 8 from L2: 4.5 cycles a vector), and
   // with three or more vectors the loads and stores of the sums cost 5-18 %

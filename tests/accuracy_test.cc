@@ -100,13 +100,15 @@ class AccuracyTest : public testing::TestWithParam<TargetLayout> {
 // offset + N(0,1) with offset up to 1e5: the accuracy bar. NCHW
 // runs of 8 to 15 values take the short-run kernels in half vectors on
 // AVX-512, 4 to 7 on AVX2 (ShortRunHalves: 8 and 4 without a tail), 49 in
-// full vectors.
+// full vectors. NHWC rows of 1040 channels are reduced in two blocks (512
+// and 528 channels, the last vector partial) over two row units.
 TEST_P(AccuracyTest, LargeOffsetStatistics) {
   for (double offset : {1e3, 1e4, 1e5}) {
     for (const Shape& s :
          {Shape{16, 8, 1024, layout()}, Shape{64, 32, 49, layout()}, Shape{2, 3, 50000, layout()},
           Shape{4096, 5, 1, layout()}, Shape{96, 24, 9, layout()}, Shape{64, 20, 8, layout()},
-          Shape{48, 10, 15, layout()}, Shape{128, 16, 5, layout()}, Shape{100, 6, 4, layout()}}) {
+          Shape{48, 10, 15, layout()}, Shape{128, 16, 5, layout()}, Shape{100, 6, 4, layout()},
+          Shape{24, 1040, 3, layout()}}) {
       SCOPED_TRACE(testing::Message() << "offset=" << offset << " shape=" << s.Name());
       const auto x = NormalData(s, 42, offset, 1.0, 0.0);
       const auto ref = ReferenceStats(s, x);
@@ -469,7 +471,8 @@ TEST_P(AccuracyTest, HugeGradientsStayFinite) {
 }
 
 // Backward of data on a large offset (1e3..1e5 + N(0, 1)) against the
-// long-double reference, with backward_test's bounds: x - mean is exact
+// long-double reference (NHWC 1040 channels: two blocks, as above), with
+// backward_test's bounds: x - mean is exact
 // (Sterbenz: both within a factor of 2), so the bounds in terms of
 // sum|dy (x - mean)| do not depend on the offset. Summing dy * x and
 // subtracting mean * sum(dy) would miss them by orders of magnitude.
@@ -477,7 +480,7 @@ TEST_P(AccuracyTest, BackwardOnLargeOffsets) {
   for (const Shape& s : {Shape{6, 5, 97, layout()}, Shape{2, 64, 300, layout()},
                          Shape{50, 20, 7, layout()}, Shape{33, 9, 1, layout()},
                          Shape{70, 12, 9, layout()}, Shape{60, 7, 15, layout()},
-                         Shape{80, 6, 5, layout()}}) {
+                         Shape{80, 6, 5, layout()}, Shape{24, 1040, 3, layout()}}) {
     for (double offset : {1e3, 1e4, 1e5}) {
       const size_t C = static_cast<size_t>(s.c);
       const auto x = NormalData(s, 31, offset, 1.0);

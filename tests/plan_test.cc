@@ -65,6 +65,53 @@ TEST(Plan, ReductionUnitsCoverEveryValueOnce) {
   }
 }
 
+// NHWC units: row unit by row unit, each row unit's blocks in channel order,
+// covering every (row, channel) once; blocks of whole vectors (but the last)
+// within kMaxPositions and at most a vector apart in width, so no block is a
+// sliver (C = 1040 was 1024 + 16).
+TEST(Plan, NhwcBlocksAreEvenAndUnitsGoRowByRow) {
+  for (const int64_t c : {3, 1000, 1024, 1025, 1030, 1040, 1280, 2047, 2048, 2064, 5000, 65537}) {
+    SCOPED_TRACE(testing::Message() << "c=" << c);
+    const Problem p = Canonicalize(130, c, 1, true);
+    const ReductionPlan rp = PlanReduction(p);
+    EXPECT_EQ(rp.num_blocks, (c + kMaxPositions - 1) / kMaxPositions);
+    int64_t narrowest = c, widest = 0;
+    for (int64_t b = 0; b < rp.num_blocks; ++b) {
+      const NhwcUnit unit = NhwcUnitOf(rp, p.c, p.Values(), b);
+      EXPECT_EQ(unit.row_unit, 0);
+      EXPECT_EQ(unit.c0 % kMaxLanes, 0);
+      EXPECT_EQ(unit.c0, b == 0 ? 0 : NhwcUnitOf(rp, p.c, p.Values(), b - 1).c0 +
+                                          NhwcUnitOf(rp, p.c, p.Values(), b - 1).width);
+      if (b + 1 < rp.num_blocks) {
+        EXPECT_EQ(unit.width % kMaxLanes, 0);
+      } else {
+        EXPECT_EQ(unit.c0 + unit.width, c);
+      }
+      EXPECT_LE(unit.width, kMaxPositions);
+      EXPECT_LE(unit.width, rp.block_width);
+      narrowest = std::min(narrowest, unit.width);
+      widest = std::max(widest, unit.width);
+    }
+    EXPECT_EQ(widest, rp.block_width);
+    EXPECT_LE(widest - narrowest, kMaxLanes);
+    if (c > kMaxPositions) {
+      EXPECT_GT(narrowest, kMaxPositions / 2 - kMaxLanes);
+    }
+    std::vector<int> seen(static_cast<size_t>(p.Values() * c), 0);
+    int64_t last_row = 0;
+    for (int64_t u = 0; u < rp.num_units; ++u) {
+      const NhwcUnit unit = NhwcUnitOf(rp, p.c, p.Values(), u);
+      EXPECT_GE(unit.row_begin, last_row);  // never back to earlier rows
+      last_row = unit.row_begin;
+      EXPECT_EQ(unit.row_begin, unit.row_unit * rp.unit_rows);
+      for (int64_t r = unit.row_begin; r < unit.row_end; ++r) {
+        for (int64_t ch = unit.c0; ch < unit.c0 + unit.width; ++ch) ++seen[r * c + ch];
+      }
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), static_cast<int64_t>(seen.size()));
+  }
+}
+
 TEST(Plan, ElementwiseTasksAlignToPeriods) {
   for (const Problem& p : Problems()) {
     const ElementwisePlan ep = PlanElementwise(p);
