@@ -113,6 +113,16 @@ NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGrou
   return input_bytes > caches.llc ? NextGroup::kPrefetch : NextGroup::kReduce;
 }
 
+bool FusesBeyondL2(const Problem& p, int64_t slice_bytes, int threads, const CacheSizes& caches) {
+  const int64_t c = p.c;
+  const bool long_runs = p.spatial * p.ElemBytes() >= kFusedRunBytes;
+  const bool fits = long_runs && slice_bytes <= caches.l2 + caches.llc / threads;
+  // Whole channels per thread: the busiest at most 1.25 times the mean (C = 3
+  // on 2 threads, 2 and 1, stays two-phase, which splits the batch).
+  const bool balanced = 4 * CeilDiv(c, threads) * threads <= 5 * c;
+  return fits && balanced;
+}
+
 ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tensors_read,
                             int threads, const CacheSizes& caches, NextGroup next,
                             int apply_only) {
@@ -134,7 +144,8 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
   // the tensors overflow the LLC (backward of 32x256x56x56 NCHW, 802 KB
   // slices: 2.0-2.3 -> 1.5-1.75x a copy).
   const int64_t budget = next == NextGroup::kReduce ? caches.l2 / 4 : caches.l2 / 2;
-  if (!p.nhwc && slice_bytes <= caches.l2 && p.c >= plan.threads) {
+  if (!p.nhwc && p.c >= plan.threads &&
+      (slice_bytes <= caches.l2 || FusesBeyondL2(p, slice_bytes, plan.threads, caches))) {
     plan.strategy = Strategy::kChannelFused;
     // As many channels as fit the budget (each image's run of the group is
     // then contiguous and long), but at least 4 tasks per thread to balance.

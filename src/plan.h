@@ -189,7 +189,8 @@ enum class RowStores { kGrouped, kSequential };
 //    in reverse order, so the most recently read data (still in L2/LLC) goes
 //    first; beyond the LLC the apply pass goes over the flat tensor instead
 //    (flat_apply), each thread taking a contiguous piece of it, its last task
-//    first. Used when channels are fewer than threads or larger than L2, and
+//    first. Used when channels are fewer than threads or larger than L2
+//    (but for FusesBeyondL2), and
 //    for NHWC.
 // The reduction units and their merge order are the same in both: the
 // strategy never changes a result bit.
@@ -222,6 +223,18 @@ enum class NextGroupPolicy { kAlways, kWithinLlc, kNever };
 // `inputs` tensors (kWithinLlc compares their bytes with the LLC: inputs only,
 // as measured warm; the outputs stream past the caches); else kPrefetch.
 // Never changes a bit.
+// Whether an NCHW channel whose slice (`slice_bytes` of inputs) overflows L2
+// is still fused, alone in its group (PlanExecution): while the slice fits L2
+// and the thread's share of the LLC, whose lines the apply then reads again
+// instead of DRAM's; its runs are at least kFusedRunBytes (shorter strided
+// runs made the walk of one channel from DRAM latency-bound: 3.4-3.9 times
+// the two-phase time on 3x3 and 7x7 images, 1.05-1.08 on 3 KiB runs); and the
+// channels spread over `threads` with the busiest at most 1.25 times the
+// mean. Zen 4 guest, 2 threads, evicted: 0.58-0.93 of the two-phase time on
+// runs of 6.4 KiB to 1 MiB (docs/performance.md, "Channel-fused").
+constexpr int64_t kFusedRunBytes = 8192;
+bool FusesBeyondL2(const Problem& p, int64_t slice_bytes, int threads, const CacheSizes& caches);
+
 NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGroupPolicy policy,
                           const CacheSizes& caches);
 

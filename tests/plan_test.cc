@@ -256,7 +256,8 @@ TEST(Plan, NextGroupFollowsThePolicy) {
 }
 
 // Reduce-then-apply strategies: channel-fused where a channel's slice fits
-// L2; two-phase otherwise, whose apply pass goes over the flat tensor
+// L2 (or, alone in its group, L2 and its thread's share of the LLC:
+// FusesBeyondL2, below); two-phase otherwise, whose apply pass goes over the flat tensor
 // exactly when the reduce pass's inputs overflow the LLC (it re-reads them
 // mostly from DRAM then), and unit by unit in reverse otherwise.
 // Every strategy records whether those inputs overflow the LLC (how the
@@ -277,7 +278,9 @@ TEST(Plan, StrategyAndApplyOrder) {
                 PlanExecution(p, PlanReduction(p), tensors, threads, caches, next, apply_only);
             const int64_t slice = p.Values() * tensors * p.ElemBytes();
             const int64_t read = p.Elements() * tensors * p.ElemBytes();
-            const bool fused = !p.nhwc && slice <= caches.l2 && p.c >= plan.threads;
+            const bool fused =
+                !p.nhwc && p.c >= plan.threads &&
+                (slice <= caches.l2 || FusesBeyondL2(p, slice, plan.threads, caches));
             EXPECT_EQ(plan.strategy == Strategy::kChannelFused, fused);
             EXPECT_EQ(plan.flat_apply, !fused && read > caches.llc);
             EXPECT_EQ(plan.inputs_beyond_llc, read > caches.llc);
@@ -326,6 +329,46 @@ TEST(Plan, ReductionRowsAtOnce) {
 
 // The stores' choice at its edge: tensors of exactly the LLC stay cached,
 // a vector more per channel streams; a residual or second output counts.
+// Channels whose slice overflows L2 are fused one per group while the slice
+// fits L2 and the thread's share of the LLC, their runs are at least
+// kFusedRunBytes long (shorter strided runs from DRAM made the channel's walk
+// latency-bound: 3.5x the two-phase time on 7x7 and 3x3 images) and whole
+// channels balance the threads; two-phase otherwise.
+TEST(Plan, FusesBeyondL2) {
+  const CacheSizes caches;  // 1 MiB L2, 8 MiB LLC: up to 5 MiB on 2 threads, 9 on 1
+  const auto strategy = [&](int64_t n, int64_t c, int64_t spatial, int tensors, int threads,
+                            DType dtype = DType::kF32) {
+    Problem p = Canonicalize(n, c, spatial, false);
+    p.dtype = dtype;
+    return PlanExecution(p, PlanReduction(p), tensors, threads, caches, NextGroup::kPrefetch);
+  };
+  // 32x64x112x112: 1.6 MB slices forward, 3.2 MB backward; one channel a group.
+  for (int tensors : {1, 2}) {
+    const ExecutionPlan plan = strategy(32, 64, 12544, tensors, 2);
+    EXPECT_EQ(plan.strategy, Strategy::kChannelFused) << tensors;
+    EXPECT_EQ(plan.channels_per_task, 1) << tensors;
+  }
+  EXPECT_EQ(strategy(2, 8, 262144, 2, 2).strategy, Strategy::kChannelFused);  // 4 MB
+  // 6.4 MB: beyond 5 MiB on 2 threads, within 9 on one.
+  EXPECT_EQ(strategy(64, 64, 12544, 2, 2).strategy, Strategy::kTwoPhase);
+  EXPECT_EQ(strategy(64, 64, 12544, 2, 1).strategy, Strategy::kChannelFused);
+  EXPECT_EQ(strategy(64, 64, 12544, 2, 1).channels_per_task, 1);
+  // Runs of 8 KiB fuse, shorter ones do not; bf16 counts bytes.
+  EXPECT_EQ(strategy(512, 8, 2048, 1, 2).strategy, Strategy::kChannelFused);
+  EXPECT_EQ(strategy(512, 8, 2047, 1, 2).strategy, Strategy::kTwoPhase);
+  EXPECT_EQ(strategy(256, 8, 4096, 1, 2, DType::kBF16).strategy, Strategy::kChannelFused);
+  EXPECT_EQ(strategy(256, 8, 4095, 1, 2, DType::kBF16).strategy, Strategy::kTwoPhase);
+  EXPECT_EQ(strategy(8192, 16, 49, 1, 2).strategy, Strategy::kTwoPhase);
+  // Balance: 3 channels on 2 threads (2 and 1) and 5 on 4 stay two-phase, 6
+  // on 4 (2 and 1: 1.33x the mean) too; 5 on 2 (3 and 2: 1.2x) fuse.
+  EXPECT_EQ(strategy(8, 3, 50176, 1, 2).strategy, Strategy::kTwoPhase);
+  EXPECT_EQ(strategy(8, 5, 50176, 1, 4).strategy, Strategy::kTwoPhase);
+  EXPECT_EQ(strategy(8, 6, 50176, 1, 4).strategy, Strategy::kTwoPhase);
+  EXPECT_EQ(strategy(8, 5, 50176, 1, 2).strategy, Strategy::kChannelFused);
+  // Within L2 the rule of whole groups holds: 3 channels on 2 threads fuse.
+  EXPECT_EQ(strategy(4, 3, 50176, 1, 2).strategy, Strategy::kChannelFused);
+}
+
 TEST(Plan, StreamThreshold) {
   const CacheSizes caches;  // 8 MiB LLC
   const int64_t half = caches.llc / 2 / static_cast<int64_t>(sizeof(float));
