@@ -30,6 +30,9 @@ struct Outputs {
       dbeta, dx_frozen, dgamma_frozen, dbeta_frozen, y_ex, dx_ex, dz_ex, dgamma_ex, dbeta_ex,
       save_mean16, save_invstd16, dgamma16, dbeta16;
   std::vector<uint16_t> y16, dx16;
+  // The split entry points' double results (bnorm_stats, bnorm_backward_reduce):
+  // bits that rounding to float could hide.
+  std::vector<double> mean, m2, sum_dy, sum_dy_xmu;
   bool operator==(const Outputs& o) const {
     const std::vector<float> Outputs::*floats[] = {&Outputs::y,
                                                    &Outputs::save_mean,
@@ -53,6 +56,9 @@ struct Outputs {
                                                    &Outputs::dgamma16,
                                                    &Outputs::dbeta16};
     for (const auto field : floats) {
+      if (Bytes(this->*field) != Bytes(o.*field)) return false;
+    }
+    for (const auto field : {&Outputs::mean, &Outputs::m2, &Outputs::sum_dy, &Outputs::sum_dy_xmu}) {
       if (Bytes(this->*field) != Bytes(o.*field)) return false;
     }
     return y16 == o.y16 && dx16 == o.dx16;
@@ -131,6 +137,11 @@ Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
                         BNORM_ACT_RELU, gamma.data(), beta.data(), o.save_mean.data(),
                         o.save_invstd.data(), o.dgamma_ex.data(), o.dbeta_ex.data()),
       BNORM_OK);
+  for (auto* v : {&o.mean, &o.m2, &o.sum_dy, &o.sum_dy_xmu}) v->resize(C);
+  EXPECT_EQ(bnorm_stats(ctx, &d, x.data(), o.mean.data(), o.m2.data()), BNORM_OK);
+  EXPECT_EQ(bnorm_backward_reduce(ctx, &d, x.data(), dy.data(), o.save_mean.data(),
+                                  o.sum_dy.data(), o.sum_dy_xmu.data()),
+            BNORM_OK);
   bnorm_tensor_desc d16 = d;
   d16.dtype = BNORM_DTYPE_BF16;
   o.y16.resize(x.size());
@@ -164,6 +175,48 @@ TEST_P(ThreadsTest, BitwiseIdenticalForAnyThreadCount) {
     EXPECT_TRUE(RunAll(nullptr, s) == serial) << "default context";
   }
   bnorm_context_destroy(one);
+}
+
+// The split entry points' double sums (bnorm_stats, bnorm_backward_reduce)
+// of 64 channels of 50176 values (two reduction units each), on 1, 2 and 16
+// threads: with caches small enough (ctest's
+// threads_test.plan_changes_with_threads), one thread fuses each channel's
+// reduction with its next group's prefetch while more threads take the
+// two-phase plan, whose reductions prefetch ahead (FusesBeyondL2 in
+// src/plan.h): the same kernels inlined into two callers. Built with
+// floating-point contraction, GCC fused their scalar double arithmetic
+// differently in the two, and 7 of 64 channels differed in the last bit.
+TEST_P(ThreadsTest, SplitSumsBitwiseIdenticalWhenThePlanChanges) {
+  ScopedTarget target(GetParam());
+  const Shape s{4, 64, 12544, BNORM_LAYOUT_NCHW};
+  static const std::vector<float> x = NormalData(s, 25, 100.0, 3.0);
+  static const std::vector<float> dy = NormalData(s, 26, 0.0, 1.0);
+  const size_t C = static_cast<size_t>(s.c);
+  const bnorm_tensor_desc d = s.Desc();
+  std::vector<double> first[4];
+  for (int threads : {1, 2, 16}) {
+    bnorm_context* ctx = nullptr;
+    ASSERT_EQ(bnorm_context_create(threads, &ctx), BNORM_OK);
+    std::vector<double> out[4] = {std::vector<double>(C), std::vector<double>(C),
+                                  std::vector<double>(C), std::vector<double>(C)};
+    EXPECT_EQ(bnorm_stats(ctx, &d, x.data(), out[0].data(), out[1].data()), BNORM_OK);
+    const std::vector<float> mean(out[0].begin(), out[0].end());
+    EXPECT_EQ(bnorm_backward_reduce(ctx, &d, x.data(), dy.data(), mean.data(), out[2].data(),
+                                    out[3].data()),
+              BNORM_OK);
+    bnorm_context_destroy(ctx);
+    if (threads == 1) {
+      for (int k = 0; k < 4; ++k) first[k] = out[k];
+      continue;
+    }
+    for (int k = 0; k < 4; ++k) {
+      for (size_t ch = 0; ch < C; ++ch) {
+        EXPECT_EQ(Bytes(std::vector<double>{out[k][ch]}), Bytes(std::vector<double>{first[k][ch]}))
+            << "output " << k << " channel " << ch << " on " << threads << " threads: "
+            << out[k][ch] << " vs " << first[k][ch];
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, ThreadsTest, testing::ValuesIn(TargetNames()),
