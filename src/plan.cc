@@ -115,6 +115,7 @@ NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGrou
 
 bool FusesBeyondL2(const Problem& p, int64_t slice_bytes, int threads, const CacheSizes& caches) {
   const int64_t c = p.c;
+  threads = std::max(threads, 1);
   const bool long_runs = p.spatial * p.ElemBytes() >= kFusedRunBytes;
   const bool fits = long_runs && slice_bytes <= caches.l2 + caches.llc / threads;
   // Whole channels per thread: the busiest at most 1.25 times the mean (C = 3

@@ -92,7 +92,9 @@ struct NhwcUnit {
 // evenly as whole vectors allow.
 inline int64_t NhwcBlockStart(int64_t c, int64_t num_blocks, int64_t b) {
   const int64_t vectors = (c + kMaxLanes - 1) / kMaxLanes;
-  return std::min(c, b * vectors / num_blocks * kMaxLanes);
+  // floor(b * vectors / num_blocks), without the product (b < num_blocks).
+  const int64_t q = vectors / num_blocks, r = vectors % num_blocks;
+  return std::min(c, (b * q + b * r / num_blocks) * kMaxLanes);
 }
 inline NhwcUnit NhwcUnitOf(const ReductionPlan& rp, int64_t c, int64_t values, int64_t u) {
   const int64_t b = u % rp.num_blocks;
@@ -217,12 +219,6 @@ enum class NextGroup { kPrefetch, kReduce };
 //  kNever: prefetch always (an override, to compare the two on a CPU).
 enum class NextGroupPolicy { kAlways, kWithinLlc, kNever };
 
-// The step a channel-fused plan takes to its next group: kReduce where the
-// pipelined kernels apply to the call (`pipelined`: StatsWhileNormalizingRuns,
-// GradSumsWhileApplyingRuns) and the policy allows it for a call that reads
-// `inputs` tensors (kWithinLlc compares their bytes with the LLC: inputs only,
-// as measured warm; the outputs stream past the caches); else kPrefetch.
-// Never changes a bit.
 // Whether an NCHW channel whose slice (`slice_bytes` of inputs) overflows L2
 // is still fused, alone in its group (PlanExecution): while the slice fits L2
 // and the thread's share of the LLC, whose lines the apply then reads again
@@ -230,11 +226,18 @@ enum class NextGroupPolicy { kAlways, kWithinLlc, kNever };
 // runs made the walk of one channel from DRAM latency-bound: 3.4-3.9 times
 // the two-phase time on 3x3 and 7x7 images, 1.05-1.08 on 3 KiB runs); and the
 // channels spread over `threads` with the busiest at most 1.25 times the
-// mean. Zen 4 guest, 2 threads, evicted: 0.58-0.93 of the two-phase time on
-// runs of 6.4 KiB to 1 MiB (docs/performance.md, "Channel-fused").
+// mean. Zen 4 guest, 2 threads, evicted: 0.58-0.86 of the two-phase time on
+// runs of 12.5 KiB to 1 MiB, 0.93 on 6.4 KiB (docs/performance.md,
+// "Channel-fused"). threads < 1 counts as 1.
 constexpr int64_t kFusedRunBytes = 8192;
 bool FusesBeyondL2(const Problem& p, int64_t slice_bytes, int threads, const CacheSizes& caches);
 
+// The step a channel-fused plan takes to its next group: kReduce where the
+// pipelined kernels apply to the call (`pipelined`: StatsWhileNormalizingRuns,
+// GradSumsWhileApplyingRuns) and the policy allows it for a call that reads
+// `inputs` tensors (kWithinLlc compares their bytes with the LLC: inputs only,
+// as measured warm; the outputs stream past the caches); else kPrefetch.
+// Never changes a bit.
 NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGroupPolicy policy,
                           const CacheSizes& caches);
 

@@ -375,9 +375,22 @@ void ExpectGarbageWarnsOnce(const char* name, const std::vector<std::string>& ga
 // Cache sizes from the environment (BNORM_L2_SIZE, BNORM_LLC_SIZE) change the
 // plan (fused or two-phase, streamed stores or not), never the bits.
 TEST(CacheEnvironment, SizesChangeThePlanNotTheBits) {
-  // Train's channel slices are 96 KB and its tensors 4.6 MB: a 64 KiB L2 makes
-  // its plan two-phase, a 4 KiB LLC streams every output, 1 GiB none.
+  // Train's channel slices are 96 KB and its tensors 4.6 MB: a 64 KiB L2 with
+  // a 4 KiB LLC makes its plan two-phase (with the LLC's room, slices beyond
+  // L2 are fused: FusesBeyondL2 in src/plan.h), a 4 KiB LLC streams every
+  // output, 1 GiB none.
   ExpectSettingsKeepTheBits("BNORM_L2_SIZE", {"64K", "64M"});
+  {
+    const char* outer = std::getenv("BNORM_LLC_SIZE");
+    const std::string saved = outer != nullptr ? outer : "";
+    setenv("BNORM_LLC_SIZE", "4K", 1);  // for the probes, which inherit it
+    ExpectSettingsKeepTheBits("BNORM_L2_SIZE", {"64K", "64M"});
+    if (outer != nullptr) {
+      setenv("BNORM_LLC_SIZE", saved.c_str(), 1);
+    } else {
+      unsetenv("BNORM_LLC_SIZE");
+    }
+  }
   ExpectSettingsKeepTheBits("BNORM_LLC_SIZE",
                             {"4K", "1G", "1048576", "1T", " 2m\t", "8M\r\n", " "});
 }

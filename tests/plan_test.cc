@@ -327,8 +327,6 @@ TEST(Plan, ReductionRowsAtOnce) {
   }
 }
 
-// The stores' choice at its edge: tensors of exactly the LLC stay cached,
-// a vector more per channel streams; a residual or second output counts.
 // Channels whose slice overflows L2 are fused one per group while the slice
 // fits L2 and the thread's share of the LLC, their runs are at least
 // kFusedRunBytes long (shorter strided runs from DRAM made the channel's walk
@@ -367,8 +365,23 @@ TEST(Plan, FusesBeyondL2) {
   EXPECT_EQ(strategy(8, 5, 50176, 1, 2).strategy, Strategy::kChannelFused);
   // Within L2 the rule of whole groups holds: 3 channels on 2 threads fuse.
   EXPECT_EQ(strategy(4, 3, 50176, 1, 2).strategy, Strategy::kChannelFused);
+  // threads_test.plan_changes_with_threads (64 KiB L2, 256 KiB LLC): the
+  // statistics of 4x64x12544 and the gradient sums of 2x64x12544 fuse on one
+  // thread and not on 2 or 16.
+  const CacheSizes small{int64_t{64} << 10, int64_t{256} << 10};
+  for (const auto& [n, tensors] : {std::pair<int64_t, int>{4, 1}, {2, 2}}) {
+    const Problem p = Canonicalize(n, 64, 12544, false);
+    for (int threads : {1, 2, 16}) {
+      EXPECT_EQ(PlanExecution(p, PlanReduction(p), tensors, threads, small, NextGroup::kPrefetch)
+                    .strategy,
+                threads == 1 ? Strategy::kChannelFused : Strategy::kTwoPhase)
+          << n << " " << tensors << " " << threads;
+    }
+  }
 }
 
+// The stores' choice at its edge: tensors of exactly the LLC stay cached,
+// a vector more per channel streams; a residual or second output counts.
 TEST(Plan, StreamThreshold) {
   const CacheSizes caches;  // 8 MiB LLC
   const int64_t half = caches.llc / 2 / static_cast<int64_t>(sizeof(float));

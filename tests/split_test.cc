@@ -226,7 +226,8 @@ class SplitTest : public testing::TestWithParam<TargetLayout> {
     return {{"1 thread", single_}, {"all cores", all_}};
   }
   // Tiny and prime sizes, c == 1, spatial == 1, n == 1, a channel of 1.6 MB
-  // (the planner's two-phase strategy), many small channels (channel-fused
+  // (two-phase on all cores of a machine with less than 1.6 MB of L2 and
+  // LLC per thread; fused on one thread: FusesBeyondL2 in src/plan.h), many small channels (channel-fused
   // in NCHW), and NHWC rows of 3 and of 1000 channels. Channel-fused NCHW
   // plans with several groups per task reduce each group while they write
   // the one before (stats_apply.h, grad_sums_apply.h; f32, AVX2 and AVX-512,

@@ -177,32 +177,36 @@ TEST_P(ThreadsTest, BitwiseIdenticalForAnyThreadCount) {
   bnorm_context_destroy(one);
 }
 
-// The split entry points' double sums (bnorm_stats, bnorm_backward_reduce)
-// of 64 channels of 50176 values (two reduction units each), on 1, 2 and 16
-// threads: with caches small enough (ctest's
-// threads_test.plan_changes_with_threads), one thread fuses each channel's
-// reduction with its next group's prefetch while more threads take the
-// two-phase plan, whose reductions prefetch ahead (FusesBeyondL2 in
-// src/plan.h): the same kernels inlined into two callers. Built with
+// The split entry points' double sums on 1, 2 and 16 threads: bnorm_stats
+// of 4x64x12544 NCHW and bnorm_backward_reduce of 2x64x12544 (channels of
+// two reduction units). With caches small enough (ctest's
+// threads_test.plan_changes_with_threads: 64 KiB L2, 256 KiB LLC), one thread
+// takes the channel-fused plan for both and more threads the two-phase one,
+// whose reductions prefetch ahead (FusesBeyondL2 in src/plan.h; plan_test
+// pins these plans): the same kernels inlined into two callers. Built with
 // floating-point contraction, GCC fused their scalar double arithmetic
-// differently in the two, and 7 of 64 channels differed in the last bit.
+// differently in the two, and 7 of 64 channels' statistics differed in the
+// last bit.
 TEST_P(ThreadsTest, SplitSumsBitwiseIdenticalWhenThePlanChanges) {
   ScopedTarget target(GetParam());
-  const Shape s{4, 64, 12544, BNORM_LAYOUT_NCHW};
-  static const std::vector<float> x = NormalData(s, 25, 100.0, 3.0);
-  static const std::vector<float> dy = NormalData(s, 26, 0.0, 1.0);
-  const size_t C = static_cast<size_t>(s.c);
-  const bnorm_tensor_desc d = s.Desc();
+  const Shape stats_shape{4, 64, 12544, BNORM_LAYOUT_NCHW};
+  const Shape sums_shape{2, 64, 12544, BNORM_LAYOUT_NCHW};
+  static const std::vector<float> x = NormalData(stats_shape, 25, 100.0, 3.0);
+  static const std::vector<float> dy = NormalData(sums_shape, 26, 0.0, 1.0);
+  const size_t C = static_cast<size_t>(stats_shape.c);
+  const bnorm_tensor_desc stats_desc = stats_shape.Desc();
+  const bnorm_tensor_desc sums_desc = sums_shape.Desc();
   std::vector<double> first[4];
   for (int threads : {1, 2, 16}) {
     bnorm_context* ctx = nullptr;
     ASSERT_EQ(bnorm_context_create(threads, &ctx), BNORM_OK);
     std::vector<double> out[4] = {std::vector<double>(C), std::vector<double>(C),
                                   std::vector<double>(C), std::vector<double>(C)};
-    EXPECT_EQ(bnorm_stats(ctx, &d, x.data(), out[0].data(), out[1].data()), BNORM_OK);
+    EXPECT_EQ(bnorm_stats(ctx, &stats_desc, x.data(), out[0].data(), out[1].data()), BNORM_OK);
     const std::vector<float> mean(out[0].begin(), out[0].end());
-    EXPECT_EQ(bnorm_backward_reduce(ctx, &d, x.data(), dy.data(), mean.data(), out[2].data(),
-                                    out[3].data()),
+    // The first two images of x (the same layout, n = 2).
+    EXPECT_EQ(bnorm_backward_reduce(ctx, &sums_desc, x.data(), dy.data(), mean.data(),
+                                    out[2].data(), out[3].data()),
               BNORM_OK);
     bnorm_context_destroy(ctx);
     if (threads == 1) {
