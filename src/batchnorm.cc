@@ -234,8 +234,9 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
     // Each thread takes a contiguous piece of the flat tensor and walks its
     // tasks from the last to the first. Where a thread's reduction units are
     // a contiguous range of rows (NHWC: row units one after another,
-    // NhwcUnitOf), what it read last is what L2 and the LLC still hold, read again here
-    // before this walk evicts it; forward, the walk evicted it first. Zen 4
+    // NhwcUnitOf), what it read last is what L2 and the LLC still hold,
+    // read again here before this walk evicts it; forward, the walk
+    // evicted it first. Zen 4
     // guest, tools/call_timer.cc, evicted, medians of 8-16 alternated runs:
     // NHWC backward 5-11 % faster on 1 thread (32x64x56x56, 8x64x6144) and
     // 5-9 % on 2 (32x64x56x56, 4096x1024); training, NCHW (256x3x224x224)

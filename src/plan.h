@@ -50,15 +50,16 @@ Problem Canonicalize(int64_t n, int64_t c, int64_t spatial, bool nhwc);
 // Unit u of channel ch has index ch * units_per_channel + u.
 //
 // NHWC reductions: channels are cut into `num_blocks` blocks of at most
-// `block_width` (all of them when c <= kMaxPositions; beyond, whole vectors of
-// kMaxLanes channels, as many in each block as can be, the last one holding
-// the partial vector: NhwcBlockStart), rows into units of `unit_rows` rows. Units go row unit by row unit, the blocks of
-// one row unit consecutive (NhwcUnitOf), so that a thread's range of units is
-// a range of rows across all channels. When one block holds all channels,
-// `rows_per_period` rows (a "period" of `period` floats, a multiple of
-// kMaxLanes where possible) are treated as one vector row, so small C (3, 24,
-// ...) still fills whole vectors. A unit's partial for channel ch has index
-// row_unit * c + ch.
+// `block_width` (all of them when c <= kMaxPositions; beyond, the whole
+// vectors of kMaxLanes channels spread over the blocks as evenly as whole
+// vectors allow, the last block holding the partial vector:
+// NhwcBlockStart), rows into units of `unit_rows` rows. Units go row unit by
+// row unit, the blocks of one row unit consecutive (NhwcUnitOf), so that a
+// thread's range of units is a range of rows across all channels. When one
+// block holds all channels, `rows_per_period` rows (a "period" of `period`
+// floats, a multiple of kMaxLanes where possible) are treated as one vector
+// row, so small C (3, 24, ...) still fills whole vectors. A unit's partial
+// for channel ch has index row_unit * c + ch.
 struct ReductionPlan {
   bool nhwc = false;
   int64_t num_units = 0;   // total units (all channels / blocks)

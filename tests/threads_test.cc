@@ -58,7 +58,8 @@ struct Outputs {
     for (const auto field : floats) {
       if (Bytes(this->*field) != Bytes(o.*field)) return false;
     }
-    for (const auto field : {&Outputs::mean, &Outputs::m2, &Outputs::sum_dy, &Outputs::sum_dy_xmu}) {
+    for (const auto field :
+         {&Outputs::mean, &Outputs::m2, &Outputs::sum_dy, &Outputs::sum_dy_xmu}) {
       if (Bytes(this->*field) != Bytes(o.*field)) return false;
     }
     return y16 == o.y16 && dx16 == o.dx16;
@@ -139,8 +140,8 @@ Outputs RunAll(const bnorm_context* ctx, const Shape& s) {
       BNORM_OK);
   for (auto* v : {&o.mean, &o.m2, &o.sum_dy, &o.sum_dy_xmu}) v->resize(C);
   EXPECT_EQ(bnorm_stats(ctx, &d, x.data(), o.mean.data(), o.m2.data()), BNORM_OK);
-  EXPECT_EQ(bnorm_backward_reduce(ctx, &d, x.data(), dy.data(), o.save_mean.data(),
-                                  o.sum_dy.data(), o.sum_dy_xmu.data()),
+  EXPECT_EQ(bnorm_backward_reduce(ctx, &d, x.data(), dy.data(), o.save_mean.data(), o.sum_dy.data(),
+                                  o.sum_dy_xmu.data()),
             BNORM_OK);
   bnorm_tensor_desc d16 = d;
   d16.dtype = BNORM_DTYPE_BF16;
@@ -216,8 +217,8 @@ TEST_P(ThreadsTest, SplitSumsBitwiseIdenticalWhenThePlanChanges) {
     for (int k = 0; k < 4; ++k) {
       for (size_t ch = 0; ch < C; ++ch) {
         EXPECT_EQ(Bytes(std::vector<double>{out[k][ch]}), Bytes(std::vector<double>{first[k][ch]}))
-            << "output " << k << " channel " << ch << " on " << threads << " threads: "
-            << out[k][ch] << " vs " << first[k][ch];
+            << "output " << k << " channel " << ch << " on " << threads
+            << " threads: " << out[k][ch] << " vs " << first[k][ch];
       }
     }
   }
@@ -275,7 +276,6 @@ TEST(Concurrency, ContextsCreatedAndDestroyedWhileOthersCompute) {
   for (auto& th : threads) th.join();
   for (int t = 0; t < 6; ++t) EXPECT_EQ(mismatches[static_cast<size_t>(t)], 0) << "thread " << t;
 }
-
 
 // Spins until `go`; lets several threads start a call at the same moment.
 void WaitFor(const std::atomic<bool>& go) {
@@ -356,10 +356,10 @@ TEST(Concurrency, TargetChangesWhileOthersCompute) {
   const size_t C = static_cast<size_t>(s.c);
   const auto train = [&](const bnorm_context* ctx) {
     std::vector<float> y(in.x.size()), mean(C), invstd(C);
-    EXPECT_EQ(bnorm_forward_training(ctx, &d, in.x.data(), y.data(), in.gamma.data(),
-                                     in.beta.data(), 1e-5f, 0.1f, nullptr, nullptr, mean.data(),
-                                     invstd.data()),
-              BNORM_OK);
+    EXPECT_EQ(
+        bnorm_forward_training(ctx, &d, in.x.data(), y.data(), in.gamma.data(), in.beta.data(),
+                               1e-5f, 0.1f, nullptr, nullptr, mean.data(), invstd.data()),
+        BNORM_OK);
     y.insert(y.end(), mean.begin(), mean.end());
     y.insert(y.end(), invstd.begin(), invstd.end());
     return Bytes(y);
