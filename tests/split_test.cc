@@ -227,9 +227,10 @@ class SplitTest : public testing::TestWithParam<TargetLayout> {
   }
   // Tiny and prime sizes, c == 1, spatial == 1, n == 1, a channel of 1.6 MB
   // (two-phase on all cores of a machine with less than 1.6 MB of L2 and
-  // LLC per thread; fused on one thread: FusesBeyondL2 in src/plan.h), many small channels (channel-fused
-  // in NCHW), and NHWC rows of 3 and of 1000 channels. Channel-fused NCHW
-  // plans with several groups per task reduce each group while they write
+  // LLC per thread; fused on one thread: FusesBeyondL2 in src/plan.h), many
+  // small channels (channel-fused in NCHW), and NHWC rows of 3 and of 1000
+  // channels. Channel-fused NCHW plans with several groups per task reduce
+  // each group while they write
   // the one before (stats_apply.h, grad_sums_apply.h; f32, AVX2 and AVX-512,
   // runs of at least a vector; 16-bit training, AVX-512, runs of at least 64
   // values: 5x13x1000 and 10x3x3400 only): on one thread, 8x256x49 (short runs),
