@@ -21,6 +21,13 @@ namespace bnorm {
 constexpr int64_t kUnitElems = 32768;
 // NHWC units span at least this many periods (rows, for C >= 16).
 constexpr int64_t kMinUnitRows = 64;
+// ... and up to this many where the tensor has rows for kUnitsForThreads
+// units of them: a unit's work per position (set-up, the merge into the
+// channel's total) then weighs a quarter as much per value.
+constexpr int64_t kMaxUnitRows = 256;
+// The fewest NHWC row units the longer units above leave (a shape's units
+// are the parallelism of every thread count: they cannot depend on it).
+constexpr int64_t kUnitsForThreads = 128;
 // Elements per elementwise task.
 constexpr int64_t kTaskElems = 65536;
 // At most this many lane positions (floats of sum state) in an NHWC unit.

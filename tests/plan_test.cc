@@ -65,6 +65,33 @@ TEST(Plan, ReductionUnitsCoverEveryValueOnce) {
   }
 }
 
+// NHWC units of wide rows span kMinUnitRows periods, and up to kMaxUnitRows
+// where the rows allow kUnitsForThreads units of them; rows of narrow
+// channels stay at kUnitElems elements a unit.
+TEST(Plan, NhwcUnitsLengthenWhereRowsAbound) {
+  struct Case {
+    int64_t n, c, spatial, unit_rows;
+  };
+  for (const Case& k : {Case{4096, 1024, 1, 64},        // 64 units of 64
+                        Case{64, 1024, 196, 98},        // 12544 rows: 128 units
+                        Case{32, 256, 3136, 256},       // was 128 (kUnitElems)
+                        Case{32, 512, 784, 196},        // 25088 rows / 128
+                        Case{512, 1024, 196, 256},      // capped
+                        Case{32, 64, 3136, 512},        // kUnitElems / 64
+                        Case{256, 3, 50176, 16 * 682},  // periods of 16 rows
+                        Case{50, 1024, 1, 50}}) {       // one unit
+    SCOPED_TRACE(testing::Message() << k.n << "x" << k.c << "x" << k.spatial);
+    const Problem p = Canonicalize(k.n, k.c, k.spatial, true);
+    const ReductionPlan rp = PlanReduction(p);
+    EXPECT_EQ(rp.unit_rows, k.unit_rows);
+    if (rp.unit_rows > kMinUnitRows * rp.rows_per_period &&
+        rp.unit_rows > kUnitElems / rp.block_width) {
+      EXPECT_GE(rp.row_units, kUnitsForThreads);
+      EXPECT_LE(rp.unit_rows, kMaxUnitRows * rp.rows_per_period);
+    }
+  }
+}
+
 // NHWC units: row unit by row unit, each row unit's blocks in channel order,
 // covering every (row, channel) once; blocks of whole vectors (but the last)
 // within kMaxPositions and at most a vector apart in width, so no block is a
