@@ -10,6 +10,7 @@
 #include "backward_reduce.h"
 #include "context.h"
 #include "cpu_info.h"
+#include "finalize.h"
 #include "grad_sums_apply.h"
 #include "moments.h"
 #include "normalize.h"
@@ -268,37 +269,34 @@ struct ForwardOutputs {
   float* save_invstd;
 };
 
-// Finalizes channel ch from its mean and M2 over m values: writes the
+// Finalizes channels [c0, c1) from their means and M2 over `count` values
+// each (read `stride` doubles apart: FinalizeForward): writes the
 // per-channel outputs and, when consts is not null, the apply constants
-// (mean, scale, shift arrays of klen floats). The one definition of this
+// (mean, scale, shift arrays of klen floats). The one path of this
 // arithmetic, shared by bnorm_forward_training and bnorm_forward_apply.
-inline void FinalizeForwardChannel(const Problem& p, int64_t klen, float* consts,
-                                   const ForwardOutputs& o, double m, int64_t ch, double mean,
-                                   double m2) {
-  const double var_eps = m2 / m + static_cast<double>(o.eps);
-  const double invstd = var_eps == 0.0 ? 0.0 : 1.0 / std::sqrt(var_eps);
-  if (o.save_mean != nullptr) o.save_mean[ch] = static_cast<float>(mean);
-  if (o.save_invstd != nullptr) o.save_invstd[ch] = static_cast<float>(invstd);
-  const double mom = static_cast<double>(o.momentum);
-  if (o.running_mean != nullptr) {
-    o.running_mean[ch] =
-        static_cast<float>((1.0 - mom) * static_cast<double>(o.running_mean[ch]) + mom * mean);
+void FinalizeForwardChannels(int64_t target, const Problem& p, int64_t klen, float* consts,
+                             const ForwardOutputs& o, double count, const double* mean,
+                             const double* m2, int64_t stride, int64_t c0, int64_t c1) {
+  ForwardFinalize f{};
+  f.mean = mean;
+  f.m2 = m2;
+  f.stride = stride;
+  f.count = count;
+  f.gamma = o.gamma;
+  f.beta = o.beta;
+  f.eps = o.eps;
+  f.momentum = o.momentum;
+  f.running_mean = o.running_mean;
+  f.running_var = o.running_var;
+  f.save_mean = o.save_mean;
+  f.save_invstd = o.save_invstd;
+  if (consts != nullptr) {
+    f.apply_mean = consts;
+    f.apply_scale = consts + klen;
+    f.apply_shift = consts + 2 * klen;
   }
-  if (o.running_var != nullptr) {
-    const double unbiased = m2 / (m - 1.0);
-    o.running_var[ch] =
-        static_cast<float>((1.0 - mom) * static_cast<double>(o.running_var[ch]) + mom * unbiased);
-  }
-  if (consts == nullptr) return;
-  // y = (x - mean_f) * scale + shift, with what the float mean misses of
-  // the double mean folded into shift.
-  const float mean_f = static_cast<float>(mean);
-  const double scale = invstd * (o.gamma != nullptr ? static_cast<double>(o.gamma[ch]) : 1.0);
-  const double b = o.beta != nullptr ? static_cast<double>(o.beta[ch]) : 0.0;
-  SetConstant(consts, p, klen, ch, mean_f);
-  SetConstant(consts + klen, p, klen, ch, static_cast<float>(scale));
-  SetConstant(consts + 2 * klen, p, klen, ch,
-              static_cast<float>(b - (mean - static_cast<double>(mean_f)) * scale));
+  FinalizeForward(target, f, c0, c1);
+  if (consts != nullptr) ReplicatePeriod(consts, 3, p, klen, c0, c1);
 }
 
 // Where a forward pass's statistics scratch (unit partials, merged
@@ -455,9 +453,9 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     stats.Merge(c0, c1);
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      FinalizeForwardChannel(p, klen, consts, outputs, m, ch, merged[ch].mean, merged[ch].m2);
-    }
+    static_assert(sizeof(Moments) == 3 * sizeof(double), "Moments are read 3 doubles apart");
+    FinalizeForwardChannels(target, p, klen, consts, outputs, m, &merged[0].mean, &merged[0].m2, 3,
+                            c0, c1);
   };
   const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
     for (int64_t i = 0; i < p.n; ++i) {
@@ -537,13 +535,11 @@ bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void
                           float* running_var, float* save_mean, float* save_invstd) {
   const ForwardOutputs outputs{gamma,        beta,        eps,       momentum,
                                running_mean, running_var, save_mean, save_invstd};
+  const int64_t target = ActiveTargetBit();
   if (p.Elements() == 0) {  // a part without samples: the per-channel outputs only
-    for (int64_t ch = 0; ch < p.c; ++ch) {
-      FinalizeForwardChannel(p, 0, nullptr, outputs, count, ch, mean[ch], m2[ch]);
-    }
+    FinalizeForwardChannels(target, p, 0, nullptr, outputs, count, mean, m2, 1, 0, p.c);
     return BNORM_OK;
   }
-  const int64_t target = ActiveTargetBit();
   const ElementwisePlan ep = PlanElementwise(p);
   const int64_t klen = ConstantsLength(p, ep);
   ScratchPool::Lease lease;
@@ -554,9 +550,7 @@ bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void
   ParallelFor(
       ctx, p.c, kChannelsPerChunk,
       [&](int64_t c0, int64_t c1) {
-        for (int64_t ch = c0; ch < c1; ++ch) {
-          FinalizeForwardChannel(p, klen, consts, outputs, count, ch, mean[ch], m2[ch]);
-        }
+        FinalizeForwardChannels(target, p, klen, consts, outputs, count, mean, m2, 1, c0, c1);
       },
       single);
   const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes().llc);

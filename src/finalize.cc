@@ -1,0 +1,115 @@
+// The per-channel finalize of a training forward pass (see finalize.h). One
+// SIMD body per target via foreach_target.
+#include "config.h"  // first: dispatch configuration
+
+#include "finalize.h"
+
+#include <stddef.h>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "finalize.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace bnorm {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Doubles rounded to float as static_cast rounds them: beyond the float
+// range to infinity (a variance of 1e76 saves an infinite running_var).
+// Highway's scalar DemoteTo saturates to the largest float instead; the x86
+// targets' conversion instructions are static_cast's own.
+template <class DF, class V>
+HWY_INLINE hn::Vec<DF> ToFloat(DF df, V v) {
+#if HWY_TARGET == HWY_SCALAR
+  return hn::Set(df, static_cast<float>(hn::GetLane(v)));
+#else
+  return hn::DemoteTo(df, v);
+#endif
+}
+
+// Lanes(d) channels from ch on. Each operation is IEEE double arithmetic
+// (no contraction: the library builds with -ffp-contract=off), rounded to
+// float as static_cast does, so every target and the one-lane tail give the
+// same bits.
+template <class D>
+HWY_INLINE void FinalizeLanes(D d, const ForwardFinalize& f, size_t ch) {
+  using V = hn::Vec<D>;
+  const hn::Rebind<float, D> df;
+  V mean, m2;
+  if (f.stride == 1) {
+    mean = hn::LoadU(d, f.mean + ch);
+    m2 = hn::LoadU(d, f.m2 + ch);
+  } else {  // strided (an array of Moments): gathered one lane at a time
+    HWY_ALIGN double mean_lanes[hn::MaxLanes(d)];
+    HWY_ALIGN double m2_lanes[hn::MaxLanes(d)];
+    const size_t stride = static_cast<size_t>(f.stride);
+    for (size_t k = 0; k < hn::Lanes(d); ++k) {
+      mean_lanes[k] = f.mean[(ch + k) * stride];
+      m2_lanes[k] = f.m2[(ch + k) * stride];
+    }
+    mean = hn::Load(d, mean_lanes);
+    m2 = hn::Load(d, m2_lanes);
+  }
+  const V count = hn::Set(d, f.count);
+  const V one = hn::Set(d, 1.0);
+  const V var_eps = hn::Add(hn::Div(m2, count), hn::Set(d, static_cast<double>(f.eps)));
+  // Eq, not Ne: Highway's Ne is an ordered compare on AVX2 and AVX-512 (NaN
+  // is not unequal to 0 there), and a NaN variance must give a NaN invstd.
+  const V invstd =
+      hn::IfThenZeroElse(hn::Eq(var_eps, hn::Zero(d)), hn::Div(one, hn::Sqrt(var_eps)));
+  const auto mean_f = ToFloat(df, mean);
+  if (f.save_mean != nullptr) hn::StoreU(mean_f, df, f.save_mean + ch);
+  if (f.save_invstd != nullptr) hn::StoreU(ToFloat(df, invstd), df, f.save_invstd + ch);
+  const V momentum = hn::Set(d, static_cast<double>(f.momentum));
+  const V keep = hn::Sub(one, momentum);
+  if (f.running_mean != nullptr) {
+    const V old = hn::PromoteTo(d, hn::LoadU(df, f.running_mean + ch));
+    const V updated = hn::Add(hn::Mul(keep, old), hn::Mul(momentum, mean));
+    hn::StoreU(ToFloat(df, updated), df, f.running_mean + ch);
+  }
+  if (f.running_var != nullptr) {
+    const V unbiased = hn::Div(m2, hn::Sub(count, one));
+    const V old = hn::PromoteTo(d, hn::LoadU(df, f.running_var + ch));
+    const V updated = hn::Add(hn::Mul(keep, old), hn::Mul(momentum, unbiased));
+    hn::StoreU(ToFloat(df, updated), df, f.running_var + ch);
+  }
+  if (f.apply_mean == nullptr) return;
+  const V scale =
+      f.gamma != nullptr ? hn::Mul(invstd, hn::PromoteTo(d, hn::LoadU(df, f.gamma + ch))) : invstd;
+  const V beta = f.beta != nullptr ? hn::PromoteTo(d, hn::LoadU(df, f.beta + ch)) : hn::Zero(d);
+  const V shift = hn::Sub(beta, hn::Mul(hn::Sub(mean, hn::PromoteTo(d, mean_f)), scale));
+  hn::StoreU(mean_f, df, f.apply_mean + ch);
+  hn::StoreU(ToFloat(df, scale), df, f.apply_scale + ch);
+  hn::StoreU(ToFloat(df, shift), df, f.apply_shift + ch);
+}
+
+void FinalizeForward(const ForwardFinalize& f, int64_t c0, int64_t c1) {
+  const hn::ScalableTag<double> d;
+  const hn::CappedTag<double, 1> d1;
+  size_t ch = static_cast<size_t>(c0);
+  const size_t end = static_cast<size_t>(c1);
+  for (; ch + hn::Lanes(d) <= end; ch += hn::Lanes(d)) FinalizeLanes(d, f, ch);
+  for (; ch < end; ++ch) FinalizeLanes(d1, f, ch);
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace bnorm
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "dispatch.h"
+
+namespace bnorm {
+
+HWY_EXPORT(FinalizeForward);
+
+void FinalizeForward(int64_t target, const ForwardFinalize& f, int64_t c0, int64_t c1) {
+  BNORM_DISPATCH(FinalizeForward, target)(f, c0, c1);
+}
+
+}  // namespace bnorm
+#endif  // HWY_ONCE

@@ -1,0 +1,52 @@
+// The per-channel step of a training forward pass between its statistics
+// and its normalization: invstd, the saved and running statistics, and the
+// apply constants, from each channel's mean and M2, in vectors of doubles.
+// One at a time, its three divisions and square root in double were about
+// 30 % of an (N, C) call with few rows (64x1280 f32, perf): the scalar loop
+// waits on each channel's chain of latencies, where vectors of channels
+// overlap them.
+#ifndef BNORM_SRC_FINALIZE_H_
+#define BNORM_SRC_FINALIZE_H_
+
+#include <cstdint>
+
+namespace bnorm {
+
+// Per-channel arrays indexed by channel; any output may be null (not
+// written), gamma null means 1 and beta null 0. mean and m2 are read
+// `stride` doubles apart (3: an array of Moments, from &moments[0].mean and
+// &moments[0].m2).
+struct ForwardFinalize {
+  const double* mean;
+  const double* m2;
+  int64_t stride;
+  double count;  // values per channel
+  const float* gamma;
+  const float* beta;
+  float eps;
+  float momentum;
+  float* running_mean;  // read and updated
+  float* running_var;
+  float* save_mean;
+  float* save_invstd;
+  // The apply constants of channel ch at [ch] (the caller copies NHWC's to
+  // the rest of the period): y = (x - apply_mean) * apply_scale + apply_shift.
+  float* apply_mean;
+  float* apply_scale;
+  float* apply_shift;
+};
+
+// Channels [c0, c1). The arithmetic, in double and rounded to float once at
+// the end (the same bits on every target):
+//   invstd = 1 / sqrt(m2 / count + eps), or 0 where m2 / count + eps == 0
+//   save_mean = mean, save_invstd = invstd
+//   running_mean = (1 - momentum) * running_mean + momentum * mean
+//   running_var = (1 - momentum) * running_var + momentum * m2 / (count - 1)
+//   apply_mean = float(mean), apply_scale = invstd * gamma,
+//   apply_shift = beta - (mean - apply_mean) * apply_scale (what the float
+//   mean misses of the double mean, folded into the shift).
+void FinalizeForward(int64_t target, const ForwardFinalize& f, int64_t c0, int64_t c1);
+
+}  // namespace bnorm
+
+#endif  // BNORM_SRC_FINALIZE_H_
