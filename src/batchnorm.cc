@@ -31,15 +31,6 @@ int64_t ConstantsLength(const Problem& p, const ElementwisePlan& ep) {
   return p.nhwc ? ep.period + kMaxLanes : p.c;
 }
 
-// Writes value to every position of channel ch.
-inline void SetConstant(float* array, const Problem& p, int64_t length, int64_t ch, float value) {
-  if (!p.nhwc) {
-    array[ch] = value;
-    return;
-  }
-  for (int64_t q = ch; q < length; q += p.c) array[q] = value;
-}
-
 // NHWC: copies positions [c0, c1) (channels c0..c1-1, already written) of
 // each of `arrays` constant arrays (`length` floats apart) to the other
 // positions of those channels.
@@ -653,33 +644,38 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const GradConstants grad{consts, consts + klen, consts + 2 * klen, consts + 3 * klen};
   const double m = given_sums ? split.count : static_cast<double>(p.Values());
 
-  // Per-channel outputs and the apply constants of channels [c0, c1), with
-  // sum_at(ch) the channel's sums.
-  const auto finalize_with = [&](int64_t c0, int64_t c1, const auto& sum_at) {
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const GradSums s = sum_at(ch);
-      if (sums_out) {
-        split.sum_dy_out[ch] = s.sum_dy;
-        split.sum_dy_xmu_out[ch] = s.sum_dy_xmu;
-      }
-      const double is = static_cast<double>(invstd[ch]);
-      if (dbeta != nullptr) dbeta[ch] = static_cast<float>(s.sum_dy);
-      if (dgamma != nullptr) dgamma[ch] = static_cast<float>(s.sum_dy_xmu * is);
-      if (!apply_pass) continue;
-      const double a =
-          dz_only ? 1.0 : (gamma != nullptr ? static_cast<double>(gamma[ch]) : 1.0) * is;
-      const bool no_sums = frozen || dz_only;
-      SetConstant(consts, p, klen, ch, mean[ch]);
-      SetConstant(consts + klen, p, klen, ch, no_sums ? 0.0f : static_cast<float>(s.sum_dy / m));
-      SetConstant(consts + 2 * klen, p, klen, ch, static_cast<float>(a));
-      // b = invstd^2 * sum(g * (x - mean)) / m (of order invstd * |g|), the
-      // scale of (x - mean) before the common factor a. With a in it, the
-      // constant was of order invstd^2: it overflowed float once invstd
-      // passed ~1e19 (data of spread 1e-20, eps 0: dx inf where it is ~1e20)
-      // and went subnormal below ~1e-19 (spread 1e25: dx 9-11 % off).
-      SetConstant(consts + 3 * klen, p, klen, ch,
-                  no_sums ? 0.0f : static_cast<float>(is * is * s.sum_dy_xmu / m));
+  // Per-channel outputs and the apply constants of channels [c0, c1), from
+  // sums read `stride` doubles apart (null: sums of 0).
+  struct SumsAt {
+    const double* sum_dy;
+    const double* sum_dy_xmu;
+    int64_t stride;
+  };
+  const auto finalize_with = [&](int64_t c0, int64_t c1, const SumsAt& sums) {
+    BackwardFinalize f{};
+    f.sum_dy = sums.sum_dy;
+    f.sum_dy_xmu = sums.sum_dy_xmu;
+    f.stride = sums.stride;
+    f.count = m;
+    f.mean = mean;
+    f.invstd = invstd;
+    f.gamma = gamma;
+    f.dz_only = dz_only;
+    f.no_sums = frozen || dz_only;
+    if (sums_out) {
+      f.sum_dy_out = split.sum_dy_out;
+      f.sum_dy_xmu_out = split.sum_dy_xmu_out;
     }
+    f.dbeta = dbeta;
+    f.dgamma = dgamma;
+    if (apply_pass) {
+      f.apply_mean = consts;
+      f.apply_mean_dy = consts + klen;
+      f.apply_a = consts + 2 * klen;
+      f.apply_b = consts + 3 * klen;
+    }
+    FinalizeBackward(target, f, c0, c1);
+    if (apply_pass) ReplicatePeriod(consts, 4, p, klen, c0, c1);
   };
 
   // The apply pass over flat elements [begin, end); where dx streams, its
@@ -694,10 +690,10 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   };
   // A pure elementwise pass (frozen dx, dz only, or given sums) after the
   // per-channel finalize.
-  const auto elementwise = [&](const auto& sum_at) {
+  const auto elementwise = [&](const SumsAt& sums) {
     const bool single = UsefulThreads(2 * p.Elements(), ContextThreads(ctx)) == 1;
     ParallelFor(
-        ctx, p.c, kChannelsPerChunk, [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, sum_at); },
+        ctx, p.c, kChannelsPerChunk, [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, sums); },
         single);
     if (!apply_pass) return;
     const bool stream = ShouldStream(p, tensors_read, DetectedCacheSizes().llc);
@@ -705,15 +701,16 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
         ctx, p.Elements(), ep.task_elems,
         [&](int64_t begin, int64_t end) { apply_range(begin, end, stream); }, single);
   };
-  const auto merged_at_ch = [&](int64_t ch) { return merged[ch]; };
   if (given_sums) {
-    elementwise([&](int64_t ch) { return GradSums{split.sum_dy_in[ch], split.sum_dy_xmu_in[ch]}; });
+    elementwise(SumsAt{split.sum_dy_in, split.sum_dy_xmu_in, 1});
     return BNORM_OK;
   }
   if (!need_sums || empty) {
-    elementwise([](int64_t) { return GradSums{}; });
+    elementwise(SumsAt{nullptr, nullptr, 1});
     return BNORM_OK;
   }
+  static_assert(sizeof(GradSums) == 2 * sizeof(double), "GradSums are read 2 doubles apart");
+  const SumsAt merged_sums{&merged[0].sum_dy, &merged[0].sum_dy_xmu, 2};
 
   const auto reduce = [&](int64_t u0, int64_t u1, ReduceReads reads) {
     if (!rp.nhwc) {
@@ -731,7 +728,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     MergeGradSums(p, rp, parts, c0, c1, merged + c0);
-    finalize_with(c0, c1, merged_at_ch);
+    finalize_with(c0, c1, merged_sums);
   };
   const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
     for (int64_t i = 0; i < p.n; ++i) {
@@ -767,7 +764,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
       ctx, p, rp, plan, ep, /*apply=*/dx != nullptr, NoPrepare{}, reduce, finalize, apply_group,
       apply_unit, [&](int64_t begin, int64_t end) { apply_range(begin, end, plan.stream_output); },
       reduce_while_applying);
-  if (dz_only) elementwise(merged_at_ch);
+  if (dz_only) elementwise(merged_sums);
   return BNORM_OK;
 }
 

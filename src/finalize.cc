@@ -95,6 +95,58 @@ void FinalizeForward(const ForwardFinalize& f, int64_t c0, int64_t c1) {
   for (; ch < end; ++ch) FinalizeLanes(d1, f, ch);
 }
 
+// Lanes(d) doubles of a per-channel array read `stride` apart from ch on, or
+// zeros where the array is null.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadStrided(D d, const double* p, int64_t stride, size_t ch) {
+  if (p == nullptr) return hn::Zero(d);
+  if (stride == 1) return hn::LoadU(d, p + ch);
+  HWY_ALIGN double lanes[hn::MaxLanes(d)];
+  for (size_t k = 0; k < hn::Lanes(d); ++k) lanes[k] = p[(ch + k) * static_cast<size_t>(stride)];
+  return hn::Load(d, lanes);
+}
+
+// Lanes(d) channels from ch on (as FinalizeLanes).
+template <class D>
+HWY_INLINE void FinalizeBackwardLanes(D d, const BackwardFinalize& f, size_t ch) {
+  using V = hn::Vec<D>;
+  const hn::Rebind<float, D> df;
+  const V sum_dy = LoadStrided(d, f.sum_dy, f.stride, ch);
+  const V sum_dy_xmu = LoadStrided(d, f.sum_dy_xmu, f.stride, ch);
+  if (f.sum_dy_out != nullptr) {
+    hn::StoreU(sum_dy, d, f.sum_dy_out + ch);
+    hn::StoreU(sum_dy_xmu, d, f.sum_dy_xmu_out + ch);
+  }
+  const V is = hn::PromoteTo(d, hn::LoadU(df, f.invstd + ch));
+  if (f.dbeta != nullptr) hn::StoreU(ToFloat(df, sum_dy), df, f.dbeta + ch);
+  if (f.dgamma != nullptr) hn::StoreU(ToFloat(df, hn::Mul(sum_dy_xmu, is)), df, f.dgamma + ch);
+  if (f.apply_mean == nullptr) return;
+  V a = hn::Set(d, 1.0);
+  if (!f.dz_only) {
+    a = f.gamma != nullptr ? hn::Mul(hn::PromoteTo(d, hn::LoadU(df, f.gamma + ch)), is) : is;
+  }
+  hn::StoreU(hn::LoadU(df, f.mean + ch), df, f.apply_mean + ch);
+  hn::StoreU(ToFloat(df, a), df, f.apply_a + ch);
+  if (f.no_sums) {
+    hn::StoreU(hn::Zero(df), df, f.apply_mean_dy + ch);
+    hn::StoreU(hn::Zero(df), df, f.apply_b + ch);
+    return;
+  }
+  const V count = hn::Set(d, f.count);
+  hn::StoreU(ToFloat(df, hn::Div(sum_dy, count)), df, f.apply_mean_dy + ch);
+  const V b = hn::Div(hn::Mul(hn::Mul(is, is), sum_dy_xmu), count);
+  hn::StoreU(ToFloat(df, b), df, f.apply_b + ch);
+}
+
+void FinalizeBackward(const BackwardFinalize& f, int64_t c0, int64_t c1) {
+  const hn::ScalableTag<double> d;
+  const hn::CappedTag<double, 1> d1;
+  size_t ch = static_cast<size_t>(c0);
+  const size_t end = static_cast<size_t>(c1);
+  for (; ch + hn::Lanes(d) <= end; ch += hn::Lanes(d)) FinalizeBackwardLanes(d, f, ch);
+  for (; ch < end; ++ch) FinalizeBackwardLanes(d1, f, ch);
+}
+
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace bnorm
@@ -106,9 +158,14 @@ HWY_AFTER_NAMESPACE();
 namespace bnorm {
 
 HWY_EXPORT(FinalizeForward);
+HWY_EXPORT(FinalizeBackward);
 
 void FinalizeForward(int64_t target, const ForwardFinalize& f, int64_t c0, int64_t c1) {
   BNORM_DISPATCH(FinalizeForward, target)(f, c0, c1);
+}
+
+void FinalizeBackward(int64_t target, const BackwardFinalize& f, int64_t c0, int64_t c1) {
+  BNORM_DISPATCH(FinalizeBackward, target)(f, c0, c1);
 }
 
 }  // namespace bnorm

@@ -47,6 +47,40 @@ struct ForwardFinalize {
 //   mean misses of the double mean, folded into the shift).
 void FinalizeForward(int64_t target, const ForwardFinalize& f, int64_t c0, int64_t c1);
 
+// The per-channel step of a backward pass between its gradient sums and the
+// dx pass: dbeta, dgamma, and the constants of dx = a * (g - mean_dy - (x -
+// mean) * b) (GradConstants). Arrays indexed by channel; outputs may be
+// null (not written), gamma null means 1.
+struct BackwardFinalize {
+  const double* sum_dy;      // read `stride` doubles apart (2: an array of
+  const double* sum_dy_xmu;  // GradSums); null: sums of 0
+  int64_t stride;
+  double count;  // values per channel
+  const float* mean;
+  const float* invstd;
+  const float* gamma;
+  bool dz_only;        // the constants of the gradient itself: a = 1
+  bool no_sums;        // frozen statistics or dz only: mean_dy = b = 0
+  double* sum_dy_out;  // the sums as read
+  double* sum_dy_xmu_out;
+  float* dbeta;
+  float* dgamma;
+  // The apply constants of channel ch at [ch] (the caller copies NHWC's to
+  // the rest of the period); null without a dx or dz pass.
+  float* apply_mean;
+  float* apply_mean_dy;
+  float* apply_a;
+  float* apply_b;
+};
+
+// Channels [c0, c1), in double and rounded to float once (the same bits on
+// every target), with is = invstd:
+//   dbeta = sum_dy, dgamma = sum_dy_xmu * is
+//   a = dz_only ? 1 : gamma * is, mean_dy = sum_dy / count,
+//   b = is * is * sum_dy_xmu / count (of order is * |g|: is * is * sum
+//   alone overflowed float for invstd beyond ~1e19), apply_mean = mean.
+void FinalizeBackward(int64_t target, const BackwardFinalize& f, int64_t c0, int64_t c1);
+
 }  // namespace bnorm
 
 #endif  // BNORM_SRC_FINALIZE_H_
