@@ -332,7 +332,8 @@ bnorm_status bnorm_backward_reduce(const bnorm_context* ctx, const bnorm_tensor_
   bnorm::GradSplit split;
   split.sum_dy_out = sum_dy;
   split.sum_dy_xmu_out = sum_dy_xmu;
-  // invstd is not read without dx/dgamma: any channel array does.
+  // No dx or dgamma: invstd is loaded but unused, so any channel array of
+  // c floats stands in (save_mean).
   return bnorm::Guard([&] {
     return bnorm::Backward(ctx, bnorm::ProblemOf(t), false, x, dy, nullptr, nullptr, nullptr, nullptr,
                            save_mean, save_mean, nullptr, nullptr, split);

@@ -261,17 +261,17 @@ struct ForwardOutputs {
 };
 
 // Finalizes channels [c0, c1) from their means and M2 over `count` values
-// each (read `stride` doubles apart: FinalizeForward): writes the
+// each (`moments`, or the arrays where it is null): writes the
 // per-channel outputs and, when consts is not null, the apply constants
 // (mean, scale, shift arrays of klen floats). The one path of this
 // arithmetic, shared by bnorm_forward_training and bnorm_forward_apply.
 void FinalizeForwardChannels(int64_t target, const Problem& p, int64_t klen, float* consts,
-                             const ForwardOutputs& o, double count, const double* mean,
-                             const double* m2, int64_t stride, int64_t c0, int64_t c1) {
+                             const ForwardOutputs& o, double count, const Moments* moments,
+                             const double* mean, const double* m2, int64_t c0, int64_t c1) {
   ForwardFinalize f{};
+  f.moments = moments;
   f.mean = mean;
   f.m2 = m2;
-  f.stride = stride;
   f.count = count;
   f.gamma = o.gamma;
   f.beta = o.beta;
@@ -444,9 +444,7 @@ bnorm_status ForwardTraining(const bnorm_context* ctx, const Problem& p, const v
   };
   const auto finalize = [&](int64_t c0, int64_t c1) {
     stats.Merge(c0, c1);
-    static_assert(sizeof(Moments) == 3 * sizeof(double), "Moments are read 3 doubles apart");
-    FinalizeForwardChannels(target, p, klen, consts, outputs, m, &merged[0].mean, &merged[0].m2, 3,
-                            c0, c1);
+    FinalizeForwardChannels(target, p, klen, consts, outputs, m, merged, nullptr, nullptr, c0, c1);
   };
   const auto apply_group = [&](int64_t c0, int64_t c1, int64_t c2) {
     for (int64_t i = 0; i < p.n; ++i) {
@@ -528,7 +526,7 @@ bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void
                                running_mean, running_var, save_mean, save_invstd};
   const int64_t target = ActiveTargetBit();
   if (p.Elements() == 0) {  // a part without samples: the per-channel outputs only
-    FinalizeForwardChannels(target, p, 0, nullptr, outputs, count, mean, m2, 1, 0, p.c);
+    FinalizeForwardChannels(target, p, 0, nullptr, outputs, count, nullptr, mean, m2, 0, p.c);
     return BNORM_OK;
   }
   const ElementwisePlan ep = PlanElementwise(p);
@@ -541,7 +539,7 @@ bnorm_status ForwardApply(const bnorm_context* ctx, const Problem& p, const void
   ParallelFor(
       ctx, p.c, kChannelsPerChunk,
       [&](int64_t c0, int64_t c1) {
-        FinalizeForwardChannels(target, p, klen, consts, outputs, count, mean, m2, 1, c0, c1);
+        FinalizeForwardChannels(target, p, klen, consts, outputs, count, nullptr, mean, m2, c0, c1);
       },
       single);
   const bool stream = ShouldStream(p, /*tensors=*/2, DetectedCacheSizes().llc);
@@ -645,17 +643,17 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   const double m = given_sums ? split.count : static_cast<double>(p.Values());
 
   // Per-channel outputs and the apply constants of channels [c0, c1), from
-  // sums read `stride` doubles apart (null: sums of 0).
+  // an array of sums or a pair of arrays (all null: sums of 0).
   struct SumsAt {
+    const GradSums* sums;
     const double* sum_dy;
     const double* sum_dy_xmu;
-    int64_t stride;
   };
   const auto finalize_with = [&](int64_t c0, int64_t c1, const SumsAt& sums) {
     BackwardFinalize f{};
+    f.sums = sums.sums;
     f.sum_dy = sums.sum_dy;
     f.sum_dy_xmu = sums.sum_dy_xmu;
-    f.stride = sums.stride;
     f.count = m;
     f.mean = mean;
     f.invstd = invstd;
@@ -702,15 +700,14 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
         [&](int64_t begin, int64_t end) { apply_range(begin, end, stream); }, single);
   };
   if (given_sums) {
-    elementwise(SumsAt{split.sum_dy_in, split.sum_dy_xmu_in, 1});
+    elementwise(SumsAt{nullptr, split.sum_dy_in, split.sum_dy_xmu_in});
     return BNORM_OK;
   }
   if (!need_sums || empty) {
-    elementwise(SumsAt{nullptr, nullptr, 1});
+    elementwise(SumsAt{nullptr, nullptr, nullptr});
     return BNORM_OK;
   }
-  static_assert(sizeof(GradSums) == 2 * sizeof(double), "GradSums are read 2 doubles apart");
-  const SumsAt merged_sums{&merged[0].sum_dy, &merged[0].sum_dy_xmu, 2};
+  const SumsAt merged_sums{merged, nullptr, nullptr};
 
   const auto reduce = [&](int64_t u0, int64_t u1, ReduceReads reads) {
     if (!rp.nhwc) {

@@ -1,5 +1,5 @@
-// The per-channel finalize of a training forward pass (see finalize.h). One
-// SIMD body per target via foreach_target.
+// The per-channel step of the forward and backward passes (see
+// finalize.h). One SIMD body per target via foreach_target.
 #include "config.h"  // first: dispatch configuration
 
 #include "finalize.h"
@@ -19,15 +19,33 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // Doubles rounded to float as static_cast rounds them: beyond the float
 // range to infinity (a variance of 1e76 saves an infinite running_var).
-// Highway's scalar DemoteTo saturates to the largest float instead; the x86
-// targets' conversion instructions are static_cast's own.
+// Highway's DemoteTo saturates to the largest float on its fallback targets
+// (SCALAR, EMU128), so those convert lane by lane; the x86 targets'
+// conversion instructions are static_cast's own.
 template <class DF, class V>
 HWY_INLINE hn::Vec<DF> ToFloat(DF df, V v) {
-#if HWY_TARGET == HWY_SCALAR
-  return hn::Set(df, static_cast<float>(hn::GetLane(v)));
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+  const hn::Rebind<double, DF> dd;
+  HWY_ALIGN double in[hn::MaxLanes(dd)];
+  HWY_ALIGN float out[hn::MaxLanes(df)];
+  hn::Store(v, dd, in);
+  for (size_t k = 0; k < hn::Lanes(df); ++k) out[k] = static_cast<float>(in[k]);
+  return hn::Load(df, out);
 #else
   return hn::DemoteTo(df, v);
 #endif
+}
+
+// Lanes(d) doubles of channel ch on: member `field` of an array of
+// structs where `structs` is not null, else of the array `plain` (null:
+// zeros).
+template <class D, class S>
+HWY_INLINE hn::Vec<D> LoadChannels(D d, const S* structs, double S::*field, const double* plain,
+                                   size_t ch) {
+  if (structs == nullptr) return plain != nullptr ? hn::LoadU(d, plain + ch) : hn::Zero(d);
+  HWY_ALIGN double lanes[hn::MaxLanes(d)];
+  for (size_t k = 0; k < hn::Lanes(d); ++k) lanes[k] = structs[ch + k].*field;
+  return hn::Load(d, lanes);
 }
 
 // Lanes(d) channels from ch on. Each operation is IEEE double arithmetic
@@ -38,21 +56,8 @@ template <class D>
 HWY_INLINE void FinalizeLanes(D d, const ForwardFinalize& f, size_t ch) {
   using V = hn::Vec<D>;
   const hn::Rebind<float, D> df;
-  V mean, m2;
-  if (f.stride == 1) {
-    mean = hn::LoadU(d, f.mean + ch);
-    m2 = hn::LoadU(d, f.m2 + ch);
-  } else {  // strided (an array of Moments): gathered one lane at a time
-    HWY_ALIGN double mean_lanes[hn::MaxLanes(d)];
-    HWY_ALIGN double m2_lanes[hn::MaxLanes(d)];
-    const size_t stride = static_cast<size_t>(f.stride);
-    for (size_t k = 0; k < hn::Lanes(d); ++k) {
-      mean_lanes[k] = f.mean[(ch + k) * stride];
-      m2_lanes[k] = f.m2[(ch + k) * stride];
-    }
-    mean = hn::Load(d, mean_lanes);
-    m2 = hn::Load(d, m2_lanes);
-  }
+  const V mean = LoadChannels(d, f.moments, &Moments::mean, f.mean, ch);
+  const V m2 = LoadChannels(d, f.moments, &Moments::m2, f.m2, ch);
   const V count = hn::Set(d, f.count);
   const V one = hn::Set(d, 1.0);
   const V var_eps = hn::Add(hn::Div(m2, count), hn::Set(d, static_cast<double>(f.eps)));
@@ -95,24 +100,13 @@ void FinalizeForward(const ForwardFinalize& f, int64_t c0, int64_t c1) {
   for (; ch < end; ++ch) FinalizeLanes(d1, f, ch);
 }
 
-// Lanes(d) doubles of a per-channel array read `stride` apart from ch on, or
-// zeros where the array is null.
-template <class D>
-HWY_INLINE hn::Vec<D> LoadStrided(D d, const double* p, int64_t stride, size_t ch) {
-  if (p == nullptr) return hn::Zero(d);
-  if (stride == 1) return hn::LoadU(d, p + ch);
-  HWY_ALIGN double lanes[hn::MaxLanes(d)];
-  for (size_t k = 0; k < hn::Lanes(d); ++k) lanes[k] = p[(ch + k) * static_cast<size_t>(stride)];
-  return hn::Load(d, lanes);
-}
-
 // Lanes(d) channels from ch on (as FinalizeLanes).
 template <class D>
 HWY_INLINE void FinalizeBackwardLanes(D d, const BackwardFinalize& f, size_t ch) {
   using V = hn::Vec<D>;
   const hn::Rebind<float, D> df;
-  const V sum_dy = LoadStrided(d, f.sum_dy, f.stride, ch);
-  const V sum_dy_xmu = LoadStrided(d, f.sum_dy_xmu, f.stride, ch);
+  const V sum_dy = LoadChannels(d, f.sums, &GradSums::sum_dy, f.sum_dy, ch);
+  const V sum_dy_xmu = LoadChannels(d, f.sums, &GradSums::sum_dy_xmu, f.sum_dy_xmu, ch);
   if (f.sum_dy_out != nullptr) {
     hn::StoreU(sum_dy, d, f.sum_dy_out + ch);
     hn::StoreU(sum_dy_xmu, d, f.sum_dy_xmu_out + ch);

@@ -1,25 +1,26 @@
-// The per-channel step of a training forward pass between its statistics
-// and its normalization: invstd, the saved and running statistics, and the
-// apply constants, from each channel's mean and M2, in vectors of doubles.
-// One at a time, its three divisions and square root in double were about
-// 30 % of an (N, C) call with few rows (64x1280 f32, perf): the scalar loop
-// waits on each channel's chain of latencies, where vectors of channels
-// overlap them.
+// The per-channel step between a pass's reduction and its elementwise pass,
+// in vectors of doubles: in training, invstd, the saved and running
+// statistics and the apply constants from each channel's mean and M2; in
+// backward, dgamma, dbeta and the dx constants from the gradient sums. One
+// channel at a time, the training step's three divisions and square root
+// in double were about 30 % of an (N, C) call with few rows (64x1280 f32,
+// perf): the scalar loop waited on each channel's chain of latencies, where
+// vectors of channels overlap them.
 #ifndef BNORM_SRC_FINALIZE_H_
 #define BNORM_SRC_FINALIZE_H_
 
 #include <cstdint>
 
+#include "moments.h"
+
 namespace bnorm {
 
 // Per-channel arrays indexed by channel; any output may be null (not
-// written), gamma null means 1 and beta null 0. mean and m2 are read
-// `stride` doubles apart (3: an array of Moments, from &moments[0].mean and
-// &moments[0].m2).
+// written), gamma null means 1 and beta null 0.
 struct ForwardFinalize {
+  const Moments* moments;  // the means and M2, or (moments null) the arrays
   const double* mean;
   const double* m2;
-  int64_t stride;
   double count;  // values per channel
   const float* gamma;
   const float* beta;
@@ -52,9 +53,9 @@ void FinalizeForward(int64_t target, const ForwardFinalize& f, int64_t c0, int64
 // mean) * b) (GradConstants). Arrays indexed by channel; outputs may be
 // null (not written), gamma null means 1.
 struct BackwardFinalize {
-  const double* sum_dy;      // read `stride` doubles apart (2: an array of
-  const double* sum_dy_xmu;  // GradSums); null: sums of 0
-  int64_t stride;
+  const GradSums* sums;  // the gradient sums, or (sums null) the arrays
+  const double* sum_dy;  // (all null: sums of 0)
+  const double* sum_dy_xmu;
   double count;  // values per channel
   const float* mean;
   const float* invstd;

@@ -46,7 +46,7 @@ void RedoNchwUnits(DType dtype, const void* x, int64_t c, int64_t spatial, const
 
 // NHWC: moments of channels [c0, c0 + width) over rows [row_begin, row_end),
 // as arrays: mean[0, width) and m2[0, width), all of count
-// row_end - row_begin. Arrays, not Moments: a unit of 64 rows does as much
+// row_end - row_begin. Arrays, not Moments: a unit of 64 rows did as much
 // per-channel work (the final checks, the merge) as sums per channel, and
 // arrays let both run in vectors. rows_per_period > 1 only when width == c
 // (then rows_per_period consecutive rows form one contiguous vector row).

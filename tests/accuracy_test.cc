@@ -438,6 +438,22 @@ TEST_P(AccuracyTest, HugeValuesWithFiniteVariance) {
   EXPECT_NEAR(r.mean[0], 0.0, 1e-14 * 3e38);  // even count: mean 0, double rounding
   EXPECT_TRUE(std::isinf(r.running_var[0]));
   for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
+  // The same channel among 11 (in a whole vector of the per-channel
+  // finalize on every target but the fallback ones): its running_var
+  // rounds to inf there too, the others stay finite.
+  const Shape s3{2, 11, 65, layout()};
+  auto x3 = NormalData(s3, 4);
+  for (int64_t i = 0; i < s3.n; ++i) {
+    for (int64_t sp = 0; sp < s3.spatial; ++sp) {
+      x3[static_cast<size_t>(s3.Index(i, 2, sp))] = (sp % 2 == 0) ? 3e38f : -3e38f;
+    }
+  }
+  const Result r3 = Train(s3, x3, 0.0f);
+  for (size_t c = 0; c < 11; ++c) {
+    SCOPED_TRACE(testing::Message() << "channel " << c);
+    EXPECT_EQ(std::isinf(r3.running_var[c]), c == 2);
+    EXPECT_TRUE(std::isfinite(r3.mean[c]));
+  }
 }
 
 // Gradients whose float products overflow (dy ~ 1e20, x - mean ~ 1e20) while

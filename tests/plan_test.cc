@@ -76,6 +76,7 @@ TEST(Plan, NhwcUnitsLengthenWhereRowsAbound) {
                         Case{64, 1024, 196, 98},        // 12544 rows: 128 units
                         Case{32, 256, 3136, 256},       // was 128 (kUnitElems)
                         Case{32, 512, 784, 196},        // 25088 rows / 128
+                        Case{32, 504, 784, 196},        // 98 periods of 2 rows
                         Case{512, 1024, 196, 256},      // capped
                         Case{32, 64, 3136, 512},        // kUnitElems / 64
                         Case{256, 3, 50176, 16 * 682},  // periods of 16 rows
@@ -84,10 +85,11 @@ TEST(Plan, NhwcUnitsLengthenWhereRowsAbound) {
     const Problem p = Canonicalize(k.n, k.c, k.spatial, true);
     const ReductionPlan rp = PlanReduction(p);
     EXPECT_EQ(rp.unit_rows, k.unit_rows);
-    if (rp.unit_rows > kMinUnitRows * rp.rows_per_period &&
-        rp.unit_rows > kUnitElems / rp.block_width) {
+    // Where the rows decided the length, 128 units at least remain.
+    const int64_t periods = rp.unit_rows / rp.rows_per_period;
+    if (periods > kMinUnitRows && periods > kUnitElems / rp.period) {
       EXPECT_GE(rp.row_units, kUnitsForThreads);
-      EXPECT_LE(rp.unit_rows, kMaxUnitRows * rp.rows_per_period);
+      EXPECT_LE(periods, kMaxUnitRows);
     }
   }
 }
