@@ -91,13 +91,20 @@ HWY_INLINE void FinalizeLanes(D d, const ForwardFinalize& f, size_t ch) {
   hn::StoreU(ToFloat(df, shift), df, f.apply_shift + ch);
 }
 
-void FinalizeForward(const ForwardFinalize& f, int64_t c0, int64_t c1) {
+// Calls lanes(d, ch) on channels [c0, c1): whole vectors, then one lane at
+// a time.
+template <class Lanes>
+HWY_INLINE void ForChannelVectors(int64_t c0, int64_t c1, const Lanes& lanes) {
   const hn::ScalableTag<double> d;
   const hn::CappedTag<double, 1> d1;
   size_t ch = static_cast<size_t>(c0);
   const size_t end = static_cast<size_t>(c1);
-  for (; ch + hn::Lanes(d) <= end; ch += hn::Lanes(d)) FinalizeLanes(d, f, ch);
-  for (; ch < end; ++ch) FinalizeLanes(d1, f, ch);
+  for (; ch + hn::Lanes(d) <= end; ch += hn::Lanes(d)) lanes(d, ch);
+  for (; ch < end; ++ch) lanes(d1, ch);
+}
+
+void FinalizeForward(const ForwardFinalize& f, int64_t c0, int64_t c1) {
+  ForChannelVectors(c0, c1, [&](auto d, size_t ch) HWY_ATTR { FinalizeLanes(d, f, ch); });
 }
 
 // Lanes(d) channels from ch on (as FinalizeLanes).
@@ -133,12 +140,7 @@ HWY_INLINE void FinalizeBackwardLanes(D d, const BackwardFinalize& f, size_t ch)
 }
 
 void FinalizeBackward(const BackwardFinalize& f, int64_t c0, int64_t c1) {
-  const hn::ScalableTag<double> d;
-  const hn::CappedTag<double, 1> d1;
-  size_t ch = static_cast<size_t>(c0);
-  const size_t end = static_cast<size_t>(c1);
-  for (; ch + hn::Lanes(d) <= end; ch += hn::Lanes(d)) FinalizeBackwardLanes(d, f, ch);
-  for (; ch < end; ++ch) FinalizeBackwardLanes(d1, f, ch);
+  ForChannelVectors(c0, c1, [&](auto d, size_t ch) HWY_ATTR { FinalizeBackwardLanes(d, f, ch); });
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
