@@ -248,18 +248,6 @@ void RunReduceApply(const bnorm_context* ctx, const Problem& p, const ReductionP
   });
 }
 
-// The per-channel results of a training forward pass.
-struct ForwardOutputs {
-  const float* gamma;
-  const float* beta;
-  float eps;
-  float momentum;
-  float* running_mean;
-  float* running_var;
-  float* save_mean;
-  float* save_invstd;
-};
-
 // Finalizes channels [c0, c1) from their means and M2 over `count` values
 // each (`moments`, or the arrays where it is null): writes the
 // per-channel outputs and, when consts is not null, the apply constants
@@ -273,14 +261,7 @@ void FinalizeForwardChannels(int64_t target, const Problem& p, int64_t klen, flo
   f.mean = mean;
   f.m2 = m2;
   f.count = count;
-  f.gamma = o.gamma;
-  f.beta = o.beta;
-  f.eps = o.eps;
-  f.momentum = o.momentum;
-  f.running_mean = o.running_mean;
-  f.running_var = o.running_var;
-  f.save_mean = o.save_mean;
-  f.save_invstd = o.save_invstd;
+  f.out = o;
   if (consts != nullptr) {
     f.apply_mean = consts;
     f.apply_scale = consts + klen;

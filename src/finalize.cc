@@ -56,35 +56,36 @@ template <class D>
 HWY_INLINE void FinalizeLanes(D d, const ForwardFinalize& f, size_t ch) {
   using V = hn::Vec<D>;
   const hn::Rebind<float, D> df;
+  const ForwardOutputs& o = f.out;
   const V mean = LoadChannels(d, f.moments, &Moments::mean, f.mean, ch);
   const V m2 = LoadChannels(d, f.moments, &Moments::m2, f.m2, ch);
   const V count = hn::Set(d, f.count);
   const V one = hn::Set(d, 1.0);
-  const V var_eps = hn::Add(hn::Div(m2, count), hn::Set(d, static_cast<double>(f.eps)));
+  const V var_eps = hn::Add(hn::Div(m2, count), hn::Set(d, static_cast<double>(o.eps)));
   // Eq, not Ne: Highway's Ne is an ordered compare on AVX2 and AVX-512 (NaN
   // is not unequal to 0 there), and a NaN variance must give a NaN invstd.
   const V invstd =
       hn::IfThenZeroElse(hn::Eq(var_eps, hn::Zero(d)), hn::Div(one, hn::Sqrt(var_eps)));
   const auto mean_f = ToFloat(df, mean);
-  if (f.save_mean != nullptr) hn::StoreU(mean_f, df, f.save_mean + ch);
-  if (f.save_invstd != nullptr) hn::StoreU(ToFloat(df, invstd), df, f.save_invstd + ch);
-  const V momentum = hn::Set(d, static_cast<double>(f.momentum));
+  if (o.save_mean != nullptr) hn::StoreU(mean_f, df, o.save_mean + ch);
+  if (o.save_invstd != nullptr) hn::StoreU(ToFloat(df, invstd), df, o.save_invstd + ch);
+  const V momentum = hn::Set(d, static_cast<double>(o.momentum));
   const V keep = hn::Sub(one, momentum);
-  if (f.running_mean != nullptr) {
-    const V old = hn::PromoteTo(d, hn::LoadU(df, f.running_mean + ch));
+  if (o.running_mean != nullptr) {
+    const V old = hn::PromoteTo(d, hn::LoadU(df, o.running_mean + ch));
     const V updated = hn::Add(hn::Mul(keep, old), hn::Mul(momentum, mean));
-    hn::StoreU(ToFloat(df, updated), df, f.running_mean + ch);
+    hn::StoreU(ToFloat(df, updated), df, o.running_mean + ch);
   }
-  if (f.running_var != nullptr) {
+  if (o.running_var != nullptr) {
     const V unbiased = hn::Div(m2, hn::Sub(count, one));
-    const V old = hn::PromoteTo(d, hn::LoadU(df, f.running_var + ch));
+    const V old = hn::PromoteTo(d, hn::LoadU(df, o.running_var + ch));
     const V updated = hn::Add(hn::Mul(keep, old), hn::Mul(momentum, unbiased));
-    hn::StoreU(ToFloat(df, updated), df, f.running_var + ch);
+    hn::StoreU(ToFloat(df, updated), df, o.running_var + ch);
   }
   if (f.apply_mean == nullptr) return;
   const V scale =
-      f.gamma != nullptr ? hn::Mul(invstd, hn::PromoteTo(d, hn::LoadU(df, f.gamma + ch))) : invstd;
-  const V beta = f.beta != nullptr ? hn::PromoteTo(d, hn::LoadU(df, f.beta + ch)) : hn::Zero(d);
+      o.gamma != nullptr ? hn::Mul(invstd, hn::PromoteTo(d, hn::LoadU(df, o.gamma + ch))) : invstd;
+  const V beta = o.beta != nullptr ? hn::PromoteTo(d, hn::LoadU(df, o.beta + ch)) : hn::Zero(d);
   const V shift = hn::Sub(beta, hn::Mul(hn::Sub(mean, hn::PromoteTo(d, mean_f)), scale));
   hn::StoreU(mean_f, df, f.apply_mean + ch);
   hn::StoreU(ToFloat(df, scale), df, f.apply_scale + ch);

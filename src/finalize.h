@@ -15,13 +15,10 @@
 
 namespace bnorm {
 
-// Per-channel arrays indexed by channel; any output may be null (not
-// written), gamma null means 1 and beta null 0.
-struct ForwardFinalize {
-  const Moments* moments;  // the means and M2, or (moments null) the arrays
-  const double* mean;
-  const double* m2;
-  double count;  // values per channel
+// The per-channel arguments and results of a training forward pass, as the
+// caller passes them: arrays indexed by channel; any output may be null
+// (not written), gamma null means 1 and beta null 0.
+struct ForwardOutputs {
   const float* gamma;
   const float* beta;
   float eps;
@@ -30,6 +27,14 @@ struct ForwardFinalize {
   float* running_var;
   float* save_mean;
   float* save_invstd;
+};
+
+struct ForwardFinalize {
+  const Moments* moments;  // the means and M2, or (moments null) the arrays
+  const double* mean;
+  const double* m2;
+  double count;  // values per channel
+  ForwardOutputs out;
   // The apply constants of channel ch at [ch] (the caller copies NHWC's to
   // the rest of the period): y = (x - apply_mean) * apply_scale + apply_shift.
   float* apply_mean;
