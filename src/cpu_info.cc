@@ -154,7 +154,7 @@ NextGroupPolicy DetectNextGroupPolicy() {
   const NextGroupPolicy chosen[] = {NextGroupPolicy::kAlways, NextGroupPolicy::kNever, detected};
   const int index = EnvWordIndex(
       "BNORM_NEXT_GROUP", {"reduce", "prefetch", "auto"},
-      detected == NextGroupPolicy::kAlways ? "reduce" : "auto (reduce within the LLC)");
+      detected == NextGroupPolicy::kAlways ? "reduce" : "auto (reduce within the LLC, runs long enough)");
   return index < 0 ? detected : chosen[index];
 }
 

@@ -117,7 +117,9 @@ NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGrou
   if (!pipelined || policy == NextGroupPolicy::kNever) return NextGroup::kPrefetch;
   if (policy == NextGroupPolicy::kAlways) return NextGroup::kReduce;
   const int64_t input_bytes = p.Elements() * inputs * p.ElemBytes();
-  return input_bytes > caches.llc ? NextGroup::kPrefetch : NextGroup::kReduce;
+  const int64_t min_run = p.dtype == DType::kF32 ? kWithinLlcMinRunF32 : kWithinLlcMinRun16;
+  return input_bytes > caches.llc || p.spatial < min_run ? NextGroup::kPrefetch
+                                                         : NextGroup::kReduce;
 }
 
 bool FusesBeyondL2(const Problem& p, int64_t slice_bytes, int threads, const CacheSizes& caches) {

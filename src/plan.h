@@ -220,10 +220,11 @@ enum class NextGroup { kPrefetch, kReduce };
 // training and backward, docs/performance-history.md):
 //  kAlways: an Intel Xeon (Emerald Rapids), where it took 4-9 % less time in
 //    training and 0-16 % in backward than prefetching.
-//  kWithinLlc: while the inputs of the call fit the LLC; beyond it, prefetch.
-//    AMD Zen 4: with the inputs in DRAM, prefetching took 0.76-0.97 of the
-//    time on 49 to 3136-value runs (level on 9K and longer), but 1.10-1.24
-//    with them in the L3.
+//  kWithinLlc: while the inputs of the call fit the LLC and its runs are
+//    long enough (kWithinLlcMinRunF32, kWithinLlcMinRun16); otherwise
+//    prefetch. AMD Zen 4: with the inputs in DRAM, prefetching took
+//    0.76-0.97 of the time on 49 to 3136-value runs (level on 9K and
+//    longer), but 1.10-1.24 with f32 runs of 196 to 12544 values in the L3.
 //  kNever: prefetch always (an override, to compare the two on a CPU).
 enum class NextGroupPolicy { kAlways, kWithinLlc, kNever };
 
@@ -248,6 +249,25 @@ bool FusesBeyondL2(const Problem& p, int64_t slice_bytes, int threads, const Cac
 // Never changes a bit.
 NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGroupPolicy policy,
                           const CacheSizes& caches);
+
+// The shortest runs (NCHW spatial values) that kWithinLlc reduces in the
+// write loop. Shorter runs interleave two walks of short runs in one loop,
+// which measured slower than (or level with) reducing the prefetched group
+// from L2 in every setting on the Zen 4 guest (tools/call_timer.cc,
+// BNORM_NEXT_GROUP=prefetch against auto, medians of 3-5 alternated runs, 2
+// threads unless noted):
+// f32 training on 49- and 98-value runs 0.62-0.71 of the time warm and
+// 0.67-0.79 evicted (32x512x49, 64x256x49, 32x256x98, 64x128x98), one
+// thread 0.54-0.87; backward 0.69-1.01 warm, 0.82-0.95 evicted. From 196
+// values on, f32 tensors larger than L2 trained 1.07-1.21 times faster
+// pipelined while warm (64x128x196, 32x256x196, 32x128x392), as measured
+// before. 16-bit training, pipelined from 64 values (StatsWhileNormalizingRuns),
+// took 0.54-0.84 of the time prefetching warm on 98 to 12544-value runs
+// (bf16, f16) and 0.61-1.09 evicted; only its 16384-value runs measured
+// mixed (1.07 warm, 0.83 evicted), and 16-bit backward is pipelined from
+// 8192 values only, where it measured level (0.75-1.09).
+constexpr int64_t kWithinLlcMinRunF32 = 128;
+constexpr int64_t kWithinLlcMinRun16 = 8192;
 
 struct ExecutionPlan {
   Strategy strategy = Strategy::kTwoPhase;

@@ -249,7 +249,8 @@ TEST(Plan, ChannelGroupsFitTheirShareOfL2) {
 
 // The step to the next channel group: never kReduce where the pipelined
 // kernels do not apply; with kWithinLlc, kReduce exactly while the reduce
-// pass's inputs fit the LLC (bytes of every tensor it reads, any dtype).
+// pass's inputs fit the LLC (bytes of every tensor it reads, any dtype) and
+// the runs are at least kWithinLlcMinRunF32 or kWithinLlcMinRun16 long.
 TEST(Plan, NextGroupFollowsThePolicy) {
   const CacheSizes caches;  // 1 MiB L2, 8 MiB LLC
   std::vector<Problem> problems = BenchProblems();
@@ -271,8 +272,10 @@ TEST(Plan, NextGroupFollowsThePolicy) {
         EXPECT_EQ(ChooseNextGroup(p, tensors, true, NextGroupPolicy::kNever, caches),
                   NextGroup::kPrefetch);
         const bool fits = p.Elements() * tensors * p.ElemBytes() <= caches.llc;
+        const bool long_runs =
+            p.spatial >= (dtype == DType::kF32 ? kWithinLlcMinRunF32 : kWithinLlcMinRun16);
         EXPECT_EQ(ChooseNextGroup(p, tensors, true, NextGroupPolicy::kWithinLlc, caches),
-                  fits ? NextGroup::kReduce : NextGroup::kPrefetch);
+                  fits && long_runs ? NextGroup::kReduce : NextGroup::kPrefetch);
       }
     }
   }
@@ -282,6 +285,25 @@ TEST(Plan, NextGroupFollowsThePolicy) {
   EXPECT_EQ(ChooseNextGroup(at, 1, true, NextGroupPolicy::kWithinLlc, caches), NextGroup::kReduce);
   EXPECT_EQ(ChooseNextGroup(over, 1, true, NextGroupPolicy::kWithinLlc, caches),
             NextGroup::kPrefetch);
+  // The run boundaries, on tensors that fit: 7x7 and 10x10 f32 images
+  // prefetch, 128 values and 14x14 reduce in the loop; 16-bit runs from 8192.
+  const auto within_llc = [&](int64_t n, int64_t c, int64_t spatial, DType dtype) {
+    Problem p = Canonicalize(n, c, spatial, false);
+    p.dtype = dtype;
+    return ChooseNextGroup(p, 1, true, NextGroupPolicy::kWithinLlc, caches);
+  };
+  EXPECT_EQ(within_llc(32, 64, 49, DType::kF32), NextGroup::kPrefetch);
+  EXPECT_EQ(within_llc(32, 64, 100, DType::kF32), NextGroup::kPrefetch);
+  EXPECT_EQ(within_llc(32, 64, 127, DType::kF32), NextGroup::kPrefetch);
+  EXPECT_EQ(within_llc(32, 64, 128, DType::kF32), NextGroup::kReduce);
+  EXPECT_EQ(within_llc(32, 64, 196, DType::kF32), NextGroup::kReduce);
+  EXPECT_EQ(within_llc(2, 16, 8191, DType::kBF16), NextGroup::kPrefetch);
+  EXPECT_EQ(within_llc(2, 16, 8192, DType::kF16), NextGroup::kReduce);
+  EXPECT_EQ(within_llc(32, 64, 196, DType::kBF16), NextGroup::kPrefetch);
+  // Intel's policy reduces in the loop whatever the runs.
+  const Problem short_runs = Canonicalize(32, 64, 49, false);
+  EXPECT_EQ(ChooseNextGroup(short_runs, 1, true, NextGroupPolicy::kAlways, caches),
+            NextGroup::kReduce);
 }
 
 // Reduce-then-apply strategies: channel-fused where a channel's slice fits
