@@ -152,9 +152,10 @@ NextGroupPolicy DetectNextGroupPolicy() {
   const NextGroupPolicy detected =
       CpuVendor() == "GenuineIntel" ? NextGroupPolicy::kAlways : NextGroupPolicy::kWithinLlc;
   const NextGroupPolicy chosen[] = {NextGroupPolicy::kAlways, NextGroupPolicy::kNever, detected};
-  const int index = EnvWordIndex(
-      "BNORM_NEXT_GROUP", {"reduce", "prefetch", "auto"},
-      detected == NextGroupPolicy::kAlways ? "reduce" : "auto (reduce within the LLC, runs long enough)");
+  const int index = EnvWordIndex("BNORM_NEXT_GROUP", {"reduce", "prefetch", "auto"},
+                                 detected == NextGroupPolicy::kAlways
+                                     ? "reduce"
+                                     : "auto (reduce within the LLC, runs long enough)");
   return index < 0 ? detected : chosen[index];
 }
 

@@ -74,7 +74,8 @@ bool GradSumsWhileApplyingT(const GradTensors<kT>& t, Elem<kT>* dx, int64_t n, i
 // but with 3136-value runs (32x256x3136, 32x16x3136) level to 9 % more,
 // 196-value runs level. With the ReLU mask and dz (`backz`) 16-17 % more
 // (8x32x16384 bf16 1052 -> 1232, 8x64x8192 f16 1016 -> 1177)
-// (docs/performance-history.md).
+// (docs/performance-history.md). AMD CPUs within the LLC take the step from
+// the same length (kWithinLlcMinRun16 in plan.h).
 constexpr int64_t kPacedGradRun16 = 8192;
 
 bool GradSumsWhileApplyingRuns(DType dtype, const GradArgs& args, int64_t spatial) {

@@ -216,8 +216,8 @@ enum class NextGroup { kPrefetch, kReduce };
 
 // When a CPU's channel-fused plans reduce the next group in the write loop,
 // where the kernels can (NextGroup::kReduce), rather than prefetch it. A
-// property of the CPU, measured with tools/call_timer.cc (2 threads, f32
-// training and backward, docs/performance-history.md):
+// property of the CPU, measured with tools/call_timer.cc (1 and 2 threads,
+// f32 and 16-bit training and backward, docs/performance-history.md):
 //  kAlways: an Intel Xeon (Emerald Rapids), where it took 4-9 % less time in
 //    training and 0-16 % in backward than prefetching.
 //  kWithinLlc: while the inputs of the call fit the LLC and its runs are
@@ -245,27 +245,33 @@ bool FusesBeyondL2(const Problem& p, int64_t slice_bytes, int threads, const Cac
 // pipelined kernels apply to the call (`pipelined`: StatsWhileNormalizingRuns,
 // GradSumsWhileApplyingRuns) and the policy allows it for a call that reads
 // `inputs` tensors (kWithinLlc compares their bytes with the LLC: inputs only,
-// as measured warm; the outputs stream past the caches); else kPrefetch.
+// as measured warm; the outputs stream past the caches; and p.spatial with
+// kWithinLlcMinRunF32 or kWithinLlcMinRun16); else kPrefetch.
 // Never changes a bit.
 NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGroupPolicy policy,
                           const CacheSizes& caches);
 
 // The shortest runs (NCHW spatial values) that kWithinLlc reduces in the
-// write loop. Shorter runs interleave two walks of short runs in one loop,
-// which measured slower than (or level with) reducing the prefetched group
-// from L2 in every setting on the Zen 4 guest (tools/call_timer.cc,
+// write loop. Below them the pipelined loop, which interleaves two walks of
+// short runs, measured slower than reducing the prefetched group from L2, or
+// level, in every setting on the Zen 4 guest (tools/call_timer.cc,
 // BNORM_NEXT_GROUP=prefetch against auto, medians of 3-5 alternated runs, 2
-// threads unless noted):
-// f32 training on 49- and 98-value runs 0.62-0.71 of the time warm and
-// 0.67-0.79 evicted (32x512x49, 64x256x49, 32x256x98, 64x128x98), one
-// thread 0.54-0.87; backward 0.69-1.01 warm, 0.82-0.95 evicted. From 196
-// values on, f32 tensors larger than L2 trained 1.07-1.21 times faster
-// pipelined while warm (64x128x196, 32x256x196, 32x128x392), as measured
-// before. 16-bit training, pipelined from 64 values (StatsWhileNormalizingRuns),
-// took 0.54-0.84 of the time prefetching warm on 98 to 12544-value runs
-// (bf16, f16) and 0.61-1.09 evicted; only its 16384-value runs measured
-// mixed (1.07 warm, 0.83 evicted), and 16-bit backward is pipelined from
-// 8192 values only, where it measured level (0.75-1.09).
+// threads unless noted; docs/performance-history.md, "short runs and 16-bit
+// training prefetch within the LLC"):
+//  - f32 runs of 49 and 98 values (32x512x49, 64x256x49, 32x256x49,
+//    32x256x98, 64x128x98, 32x128x98): training 0.62-0.89 of the time warm,
+//    0.67-0.79 evicted, one thread 0.54-0.87; backward 0.69-1.01 warm,
+//    0.82-0.95 evicted. From 128 values on it is mixed (warm training
+//    0.88-1.39, pipelined faster on 32x128x128, 64x128x160 and 64x128x256;
+//    backward 0.82-1.00), and from 784 on pipelined training is 1.11-1.25
+//    times faster warm on tensors larger than L2: those keep the loop.
+//  - 16-bit training, pipelined from 64 values (StatsWhileNormalizingRuns):
+//    0.54-0.84 of the time warm on 98- to 3136-value runs (bf16, f16),
+//    0.61-1.09 evicted. 16-bit backward is pipelined from 8192 values only
+//    (kPacedGradRun16 in grad_sums_apply.cc), and from there on both are
+//    mixed (training 0.79-0.96 warm up to 12544 values, 1.07 on 16384,
+//    0.81-1.14 evicted; backward 1.00-1.20 warm, 0.75-0.99 evicted): the
+//    threshold is where the backward starts.
 constexpr int64_t kWithinLlcMinRunF32 = 128;
 constexpr int64_t kWithinLlcMinRun16 = 8192;
 

@@ -171,12 +171,17 @@ int ProbeBits() {
     mix(r.mean);
     mix(r.invstd);
     // The NCHW shapes: f32 runs of 1000 values, bf16 runs of 8200 (the
-    // 16-bit backward is pipelined from 8192 on: src/grad_sums_apply.cc).
+    // 16-bit backward is pipelined from 8192 on: src/grad_sums_apply.cc),
+    // which "auto" pipelines within the LLC (kWithinLlcMinRunF32 and
+    // kWithinLlcMinRun16 in src/plan.h), and f32 runs of 49 values, which
+    // "auto" prefetches and "reduce" pipelines (several channel groups a
+    // thread either way).
     if (!Calls(ctx, BNORM_LAYOUT_NHWC, 37, 64, 5, BNORM_DTYPE_F32, 4, mix_bytes) ||
         !Calls(ctx, BNORM_LAYOUT_NHWC, 3, 1024, 7, BNORM_DTYPE_F32, 4, mix_bytes) ||
         !Calls(ctx, BNORM_LAYOUT_NHWC, 29, 32, 9, BNORM_DTYPE_BF16, 2, mix_bytes) ||
         !Calls(ctx, BNORM_LAYOUT_NCHW, 8, 24, 1000, BNORM_DTYPE_F32, 4, mix_bytes) ||
-        !Calls(ctx, BNORM_LAYOUT_NCHW, 2, 16, 8200, BNORM_DTYPE_BF16, 2, mix_bytes)) {
+        !Calls(ctx, BNORM_LAYOUT_NCHW, 2, 16, 8200, BNORM_DTYPE_BF16, 2, mix_bytes) ||
+        !Calls(ctx, BNORM_LAYOUT_NCHW, 64, 64, 49, BNORM_DTYPE_F32, 4, mix_bytes)) {
       return 1;
     }
   }
@@ -421,8 +426,9 @@ TEST(RowStoresEnvironment, GarbageWarnsOnceAndIsIgnored) {
 // The step to the next channel group (BNORM_NEXT_GROUP, detected from the
 // CPU by default): the NCHW calls of the bits probe (training and backward,
 // f32 and bf16) fit every LLC the planner counts on, so "auto" reduces the
-// next group in the write loop where the kernels can, as "reduce" does, and
-// "prefetch" never does; the bits are the same.
+// next group in the write loop where the kernels can and the runs are long
+// enough, "reduce" wherever the kernels can, and "prefetch" never does; the
+// bits are the same.
 TEST(NextGroupEnvironment, StepChangesNotTheBits) {
   ExpectSettingsKeepTheBits("BNORM_NEXT_GROUP",
                             {"reduce", "prefetch", "auto", "Prefetch", "\tREDUCE\n", " "});

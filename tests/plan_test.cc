@@ -297,9 +297,25 @@ TEST(Plan, NextGroupFollowsThePolicy) {
   EXPECT_EQ(within_llc(32, 64, 127, DType::kF32), NextGroup::kPrefetch);
   EXPECT_EQ(within_llc(32, 64, 128, DType::kF32), NextGroup::kReduce);
   EXPECT_EQ(within_llc(32, 64, 196, DType::kF32), NextGroup::kReduce);
-  EXPECT_EQ(within_llc(2, 16, 8191, DType::kBF16), NextGroup::kPrefetch);
-  EXPECT_EQ(within_llc(2, 16, 8192, DType::kF16), NextGroup::kReduce);
-  EXPECT_EQ(within_llc(32, 64, 196, DType::kBF16), NextGroup::kPrefetch);
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    EXPECT_EQ(within_llc(2, 16, 8191, dtype), NextGroup::kPrefetch);
+    EXPECT_EQ(within_llc(2, 16, 8192, dtype), NextGroup::kReduce);
+    EXPECT_EQ(within_llc(32, 64, 196, dtype), NextGroup::kPrefetch);
+  }
+  // C = 1 is one contiguous run of n * spatial values.
+  EXPECT_EQ(within_llc(32, 1, 49, DType::kF32), NextGroup::kReduce);
+  // Short runs prefetch whatever the number of inputs (x; x and z; x, dy, y).
+  for (int inputs : {1, 2, 3}) {
+    EXPECT_EQ(ChooseNextGroup(Canonicalize(64, 64, 49, false), inputs, true,
+                              NextGroupPolicy::kWithinLlc, caches),
+              NextGroup::kPrefetch);
+  }
+  // And their groups are sized for prefetching, half of L2: 64x256x49
+  // backward reads 25088 bytes a channel, 20 to 512 KiB (a quarter, 10,
+  // where the next group is reduced in the loop).
+  const Problem p49 = Canonicalize(64, 256, 49, false);
+  const NextGroup step49 = ChooseNextGroup(p49, 2, true, NextGroupPolicy::kWithinLlc, caches);
+  EXPECT_EQ(PlanExecution(p49, PlanReduction(p49), 2, 2, caches, step49).channels_per_task, 20);
   // Intel's policy reduces in the loop whatever the runs.
   const Problem short_runs = Canonicalize(32, 64, 49, false);
   EXPECT_EQ(ChooseNextGroup(short_runs, 1, true, NextGroupPolicy::kAlways, caches),
