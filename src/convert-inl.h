@@ -4,8 +4,9 @@
 // (SSSE3/SSE4), use integer steps per lane: Highway 1.0.3's bf16 DemoteTo
 // truncates, and its f16 conversions without F16C mishandle Inf/NaN and
 // truncate. With F16C (AVX2, AVX-512) f16 uses the hardware conversions,
-// which round to nearest even; NaN lanes are first made the canonical quiet
-// NaN with their sign, so every target gives PyTorch's 0x7E00 | sign.
+// which round to nearest even. Every NaN an output holds is one NaN
+// (CanonicalNaN): f32 0x7FC00000, bf16 0x7FC0, f16 0x7E00, which is what
+// PyTorch converts that f32 NaN to.
 // Include after hwy/highway.h inside a foreach_target translation unit.
 
 #if defined(BNORM_SRC_CONVERT_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -79,7 +80,9 @@ HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> F32ToNarrowBits(DF df, hn::Vec<DF> 
   auto o = hn::IfThenElse(hn::RebindMask(du, hn::Lt(ai, hn::Set(di, 113 << 23))), subnormal, normal);
   // |v| >= 2^16 (no integer >= in Highway 1.0.3).
   o = hn::IfThenElse(hn::RebindMask(du, hn::Gt(ai, hn::Set(di, ((127 + 16) << 23) - 1))), special, o);
-  return hn::Or(o, hn::ShiftRight<16>(sign));
+  // NaN without its sign (CanonicalNaN).
+  const auto nan = hn::RebindMask(du, hn::Gt(ai, hn::Set(di, 255 << 23)));
+  return hn::Or(o, hn::IfThenZeroElse(nan, hn::ShiftRight<16>(sign)));
 }
 
 // One element as f32.
@@ -133,8 +136,8 @@ HWY_INLINE hn::Vec<DF> LoadF32(DF df, const Elem<kT>* HWY_RESTRICT p) {
 }
 
 #if BNORM_HAVE_F16C
-// The f16 patterns of f32 lanes by F16C, NaN payloads as the hardware leaves
-// them (F32ToNarrow makes them PyTorch's canonical NaN).
+// The f16 patterns of f32 lanes by F16C, NaN signs and payloads as the
+// hardware leaves them (F32ToNarrow makes them the one NaN, 0x7E00).
 template <class DF>
 HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> F16cBits(DF, hn::Vec<DF> v) {
   return hn::BitCast(hn::Rebind<uint16_t, DF>(),
@@ -148,28 +151,46 @@ HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> F32ToNarrow(DF df, hn::Vec<DF> v) {
   const hn::Rebind<uint16_t, DF> d16;
 #if BNORM_HAVE_F16C
   if constexpr (kT == DType::kF16) {
-    // F16C keeps a NaN's payload. PyTorch's NaN is 0x7E00 | sign: fixed on
-    // the 16-bit result, where a compiler cannot drop it. (A fix-up on the
-    // f32 input is not enough: LLVM treats the payload of a NaN entering the
-    // conversion as unspecified and may remove it, and clang did.)
+    // F16C keeps a NaN's sign and payload; the outputs' f16 NaN is 0x7E00
+    // (CanonicalNaN): fixed on the 16-bit result, where a compiler cannot
+    // drop it. (A fix-up on the f32 input is not enough: LLVM treats the
+    // payload of a NaN entering the conversion as unspecified and may remove
+    // it, and clang did.)
     const hn::Rebind<int16_t, DF> di16;
     const auto h = hn::BitCast(di16, F16cBits(df, v));
     const auto magnitude = hn::And(h, hn::Set(di16, 0x7FFF));
     const auto nan = hn::Gt(magnitude, hn::Set(di16, 0x7C00));
-    const auto canonical =
-        hn::Or(hn::And(h, hn::Set(di16, static_cast<int16_t>(0x8000))), hn::Set(di16, 0x7E00));
-    return hn::BitCast(d16, hn::IfThenElse(nan, canonical, h));
+    return hn::BitCast(d16, hn::IfThenElse(nan, hn::Set(di16, 0x7E00), h));
   }
 #endif
   const hn::RebindToSigned<DF> di;
   return hn::DemoteTo(d16, hn::BitCast(di, F32ToNarrowBits<kT>(df, v)));
 }
 
+// The one NaN of the outputs, for any NaN lane: the positive quiet NaN
+// without payload (f32 0x7FC00000, double 0x7FF8000000000000; as bf16 0x7FC0
+// and f16 0x7E00, what PyTorch converts it to). When two NaN operands meet,
+// x86 returns the first one, and which operand is first is the compiler's
+// choice for commutative operations: it differed between the kernels of two
+// plans (f16 backward of 4x2x20000 NCHW with a NaN gamma and a NaN mean of
+// the other sign, one thread against three: the sign of every dx of the
+// channel), so results would otherwise depend on the thread count.
+template <class D>
+HWY_INLINE hn::Vec<D> CanonicalNaN(D d, hn::Vec<D> v) {
+  using T = hn::TFromD<D>;
+  const hn::RebindToUnsigned<D> du;
+  using U = hn::TFromD<decltype(du)>;
+  constexpr U kQuiet = sizeof(T) == 4 ? U{0x7FC00000u} : static_cast<U>(0x7FF8000000000000ull);
+  return hn::IfThenElse(hn::IsNaN(v), hn::BitCast(d, hn::Set(du, kQuiet)), v);
+}
+
 // Stores f32 lanes as elements at p: unaligned, or non-temporal with kStream
-// (p then aligned to the lanes' bytes).
+// (p then aligned to the lanes' bytes). NaN lanes are stored as the one
+// NaN of each type (CanonicalNaN).
 template <DType kT, bool kStream, class DF>
 HWY_INLINE void StoreF32(DF df, hn::Vec<DF> v, Elem<kT>* HWY_RESTRICT p) {
   if constexpr (kT == DType::kF32) {
+    v = CanonicalNaN(df, v);
     if (kStream) {
       hn::Stream(v, df, p);
     } else {

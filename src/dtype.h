@@ -2,7 +2,8 @@
 // arithmetic in f32. Scalar conversions for code outside the SIMD kernels
 // (pivots, the double fallbacks); the kernels use convert-inl.h, which
 // rounds the same way. f32 -> 16-bit conversions round to nearest even and
-// match PyTorch bit for bit, NaN included (bf16: 0x7FC0; f16: 0x7E00 | sign).
+// match PyTorch bit for bit, NaN included (bf16: 0x7FC0; f16: 0x7E00 | sign;
+// the outputs' NaN is positive: CanonicalNaN in convert-inl.h).
 #ifndef BNORM_SRC_DTYPE_H_
 #define BNORM_SRC_DTYPE_H_
 

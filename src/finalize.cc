@@ -11,6 +11,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
 #include "hwy/highway.h"
+#include "convert-inl.h"  // CanonicalNaN
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {
@@ -18,10 +19,12 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // Doubles rounded to float as static_cast rounds them: beyond the float
-// range to infinity (a variance of 1e76 saves an infinite running_var).
-// Highway's DemoteTo saturates to the largest float on its fallback targets
-// (SCALAR, EMU128), so those convert lane by lane; the x86 targets'
-// conversion instructions are static_cast's own.
+// range to infinity (a variance of 1e76 saves an infinite running_var);
+// NaN as the one NaN (CanonicalNaN in convert-inl.h: which of two NaN
+// operands an operation returns may differ between the vector and the
+// one-lane instances). Highway's DemoteTo saturates to the largest float on
+// its fallback targets (SCALAR, EMU128), so those convert lane by lane; the
+// x86 targets' conversion instructions are static_cast's own.
 template <class DF, class V>
 HWY_INLINE hn::Vec<DF> ToFloat(DF df, V v) {
 #if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
@@ -30,9 +33,9 @@ HWY_INLINE hn::Vec<DF> ToFloat(DF df, V v) {
   HWY_ALIGN float out[hn::MaxLanes(df)];
   hn::Store(v, dd, in);
   for (size_t k = 0; k < hn::Lanes(df); ++k) out[k] = static_cast<float>(in[k]);
-  return hn::Load(df, out);
+  return CanonicalNaN(df, hn::Load(df, out));
 #else
-  return hn::DemoteTo(df, v);
+  return CanonicalNaN(df, hn::DemoteTo(df, v));
 #endif
 }
 
@@ -116,8 +119,8 @@ HWY_INLINE void FinalizeBackwardLanes(D d, const BackwardFinalize& f, size_t ch)
   const V sum_dy = LoadChannels(d, f.sums, &GradSums::sum_dy, f.sum_dy, ch);
   const V sum_dy_xmu = LoadChannels(d, f.sums, &GradSums::sum_dy_xmu, f.sum_dy_xmu, ch);
   if (f.sum_dy_out != nullptr) {
-    hn::StoreU(sum_dy, d, f.sum_dy_out + ch);
-    hn::StoreU(sum_dy_xmu, d, f.sum_dy_xmu_out + ch);
+    hn::StoreU(CanonicalNaN(d, sum_dy), d, f.sum_dy_out + ch);
+    hn::StoreU(CanonicalNaN(d, sum_dy_xmu), d, f.sum_dy_xmu_out + ch);
   }
   const V is = hn::PromoteTo(d, hn::LoadU(df, f.invstd + ch));
   if (f.dbeta != nullptr) hn::StoreU(ToFloat(df, sum_dy), df, f.dbeta + ch);

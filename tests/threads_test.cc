@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -220,6 +221,103 @@ TEST_P(ThreadsTest, SplitSumsBitwiseIdenticalWhenThePlanChanges) {
             << "output " << k << " channel " << ch << " on " << threads
             << " threads: " << out[k][ch] << " vs " << first[k][ch];
       }
+    }
+  }
+}
+
+// NaN operands of both signs meeting in one operation: which of them x86
+// returns depends on the operand order the compiler picked, which differed
+// between the kernels of two plans (the fuzzer's case: f16 backward of
+// 4x2x20000 NCHW, channel 1 with gamma -NaN and save_mean +NaN: one and two
+// threads take the channel-fused plan, three the two-phase one, and every
+// dx of the channel had the other sign). Every output NaN is the one NaN of
+// its type (f32 0x7FC00000, f16 0x7E00, bf16 0x7FC0), so the bytes agree on
+// 1, 2 and 3 threads; here in backward (NaN constants and NaN data of both
+// signs) and in the fused training (x and z NaN of opposite signs).
+TEST_P(ThreadsTest, NaNsOfBothSignsGiveTheSameBits) {
+  ScopedTarget target(GetParam());
+  const int64_t n = 4, c = 2, spatial = 20000;
+  const size_t count = static_cast<size_t>(n * c * spatial);
+  const uint32_t kPlusNaN = 0x7FC00000u, kMinusNaN = 0xFFC00001u;
+  const auto nan_of = [](uint32_t bits) {
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  };
+  for (bnorm_dtype dtype : {BNORM_DTYPE_F32, BNORM_DTYPE_F16, BNORM_DTYPE_BF16}) {
+    SCOPED_TRACE(static_cast<int>(dtype));
+    const size_t elem = dtype == BNORM_DTYPE_F32 ? 4 : 2;
+    const bnorm_tensor_desc desc{n, c, spatial, BNORM_LAYOUT_NCHW, dtype};
+    // Values from a small generator, stored as each type; channel 1 of
+    // images 1 and 2 gets NaN data of both signs in x, dy and z.
+    std::vector<float> xf(count), dyf(count), zf(count);
+    uint32_t state = 99u;
+    for (size_t i = 0; i < count; ++i) {
+      state = state * 1664525u + 1013904223u;
+      xf[i] = static_cast<float>(state >> 8) / 16777216.0f - 0.5f;
+      dyf[i] = 0.25f - xf[i] * 0.5f;
+      zf[i] = xf[i] * 0.75f;
+    }
+    const size_t e1 = static_cast<size_t>((1 * c + 1) * spatial + 17);
+    const size_t e2 = static_cast<size_t>((2 * c + 1) * spatial + 18000);
+    xf[e1] = nan_of(kPlusNaN);
+    dyf[e1] = nan_of(kMinusNaN);
+    zf[e1] = nan_of(kMinusNaN);
+    xf[e2] = nan_of(kMinusNaN);
+    dyf[e2] = nan_of(kPlusNaN);
+    const auto store = [&](const std::vector<float>& v) {
+      std::vector<unsigned char> out(count * elem);
+      for (size_t i = 0; i < count; ++i) {
+        if (elem == 4) {
+          std::memcpy(&out[4 * i], &v[i], 4);
+        } else {
+          uint32_t u;
+          std::memcpy(&u, &v[i], 4);
+          // NaN keeps its sign here (0x7E00/0xFE00, 0x7FC0/0xFFC0); finite
+          // values truncate (the data need no rounding to be NaN-free).
+          uint16_t h = dtype == BNORM_DTYPE_BF16 ? static_cast<uint16_t>(u >> 16)
+                                                 : RefFloatToF16(v[i]);
+          std::memcpy(&out[2 * i], &h, 2);
+        }
+      }
+      return out;
+    };
+    const std::vector<unsigned char> x = store(xf), dy = store(dyf), z = store(zf);
+    const std::vector<float> gamma{1.5f, nan_of(kMinusNaN)}, beta{0.25f, -0.5f};
+    const std::vector<float> mean{0.0f, nan_of(kPlusNaN)}, invstd{2.0f, 3.0f};
+    std::vector<unsigned char> first;
+    for (int threads : {1, 2, 3}) {
+      bnorm_context* ctx = nullptr;
+      ASSERT_EQ(bnorm_context_create(threads, &ctx), BNORM_OK);
+      std::vector<unsigned char> dx(count * elem), y(count * elem);
+      std::vector<float> dgamma(2), dbeta(2), save_mean(2), save_invstd(2);
+      EXPECT_EQ(bnorm_backward(ctx, &desc, x.data(), dy.data(), dx.data(), gamma.data(),
+                               mean.data(), invstd.data(), dgamma.data(), dbeta.data()),
+                BNORM_OK);
+      EXPECT_EQ(bnorm_forward_training_ex(ctx, &desc, x.data(), z.data(), y.data(), BNORM_ACT_NONE,
+                                          gamma.data(), beta.data(), 1e-5f, 0.1f, nullptr,
+                                          nullptr, save_mean.data(), save_invstd.data()),
+                BNORM_OK);
+      bnorm_context_destroy(ctx);
+      std::vector<unsigned char> all = dx;
+      all.insert(all.end(), y.begin(), y.end());
+      for (const std::vector<float>* v : {&dgamma, &dbeta, &save_mean, &save_invstd}) {
+        const std::vector<unsigned char> b = Bytes(*v);
+        all.insert(all.end(), b.begin(), b.end());
+      }
+      if (threads == 1) {
+        first = all;
+        // Channel 1's dx is all NaN (its gamma and mean are), as the one NaN.
+        const size_t at = static_cast<size_t>(spatial) * elem;  // image 0, channel 1
+        const uint32_t want = dtype == BNORM_DTYPE_F32    ? kPlusNaN
+                              : dtype == BNORM_DTYPE_F16 ? 0x7E00u
+                                                         : 0x7FC0u;
+        uint32_t got = 0;
+        std::memcpy(&got, &dx[at], elem);
+        EXPECT_EQ(got, want) << std::hex << got;
+        continue;
+      }
+      EXPECT_TRUE(all == first) << threads << " threads";
     }
   }
 }
