@@ -28,7 +28,9 @@
  *    (same start address, same size). Any other overlap of an output with any
  *    other buffer, per-channel arrays included, is BNORM_ERR_ALIAS.
  *  - For a given ISA target the results are bitwise identical whatever the
- *    number of threads, and whether calls run concurrently.
+ *    number of threads, and whether calls run concurrently. A NaN in y, dx,
+ *    dz or a per-channel output is always the positive quiet NaN without
+ *    payload (f32 0x7FC00000, bf16 0x7FC0, f16 0x7E00).
  *  - When several error statuses apply, the one returned is the first in this
  *    order: NULL_POINTER (desc), BAD_SHAPE, BAD_ARGUMENT, NULL_POINTER (buffers),
  *    UNSUPPORTED, TOO_FEW_VALUES, ALIAS, OUT_OF_MEMORY.
