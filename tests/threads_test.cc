@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -233,10 +234,12 @@ TEST_P(ThreadsTest, SplitSumsBitwiseIdenticalWhenThePlanChanges) {
 // dx of the channel had the other sign). Every output NaN is the one NaN of
 // its type (f32 0x7FC00000, f16 0x7E00, bf16 0x7FC0), so the bytes agree on
 // 1, 2 and 3 threads; here in backward (NaN constants and NaN data of both
-// signs) and in the fused training (x and z NaN of opposite signs).
+// signs) and in the fused training (x and z NaN of opposite signs), with
+// 262144 elements so that training, too, runs on 3 threads (UsefulThreads);
+// and each NaN of every output is checked to be the one NaN.
 TEST_P(ThreadsTest, NaNsOfBothSignsGiveTheSameBits) {
   ScopedTarget target(GetParam());
-  const int64_t n = 4, c = 2, spatial = 20000;
+  const int64_t n = 4, c = 2, spatial = 32768;
   const size_t count = static_cast<size_t>(n * c * spatial);
   const uint32_t kPlusNaN = 0x7FC00000u, kMinusNaN = 0xFFC00001u;
   const auto nan_of = [](uint32_t bits) {
@@ -259,7 +262,7 @@ TEST_P(ThreadsTest, NaNsOfBothSignsGiveTheSameBits) {
       zf[i] = xf[i] * 0.75f;
     }
     const size_t e1 = static_cast<size_t>((1 * c + 1) * spatial + 17);
-    const size_t e2 = static_cast<size_t>((2 * c + 1) * spatial + 18000);
+    const size_t e2 = static_cast<size_t>((2 * c + 1) * spatial + 30000);
     xf[e1] = nan_of(kPlusNaN);
     dyf[e1] = nan_of(kMinusNaN);
     zf[e1] = nan_of(kMinusNaN);
@@ -305,16 +308,37 @@ TEST_P(ThreadsTest, NaNsOfBothSignsGiveTheSameBits) {
         const std::vector<unsigned char> b = Bytes(*v);
         all.insert(all.end(), b.begin(), b.end());
       }
+      // Every NaN element of dx and y is the one NaN; channel 1's dx is all
+      // NaN (its gamma and mean are).
+      const uint32_t want = dtype == BNORM_DTYPE_F32    ? kPlusNaN
+                            : dtype == BNORM_DTYPE_F16 ? 0x7E00u
+                                                       : 0x7FC0u;
+      size_t nans = 0, other_nans = 0;
+      for (const std::vector<unsigned char>* t : {&dx, &y}) {
+        for (size_t i = 0; i < count; ++i) {
+          uint32_t bits = 0;
+          std::memcpy(&bits, &(*t)[elem * i], elem);
+          const bool nan = elem == 4 ? (bits & 0x7FFFFFFFu) > 0x7F800000u
+                           : dtype == BNORM_DTYPE_F16 ? (bits & 0x7FFFu) > 0x7C00u
+                                                       : (bits & 0x7FFFu) > 0x7F80u;
+          if (!nan) continue;
+          ++nans;
+          if (bits != want) ++other_nans;
+        }
+      }
+      EXPECT_GE(nans, static_cast<size_t>(n * spatial));  // channel 1 of dx
+      EXPECT_EQ(other_nans, 0u) << threads << " threads";
+      for (const std::vector<float>* v : {&dgamma, &dbeta, &save_mean, &save_invstd}) {
+        for (const float f : *v) {
+          uint32_t bits;
+          std::memcpy(&bits, &f, sizeof(bits));
+          if (std::isnan(f)) {
+            EXPECT_EQ(bits, kPlusNaN) << std::hex << bits;
+          }
+        }
+      }
       if (threads == 1) {
         first = all;
-        // Channel 1's dx is all NaN (its gamma and mean are), as the one NaN.
-        const size_t at = static_cast<size_t>(spatial) * elem;  // image 0, channel 1
-        const uint32_t want = dtype == BNORM_DTYPE_F32    ? kPlusNaN
-                              : dtype == BNORM_DTYPE_F16 ? 0x7E00u
-                                                         : 0x7FC0u;
-        uint32_t got = 0;
-        std::memcpy(&got, &dx[at], elem);
-        EXPECT_EQ(got, want) << std::hex << got;
         continue;
       }
       EXPECT_TRUE(all == first) << threads << " threads";

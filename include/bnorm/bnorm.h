@@ -29,8 +29,10 @@
  *    other buffer, per-channel arrays included, is BNORM_ERR_ALIAS.
  *  - For a given ISA target the results are bitwise identical whatever the
  *    number of threads, and whether calls run concurrently. A NaN in y, dx,
- *    dz or a per-channel output is always the positive quiet NaN without
- *    payload (f32 0x7FC00000, bf16 0x7FC0, f16 0x7E00).
+ *    dz or a per-channel output of the calls that take a tensor is always
+ *    the positive quiet NaN without payload (float 0x7FC00000, double
+ *    0x7FF8000000000000, bf16 0x7FC0, f16 0x7E00); bnorm_stats_merge and
+ *    the fold functions pass NaN operands on as the arithmetic leaves them.
  *  - When several error statuses apply, the one returned is the first in this
  *    order: NULL_POINTER (desc), BAD_SHAPE, BAD_ARGUMENT, NULL_POINTER (buffers),
  *    UNSUPPORTED, TOO_FEW_VALUES, ALIAS, OUT_OF_MEMORY.
@@ -96,9 +98,9 @@ typedef struct bnorm_tensor_desc {
   bnorm_dtype dtype;   /* element type of x, y, dy, dx (all the same); per-channel arrays
                           are always float. BF16/F16: elements are widened to float, all
                           arithmetic and accumulation is float/double, and outputs are
-                          rounded once to nearest even (as PyTorch converts: NaN becomes
-                          0x7FC0 in bf16, 0x7E00 with its sign in f16; f16 results beyond
-                          65504 become +-Inf). The results are those of the f32 path on
+                          rounded once to nearest even (as PyTorch converts; every NaN is
+                          0x7FC0 in bf16 and 0x7E00 in f16; f16 results beyond 65504
+                          become +-Inf). The results are those of the f32 path on
                           the widened inputs, rounded. */
 } bnorm_tensor_desc;
 
