@@ -10,8 +10,8 @@
 #define HWY_TARGET_INCLUDE "finalize.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
-#include "hwy/highway.h"
 #include "convert-inl.h"  // CanonicalNaN
+#include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace bnorm {

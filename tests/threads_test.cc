@@ -278,8 +278,8 @@ TEST_P(ThreadsTest, NaNsOfBothSignsGiveTheSameBits) {
           std::memcpy(&u, &v[i], 4);
           // NaN keeps its sign here (0x7E00/0xFE00, 0x7FC0/0xFFC0); finite
           // values truncate (the data need no rounding to be NaN-free).
-          uint16_t h = dtype == BNORM_DTYPE_BF16 ? static_cast<uint16_t>(u >> 16)
-                                                 : RefFloatToF16(v[i]);
+          uint16_t h =
+              dtype == BNORM_DTYPE_BF16 ? static_cast<uint16_t>(u >> 16) : RefFloatToF16(v[i]);
           std::memcpy(&out[2 * i], &h, 2);
         }
       }
