@@ -68,8 +68,8 @@ HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> F32ToNarrowBits(DF df, hn::Vec<DF> 
   const auto sign = hn::And(u, hn::Set(du, 0x80000000u));
   const auto a = hn::Xor(u, sign);
   const auto ai = hn::BitCast(di, a);  // sign bit clear: signed compares are exact
-  const auto special = hn::IfThenElse(hn::RebindMask(du, hn::Gt(ai, hn::Set(di, 255 << 23))),
-                                      hn::Set(du, 0x7E00u), hn::Set(du, 0x7C00u));
+  const auto nan = hn::RebindMask(du, hn::Gt(ai, hn::Set(di, 255 << 23)));
+  const auto special = hn::IfThenElse(nan, hn::Set(du, 0x7E00u), hn::Set(du, 0x7C00u));
   constexpr uint32_t kDenormMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
   const auto subnormal =
       hn::Sub(hn::BitCast(du, hn::Add(hn::BitCast(df, a), hn::BitCast(df, hn::Set(du, kDenormMagic)))),
@@ -81,7 +81,6 @@ HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> F32ToNarrowBits(DF df, hn::Vec<DF> 
   // |v| >= 2^16 (no integer >= in Highway 1.0.3).
   o = hn::IfThenElse(hn::RebindMask(du, hn::Gt(ai, hn::Set(di, ((127 + 16) << 23) - 1))), special, o);
   // NaN without its sign (CanonicalNaN).
-  const auto nan = hn::RebindMask(du, hn::Gt(ai, hn::Set(di, 255 << 23)));
   return hn::Or(o, hn::IfThenZeroElse(nan, hn::ShiftRight<16>(sign)));
 }
 
