@@ -19,6 +19,9 @@
 // before each call, untimed, and times single calls, as bnorm_bench's
 // interleaved copy leaves them (docs/performance-history.md: a choice
 // measured warm here came out differently in the suite).
+// CALL_TIMER_IDLE_US=N sleeps N us before each of single timed calls
+// instead: the tensors stay in the caches while the context's worker threads
+// go idle, as between the layers of a network (their wake-up is timed).
 #include <bnorm/bnorm.h>
 
 #include <algorithm>
@@ -29,6 +32,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 // A tensor's f32 buffer, `offset` floats after a 64-byte boundary.
@@ -150,12 +154,15 @@ int main(int argc, char** argv) {
       evict_env != nullptr ? static_cast<size_t>(std::atoll(evict_env)) << 18 : 0;
   AlignedFloats evict(evict_floats, 0);
   float evict_sink = 0.0f;  // read after the loop, so the reads stay
+  const char* idle_env = std::getenv("CALL_TIMER_IDLE_US");
+  const int64_t idle_us = idle_env != nullptr ? std::atoll(idle_env) : 0;
   const int calls =
-      evict_floats != 0
+      evict_floats != 0 || idle_us > 0
           ? 1
           : static_cast<int>(std::max<int64_t>(1, 20000000 / static_cast<int64_t>(count)));
   double best = 1e30;
   for (int rep = 0; rep < 15; ++rep) {
+    if (idle_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(idle_us));
     if (evict_floats != 0) {  // one call, after the eviction
       float sum = 0.0f;
       for (size_t i = 0; i < evict_floats; i += 16) sum += evict[i];  // a line each
