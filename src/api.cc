@@ -174,10 +174,12 @@ bnorm_status bnorm_forward_inference(const bnorm_context* ctx, const bnorm_tenso
 
 namespace {
 
+// beta: bnorm_backward_ex's, never read but, like every buffer, not to
+// overlap an output (null elsewhere).
 bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* desc, bool frozen,
                            const void* x, const void* y, const void* dy, void* dx, void* dz,
-                           const bnorm_activation* act, const float* gamma, const float* mean,
-                           const float* invstd, float* dgamma, float* dbeta) {
+                           const bnorm_activation* act, const float* gamma, const float* beta,
+                           const float* mean, const float* invstd, float* dgamma, float* dbeta) {
   Tensor t;
   if (bnorm_status s = bnorm::CheckDesc(desc, &t); s != BNORM_OK) return s;
   if (act != nullptr && !bnorm::ValidAct(*act)) return BNORM_ERR_BAD_ARGUMENT;
@@ -193,7 +195,7 @@ bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* de
       {x, t.bytes, false, -1}, {dy, t.bytes, false, -1}, {dx, t.bytes, true, 1},
       {gamma, cb, false, -1},  {mean, cb, false, -1},    {invstd, cb, false, -1},
       {dgamma, cb, true, -1},  {dbeta, cb, true, -1},    {y, t.bytes, false, -1},
-      {dz, t.bytes, true, 1},
+      {dz, t.bytes, true, 1},  {beta, cb, false, -1},
   };
   if (bnorm_status s = bnorm::CheckAliasing(regions); s != BNORM_OK) return s;
   return bnorm::Guard([&] {
@@ -207,16 +209,16 @@ bnorm_status BackwardEntry(const bnorm_context* ctx, const bnorm_tensor_desc* de
 bnorm_status bnorm_backward(const bnorm_context* ctx, const bnorm_tensor_desc* desc, const void* x,
                             const void* dy, void* dx, const float* gamma, const float* save_mean,
                             const float* save_invstd, float* dgamma, float* dbeta) {
-  return BackwardEntry(ctx, desc, false, x, nullptr, dy, dx, nullptr, nullptr, gamma, save_mean,
-                       save_invstd, dgamma, dbeta);
+  return BackwardEntry(ctx, desc, false, x, nullptr, dy, dx, nullptr, nullptr, gamma, nullptr,
+                       save_mean, save_invstd, dgamma, dbeta);
 }
 
 bnorm_status bnorm_backward_frozen(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
                                    const void* x, const void* dy, void* dx, const float* gamma,
                                    const float* mean, const float* invstd, float* dgamma,
                                    float* dbeta) {
-  return BackwardEntry(ctx, desc, true, x, nullptr, dy, dx, nullptr, nullptr, gamma, mean, invstd,
-                       dgamma, dbeta);
+  return BackwardEntry(ctx, desc, true, x, nullptr, dy, dx, nullptr, nullptr, gamma, nullptr, mean,
+                       invstd, dgamma, dbeta);
 }
 
 bnorm_status bnorm_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc* desc,
@@ -224,9 +226,9 @@ bnorm_status bnorm_backward_ex(const bnorm_context* ctx, const bnorm_tensor_desc
                                bnorm_activation act, const float* gamma, const float* beta,
                                const float* save_mean, const float* save_invstd, float* dgamma,
                                float* dbeta) {
-  (void)beta;  // not needed by the gradients (documented)
-  return BackwardEntry(ctx, desc, false, x, y, dy, dx, dz, &act, gamma, save_mean, save_invstd,
-                       dgamma, dbeta);
+  // beta is not needed by the gradients (documented): checked, never read.
+  return BackwardEntry(ctx, desc, false, x, y, dy, dx, dz, &act, gamma, beta, save_mean,
+                       save_invstd, dgamma, dbeta);
 }
 
 // ---- Split statistics (synchronized batch norm) ----
@@ -259,10 +261,11 @@ bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* counts, cons
   }
   row_bytes = c * 8;
   // Counts must be exact as doubles, as must their running total.
-  constexpr int64_t kMaxExactCount = int64_t{1} << 53;
   int64_t total = 0;
   for (int64_t j = 0; j < k; ++j) {
-    if (counts[j] < 0 || counts[j] > kMaxExactCount - total) return BNORM_ERR_BAD_ARGUMENT;
+    if (counts[j] < 0 || counts[j] > bnorm::kMaxExactCount - total) {
+      return BNORM_ERR_BAD_ARGUMENT;
+    }
     total += counts[j];
   }
   // Partial 0 may be overwritten in place: each channel's output is written

@@ -100,6 +100,11 @@ inline bool ValidAct(const bnorm_activation& act) {
 
 inline bool Relu(const bnorm_activation& act) { return RawEnum(act) == BNORM_ACT_RELU; }
 
+// Counts of values per channel must be exact as doubles (the finalize
+// divides by them): at most 2^53, in bnorm_stats_merge's totals and the
+// apply functions' total_count alike.
+constexpr int64_t kMaxExactCount = int64_t{1} << 53;
+
 // The arguments of bnorm_forward_apply, in the documented status order.
 // total_count, mean and m2 are checked when total_count is not null (the MPI
 // layer checks the others before the collective that produces these).
@@ -111,7 +116,8 @@ inline bnorm_status CheckForwardApply(const bnorm_tensor_desc* desc, Tensor* t, 
                                       const double* mean, const double* m2) {
   if (bnorm_status s = CheckDesc(desc, t, /*split=*/true); s != BNORM_OK) return s;
   if (!ValidEps(eps) || !ValidMomentum(momentum) ||
-      (total_count != nullptr && *total_count < t->n * t->spatial)) {
+      (total_count != nullptr &&
+       (*total_count < t->n * t->spatial || *total_count > kMaxExactCount))) {
     return BNORM_ERR_BAD_ARGUMENT;
   }
   const bool stats = total_count != nullptr;
@@ -139,7 +145,8 @@ inline bnorm_status CheckBackwardApply(const bnorm_tensor_desc* desc, Tensor* t,
                                        const double* sum_dy_xmu) {
   if (bnorm_status s = CheckDesc(desc, t, /*split=*/true); s != BNORM_OK) return s;
   const bool sums = total_count != nullptr;
-  if (sums && (*total_count < 1 || *total_count < t->n * t->spatial)) {
+  if (sums &&
+      (*total_count < 1 || *total_count < t->n * t->spatial || *total_count > kMaxExactCount)) {
     return BNORM_ERR_BAD_ARGUMENT;
   }
   if (((x == nullptr || dy == nullptr) && t->bytes != 0) || save_mean == nullptr ||

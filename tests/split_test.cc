@@ -1489,12 +1489,14 @@ TEST(SplitValidation, ForwardApply) {
       {"eps_nan", BNORM_ERR_BAD_ARGUMENT, [nan](Arena&, Args& t) { t.eps = nan; }},
       {"eps_inf", BNORM_ERR_BAD_ARGUMENT, [inf](Arena&, Args& t) { t.eps = inf; }},
       {"momentum_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, Args& t) { t.momentum = -0.5f; }},
-      {"momentum_above_one", BNORM_ERR_BAD_ARGUMENT,
-       [](Arena&, Args& t) { t.momentum = 1.0001f; }},
+      {"momentum_above_one", BNORM_ERR_BAD_ARGUMENT, [](Arena&, Args& t) { t.momentum = 1.0001f; }},
       {"momentum_nan", BNORM_ERR_BAD_ARGUMENT, [nan](Arena&, Args& t) { t.momentum = nan; }},
       {"total_below_n_spatial", BNORM_ERR_BAD_ARGUMENT,
        [](Arena&, Args& t) { t.total = Arena::kN * Arena::kS - 1; }},
       {"total_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, Args& t) { t.total = -5; }},
+      // Counts must be exact as doubles (as in bnorm_stats_merge).
+      {"total_above_2_53", BNORM_ERR_BAD_ARGUMENT,
+       [](Arena&, Args& t) { t.total = (int64_t{1} << 53) + 1; }},
       {"total_negative_n_zero", BNORM_ERR_BAD_ARGUMENT,
        [](Arena&, Args& t) {
          SetEmpty(t);
@@ -1569,6 +1571,7 @@ TEST(SplitValidation, ForwardApply) {
       {"ok", BNORM_OK, [](Arena&, Args&) {}},
       {"ok_in_place", BNORM_OK, [](Arena& a, Args& t) { t.y = a.x; }},
       {"ok_total_above_n_spatial", BNORM_OK, [](Arena&, Args& t) { t.total = 1000; }},
+      {"ok_total_2_53", BNORM_OK, [](Arena&, Args& t) { t.total = int64_t{1} << 53; }},
       {"ok_total_two_n_spatial_one", BNORM_OK,
        [](Arena&, Args& t) {
          t.desc.n = 1;
@@ -1648,6 +1651,10 @@ TEST(SplitValidation, BackwardApply) {
       {"total_negative", BNORM_ERR_BAD_ARGUMENT, [](Arena&, Args& t) { t.total = -1; }},
       {"total_below_n_spatial", BNORM_ERR_BAD_ARGUMENT,
        [](Arena&, Args& t) { t.total = Arena::kN * Arena::kS - 1; }},
+      {"total_above_2_53", BNORM_ERR_BAD_ARGUMENT,
+       [](Arena&, Args& t) { t.total = (int64_t{1} << 53) + 1; }},
+      {"total_max", BNORM_ERR_BAD_ARGUMENT,
+       [](Arena&, Args& t) { t.total = std::numeric_limits<int64_t>::max(); }},
       {"total_below_before_null_dy", BNORM_ERR_BAD_ARGUMENT,
        [](Arena&, Args& t) {
          t.total = 0;
@@ -1673,6 +1680,7 @@ TEST(SplitValidation, BackwardApply) {
       {"ok", BNORM_OK, [](Arena&, Args&) {}},
       {"ok_in_place", BNORM_OK, [](Arena& a, Args& t) { t.dx = a.dy; }},
       {"ok_dx_null", BNORM_OK, [](Arena&, Args& t) { t.dx = nullptr; }},
+      {"ok_total_2_53", BNORM_OK, [](Arena&, Args& t) { t.total = int64_t{1} << 53; }},
       {"ok_total_one", BNORM_OK,
        [](Arena&, Args& t) {
          t.desc.n = 1;

@@ -418,6 +418,13 @@ TEST(Validation, FusedEntryPoints) {
       {"backward_ex", "dx_is_dz", BNORM_ERR_ALIAS, [](Arena& a, ExArgs& t) { t.dx = a.dx; }},
       {"backward_ex", "dz_over_dgamma", BNORM_ERR_ALIAS,
        [](Arena& a, ExArgs& t) { t.dgamma = a.dx + 5; }},
+      // beta is never read, but like every buffer it may not overlap an output.
+      {"backward_ex", "beta_is_dbeta", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.beta = a.dbeta; }},
+      {"backward_ex", "beta_partly_over_dgamma", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.beta = a.dgamma + 1; }},
+      {"backward_ex", "beta_in_dz", BNORM_ERR_ALIAS,
+       [](Arena& a, ExArgs& t) { t.beta = a.dx + 4; }},
   };
   for (const ArgCase& c : cases) {
     const auto named = std::find_if(calls.begin(), calls.end(),
@@ -448,6 +455,9 @@ TEST(Validation, FusedEntryPoints) {
   EXPECT_EQ(train(t, &d), BNORM_OK);
   t = defaults(a);
   t.dz = a.dy;  // dz over dy, exactly
+  EXPECT_EQ(back(t, &d), BNORM_OK);
+  t = defaults(a);
+  t.beta = nullptr;  // backward_ex's beta may be NULL
   EXPECT_EQ(back(t, &d), BNORM_OK);
 }
 

@@ -41,6 +41,11 @@ constexpr int64_t kValuesAt = 2;  // c means (sum_dy), then c M2s (sum_dy_xmu)
 int64_t ExchangeDoubles(int64_t c) { return kValuesAt + 2 * c; }
 constexpr int64_t kMaxExchangeDoubles = INT_MAX / static_cast<int64_t>(sizeof(double));
 
+// Whether the whole batch's count of values per channel (a sum of the ranks'
+// counts in double) is exact, as the apply functions require: beyond 2^53
+// (never reached by real tensors) it would not convert to int64 safely.
+bool WithinExactCount(double count) { return count <= static_cast<double>(bnorm::kMaxExactCount); }
+
 // Which call a rank is in, so that forward on one rank and backward on
 // another is a mismatch rather than a garbled exchange.
 enum class Call : int64_t { kForward = 1, kBackward = 2 };
@@ -215,6 +220,7 @@ bnorm_status bnorm_mpi_forward_training(MPI_Comm comm, const bnorm_context* ctx,
         comm, Call::kForward, local, t, eps, momentum, op,
         [&](double* mean, double* m2) { return bnorm_stats(ctx, desc, x, mean, m2); }, &exchange);
     if (s != BNORM_OK) return s;
+    if (!WithinExactCount(exchange[kCountAt])) return BNORM_ERR_BAD_SHAPE;
     const int64_t total = static_cast<int64_t>(exchange[kCountAt]);
     if (total < 2) return BNORM_ERR_TOO_FEW_VALUES;
     const double* mean = exchange + kValuesAt;
@@ -242,6 +248,7 @@ bnorm_status bnorm_mpi_backward(MPI_Comm comm, const bnorm_context* ctx,
         },
         &exchange);
     if (s != BNORM_OK) return s;
+    if (!WithinExactCount(exchange[kCountAt])) return BNORM_ERR_BAD_SHAPE;
     const int64_t total = static_cast<int64_t>(exchange[kCountAt]);
     if (total < 1) return BNORM_ERR_BAD_SHAPE;
     const double* sum_dy = exchange + kValuesAt;
