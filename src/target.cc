@@ -87,4 +87,13 @@ int ForceTargetByName(const char* name) {
 
 const char* TargetNameOf(int64_t bit) { return hwy::TargetName(bit); }
 
+namespace {
+// Built when the library loads, as the core count in context.cc: the
+// runnable targets' vector and the default's one-time set-up allocate, and
+// their first use inside bnorm_active_target, bnorm_target_count,
+// bnorm_target_name or bnorm_set_target (C functions without a status for
+// a failed allocation) would otherwise let a std::bad_alloc out of them.
+[[maybe_unused]] const int64_t g_default_at_load = DefaultTarget();
+}  // namespace
+
 }  // namespace bnorm
