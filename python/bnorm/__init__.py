@@ -40,6 +40,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import math
 import operator
 import os
 import threading
@@ -340,14 +341,29 @@ def _tensor(x, dtype, name):
     return _contiguous(x), code
 
 
+# The ranges the C API accepts (bnorm.h), checked before float32 rounding.
+_IN_RANGE = {
+    "eps": lambda v: v >= 0.0 and math.isfinite(v),
+    "momentum": lambda v: 0.0 <= v <= 1.0,
+}
+
+
 def _real(value, name):
     """A float argument (eps, momentum) as a Python float; TypeError if it is
-    not a real number."""
+    not a real number.
+
+    The library takes them as float32 and checks them there (eps >= 0 and
+    finite, momentum in [0, 1]). A double outside its range that float32
+    rounding would bring into it (momentum=1.00000001, eps=-1e-50) is passed
+    as NaN, so that the library refuses it as the value given deserves, with
+    BNORM_ERR_BAD_ARGUMENT in its usual order of checks."""
     if not isinstance(value, (str, bytes)):
         try:
-            return float(value)
+            v = float(value)
         except (TypeError, ValueError):
             pass
+        else:
+            return v if _IN_RANGE[name](v) else math.nan
     raise TypeError(f"{name} must be a real number, got {value!r}")
 
 

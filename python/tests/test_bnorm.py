@@ -227,6 +227,19 @@ class ApiTest(unittest.TestCase):
         with self.assertRaises(bnorm.Error):
             bnorm.batch_norm_training(x, running_mean=rm, momentum=2.0)
         np.testing.assert_array_equal(rm, np.zeros(3))  # unchanged on error
+        # Out of range as given, though float32 rounding would bring them into it.
+        for kw in ({"momentum": 1.00000001}, {"momentum": -1e-50}, {"eps": -1e-50},
+                   {"eps": 1e300}, {"momentum": float("nan")}):
+            with self.assertRaises(bnorm.Error, msg=str(kw)) as cm:
+                bnorm.batch_norm_training(x, running_mean=rm, **kw)
+            self.assertEqual(cm.exception.status, 3, kw)  # BNORM_ERR_BAD_ARGUMENT
+        np.testing.assert_array_equal(rm, np.zeros(3))
+        for kw in ({"momentum": 1.0}, {"momentum": 0.0}, {"eps": 0.0}, {"eps": 1e-50}):
+            bnorm.batch_norm_training(x, **kw)  # the ends of the ranges are accepted
+        with self.assertRaises(bnorm.Error) as cm:
+            bnorm.batch_norm_inference(x, np.zeros(3, np.float32), np.ones(3, np.float32),
+                                       eps=-1e-50)
+        self.assertEqual(cm.exception.status, 3)
         with self.assertRaises(TypeError):  # running stats are updated in place: float32 only
             bnorm.batch_norm_training(x, running_mean=np.zeros(3, np.float64))
         with self.assertRaises(ValueError):
