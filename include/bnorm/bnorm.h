@@ -151,7 +151,9 @@ BNORM_API const char* bnorm_target_name(int i);
 
 /* Forces the ISA target for the whole process (name as given by
  * bnorm_target_name; case and surrounding whitespace ignored). NULL or ""
- * returns to the default (BNORM_TARGET, or the best). Calls already running
+ * returns to the default (BNORM_TARGET, or the best); only whitespace names
+ * no target (BNORM_ERR_BAD_ARGUMENT, unlike a blank BNORM_TARGET, which is
+ * unset). Calls already running
  * finish on the target they started with.
  * Returns BNORM_ERR_BAD_ARGUMENT for a name no build knows and
  * BNORM_ERR_UNSUPPORTED for a target this build or CPU cannot run; the active
@@ -251,7 +253,8 @@ BNORM_API bnorm_status bnorm_forward_inference_ex(const bnorm_context* ctx,
  *           sign gives the mask); otherwise ignored (may be NULL).
  *   dx      may be NULL; dx == dy allowed.
  *   dz      the residual's gradient, may be NULL; dz == dy allowed.
- *   beta    not needed by the gradients; accepted for symmetry, may be NULL.
+ *   beta    not needed by the gradients; accepted for symmetry, never read,
+ *           may be NULL (when given, it must not overlap an output either).
  * dx and dz are written in the same pass. Where dx bypasses the caches
  * (tensors beyond the last-level cache), dz does too only if both sit at
  * the same offset from a 64-byte boundary, as framework allocators place
@@ -379,7 +382,8 @@ BNORM_API bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* co
  *   save_mean = mean, save_invstd = invstd,
  * exactly as bnorm_forward_training finalizes its own statistics.
  *   x, y          this part's tensors (desc); y == x allowed; NULL when n == 0.
- *   total_count   values per channel in the whole batch: >= 2 and >= n*spatial.
+ *   total_count   values per channel in the whole batch: >= 2 and >= n*spatial,
+ *                 at most 2^53 (exact as a double).
  *   mean, m2      c doubles each, required (from bnorm_stats_merge); m2 must
  *                 not be negative (NaN is allowed and propagates). Being a
  *                 check of values, a negative m2 is reported after the
@@ -387,7 +391,7 @@ BNORM_API bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* co
  *   gamma, beta, eps, momentum, running_*, save_*  as bnorm_forward_training.
  * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
  * BNORM_ERR_BAD_ARGUMENT (eps, momentum, layout, dtype, total_count below
- * n*spatial, a negative m2), BNORM_ERR_TOO_FEW_VALUES (total_count < 2),
+ * n*spatial or above 2^53, a negative m2), BNORM_ERR_TOO_FEW_VALUES (total_count < 2),
  * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
 BNORM_API bnorm_status bnorm_forward_apply(const bnorm_context* ctx,
                                            const bnorm_tensor_desc* desc, const void* x,
@@ -417,11 +421,11 @@ BNORM_API bnorm_status bnorm_backward_reduce(const bnorm_context* ctx,
  *   dgamma = sum_dy_xmu * invstd, dbeta = sum_dy (the whole batch's gradients)
  *   x, dy, dx     this part's tensors; dx may be NULL; dx == dy allowed; NULL
  *                 when n == 0.
- *   total_count   >= 1 and >= n*spatial.
+ *   total_count   >= 1 and >= n*spatial, at most 2^53.
  *   sum_dy, sum_dy_xmu  c doubles each, required.
  *   gamma, save_mean, save_invstd, dgamma, dbeta  as bnorm_backward.
  * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
- * BNORM_ERR_BAD_ARGUMENT (also total_count < 1 or below n*spatial),
+ * BNORM_ERR_BAD_ARGUMENT (also total_count < 1, below n*spatial or above 2^53),
  * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
 BNORM_API bnorm_status bnorm_backward_apply(const bnorm_context* ctx,
                                             const bnorm_tensor_desc* desc, const void* x,

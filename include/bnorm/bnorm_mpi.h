@@ -13,14 +13,15 @@
  *    outputs).
  *  - Statistics travel as (count, mean, M2) in double and are merged with
  *    Chan's formula by an MPI reduction operator applied in rank order; the
- *    backward sums travel in double with MPI_SUM. MPI gives every rank of an
- *    allreduce the same result, so every rank ends with bitwise the same
- *    statistics, save_mean/save_invstd, running statistics (given equal
+ *    backward sums travel in double with MPI_SUM. Where MPI gives every rank
+ *    of an allreduce the same result (Open MPI and MPICH do; the standard
+ *    recommends it without requiring it), every rank ends with bitwise the
+ *    same statistics, save_mean/save_invstd, running statistics (given equal
  *    running statistics before) and dgamma/dbeta.
  *  - Each call runs two collectives on comm: a small agreement (status and
- *    the fields above; started before the local pass so that its latency
- *    hides behind it) and the data: 2*c + 2 doubles forward, 2*c + 2
- *    backward. The agreement is what turns a mismatched c into an error
+ *    the fields above; started before the local pass, so that its messages
+ *    travel meanwhile as far as the MPI progresses them without being
+ *    called) and the data: 2*c + 2 doubles forward, 2*c + 2 backward. The agreement is what turns a mismatched c into an error
  *    instead of a hang or a crash.
  *  - Errors: arguments are checked on each rank before any collective (the
  *    same checks as the core functions). A rank with bad arguments returns
@@ -29,8 +30,10 @@
  *    2 values per channel in the whole batch give BNORM_ERR_TOO_FEW_VALUES
  *    (forward) on every rank; c above 134,217,726 (an exchange of more than
  *    INT_MAX bytes, which MPI's int sizes cannot describe) is
- *    BNORM_ERR_BAD_SHAPE. In all these cases no output is written on any
- *    rank and no rank waits forever. An MPI error (with an error handler that
+ *    BNORM_ERR_BAD_SHAPE, and so is a whole batch of more than 2^53 values
+ *    per channel (found after the exchange, on every rank alike). In all
+ *    these cases no output is written on any rank and no rank waits
+ *    forever. An MPI error (with an error handler that
  *    returns) gives BNORM_ERR_COMM; if MPI fails on some ranks only, or comm
  *    is MPI_COMM_NULL on some ranks only, the others may wait forever, as in
  *    any collective. BNORM_ERR_OUT_OF_MEMORY during the local
@@ -72,7 +75,10 @@ BNORM_API bnorm_status bnorm_mpi_forward_training(MPI_Comm comm, const bnorm_con
 /* bnorm_backward over the union of the ranks' batches: dx is this rank's
  * part of the gradient; dgamma and dbeta are the gradients of the whole
  * batch, globally reduced and written on every rank (do not allreduce them
- * again).
+ * again). They are sums over all ranks: where the other parameters'
+ * gradients are averaged over the ranks (PyTorch's DistributedDataParallel,
+ * whose SyncBatchNorm returns each rank's local sums for it to average),
+ * divide them by the number of ranks to match.
  *   x, dy, dx  this rank's tensors; dx may be NULL; dx == dy allowed.
  *   gamma, save_mean, save_invstd (from bnorm_mpi_forward_training), dgamma,
  *   dbeta as bnorm_backward.
