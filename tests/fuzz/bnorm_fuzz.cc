@@ -275,7 +275,7 @@ struct Slot {
   bool input = false;     // read (running stats are read and written)
   bool output = false;    // written
   bool required = false;  // NULL is NULL_POINTER
-  bool ignored = false;   // accepted but unused (backward_ex beta; y without ReLU)
+  bool ignored = false;   // accepted but unused (backward_ex's y without ReLU)
   int partner1 = -1, partner2 = -1;  // slots this output may equal exactly
   bool prefix_partner = false;  // ... or start where partner1 starts, over its first bytes
   size_t bytes = 0;
@@ -584,7 +584,8 @@ int64_t DecodeTotal(const Call& k) {
     default:
       return m;  // the part is the whole batch
     case 1:
-      return clamp(static_cast<__int128>(m) + 1 + p);  // one part of a larger batch
+      if (p >= 252) return (int64_t{1} << 53) + (p - 253);  // around the 2^53 limit
+      return clamp(static_cast<__int128>(m) + 1 + p);       // one part of a larger batch
     case 2:
       return clamp(static_cast<__int128>(m) * (2 + p % 7));  // equal parts
     case 3:
@@ -730,8 +731,7 @@ void DefineSlots(Call& k) {
     default:
       break;
   }
-  if (k.op == kBwdEx) {
-    k.slots[6].ignored = true;                    // beta
+  if (k.op == kBwdEx) {  // beta is never read, but checked like every buffer
     if (!k.Relu()) k.slots[1].ignored = true;     // y
     else k.slots[1].required = true;
   }
@@ -877,8 +877,15 @@ bnorm_status PreAliasStatus(const Call& k, bool shape_bad_if_ambiguous) {
   // n*spatial cannot overflow once the shape is valid.
   int64_t values = 0;
   const bool values_ok = MulOk(k.n, k.sp, &values);
-  if (k.op == kFwdApply && values_ok && k.total < values) args_ok = false;
-  if (k.op == kBwdApply && values_ok && (k.total < 1 || k.total < values)) args_ok = false;
+  // total_count: at least the part's values, at most 2^53 (exact in double).
+  constexpr int64_t kMaxTotal = int64_t{1} << 53;
+  if (k.op == kFwdApply && ((values_ok && k.total < values) || k.total > kMaxTotal)) {
+    args_ok = false;
+  }
+  if (k.op == kBwdApply &&
+      ((values_ok && (k.total < 1 || k.total < values)) || k.total > kMaxTotal)) {
+    args_ok = false;
+  }
   if (!args_ok) return BNORM_ERR_BAD_ARGUMENT;
   if (AnyRequiredNull(k)) return BNORM_ERR_NULL_POINTER;
   if ((k.op == kFwdTrain || k.op == kFwdTrainEx)) {
