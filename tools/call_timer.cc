@@ -19,9 +19,9 @@
 // before each call, untimed, and times single calls, as bnorm_bench's
 // interleaved copy leaves them (docs/performance-history.md: a choice
 // measured warm here came out differently in the suite).
-// CALL_TIMER_IDLE_US=N sleeps N us before each of single timed calls
-// instead: the tensors stay in the caches while the context's worker threads
-// go idle, as between the layers of a network (their wake-up is timed).
+// CALL_TIMER_IDLE_US=N times single calls too, each after sleeping N us:
+// the tensors stay in the caches while the context's worker threads go
+// idle, as between the layers of a network (their wake-up is timed).
 #include <bnorm/bnorm.h>
 
 #include <algorithm>

@@ -151,10 +151,9 @@ BNORM_API const char* bnorm_target_name(int i);
 
 /* Forces the ISA target for the whole process (name as given by
  * bnorm_target_name; case and surrounding whitespace ignored). NULL or ""
- * returns to the default (BNORM_TARGET, or the best); only whitespace names
- * no target (BNORM_ERR_BAD_ARGUMENT, unlike a blank BNORM_TARGET, which is
- * unset). Calls already running
- * finish on the target they started with.
+ * returns to the default (BNORM_TARGET, or the best); a name of only
+ * whitespace is none (BNORM_ERR_BAD_ARGUMENT; a blank BNORM_TARGET counts as
+ * unset). Calls already running finish on the target they started with.
  * Returns BNORM_ERR_BAD_ARGUMENT for a name no build knows and
  * BNORM_ERR_UNSUPPORTED for a target this build or CPU cannot run; the active
  * target is then unchanged. */
@@ -391,8 +390,8 @@ BNORM_API bnorm_status bnorm_stats_merge(int64_t c, int64_t k, const int64_t* co
  *   gamma, beta, eps, momentum, running_*, save_*  as bnorm_forward_training.
  * Returns BNORM_OK, BNORM_ERR_NULL_POINTER, BNORM_ERR_BAD_SHAPE,
  * BNORM_ERR_BAD_ARGUMENT (eps, momentum, layout, dtype, total_count below
- * n*spatial or above 2^53, a negative m2), BNORM_ERR_TOO_FEW_VALUES (total_count < 2),
- * BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
+ * n*spatial or above 2^53, a negative m2), BNORM_ERR_TOO_FEW_VALUES
+ * (total_count < 2), BNORM_ERR_ALIAS, BNORM_ERR_OUT_OF_MEMORY, BNORM_ERR_INTERNAL. */
 BNORM_API bnorm_status bnorm_forward_apply(const bnorm_context* ctx,
                                            const bnorm_tensor_desc* desc, const void* x,
                                            void* y, const float* gamma, const float* beta,

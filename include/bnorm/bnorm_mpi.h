@@ -21,8 +21,9 @@
  *  - Each call runs two collectives on comm: a small agreement (status and
  *    the fields above; started before the local pass, so that its messages
  *    travel meanwhile as far as the MPI progresses them without being
- *    called) and the data: 2*c + 2 doubles forward, 2*c + 2 backward. The agreement is what turns a mismatched c into an error
- *    instead of a hang or a crash.
+ *    called) and the data: 2*c + 2 doubles forward, 2*c + 2 backward. The
+ *    agreement is what turns a mismatched c into an error instead of a hang
+ *    or a crash.
  *  - Errors: arguments are checked on each rank before any collective (the
  *    same checks as the core functions). A rank with bad arguments returns
  *    its own status and every other rank BNORM_ERR_PEER; fields that
@@ -33,11 +34,11 @@
  *    BNORM_ERR_BAD_SHAPE, and so is a whole batch of more than 2^53 values
  *    per channel (found after the exchange, on every rank alike). In all
  *    these cases no output is written on any rank and no rank waits
- *    forever. An MPI error (with an error handler that
- *    returns) gives BNORM_ERR_COMM; if MPI fails on some ranks only, or comm
- *    is MPI_COMM_NULL on some ranks only, the others may wait forever, as in
- *    any collective. BNORM_ERR_OUT_OF_MEMORY during the local
- *    reduction is agreed like a bad argument; during the final elementwise
+ *    forever. An MPI error (with an error handler that returns) gives
+ *    BNORM_ERR_COMM; if MPI fails on some ranks only, or comm is
+ *    MPI_COMM_NULL on some ranks only, the others may wait forever, as in
+ *    any collective. BNORM_ERR_OUT_OF_MEMORY during the local reduction is
+ *    agreed like a bad argument; during the final elementwise
  *    pass (after the exchange) it is returned by that rank alone, whose
  *    outputs are then unchanged.
  *  - Like every MPI collective, calls on one communicator must be made in
