@@ -9,6 +9,7 @@
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -162,6 +163,25 @@ class HandOff {
 #endif
 };
 
+// The oneTBB task group of one parallel loop: isolated (a cancelled task
+// group of the caller's, when it calls from inside its own oneTBB work, does
+// not stop the loop half-way), and carrying the calling thread's
+// floating-point mode (MXCSR's flush-to-zero, denormals-are-zero, rounding)
+// to every thread that runs a piece. Without it the pieces ran in the mode of
+// whichever thread had created the context's arena, while a call run inline
+// (one thread) ran in the caller's: results then depended on the thread
+// count under a caller's flush-to-zero (threads_test
+// TheCallersFloatingPointModeOnEveryThread). Constructed on the calling
+// thread, before the loop: that is when the mode is captured.
+class LoopGroup {
+ public:
+  LoopGroup() : context_(tbb::task_group_context::isolated, tbb::task_group_context::fp_settings) {}
+  tbb::task_group_context& get() { return context_; }
+
+ private:
+  tbb::task_group_context context_;
+};
+
 // Calls body(begin, end) over [0, count) in chunks of `grain` items, on the
 // context's threads. Runs inline when there is only one chunk or one thread,
 // or when the caller says one thread is worth more than several.
@@ -177,6 +197,7 @@ void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const B
   }
   HandOff hand_off;
   hand_off.Publish();
+  LoopGroup group;
   ContextArena(ctx).execute([&] {  // maybe on another thread, when the arena is full
     HandOff::Receive();
     tbb::parallel_for(
@@ -189,7 +210,7 @@ void ParallelFor(const bnorm_context* ctx, int64_t count, int64_t grain, const B
           }
           hand_off.Return();
         },
-        tbb::simple_partitioner());
+        tbb::simple_partitioner(), group.get());
     hand_off.Return();
   });
   hand_off.Collect();
@@ -213,6 +234,7 @@ void ParallelForStatic(const bnorm_context* ctx, int64_t count, bool single_thre
   }
   HandOff hand_off;
   hand_off.Publish();
+  LoopGroup group;
   ContextArena(ctx).execute([&] {  // maybe on another thread, when the arena is full
     HandOff::Receive();
     tbb::parallel_for(
@@ -222,7 +244,7 @@ void ParallelForStatic(const bnorm_context* ctx, int64_t count, bool single_thre
           body(r.begin(), r.end());
           hand_off.Return();
         },
-        tbb::static_partitioner());
+        tbb::static_partitioner(), group.get());
     hand_off.Return();
   });
   hand_off.Collect();

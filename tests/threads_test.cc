@@ -13,6 +13,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 #include "test_support.h"
 
 namespace bnorm_test {
@@ -345,6 +349,77 @@ TEST_P(ThreadsTest, NaNsOfBothSignsGiveTheSameBits) {
     }
   }
 }
+
+#if defined(__x86_64__) || defined(__i386__)
+// The caller's floating-point mode (here flush-to-zero and denormals-are-zero
+// set in MXCSR after the contexts were made) governs every thread of a call,
+// as it governs a call run inline: the same bits on 1, 2 and 3 threads, and
+// denormal inputs read as zero (x of one channel is all denormals: with DAZ
+// its variance is 0, so y is beta there). oneTBB's arenas would otherwise run
+// their pieces in the mode of the thread that created the arena.
+TEST_P(ThreadsTest, TheCallersFloatingPointModeOnEveryThread) {
+  ScopedTarget target(GetParam());
+  const int64_t n = 4, c = 2, spatial = 32768;
+  const size_t count = static_cast<size_t>(n * c * spatial);
+  std::vector<float> x(count), dy(count);
+  uint32_t state = 7u;
+  for (size_t i = 0; i < count; ++i) {
+    state = state * 1664525u + 1013904223u;
+    const float u = static_cast<float>(state >> 8) / 16777216.0f;  // [0, 1)
+    const bool channel0 = (i / static_cast<size_t>(spatial)) % 2 == 0;
+    x[i] = channel0 ? u * 1e-39f : u - 0.5f;  // channel 0: denormals
+    dy[i] = channel0 ? (0.5f - u) * 1e-39f : 0.25f - u;
+  }
+  const bnorm_tensor_desc desc{n, c, spatial, BNORM_LAYOUT_NCHW, BNORM_DTYPE_F32};
+  const std::vector<float> gamma{1.5f, 0.5f}, beta{0.25f, -0.5f};
+  std::vector<bnorm_context*> contexts;
+  for (int threads : {1, 2, 3}) {
+    bnorm_context* ctx = nullptr;
+    ASSERT_EQ(bnorm_context_create(threads, &ctx), BNORM_OK);
+    contexts.push_back(ctx);
+  }
+  const unsigned int saved = _mm_getcsr();
+  std::vector<std::vector<unsigned char>> results;
+  for (const unsigned int mode : {saved | 0x8040u, saved}) {  // FTZ | DAZ, then as before
+    _mm_setcsr(mode);
+    std::vector<unsigned char> first;
+    for (size_t k = 0; k < contexts.size(); ++k) {
+      std::vector<float> y(count), dx(count), save_mean(2), save_invstd(2), dgamma(2), dbeta(2);
+      const bnorm_status fwd = bnorm_forward_training(
+          contexts[k], &desc, x.data(), y.data(), gamma.data(), beta.data(), 1e-5f, 0.1f, nullptr,
+          nullptr, save_mean.data(), save_invstd.data());
+      const bnorm_status bwd =
+          bnorm_backward(contexts[k], &desc, x.data(), dy.data(), dx.data(), gamma.data(),
+                         save_mean.data(), save_invstd.data(), dgamma.data(), dbeta.data());
+      const unsigned int after = _mm_getcsr();
+      _mm_setcsr(saved);  // gtest's own arithmetic in the default mode
+      ASSERT_EQ(fwd, BNORM_OK);
+      ASSERT_EQ(bwd, BNORM_OK);
+      // The control bits (not the sticky exception flags, bits 0-5).
+      EXPECT_EQ(after & ~0x3Fu, mode & ~0x3Fu) << "the call changed the caller's mode";
+      if (mode != saved) {
+        EXPECT_EQ(save_mean[0], 0.0f) << k + 1 << " threads";  // denormals read as zero
+        EXPECT_EQ(y[0], beta[0]);
+      } else {
+        EXPECT_GT(save_mean[0], 0.0f);
+      }
+      std::vector<unsigned char> all = Bytes(y);
+      for (const std::vector<float>* v : {&dx, &save_mean, &save_invstd, &dgamma, &dbeta}) {
+        const std::vector<unsigned char> b = Bytes(*v);
+        all.insert(all.end(), b.begin(), b.end());
+      }
+      if (k == 0) {
+        first = all;
+      } else {
+        EXPECT_TRUE(all == first) << k + 1 << " threads, mode " << std::hex << mode;
+      }
+      _mm_setcsr(mode);
+    }
+    _mm_setcsr(saved);
+  }
+  for (bnorm_context* ctx : contexts) bnorm_context_destroy(ctx);
+}
+#endif
 
 INSTANTIATE_TEST_SUITE_P(AllTargets, ThreadsTest, testing::ValuesIn(TargetNames()),
                          [](const testing::TestParamInfo<std::string>& i) { return i.param; });
