@@ -74,15 +74,18 @@ bool ScratchPool::Acquire(size_t bytes, Lease* lease) {
         best = i;
       }
     }
-    if (best != idle_.size()) {
+    const bool fits = best != idle_.size();
+    if (fits && (idle_[best].bytes / kMaxOversize <= bytes ||
+                 idle_[best].bytes - bytes <= kMaxSpareBytes)) {
       lease->pool_ = this;
       lease->data_ = idle_[best].data;
       lease->bytes_ = idle_[best].bytes;
       RemoveIdle(best);
       return true;
     }
-    // Grow: replace the largest idle buffer (too small) by a new one.
-    if (!idle_.empty()) {
+    // Grow: replace the largest idle buffer (too small) by a new one; beside
+    // idle buffers that are all too large, just a new one.
+    if (!fits && !idle_.empty()) {
       size_t largest = 0;
       for (size_t i = 1; i < idle_.size(); ++i) {
         if (idle_[i].bytes > idle_[largest].bytes) largest = i;
@@ -110,13 +113,22 @@ void ScratchPool::Release(void* data, size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   idle_.push_back(Buffer{data, bytes});  // within the reserved capacity
   idle_bytes_ += bytes;
-  while (idle_.size() > kMaxIdleBuffers || (idle_.size() > 1 && idle_bytes_ > kMaxIdleBytes)) {
-    size_t smallest = 0;
-    for (size_t i = 1; i < idle_.size(); ++i) {
-      if (idle_[i].bytes < idle_[smallest].bytes) smallest = i;
+  // The largest is kept whatever its size; the others within the bounds.
+  size_t largest = 0;
+  for (size_t i = 1; i < idle_.size(); ++i) {
+    if (idle_[i].bytes > idle_[largest].bytes) largest = i;
+  }
+  size_t largest_bytes = idle_[largest].bytes;
+  while (idle_.size() > kMaxIdleBuffers || idle_bytes_ - largest_bytes > kMaxIdleBytes) {
+    // The smallest of the others (idle_ holds two or more here).
+    size_t smallest = largest == 0 ? 1 : 0;
+    for (size_t i = 0; i < idle_.size(); ++i) {
+      if (i != largest && idle_[i].bytes < idle_[smallest].bytes) smallest = i;
     }
     ::operator delete (idle_[smallest].data, std::align_val_t{64});
-    RemoveIdle(smallest);
+    RemoveIdle(smallest);  // moves the last buffer to `smallest`
+    if (largest == idle_.size()) largest = smallest;
+    largest_bytes = idle_[largest].bytes;
   }
 }
 
@@ -130,7 +142,12 @@ size_t ScratchPool::IdleBuffers() {
   return idle_.size();
 }
 
-int ContextThreads(const bnorm_context* ctx) { return Resolve(ctx).num_threads; }
+// The default context's count without building it (as DefaultContext
+// does): bnorm_context_num_threads(NULL) has no status to report a failed
+// allocation with.
+int ContextThreads(const bnorm_context* ctx) {
+  return ctx != nullptr ? ctx->num_threads : AllCores();
+}
 tbb::task_arena& ContextArena(const bnorm_context* ctx) { return Resolve(ctx).arena; }
 ScratchPool& ContextScratch(const bnorm_context* ctx) { return Resolve(ctx).scratch; }
 

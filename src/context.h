@@ -24,9 +24,10 @@ namespace bnorm {
 
 class ScratchPool {
  public:
-  // Idle buffers kept, at most kMaxIdleBuffers of them holding at most
-  // kMaxIdleBytes in all, or a single buffer of any size: one caller's warm
-  // calls never allocate, and many concurrent calls with huge scratch (it
+  // Idle buffers kept: the largest, of any size, and besides it at most
+  // kMaxIdleBuffers - 1 others holding at most kMaxIdleBytes: one caller's
+  // warm calls never allocate, nor do callers of very different sizes
+  // sharing a context, and many concurrent calls with huge scratch (it
   // grows with c: ~56 bytes per channel for training, 7x the tensor of an
   // (N, C) input with N = 2) leave at most that much behind; the default
   // context is never destroyed. Over the bounds, the smallest idle buffers
@@ -34,6 +35,13 @@ class ScratchPool {
   // callers beyond the bounds still work; their buffers are freed on return.
   static constexpr size_t kMaxIdleBuffers = 64;
   static constexpr size_t kMaxIdleBytes = size_t{64} << 20;
+  // An idle buffer is lent for a request it exceeds by at most this factor,
+  // or by at most kMaxSpareBytes; a larger one stays for the caller whose
+  // size it has. Lent to a small call, a caller's only large buffer made
+  // another caller of the context allocate its large scratch again on every
+  // call (two threads, 100 MB and 1 KB of scratch).
+  static constexpr size_t kMaxOversize = 4;
+  static constexpr size_t kMaxSpareBytes = size_t{1} << 20;
 
   // A buffer on loan from the pool, returned on destruction.
   class Lease {
@@ -43,6 +51,7 @@ class ScratchPool {
     Lease& operator=(const Lease&) = delete;
     ~Lease();
     void* data() const { return data_; }
+    size_t bytes() const { return bytes_; }  // at least what was asked for
 
    private:
     friend class ScratchPool;
@@ -163,9 +172,8 @@ class HandOff {
 #endif
 };
 
-// The oneTBB task group of one parallel loop: isolated (a cancelled task
-// group of the caller's, when it calls from inside its own oneTBB work, does
-// not stop the loop half-way), and carrying the calling thread's
+// The oneTBB task group of one parallel loop: isolated (no parent's
+// cancellation reaches it), and carrying the calling thread's
 // floating-point mode (MXCSR's flush-to-zero, denormals-are-zero, rounding)
 // to every thread that runs a piece. Without it the pieces ran in the mode of
 // whichever thread had created the context's arena, while a call run inline

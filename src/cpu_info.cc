@@ -201,4 +201,15 @@ NextGroupPolicy DetectedNextGroupPolicy() {
   return policy;
 }
 
+namespace {
+// Detected when the library loads, as g_bf16_instruction: the detections
+// allocate (sysfs paths, the vendor string, the message about a bad
+// environment value), and their first use inside a call could throw
+// std::bad_alloc after outputs were written (bnorm_forward_apply finalizes
+// its per-channel outputs before it plans; the NHWC write loops ask for the
+// row order).
+[[maybe_unused]] const bool g_detected_at_load =
+    (DetectedCacheSizes(), DetectedRowStores(), DetectedNextGroupPolicy(), true);
+}  // namespace
+
 }  // namespace bnorm
