@@ -670,7 +670,7 @@ bnorm_status Backward(const bnorm_context* ctx, const Problem& p, bool frozen, c
   // A pure elementwise pass (frozen dx, dz only, or given sums) after the
   // per-channel finalize.
   const auto elementwise = [&](const SumsAt& sums) {
-    const bool single = UsefulThreads(2 * p.Elements(), ContextThreads(ctx)) == 1;
+    const bool single = UsefulThreads(p.ElementsOf(2), ContextThreads(ctx)) == 1;
     ParallelFor(
         ctx, p.c, kChannelsPerChunk, [&](int64_t c0, int64_t c1) { finalize_with(c0, c1, sums); },
         single);

@@ -109,14 +109,14 @@ bool ShouldStream(const Problem& p, int tensors, int64_t cache_bytes) {
   const bool whole_lines = p.nhwc || p.spatial >= kMaxLanes;
   // The output cannot stay cached once the call's tensors together overflow
   // the LLC: writing it around the caches saves the read-for-ownership.
-  return whole_lines && p.Elements() * tensors * p.ElemBytes() > cache_bytes;
+  return whole_lines && p.BytesOf(tensors) > cache_bytes;
 }
 
 NextGroup ChooseNextGroup(const Problem& p, int inputs, bool pipelined, NextGroupPolicy policy,
                           const CacheSizes& caches) {
   if (!pipelined || policy == NextGroupPolicy::kNever) return NextGroup::kPrefetch;
   if (policy == NextGroupPolicy::kAlways) return NextGroup::kReduce;
-  const int64_t input_bytes = p.Elements() * inputs * p.ElemBytes();
+  const int64_t input_bytes = p.BytesOf(inputs);
   const int64_t min_run = p.dtype == DType::kF32 ? kWithinLlcMinRunF32 : kWithinLlcMinRun16;
   return input_bytes > caches.llc || p.spatial < min_run ? NextGroup::kPrefetch
                                                          : NextGroup::kReduce;
@@ -137,9 +137,9 @@ ExecutionPlan PlanExecution(const Problem& p, const ReductionPlan& rp, int tenso
                             int threads, const CacheSizes& caches, NextGroup next,
                             int apply_only) {
   ExecutionPlan plan;
-  plan.threads = UsefulThreads(p.Elements() * tensors_read, threads);
-  const int64_t slice_bytes = p.Values() * tensors_read * p.ElemBytes();
-  plan.inputs_beyond_llc = p.Elements() * tensors_read * p.ElemBytes() > caches.llc;
+  plan.threads = UsefulThreads(p.ElementsOf(tensors_read), threads);
+  const int64_t slice_bytes = p.SliceBytesOf(tensors_read);
+  plan.inputs_beyond_llc = p.BytesOf(tensors_read) > caches.llc;
   const int touched = tensors_read + apply_only + 1;  // and the output
   // Groups of channels fill half of L2 where the next group is prefetched;
   // the rest holds the lines on their way in and out (three quarters measured

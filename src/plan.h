@@ -48,6 +48,21 @@ struct Problem {
   int64_t Values() const { return n * spatial; }  // per channel
   int64_t Elements() const { return n * c * spatial; }
   int64_t ElemBytes() const { return bnorm::ElemBytes(dtype); }
+  // Elements of `tensors` tensors, and their bytes: validation bounds one
+  // tensor's bytes by PTRDIFF_MAX, so several can pass int64; these
+  // saturate at INT64_MAX instead (only compared with sizes).
+  int64_t ElementsOf(int64_t tensors) const { return Saturated(Elements(), tensors); }
+  int64_t BytesOf(int64_t tensors) const { return Saturated(ElementsOf(tensors), ElemBytes()); }
+  // Bytes of one channel's values in `tensors` tensors, saturating too.
+  int64_t SliceBytesOf(int64_t tensors) const {
+    return Saturated(Saturated(Values(), tensors), ElemBytes());
+  }
+
+ private:
+  static int64_t Saturated(int64_t a, int64_t b) {
+    int64_t product = 0;
+    return __builtin_mul_overflow(a, b, &product) ? INT64_MAX : product;
+  }
 };
 
 Problem Canonicalize(int64_t n, int64_t c, int64_t spatial, bool nhwc);
@@ -100,9 +115,11 @@ struct NhwcUnit {
 // evenly as whole vectors allow.
 inline int64_t NhwcBlockStart(int64_t c, int64_t num_blocks, int64_t b) {
   const int64_t vectors = (c + kMaxLanes - 1) / kMaxLanes;
-  // floor(b * vectors / num_blocks), without the product (b < num_blocks).
+  // floor(b * vectors / num_blocks), without the product (b < num_blocks;
+  // b * r in 128 bits: more than 3e9 blocks, C beyond 3e12, would pass int64).
   const int64_t q = vectors / num_blocks, r = vectors % num_blocks;
-  return std::min(c, (b * q + b * r / num_blocks) * kMaxLanes);
+  const int64_t extra = static_cast<int64_t>(static_cast<__int128>(b) * r / num_blocks);
+  return std::min(c, (b * q + extra) * kMaxLanes);
 }
 inline NhwcUnit NhwcUnitOf(const ReductionPlan& rp, int64_t c, int64_t values, int64_t u) {
   const int64_t b = u % rp.num_blocks;
