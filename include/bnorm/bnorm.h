@@ -19,7 +19,10 @@
  * too far from its data is recomputed in double.
  *
  * General contract, for every function that takes a descriptor:
- *  - On any status other than BNORM_OK no output buffer is written.
+ *  - On any status other than BNORM_OK no output buffer is written (one
+ *    exception: oneTBB's scheduler allocates its tasks with malloc; if that
+ *    fails while the output pass runs, the call returns
+ *    BNORM_ERR_OUT_OF_MEMORY with the outputs partly written).
  *  - NaN/Inf in the data propagate to the results of that channel only.
  *  - Element (i, ch, s) of a tensor is x[(i*c + ch)*spatial + s] in NCHW and
  *    x[(i*spatial + s)*c + ch] in NHWC. Per-channel arrays hold c floats.
@@ -28,7 +31,10 @@
  *    (same start address, same size). Any other overlap of an output with any
  *    other buffer, per-channel arrays included, is BNORM_ERR_ALIAS.
  *  - For a given ISA target the results are bitwise identical whatever the
- *    number of threads, and whether calls run concurrently. A NaN in y, dx,
+ *    number of threads, and whether calls run concurrently. Every thread of
+ *    a call runs in the calling thread's floating-point mode (flush-to-zero,
+ *    denormals-are-zero, rounding: MXCSR on x86), as a call on one thread
+ *    does; calls made in other modes may give other bits. A NaN in y, dx,
  *    dz or a per-channel output of the calls that take a tensor is always
  *    the positive quiet NaN without payload (float 0x7FC00000, double
  *    0x7FF8000000000000, bf16 0x7FC0, f16 0x7E00); bnorm_stats_merge and
