@@ -14,6 +14,33 @@ cmake -S "$source_dir/tests/consumer" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH
 cmake --build "$work/cmake-build" >/dev/null
 LD_LIBRARY_PATH="$libdir" "$work/cmake-build/consumer"
 
+# find_package(bnorm) from a project that enables only C++ (no MPI asked
+# for or found: bnorm::bnorm alone), and the bnorm_mpi component where the
+# package has it (required: found; from the C++-only project: not found).
+mkdir -p "$work/cxx-only" "$work/component"
+cat > "$work/cxx-only/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.25)
+project(cxx_only LANGUAGES CXX)
+find_package(bnorm 0.1 REQUIRED OPTIONAL_COMPONENTS bnorm_mpi)
+if(NOT TARGET bnorm::bnorm OR TARGET bnorm::bnorm_mpi OR bnorm_bnorm_mpi_FOUND)
+  message(FATAL_ERROR "C++ only: bnorm::bnorm alone expected")
+endif()
+CMAKE
+cmake -S "$work/cxx-only" -B "$work/cxx-only/build" -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+if [ -e "$libdir/pkgconfig/bnorm_mpi.pc" ]; then
+  cat > "$work/component/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.25)
+project(component LANGUAGES C CXX)
+find_package(bnorm 0.1 REQUIRED COMPONENTS bnorm_mpi)
+if(NOT TARGET bnorm::bnorm_mpi)
+  message(FATAL_ERROR "bnorm_mpi component found without its target")
+endif()
+CMAKE
+  cmake -S "$work/component" -B "$work/component/build" -DCMAKE_PREFIX_PATH="$work/prefix" \
+    >/dev/null
+  echo "install test: find_package components ok"
+fi
+
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
 pkg-config --exists bnorm
 cc -std=c99 -pedantic -Wall -Werror "$source_dir/tests/consumer/main.c" -o "$work/pc-consumer" \
