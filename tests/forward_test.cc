@@ -116,39 +116,47 @@ TEST_P(ForwardTest, InferenceMatchesReference) {
   const Shape s = GetParam().shape;
   ScopedTarget target(GetParam().target);
   const size_t C = static_cast<size_t>(s.c);
-  const auto x = NormalData(s, 77, 1.0, 3.0);
-  const auto mean = UniformVector(C, 1, -1.0f, 3.0f);
-  const auto var = UniformVector(C, 2, 0.25f, 9.0f);
-  const auto gamma = UniformVector(C, 3, -2.0f, 2.0f);
-  const auto beta = UniformVector(C, 4, -1.0f, 1.0f);
-  const float eps = 1e-3f;
-  const bnorm_tensor_desc desc = s.Desc();
-  std::vector<LD> lmean(C), linv(C);
-  for (size_t c = 0; c < C; ++c) {
-    lmean[c] = mean[c];
-    linv[c] = 1.0L / std::sqrt(static_cast<LD>(var[c]) + eps);
-  }
-  for (int affine = 0; affine < 2; ++affine) {
-    for (int in_place = 0; in_place < 2; ++in_place) {
-      SCOPED_TRACE(testing::Message() << "affine=" << affine << " in_place=" << in_place);
-      const float* g = affine ? gamma.data() : nullptr;
-      const float* b = affine ? beta.data() : nullptr;
-      std::vector<float> y = in_place ? x : std::vector<float>(x.size(), -7.0f);
-      ASSERT_EQ(bnorm_forward_inference(nullptr, &desc, in_place ? y.data() : x.data(), y.data(), g,
-                                        b, mean.data(), var.data(), eps),
-                BNORM_OK);
-      const auto y_ref = ReferenceNormalize(s, x, lmean, linv, g, b);
-      // No statistics error here: x - mean (one rounding), scale (one rounding of
-      // the exact value) and an FMA: |err| <= 3u|y - beta| + u|y|, u = 2^-24.
-      for (int64_t i = 0; i < s.n; ++i) {
-        for (int64_t ch = 0; ch < s.c; ++ch) {
-          for (int64_t sp = 0; sp < s.spatial; ++sp) {
-            const size_t e = static_cast<size_t>(s.Index(i, ch, sp));
-            const LD centered = std::fabs(y_ref[e] - At(b, ch, 0));
-            ASSERT_NEAR(
-                y[e], static_cast<double>(y_ref[e]),
-                static_cast<double>(1.8e-7L * centered + 6e-8L * std::fabs(y_ref[e])) + 1e-30)
-                << "element (" << i << "," << ch << "," << sp << ")";
+  // Offset 1e4: data and statistics far from zero (1e4 + N(1, 3), means
+  // 1e4 + [-1, 3]); the bound below holds there only if the output pass
+  // centres x first, (x - mean) * scale + beta, and not as x * scale +
+  // (beta - mean * scale), whose rounding of x * scale alone is ~6e-4 * scale.
+  for (const float offset : {0.0f, 1e4f}) {
+    const auto x = NormalData(s, 77, 1.0 + offset, 3.0);
+    auto mean = UniformVector(C, 1, -1.0f, 3.0f);
+    for (float& m : mean) m += offset;
+    const auto var = UniformVector(C, 2, 0.25f, 9.0f);
+    const auto gamma = UniformVector(C, 3, -2.0f, 2.0f);
+    const auto beta = UniformVector(C, 4, -1.0f, 1.0f);
+    const float eps = 1e-3f;
+    const bnorm_tensor_desc desc = s.Desc();
+    std::vector<LD> lmean(C), linv(C);
+    for (size_t c = 0; c < C; ++c) {
+      lmean[c] = mean[c];
+      linv[c] = 1.0L / std::sqrt(static_cast<LD>(var[c]) + eps);
+    }
+    for (int affine = 0; affine < 2; ++affine) {
+      for (int in_place = 0; in_place < 2; ++in_place) {
+        SCOPED_TRACE(testing::Message()
+                     << "offset=" << offset << " affine=" << affine << " in_place=" << in_place);
+        const float* g = affine ? gamma.data() : nullptr;
+        const float* b = affine ? beta.data() : nullptr;
+        std::vector<float> y = in_place ? x : std::vector<float>(x.size(), -7.0f);
+        ASSERT_EQ(bnorm_forward_inference(nullptr, &desc, in_place ? y.data() : x.data(), y.data(),
+                                          g, b, mean.data(), var.data(), eps),
+                  BNORM_OK);
+        const auto y_ref = ReferenceNormalize(s, x, lmean, linv, g, b);
+        // No statistics error here: x - mean (one rounding), scale (one rounding of
+        // the exact value) and an FMA: |err| <= 3u|y - beta| + u|y|, u = 2^-24.
+        for (int64_t i = 0; i < s.n; ++i) {
+          for (int64_t ch = 0; ch < s.c; ++ch) {
+            for (int64_t sp = 0; sp < s.spatial; ++sp) {
+              const size_t e = static_cast<size_t>(s.Index(i, ch, sp));
+              const LD centered = std::fabs(y_ref[e] - At(b, ch, 0));
+              ASSERT_NEAR(
+                  y[e], static_cast<double>(y_ref[e]),
+                  static_cast<double>(1.8e-7L * centered + 6e-8L * std::fabs(y_ref[e])) + 1e-30)
+                  << "element (" << i << "," << ch << "," << sp << ")";
+            }
           }
         }
       }
