@@ -47,46 +47,50 @@ class FusedTest : public testing::TestWithParam<TargetLayout> {
   std::unique_ptr<ScopedTarget> target_;
 };
 
+// Offsets 0.5 and 1e4 (1e4 + N(0, 2): the statistics' shifted sums and the
+// centred output pass) in the fused calls as in the plain ones.
 TEST_P(FusedTest, ForwardTrainingEqualsTheComposition) {
   for (const Shape& s : Shapes()) {
-    for (bool with_z : {false, true}) {
-      for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
-        SCOPED_TRACE(s.Name() + (with_z ? " +z" : "") + (act ? " relu" : ""));
-        const size_t C = static_cast<size_t>(s.c);
-        const auto x = NormalData(s, 1, 0.5, 2.0);
-        const auto z = NormalData(s, 2, -0.5, 1.0);
-        const auto gamma = UniformVector(C, 3, 0.5f, 2.0f), beta = UniformVector(C, 4, -1.f, 1.f);
-        const bnorm_tensor_desc d = s.Desc();
-        std::vector<float> yb(x.size()), rm(C, 0.f), rv(C, 1.f), sm(C), si(C);
-        ASSERT_EQ(bnorm_forward_training(nullptr, &d, x.data(), yb.data(), gamma.data(),
-                                         beta.data(), 1e-5f, 0.1f, rm.data(), rv.data(), sm.data(),
-                                         si.data()),
-                  BNORM_OK);
-        std::vector<float> want(x.size());
-        for (size_t e = 0; e < x.size(); ++e) {
-          const float v = with_z ? yb[e] + z[e] : yb[e];
-          want[e] = act == BNORM_ACT_RELU ? Relu(v) : v;
-        }
-        std::vector<float> y(x.size(), -7.f), rm2(C, 0.f), rv2(C, 1.f), sm2(C), si2(C);
-        ASSERT_EQ(bnorm_forward_training_ex(nullptr, &d, x.data(), with_z ? z.data() : nullptr,
-                                            y.data(), act, gamma.data(), beta.data(), 1e-5f, 0.1f,
-                                            rm2.data(), rv2.data(), sm2.data(), si2.data()),
-                  BNORM_OK);
-        ExpectSameBits(y, want);
-        EXPECT_EQ(rm2, rm);
-        EXPECT_EQ(rv2, rv);
-        EXPECT_EQ(sm2, sm);
-        EXPECT_EQ(si2, si);
-        if (with_z) {  // in place over the residual: y == z
-          std::vector<float> zy = z;
-          ASSERT_EQ(bnorm_forward_training_ex(nullptr, &d, x.data(), zy.data(), zy.data(), act,
-                                              gamma.data(), beta.data(), 1e-5f, 0.1f, nullptr,
-                                              nullptr, nullptr, nullptr),
+    for (const double offset : {0.5, 1e4})
+      for (bool with_z : {false, true}) {
+        for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
+          SCOPED_TRACE(s.Name() + (with_z ? " +z" : "") + (act ? " relu" : "") + " offset " +
+                       std::to_string(offset));
+          const size_t C = static_cast<size_t>(s.c);
+          const auto x = NormalData(s, 1, offset, 2.0);
+          const auto z = NormalData(s, 2, -0.5, 1.0);
+          const auto gamma = UniformVector(C, 3, 0.5f, 2.0f), beta = UniformVector(C, 4, -1.f, 1.f);
+          const bnorm_tensor_desc d = s.Desc();
+          std::vector<float> yb(x.size()), rm(C, 0.f), rv(C, 1.f), sm(C), si(C);
+          ASSERT_EQ(
+              bnorm_forward_training(nullptr, &d, x.data(), yb.data(), gamma.data(), beta.data(),
+                                     1e-5f, 0.1f, rm.data(), rv.data(), sm.data(), si.data()),
+              BNORM_OK);
+          std::vector<float> want(x.size());
+          for (size_t e = 0; e < x.size(); ++e) {
+            const float v = with_z ? yb[e] + z[e] : yb[e];
+            want[e] = act == BNORM_ACT_RELU ? Relu(v) : v;
+          }
+          std::vector<float> y(x.size(), -7.f), rm2(C, 0.f), rv2(C, 1.f), sm2(C), si2(C);
+          ASSERT_EQ(bnorm_forward_training_ex(nullptr, &d, x.data(), with_z ? z.data() : nullptr,
+                                              y.data(), act, gamma.data(), beta.data(), 1e-5f, 0.1f,
+                                              rm2.data(), rv2.data(), sm2.data(), si2.data()),
                     BNORM_OK);
-          ExpectSameBits(zy, want);
+          ExpectSameBits(y, want);
+          EXPECT_EQ(rm2, rm);
+          EXPECT_EQ(rv2, rv);
+          EXPECT_EQ(sm2, sm);
+          EXPECT_EQ(si2, si);
+          if (with_z) {  // in place over the residual: y == z
+            std::vector<float> zy = z;
+            ASSERT_EQ(bnorm_forward_training_ex(nullptr, &d, x.data(), zy.data(), zy.data(), act,
+                                                gamma.data(), beta.data(), 1e-5f, 0.1f, nullptr,
+                                                nullptr, nullptr, nullptr),
+                      BNORM_OK);
+            ExpectSameBits(zy, want);
+          }
         }
       }
-    }
   }
 }
 
@@ -151,59 +155,60 @@ TEST_P(FusedTest, ForwardInferenceEqualsTheComposition) {
 
 TEST_P(FusedTest, BackwardEqualsTheComposition) {
   for (const Shape& s : Shapes()) {
-    for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
-      SCOPED_TRACE(s.Name() + (act ? " relu" : ""));
-      const size_t C = static_cast<size_t>(s.c);
-      const auto x = NormalData(s, 9, 0.5, 2.0);
-      const auto dy = NormalData(s, 10, 0.0, 1.0, 0.0);
-      const auto gamma = UniformVector(C, 11, 0.5f, 2.0f), beta = UniformVector(C, 12, -1.f, 1.f);
-      const bnorm_tensor_desc d = s.Desc();
-      std::vector<float> y(x.size()), sm(C), si(C);
-      ASSERT_EQ(bnorm_forward_training_ex(nullptr, &d, x.data(), nullptr, y.data(),
-                                          BNORM_ACT_RELU, gamma.data(), beta.data(), 1e-5f, 0.1f,
-                                          nullptr, nullptr, sm.data(), si.data()),
-                BNORM_OK);
-      // The composition: mask dy by hand, then the plain backward.
-      std::vector<float> g = dy;
-      if (act == BNORM_ACT_RELU) {
-        for (size_t e = 0; e < g.size(); ++e) g[e] = y[e] <= 0.0f ? 0.0f : dy[e];
+    for (const double offset : {0.5, 1e4})
+      for (bnorm_activation act : {BNORM_ACT_NONE, BNORM_ACT_RELU}) {
+        SCOPED_TRACE(s.Name() + (act ? " relu" : "") + " offset " + std::to_string(offset));
+        const size_t C = static_cast<size_t>(s.c);
+        const auto x = NormalData(s, 9, offset, 2.0);
+        const auto dy = NormalData(s, 10, 0.0, 1.0, 0.0);
+        const auto gamma = UniformVector(C, 11, 0.5f, 2.0f), beta = UniformVector(C, 12, -1.f, 1.f);
+        const bnorm_tensor_desc d = s.Desc();
+        std::vector<float> y(x.size()), sm(C), si(C);
+        ASSERT_EQ(bnorm_forward_training_ex(nullptr, &d, x.data(), nullptr, y.data(),
+                                            BNORM_ACT_RELU, gamma.data(), beta.data(), 1e-5f, 0.1f,
+                                            nullptr, nullptr, sm.data(), si.data()),
+                  BNORM_OK);
+        // The composition: mask dy by hand, then the plain backward.
+        std::vector<float> g = dy;
+        if (act == BNORM_ACT_RELU) {
+          for (size_t e = 0; e < g.size(); ++e) g[e] = y[e] <= 0.0f ? 0.0f : dy[e];
+        }
+        std::vector<float> dx_want(x.size()), dg_want(C), db_want(C);
+        ASSERT_EQ(bnorm_backward(nullptr, &d, x.data(), g.data(), dx_want.data(), gamma.data(),
+                                 sm.data(), si.data(), dg_want.data(), db_want.data()),
+                  BNORM_OK);
+        std::vector<float> dx(x.size(), -7.f), dz(x.size(), -7.f), dg(C), db(C);
+        ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), dx.data(),
+                                    dz.data(), act, gamma.data(), beta.data(), sm.data(), si.data(),
+                                    dg.data(), db.data()),
+                  BNORM_OK);
+        ExpectSameBits(dx, dx_want);
+        ExpectSameBits(dz, g);
+        EXPECT_EQ(dg, dg_want);
+        EXPECT_EQ(db, db_want);
+        // dz only, and dz in place over dy.
+        std::vector<float> dz2(x.size(), -7.f), dg2(C);
+        ASSERT_EQ(
+            bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), nullptr, dz2.data(), act,
+                              gamma.data(), nullptr, sm.data(), si.data(), dg2.data(), nullptr),
+            BNORM_OK);
+        ExpectSameBits(dz2, g);
+        EXPECT_EQ(dg2, dg_want);
+        std::vector<float> inplace = dy, dx3(x.size());
+        ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), inplace.data(), dx3.data(),
+                                    inplace.data(), act, gamma.data(), nullptr, sm.data(),
+                                    si.data(), nullptr, nullptr),
+                  BNORM_OK);
+        ExpectSameBits(inplace, g);
+        ExpectSameBits(dx3, dx_want);
+        // dx in place over dy, no dz.
+        std::vector<float> inplace_dx = dy;
+        ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), inplace_dx.data(),
+                                    inplace_dx.data(), nullptr, act, gamma.data(), nullptr,
+                                    sm.data(), si.data(), nullptr, nullptr),
+                  BNORM_OK);
+        ExpectSameBits(inplace_dx, dx_want);
       }
-      std::vector<float> dx_want(x.size()), dg_want(C), db_want(C);
-      ASSERT_EQ(bnorm_backward(nullptr, &d, x.data(), g.data(), dx_want.data(), gamma.data(),
-                               sm.data(), si.data(), dg_want.data(), db_want.data()),
-                BNORM_OK);
-      std::vector<float> dx(x.size(), -7.f), dz(x.size(), -7.f), dg(C), db(C);
-      ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), dx.data(),
-                                  dz.data(), act, gamma.data(), beta.data(), sm.data(), si.data(),
-                                  dg.data(), db.data()),
-                BNORM_OK);
-      ExpectSameBits(dx, dx_want);
-      ExpectSameBits(dz, g);
-      EXPECT_EQ(dg, dg_want);
-      EXPECT_EQ(db, db_want);
-      // dz only, and dz in place over dy.
-      std::vector<float> dz2(x.size(), -7.f), dg2(C);
-      ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), dy.data(), nullptr, dz2.data(),
-                                  act, gamma.data(), nullptr, sm.data(), si.data(), dg2.data(),
-                                  nullptr),
-                BNORM_OK);
-      ExpectSameBits(dz2, g);
-      EXPECT_EQ(dg2, dg_want);
-      std::vector<float> inplace = dy, dx3(x.size());
-      ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), inplace.data(), dx3.data(),
-                                  inplace.data(), act, gamma.data(), nullptr, sm.data(), si.data(),
-                                  nullptr, nullptr),
-                BNORM_OK);
-      ExpectSameBits(inplace, g);
-      ExpectSameBits(dx3, dx_want);
-      // dx in place over dy, no dz.
-      std::vector<float> inplace_dx = dy;
-      ASSERT_EQ(bnorm_backward_ex(nullptr, &d, x.data(), y.data(), inplace_dx.data(),
-                                  inplace_dx.data(), nullptr, act, gamma.data(), nullptr,
-                                  sm.data(), si.data(), nullptr, nullptr),
-                BNORM_OK);
-      ExpectSameBits(inplace_dx, dx_want);
-    }
   }
 }
 
