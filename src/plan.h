@@ -115,11 +115,10 @@ struct NhwcUnit {
 // evenly as whole vectors allow.
 inline int64_t NhwcBlockStart(int64_t c, int64_t num_blocks, int64_t b) {
   const int64_t vectors = (c + kMaxLanes - 1) / kMaxLanes;
-  // floor(b * vectors / num_blocks), without the product (b < num_blocks;
-  // b * r in 128 bits: more than 3e9 blocks, C beyond 3e12, would pass int64).
-  const int64_t q = vectors / num_blocks, r = vectors % num_blocks;
-  const int64_t extra = static_cast<int64_t>(static_cast<__int128>(b) * r / num_blocks);
-  return std::min(c, (b * q + extra) * kMaxLanes);
+  // floor(b * vectors / num_blocks), the product in 128 bits (b < num_blocks:
+  // beyond 3e9 blocks, C beyond 3e12, it would pass int64).
+  const int64_t start = static_cast<int64_t>(static_cast<__int128>(b) * vectors / num_blocks);
+  return std::min(c, start * kMaxLanes);
 }
 inline NhwcUnit NhwcUnitOf(const ReductionPlan& rp, int64_t c, int64_t values, int64_t u) {
   const int64_t b = u % rp.num_blocks;
